@@ -1,0 +1,3 @@
+"""OverCloud: build, watch and delete container-ready environments across clouds."""
+
+__version__ = "0.1.0"
