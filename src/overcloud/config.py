@@ -1,0 +1,96 @@
+"""Settings for the Tower and the CLI: environment ``OVERCLOUD_*`` and an optional TOML file.
+
+Precedence: explicit arguments (CLI flags) > environment > ``<state-dir>/overcloud.toml`` > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_PORT = 6125
+
+
+def default_state_dir() -> Path:
+    """A per-user data dir (``/root/.local/share/overcloud`` for root)."""
+    return Path(platformdirs.user_data_dir("overcloud", appauthor=False))
+
+
+class SiteSettings(BaseModel):
+    """One UnderCloud site the Tower may build on."""
+
+    name: str
+    kind: str = "local"
+    bridge: str | None = None  # local only
+    cidr: str | None = None  # local only
+
+
+def _default_sites() -> list[SiteSettings]:
+    return [
+        SiteSettings(name="local-a", kind="local", bridge="ocb-a", cidr="10.213.0.0/24"),
+        SiteSettings(name="local-b", kind="local", bridge="ocb-b", cidr="10.213.1.0/24"),
+    ]
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads ``overcloud.toml`` from the state dir when it exists."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by pydantic for this source
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        state = os.environ.get("OVERCLOUD_STATE_DIR")
+        path = Path(os.environ.get("OVERCLOUD_CONFIG", "")) if os.environ.get("OVERCLOUD_CONFIG") else None
+        if path is None:
+            path = (Path(state) if state else default_state_dir()) / "overcloud.toml"
+        if not path.is_file():
+            return {}
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OVERCLOUD_", extra="ignore")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    database_url: str | None = None  # default: sqlite in the state dir
+    workflow_database_url: str | None = None  # TaskFlow persistence; default: sqlite in the state dir
+    sites: list[SiteSettings] = Field(default_factory=_default_sites)
+    overlay_cidr: str = "10.250.0.0/16"
+    max_clusters: int = 30  # per OverCloud
+    max_boxes: int = 200  # per Tower (local quota)
+    max_body_bytes: int = 1024 * 1024
+    workers: int = 16  # task executor threads
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'overcloud.db'}"
+
+    @property
+    def workflow_db_url(self) -> str:
+        if self.workflow_database_url:
+            return self.workflow_database_url
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'workflows.db'}"
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "admin.token"
