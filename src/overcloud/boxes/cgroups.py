@@ -1,0 +1,176 @@
+"""CPU and memory limits per box, as cgroups named ``overcloud/<handle>``.
+
+Works on cgroup v1 (``/sys/fs/cgroup/{cpu,memory}``, Debian 12 hybrid
+hosts) and v2 (unified ``/sys/fs/cgroup`` with ``cgroup.controllers``).
+A box's supervisord is written into ``cgroup.procs`` before it spawns
+anything, so every process of the box inherits the limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "overcloud"
+CFS_PERIOD_US = 100_000
+_MIB = 1024 * 1024
+
+
+class CgroupError(Exception):
+    pass
+
+
+def is_v2(root: Path = ROOT) -> bool:
+    """Unified hierarchy only (v1 hybrid hosts have the controllers split)."""
+    return (root / "cgroup.controllers").exists()
+
+
+class Cgroups:
+    """Box cgroups under one root; v1 or v2 is detected once."""
+
+    def __init__(self, root: Path = ROOT, parent: str = PARENT):
+        self.root = root
+        self.parent = parent
+        self.v2 = is_v2(root)
+
+    # -- paths ---------------------------------------------------------
+    def _parents(self) -> list[Path]:
+        if self.v2:
+            return [self.root / self.parent]
+        return [self.root / "cpu" / self.parent, self.root / "memory" / self.parent]
+
+    def dirs(self, handle: str) -> list[Path]:
+        """Every cgroup directory of one box (one on v2, two on v1)."""
+        return [p / handle for p in self._parents()]
+
+    def procs_files(self, handle: str) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs(handle)]
+
+    # -- lifecycle -----------------------------------------------------
+    def _ensure_parent_v2(self) -> None:
+        parent = self.root / self.parent
+        parent.mkdir(exist_ok=True)
+        for level in (self.root, parent):
+            control = (level / "cgroup.subtree_control").read_text().split()
+            missing = [c for c in ("cpu", "memory") if c not in control]
+            if missing:
+                (level / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
+
+    def create(self, handle: str, cpus: float, memory_mb: int) -> None:
+        """Make (or re-limit) the box's cgroups. Idempotent."""
+        quota = max(1000, int(round(cpus * CFS_PERIOD_US)))
+        memory = int(memory_mb) * _MIB
+        if self.v2:
+            self._ensure_parent_v2()
+            d = self.root / self.parent / handle
+            d.mkdir(exist_ok=True)
+            (d / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+            (d / "memory.max").write_text(str(memory))
+            return
+        cpu, mem = self.dirs(handle)
+        for d in (cpu, mem):
+            d.mkdir(parents=True, exist_ok=True)
+        (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        (mem / "memory.limit_in_bytes").write_text(str(memory))
+
+    def attach(self, handle: str, pid: int) -> None:
+        for f in self.procs_files(handle):
+            f.write_text(str(pid))
+
+    def limits(self, handle: str) -> tuple[float, int]:
+        """``(cpus, memory_mb)`` as the kernel reports them."""
+        if self.v2:
+            d = self.root / self.parent / handle
+            quota, period = (d / "cpu.max").read_text().split()
+            cpus = float("inf") if quota == "max" else int(quota) / int(period)
+            mem_raw = (d / "memory.max").read_text().strip()
+            memory_mb = -1 if mem_raw == "max" else int(mem_raw) // _MIB
+            return cpus, memory_mb
+        cpu, mem = self.dirs(handle)
+        quota = int((cpu / "cpu.cfs_quota_us").read_text())
+        period = int((cpu / "cpu.cfs_period_us").read_text())
+        cpus = float("inf") if quota < 0 else quota / period
+        memory_mb = int((mem / "memory.limit_in_bytes").read_text()) // _MIB
+        return cpus, memory_mb
+
+    def pids(self, handle: str) -> list[int]:
+        found: set[int] = set()
+        for f in self.procs_files(handle):
+            try:
+                found.update(int(x) for x in f.read_text().split())
+            except FileNotFoundError:
+                pass
+        return sorted(found)
+
+    def exists(self, handle: str) -> bool:
+        return any(d.exists() for d in self.dirs(handle))
+
+    def remove(self, handle: str, timeout: float = 3.0) -> None:
+        """Kill what is left in the box's cgroups (by PID) and rmdir them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids(handle)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            busy = []
+            for d in self.dirs(handle):
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    busy.append(d)
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise CgroupError(f"cgroup {busy[0]} still busy (pids {pids})")
+            time.sleep(0.01)
+
+    def list_handles(self) -> list[str]:
+        found: set[str] = set()
+        for p in self._parents():
+            try:
+                found.update(e.name for e in os.scandir(p) if e.is_dir())
+            except FileNotFoundError:
+                pass
+        return sorted(found)
+
+
+_default: Cgroups | None = None
+
+
+def default() -> Cgroups:
+    global _default
+    if _default is None:
+        _default = Cgroups()
+    return _default
+
+
+def create(handle: str, cpus: float, memory_mb: int) -> None:
+    default().create(handle, cpus, memory_mb)
+
+
+def attach(handle: str, pid: int) -> None:
+    default().attach(handle, pid)
+
+
+def limits(handle: str) -> tuple[float, int]:
+    return default().limits(handle)
+
+
+def remove(handle: str) -> None:
+    default().remove(handle)
+
+
+def list_handles() -> list[str]:
+    return default().list_handles()
