@@ -1,0 +1,274 @@
+"""Kernel plumbing of the local UnderCloud: site bridges, the host's
+forwarding guard, box namespaces, VXLAN overlays and box firewalls.
+
+Netlink through pyroute2; inside a box, the netlink socket is opened by a
+thread that has ``setns``-ed into the box (no helper process). nftables
+through the ``nft`` CLI (``nft -f -``, one atomic transaction each).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import logging
+import os
+import subprocess
+from collections.abc import Iterable
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from overcloud.boxes.netns import netns_path, run_in_netns
+
+logger = logging.getLogger(__name__)
+
+TAG_PREFIX = "overcloud:"
+HOST_TABLE = "overcloud_host"
+BOX_TABLE = "overcloud"
+VXLAN_DEV = "vx0"
+VXLAN_PORT = 4789
+
+
+def tag(overcloud_id: str, box_name: str) -> str:
+    return f"{TAG_PREFIX}{overcloud_id}:{box_name}"
+
+
+def parse_tag(alias: str | None) -> tuple[str, str] | None:
+    if not alias or not alias.startswith(TAG_PREFIX):
+        return None
+    parts = alias.split(":")
+    if len(parts) != 3:
+        return None
+    return parts[1], parts[2]
+
+
+def host_veth_name(handle: str) -> str:
+    return "ocv" + hashlib.sha1(handle.encode()).hexdigest()[:8]
+
+
+def nft(script: str, netns_name: str | None = None) -> None:
+    argv = ["nft", "-f", "-"]
+    if netns_name:
+        argv = ["ip", "netns", "exec", netns_name, *argv]
+    proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        where = f" in {netns_name}" if netns_name else ""
+        raise RuntimeError(f"nft{where} failed: {proc.stderr.strip()}")
+
+
+def _ignore_exists(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+# -- host side -----------------------------------------------------------
+def ensure_bridge(bridge: str, gateway: str, prefixlen: int, alias: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            _ignore_exists(ipr.link, "add", ifname=bridge, kind="bridge")
+            found = ipr.link_lookup(ifname=bridge)
+        idx = found[0]
+        ipr.link("set", index=idx, ifalias=alias)
+        _ignore_exists(ipr.addr, "add", index=idx, address=gateway, prefixlen=prefixlen)
+        ipr.link("set", index=idx, state="up")
+
+
+def delete_link(ifname: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            try:
+                ipr.link("del", index=found[0])
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:
+                    raise
+
+
+def link_exists(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def host_tagged_links() -> list[tuple[str, str, str, str]]:
+    """Host links carrying our tag: (ifname, overcloud_id, box name, kind)."""
+    found = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            parsed = parse_tag(link.get("ifalias"))
+            if parsed and parsed[0] != "site":
+                kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "link"
+                found.append((link.get("ifname"), parsed[0], parsed[1], kind))
+    return found
+
+
+def set_ip_forward(value: int) -> int:
+    """Set net.ipv4.ip_forward; returns the previous value."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as f:
+        old = int(f.read().strip())
+    if old != value:
+        with open(path, "w") as f:
+            f.write(str(value))
+    return old
+
+
+def host_guard_chain(bridges: Iterable[str]) -> str:
+    return "fwd_" + hashlib.sha1(",".join(sorted(bridges)).encode()).hexdigest()[:8]
+
+
+def install_host_guard(bridges: list[str]) -> None:
+    """Forward only between our bridges; drop our bridges <-> anything else."""
+    chain = host_guard_chain(bridges)
+    names = ", ".join(f'"{b}"' for b in sorted(bridges))
+    nft(
+        f"add table inet {HOST_TABLE}\n"
+        f"add chain inet {HOST_TABLE} {chain} {{ type filter hook forward priority 0; policy accept; }}\n"
+        f"flush chain inet {HOST_TABLE} {chain}\n"
+        f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} oifname {{ {names} }} accept\n"
+        f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} drop\n"
+        f"add rule inet {HOST_TABLE} {chain} oifname {{ {names} }} drop\n"
+    )
+
+
+def remove_host_guard(bridges: list[str]) -> bool:
+    """Delete our chain, and the table once no other host's chain is in it.
+    Returns True when the table is gone."""
+    chain = host_guard_chain(bridges)
+    listing = subprocess.run(["nft", "list", "table", "inet", HOST_TABLE], capture_output=True, text=True)
+    if listing.returncode != 0:
+        return True  # no table
+    if f"chain {chain} " in listing.stdout:
+        nft(f"delete chain inet {HOST_TABLE} {chain}\n")
+    listing = subprocess.run(["nft", "list", "table", "inet", HOST_TABLE], capture_output=True, text=True)
+    if "chain " not in listing.stdout:
+        nft(f"delete table inet {HOST_TABLE}\n")
+        return True
+    return False
+
+
+# -- a box ---------------------------------------------------------------
+def create_box_network(
+    handle: str, alias: str, bridge: str, address: str, prefixlen: int, gateway: str, supernet: str
+) -> None:
+    """Namespace + veth (eth0 inside) + address + one route. Idempotent."""
+    if not os.path.exists(netns_path(handle)):
+        netns.create(handle)
+    veth = host_veth_name(handle)
+    with IPRoute() as ipr:
+        if not ipr.link_lookup(ifname=veth):
+            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": handle})
+        idx = ipr.link_lookup(ifname=veth)[0]
+        master = ipr.link_lookup(ifname=bridge)[0]
+        ipr.link("set", index=idx, ifalias=alias, master=master, state="up")
+
+    net = ipaddress.ip_network(supernet)
+
+    def inside() -> None:
+        with IPRoute() as ns:
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            _ignore_exists(ns.addr, "add", index=eth0, address=address, prefixlen=prefixlen)
+            ns.link("set", index=eth0, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            _ignore_exists(
+                ns.route, "add", dst=str(net.network_address), dst_len=net.prefixlen, gateway=gateway, oif=eth0
+            )
+
+    run_in_netns(handle, inside)
+
+
+def box_firewall(handle: str, gateways: Iterable[str], peers: Iterable[str]) -> None:
+    """(Re)write the box's input firewall in one transaction."""
+    gw = ", ".join(sorted(gateways))
+    peer_list = sorted(peers)
+    peer_elements = f"elements = {{ {', '.join(peer_list)} }}" if peer_list else ""
+    nft(
+        f"""table inet {BOX_TABLE} {{}}
+delete table inet {BOX_TABLE}
+table inet {BOX_TABLE} {{
+  set gateways {{ type ipv4_addr; elements = {{ {gw} }} }}
+  set peers {{ type ipv4_addr; {peer_elements} }}
+  chain input {{
+    type filter hook input priority 0; policy drop;
+    iif "lo" accept
+    ct state established,related accept
+    iifname "{VXLAN_DEV}" accept
+    ip saddr @gateways accept
+    ip saddr @peers udp dport {VXLAN_PORT} accept
+  }}
+}}
+""",
+        handle,
+    )
+
+
+def ensure_vxlan(
+    handle: str, vni: int, local: str, overlay_address: str, prefixlen: int, peers: list[str], alias: str
+) -> None:
+    """vx0 on eth0 (MTU 1450), learning on, one all-zeros FDB entry per
+    peer (stale ones removed). Recreated when its VNI differs."""
+
+    def inside() -> None:
+        with IPRoute() as ns:
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            found = ns.link_lookup(ifname=VXLAN_DEV)
+            if found:
+                data = ns.get_links(found[0])[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+                if data.get("IFLA_VXLAN_ID") != vni:
+                    ns.link("del", index=found[0])
+                    found = []
+            if not found:
+                ns.link(
+                    "add", ifname=VXLAN_DEV, kind="vxlan", vxlan_id=vni, vxlan_local=local,
+                    vxlan_link=eth0, vxlan_learning=1, vxlan_port=VXLAN_PORT,
+                )
+            vx = ns.link_lookup(ifname=VXLAN_DEV)[0]
+            ns.link("set", index=vx, ifalias=alias)
+            existing = {
+                e.get("NDA_DST") for e in ns.fdb("dump", ifindex=vx) if e.get("NDA_LLADDR") == "00:00:00:00:00:00"
+            }
+            for peer in peers:
+                if peer not in existing:
+                    ns.fdb("append", ifindex=vx, lladdr="00:00:00:00:00:00", dst=peer)
+            for stale in existing - set(peers) - {None}:
+                ns.fdb("del", ifindex=vx, lladdr="00:00:00:00:00:00", dst=stale)
+            _ignore_exists(ns.addr, "add", index=vx, address=overlay_address, prefixlen=prefixlen)
+            ns.link("set", index=vx, state="up")
+
+    run_in_netns(handle, inside)
+
+
+def box_vxlan_alias(handle: str) -> str | None:
+    """The ifalias of a box's vx0, or None when it has none."""
+
+    def inside() -> str | None:
+        with IPRoute() as ns:
+            found = ns.link_lookup(ifname=VXLAN_DEV)
+            return ns.get_links(found[0])[0].get("ifalias") if found else None
+
+    try:
+        return run_in_netns(handle, inside)
+    except OSError:
+        return None
+
+
+def delete_vxlan(handle: str) -> None:
+    if not os.path.exists(netns_path(handle)):
+        return
+
+    def inside() -> None:
+        with IPRoute() as ns:
+            found = ns.link_lookup(ifname=VXLAN_DEV)
+            if found:
+                ns.link("del", index=found[0])
+
+    run_in_netns(handle, inside)
+
+
+def remove_netns(handle: str) -> None:
+    if os.path.exists(netns_path(handle)):
+        netns.remove(handle)
