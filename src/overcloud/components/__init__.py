@@ -1,1 +1,3 @@
-"""components"""
+"""Workflow actions for the parts of an OverCloud. Importing this package registers them all."""
+
+from overcloud.components import cluster, datalake, fabric, lifecycle, post, undercloud  # noqa: F401

@@ -1,0 +1,48 @@
+# The two commands a new user runs: `make demo` and `make test`. Both install first,
+# and are quick when everything is already there.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEB_STAMP := $(VENV)/.debs
+# What the project needs from Debian: nft for box firewalls, iproute2 for netns tools,
+# PostgreSQL for the repository tests, ping for people poking at boxes.
+DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql
+DEMO_STATE ?= $(CURDIR)/.state/demo
+PORT ?= 6125
+
+.PHONY: install debs demo test test-fast bench clean-demo
+
+install: debs $(STAMP)
+
+debs: $(DEB_STAMP)
+
+$(DEB_STAMP): Makefile
+	@mkdir -p $(VENV)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	else echo "not root: skipping Debian packages ($(DEB_PACKAGES)); the local UnderCloud needs root"; fi
+	@touch $@
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: install
+	@bash scripts/demo.sh "$(DEMO_STATE)" "$(PORT)"
+
+test: install
+	@bash scripts/test.sh
+
+bench: install
+	$(BIN)/python bench/create_delete.py
+
+clean-demo:
+	-@test -f $(DEMO_STATE)/tower.pid && kill $$(cat $(DEMO_STATE)/tower.pid) 2>/dev/null; rm -rf $(DEMO_STATE)

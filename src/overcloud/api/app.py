@@ -1,0 +1,148 @@
+"""The FastAPI application: routers, error shape, body limit, request metrics.
+
+Every error answers ``{"error": <code>, "message": <what to do>}`` (plus ``field``
+when one field is at fault). Nothing but /healthz is served without a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from overcloud import __version__
+from overcloud.api.deps import ensure_admin_token, get_principal
+from overcloud.api.requests import RequestError
+from overcloud.api.routes import overclouds, system
+from overcloud.repository import InvalidTransition, NotFound
+from overcloud.tower import QuotaExceeded, Tower
+
+logger = logging.getLogger(__name__)
+
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid", 429: "quota_exceeded"}
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": CODES.get(status, "error"), "message": message}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with 413 before reading them whole."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        resp = error(413, f"the body is over {self.limit} bytes; OverCloud requests are small JSON documents")
+        await resp(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(tower: Tower) -> FastAPI:
+    app = FastAPI(
+        title="OverCloud Tower",
+        version=__version__,
+        description="Build, watch and delete OverClouds. Every endpoint but /healthz needs "
+        "`Authorization: Bearer <token>` (the admin token is in `<state-dir>/admin.token`).",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.tower = tower
+    app.state.admin_token = ensure_admin_token(tower.settings.token_path)
+    tower.metrics.watch_status(tower.repo.count_by_status)
+
+    auth = [Depends(get_principal)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    def openapi_json() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=auth)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="OverCloud Tower API")
+
+    app.include_router(system.router)
+    app.include_router(overclouds.router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        tower.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        tower.metrics.request_seconds.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodyLimit, limit=tower.settings.max_body_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError):
+        return error(exc.status, exc.message, exc.field)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound):
+        return error(404, f"no OverCloud with id {exc.overcloud_id!r}; `GET /overclouds` lists them")
+
+    @app.exception_handler(InvalidTransition)
+    async def conflict(_: Request, exc: InvalidTransition):
+        hint = " wait until it is READY or FAILED, then delete it" if exc.current == "CREATING" else ""
+        return error(409, f"OverCloud {exc.overcloud_id} is {exc.current}; it cannot become {exc.new} now;{hint}".rstrip(";"))
+
+    @app.exception_handler(QuotaExceeded)
+    async def quota(_: Request, exc: QuotaExceeded):
+        return error(429, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception):
+        logger.exception("unhandled error")
+        return JSONResponse({"error": "internal", "message": "internal error; see the Tower log"}, status_code=500)
+
+    return app

@@ -1,0 +1,232 @@
+"""/overclouds: create, list, show, watch and delete OverClouds (seed-compatible)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from overcloud import states
+from overcloud.api.deps import PrincipalDep, TowerDep
+from overcloud.api.requests import RequestError, Sites, parse_create
+from overcloud.api.views import detail_view, iso, summary_view, workflow_view
+from overcloud.repository import NotFound
+from overcloud.repository.models import OverCloudRow
+
+router = APIRouter(prefix="/overclouds", tags=["overclouds"])
+
+SEED_EXAMPLE = {"provider": "local", "number": "3", "size": "m1.small"}
+CREATE_BODY_SCHEMA = {
+    "oneOf": [
+        {
+            "title": "SeedBody",
+            "type": "object",
+            "properties": {
+                "provider": {"type": "string", "description": "a site name or kind: local, aws (Amazon), openstack"},
+                "number": {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "clusters, e.g. \"3\""},
+                "size": {"type": "string", "description": "small, medium, large or m1.small ..."},
+                "name": {"type": "string"},
+            },
+            "required": ["provider", "number", "size"],
+            "additionalProperties": False,
+        },
+        {
+            "title": "NativeBody",
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "sites": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "undercloud": {"type": "string"},
+                            "clusters": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                            "size": {"type": "string"},
+                            "post": {"type": "boolean"},
+                        },
+                        "required": ["undercloud", "clusters"],
+                        "additionalProperties": False,
+                    },
+                },
+                "datalake": {"type": "object"},
+                "fabric": {"type": "object"},
+            },
+            "required": ["sites"],
+            "additionalProperties": False,
+        },
+        {
+            "title": "SeedHeterogeneousBody",
+            "type": "object",
+            "properties": {"provider": {"const": "heterogeneous"}},
+            "required": ["provider"],
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"number": {}, "size": {"type": "string"}, "post": {}},
+            },
+        },
+    ]
+}
+
+
+def _visible(tower, principal, overcloud_id: str) -> OverCloudRow:
+    """The OverCloud if the caller may see it; another tenant's is as unknown as a missing one."""
+    row = tower.repo.get(overcloud_id)
+    if not principal.is_admin and row.tenant_id != principal.tenant_id:
+        raise NotFound(overcloud_id)
+    return row
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        raise RequestError("the body is empty; send JSON such as " + json.dumps(SEED_EXAMPLE))
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the body is not valid JSON ({exc}); send e.g. " + json.dumps(SEED_EXAMPLE), status=400) from None
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Create an OverCloud (seed body, seed heterogeneous body or native body)",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": CREATE_BODY_SCHEMA, "example": SEED_EXAMPLE}}}},
+    responses={202: {"description": "creating; the workflow runs in the background"}, 201: {"description": "READY (with ?wait=true)"}},
+)
+async def create_overcloud(
+    request: Request,
+    tower: TowerDep,
+    principal: PrincipalDep,
+    wait: Annotated[bool, Query(description="block until READY or FAILED, like the seed")] = False,
+):
+    body = await _json_body(request)
+    plan = parse_create(body, Sites(tower.site_kinds()), tower.settings.max_clusters)
+    overcloud_id = await run_in_threadpool(tower.create, plan, principal.tenant_id)
+    if wait:
+        await run_in_threadpool(tower.wait, overcloud_id)
+    row = tower.repo.get(overcloud_id)
+    code = 202 if not wait else (201 if row.status == states.READY else 200)
+    return JSONResponse(detail_view(row, tower.repo.tasks(overcloud_id)), status_code=code,
+                        headers={"Location": f"/overclouds/{overcloud_id}"})
+
+
+@router.get("", summary="List OverClouds (seed fields overcloud_ID, tenant_ID, plus status)")
+def list_overclouds(tower: TowerDep, principal: PrincipalDep, include_deleted: bool = False) -> list[dict[str, Any]]:
+    tenant = None if principal.is_admin else principal.tenant_id
+    return [summary_view(r) for r in tower.repo.list(tenant, include_deleted=include_deleted)]
+
+
+@router.get("/{overcloud_id}", summary="One OverCloud: Post, clusters, addresses, status, timings")
+def get_overcloud(overcloud_id: str, tower: TowerDep, principal: PrincipalDep) -> dict[str, Any]:
+    row = _visible(tower, principal, overcloud_id)
+    return detail_view(row, tower.repo.tasks(overcloud_id))
+
+
+@router.get("/{overcloud_id}/workflow", summary="Every workflow task: state, start/end, error")
+def get_workflow(overcloud_id: str, tower: TowerDep, principal: PrincipalDep) -> dict[str, Any]:
+    row = _visible(tower, principal, overcloud_id)
+    return workflow_view(row, tower.repo.tasks(overcloud_id))
+
+
+RESTING = {states.READY, states.FAILED, states.DELETED, states.DEGRADED}
+
+
+@router.get(
+    "/{overcloud_id}/events",
+    summary="Server-sent events of status and task changes",
+    description="Streams until the OverCloud rests (READY, FAILED, DELETED) unless follow=true. "
+    "Resume with the Last-Event-ID header or ?after=<id>.",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    overcloud_id: str,
+    tower: TowerDep,
+    principal: PrincipalDep,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    follow: bool = False,
+    last_event_id: Annotated[str | None, Header()] = None,
+):
+    _visible(tower, principal, overcloud_id)
+    if last_event_id and last_event_id.isdigit():
+        after = int(last_event_id)
+
+    async def stream():
+        last, idle = after, 0.0
+        while True:
+            rows = await run_in_threadpool(tower.repo.events_after, overcloud_id, last)
+            for ev in rows:
+                last = ev.id
+                data = {**ev.data, "at": iso(ev.at), "overcloud_ID": overcloud_id}
+                yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(data)}\n\n"
+            if not rows:
+                status = (await run_in_threadpool(tower.repo.get, overcloud_id)).status
+                running = any(r.startswith(overcloud_id + ":") for r in list(tower._runs))
+                if not follow and status in RESTING and not running:
+                    return
+                await asyncio.sleep(0.2)
+                idle += 0.2
+                if idle >= 15:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _delete(overcloud_id: str, tower, principal, wait: bool) -> JSONResponse:
+    _visible(tower, principal, overcloud_id)
+    status = await run_in_threadpool(tower.delete, overcloud_id)
+    if wait:
+        await run_in_threadpool(tower.wait, overcloud_id)
+        status = tower.repo.get(overcloud_id).status
+    return JSONResponse({"overcloud_ID": overcloud_id, "status": status}, status_code=200 if status == states.DELETED else 202)
+
+
+@router.delete(
+    "/{overcloud_id}",
+    status_code=202,
+    summary="Delete an OverCloud",
+    description="202 and DELETING at once; a second DELETE while DELETING is also 202 (idempotent); "
+    "409 while CREATING; 200 once DELETED.",
+)
+async def delete_overcloud(
+    overcloud_id: str, tower: TowerDep, principal: PrincipalDep, wait: bool = False
+) -> JSONResponse:
+    return await _delete(overcloud_id, tower, principal, wait)
+
+
+@router.delete(
+    "",
+    status_code=202,
+    summary="Delete an OverCloud, the seed's way: body {\"overcloud_id\": ...}",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"overcloud_id": {"type": "string"}},
+                        "required": ["overcloud_id"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    },
+)
+async def delete_overcloud_seed(request: Request, tower: TowerDep, principal: PrincipalDep, wait: bool = False) -> JSONResponse:
+    body = await _json_body(request)
+    if not isinstance(body, dict) or "overcloud_id" not in body:
+        raise RequestError("send {\"overcloud_id\": \"<id>\"}", field="overcloud_id")
+    extra = sorted(set(body) - {"overcloud_id"})
+    if extra:
+        raise RequestError(f"unknown field {extra[0]!r}; send only {{\"overcloud_id\": \"<id>\"}}", field=extra[0])
+    if not isinstance(body["overcloud_id"], str):
+        raise RequestError("overcloud_id must be a string", field="overcloud_id")
+    return await _delete(body["overcloud_id"], tower, principal, wait)

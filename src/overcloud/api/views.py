@@ -1,0 +1,100 @@
+"""What the API answers: repository rows turned into JSON, with the seed's field names kept."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from overcloud import states
+from overcloud.repository.models import BoxRow, OverCloudRow, TaskRow
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def box_view(b: BoxRow) -> dict[str, Any]:
+    return {
+        "name": b.name,
+        "role": b.role,
+        "site": b.site,
+        "handle": b.handle,
+        "address": b.address,
+        "overlay_address": b.overlay_address,
+        "flavor": {"name": b.flavor, "cpus": b.cpus, "memory_mb": b.memory_mb},
+        "state": b.state,
+        "capacity": b.capacity or {},
+    }
+
+
+def task_view(t: TaskRow) -> dict[str, Any]:
+    duration = None
+    if t.started_at and t.ended_at:
+        duration = round((t.ended_at - t.started_at).total_seconds(), 4)
+    out = t.output or {}
+    return {
+        "task": t.task,
+        "action": t.action,
+        "state": t.state,
+        "attempts": t.attempts,
+        "started_at": iso(t.started_at),
+        "ended_at": iso(t.ended_at),
+        "duration_s": duration,
+        "error": t.error,
+        "message": out.get("message") if isinstance(out, dict) else None,
+    }
+
+
+def summary_view(row: OverCloudRow) -> dict[str, Any]:
+    return {
+        "overcloud_ID": row.id,
+        "tenant_ID": row.tenant_id,
+        "name": row.name,
+        "status": row.status,
+        "created_at": iso(row.created_at),
+    }
+
+
+def workflow_view(row: OverCloudRow, tasks: list[TaskRow]) -> dict[str, Any]:
+    by_wf: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        by_wf.setdefault(t.workflow, []).append(task_view(t))
+    current = "delete_overcloud" if "delete_overcloud" in by_wf else "create_overcloud"
+    return {"overcloud_ID": row.id, "status": row.status, "current": current, "workflows": by_wf}
+
+
+def detail_view(row: OverCloudRow, tasks: list[TaskRow]) -> dict[str, Any]:
+    post = next((b for b in row.boxes if b.role == "post"), None)
+    clusters = [b for b in row.boxes if b.role == "cluster"]
+    spec = row.spec or {}
+    out = {
+        **summary_view(row),
+        "id": row.id,
+        "ready_at": iso(row.ready_at),
+        "deleted_at": iso(row.deleted_at),
+        "updated_at": iso(row.updated_at),
+        "create_seconds": round((row.ready_at - row.created_at).total_seconds(), 3) if row.ready_at else None,
+        # the seed's names: the Post's address and the cluster addresses
+        "devops_post": post.address if post else None,
+        "logical_cluster": [b.address for b in clusters],
+        "post": box_view(post) if post else None,
+        "clusters": [box_view(b) for b in clusters],
+        "sites": spec.get("sites", []),
+        "overlay": (row.info or {}).get("overlay"),
+        "datalake": {"status": "not built yet (issue 4)", "settings": spec.get("datalake", {})},
+        "fabric": {"status": "not built yet (issue 5)", "settings": spec.get("fabric", {})},
+        "workflow": workflow_view(row, tasks),
+        "error": None,
+        "links": {
+            "self": f"/overclouds/{row.id}",
+            "workflow": f"/overclouds/{row.id}/workflow",
+            "events": f"/overclouds/{row.id}/events",
+        },
+    }
+    if row.status == states.FAILED:
+        out["error"] = {"task": row.error_task, "cause": row.error}
+    return out

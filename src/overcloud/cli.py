@@ -1,0 +1,296 @@
+"""The ``overcloud`` command: serve the Tower, and talk to it over HTTP.
+
+Exit codes: 0 done, 1 failed (the Tower refused to or could not do it, or an OverCloud
+ended FAILED), 2 bad usage (bad flags, or input the Tower rejected with 4xx).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from overcloud.config import DEFAULT_PORT, Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="OverCloud: build, watch and delete OverClouds.")
+db_app = typer.Typer(no_args_is_help=True, help="Repository schema.")
+app.add_typer(db_app, name="db")
+out = Console()
+err = Console(stderr=True)
+
+
+class Output(str, enum.Enum):
+    table = "table"
+    json = "json"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+STATE = {"url": None, "token": None, "output": Output.table, "state_dir": None}
+FINAL = {"READY", "FAILED", "DELETED", "DEGRADED"}
+
+
+@app.callback()
+def main_options(
+    url: Annotated[Optional[str], typer.Option(envvar="OVERCLOUD_URL", help="the Tower's URL")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="OVERCLOUD_TOKEN", help="bearer token (default: <state-dir>/admin.token)", show_default=False)] = None,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table for people, json for scripts")] = Output.table,
+    state_dir: Annotated[Optional[Path], typer.Option(envvar="OVERCLOUD_STATE_DIR", help="the Tower's state dir")] = None,
+) -> None:
+    STATE.update(url=url, token=token, output=output, state_dir=state_dir)
+
+
+def _settings(**overrides: Any) -> Settings:
+    if STATE["state_dir"] is not None:
+        overrides.setdefault("state_dir", STATE["state_dir"])
+    return Settings(**overrides)
+
+
+class Client:
+    def __init__(self) -> None:
+        self.url = (STATE["url"] or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
+        token = STATE["token"]
+        if not token:
+            path = _settings().token_path
+            try:
+                token = path.read_text().strip()
+            except OSError:
+                raise CliError(f"no token: pass --token, set OVERCLOUD_TOKEN, or run where {path} is readable", 2) from None
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the Tower at {self.url} ({exc.__class__.__name__}); is `overcloud serve` running?") from None
+        if r.status_code >= 400:
+            try:
+                msg = r.json().get("message") or r.text
+            except ValueError:
+                msg = r.text
+            raise CliError(f"{r.status_code}: {msg}", 2 if r.status_code < 500 else 1)
+        return r.json() if r.content else None
+
+
+def _emit(data: Any, table: Table | None = None) -> None:
+    if STATE["output"] == Output.json or table is None:
+        out.print_json(json.dumps(data))
+    else:
+        out.print(table)
+
+
+def _task_table(wf: dict[str, Any], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("task", "state", "took", "message / error"):
+        t.add_column(col)
+    colors = {"SUCCESS": "green", "RUNNING": "yellow", "FAILURE": "red", "REVERTED": "magenta", "REVERTING": "magenta"}
+    tasks = wf["workflows"].get(wf["current"], [])
+    for task in tasks:
+        took = f"{task['duration_s']:.2f}s" if task["duration_s"] is not None else ""
+        c = colors.get(task["state"], "white")
+        t.add_row(task["task"], f"[{c}]{task['state']}[/]", took, task["error"] or task["message"] or "")
+    return t
+
+
+def _watch(client: Client, overcloud_id: str, until: set[str], timeout: float = 600) -> dict[str, Any]:
+    """Show the workflow's tasks live until the OverCloud reaches one of ``until``."""
+    deadline = time.monotonic() + timeout
+    live_view = STATE["output"] == Output.table and out.is_terminal
+    detail = client.call("GET", f"/overclouds/{overcloud_id}")
+    with Live(console=out, refresh_per_second=8, transient=False) if live_view else _Null() as live:
+        while True:
+            wf = detail["workflow"]
+            if live_view:
+                live.update(_task_table(wf, f"OverCloud {overcloud_id} — {detail['status']}"))
+            if detail["status"] in until or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            detail = client.call("GET", f"/overclouds/{overcloud_id}")
+    if STATE["output"] == Output.table and not live_view:
+        out.print(_task_table(detail["workflow"], f"OverCloud {overcloud_id} — {detail['status']}"))
+    return detail
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, *_):
+        pass
+
+
+@app.command()
+def create(
+    clusters: Annotated[int, typer.Option("--clusters", "-n", min=1, help="logical clusters")] = 3,
+    size: Annotated[str, typer.Option(help="small, medium, large or m1.*")] = "m1.small",
+    site: Annotated[Optional[list[str]], typer.Option("--site", help="site(s) to spread clusters over; repeat")] = None,
+    name: Annotated[str, typer.Option(help="a name for people")] = "overcloud",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="watch the workflow until READY or FAILED")] = False,
+) -> None:
+    """Create an OverCloud: a DevOps Post and CLUSTERS logical clusters."""
+    from overcloud.plan import spread
+
+    client = Client()
+    sites = site or ["local"]
+    counts = spread(clusters, sites)
+    body = {"name": name, "sites": [{"undercloud": s, "clusters": n, "size": size} for s, n in zip(sites, counts) if n]}
+    detail = client.call("POST", "/overclouds", json=body)
+    oid = detail["overcloud_ID"]
+    if not wait:
+        _emit(detail) if STATE["output"] == Output.json else out.print(f"{oid} {detail['status']}")
+        return
+    if STATE["output"] == Output.table:
+        err.print(f"creating OverCloud {oid} ...")
+    detail = _watch(client, oid, {"READY", "FAILED"})
+    _finish(detail, "READY")
+
+
+def _finish(detail: dict[str, Any], wanted: str) -> None:
+    if STATE["output"] == Output.json:
+        _emit(detail)
+    elif detail["status"] == wanted:
+        secs = detail.get("create_seconds")
+        extra = f" in {secs:.2f} s" if secs and wanted == "READY" else ""
+        out.print(f"[green]{detail['overcloud_ID']} {detail['status']}{extra}[/]")
+    if detail["status"] != wanted:
+        e = detail.get("error") or {}
+        raise CliError(f"OverCloud {detail['overcloud_ID']} is {detail['status']}: task {e.get('task')}: {e.get('cause')}")
+
+
+@app.command("list")
+def list_cmd(all_: Annotated[bool, typer.Option("--all", help="include DELETED")] = False) -> None:
+    """List OverClouds."""
+    rows = Client().call("GET", "/overclouds", params={"include_deleted": all_})
+    t = Table("overcloud_ID", "name", "status", "created_at")
+    for r in rows:
+        t.add_row(r["overcloud_ID"], r["name"], r["status"], r["created_at"])
+    _emit(rows, t)
+
+
+@app.command()
+def show(overcloud_id: str) -> None:
+    """Show one OverCloud: Post, clusters, addresses, status."""
+    d = Client().call("GET", f"/overclouds/{overcloud_id}")
+    t = Table(title=f"{d['overcloud_ID']} {d['name']} — {d['status']}", title_justify="left")
+    for col in ("box", "role", "site", "address", "overlay", "flavor", "state"):
+        t.add_column(col)
+    for b in ([d["post"]] if d["post"] else []) + d["clusters"]:
+        f = b["flavor"]
+        t.add_row(b["name"], b["role"], b["site"], b["address"], b["overlay_address"] or "", f"{f['name']} ({f['cpus']:g} CPU, {f['memory_mb']} MiB)", b["state"])
+    _emit(d, t)
+    if STATE["output"] == Output.table and d.get("error"):
+        out.print(f"[red]failed in {d['error']['task']}: {d['error']['cause']}[/]")
+
+
+@app.command()
+def workflow(overcloud_id: str) -> None:
+    """Show every task of the OverCloud's current workflow."""
+    wf = Client().call("GET", f"/overclouds/{overcloud_id}/workflow")
+    _emit(wf, _task_table(wf, f"{wf['current']} — {wf['status']}"))
+
+
+@app.command()
+def delete(
+    overcloud_id: str,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="watch until DELETED")] = False,
+) -> None:
+    """Delete an OverCloud and everything it has."""
+    client = Client()
+    res = client.call("DELETE", f"/overclouds/{overcloud_id}")
+    if not wait:
+        _emit(res) if STATE["output"] == Output.json else out.print(f"{overcloud_id} {res['status']}")
+        return
+    detail = _watch(client, overcloud_id, {"DELETED", "FAILED"})
+    _finish(detail, "DELETED")
+
+
+@app.command()
+def sweep(yes: Annotated[bool, typer.Option("--yes", help="remove what is listed")] = False) -> None:
+    """List (and with --yes remove) resources tagged with an OverCloud id that is not live."""
+    from overcloud.tower import Tower
+
+    tower = Tower(_settings())
+    tower.repo.upgrade()
+    tower._make_drivers()
+    found = tower.sweep() if yes else tower.orphans()
+    rows = [{"overcloud_id": r.overcloud_id, "kind": r.kind, "name": r.name} for r in found]
+    t = Table("overcloud_id", "kind", "name", title="removed" if yes else "left behind (remove with --yes)")
+    for r in rows:
+        t.add_row(r["overcloud_id"], r["kind"], r["name"])
+    if rows or STATE["output"] == Output.json:
+        _emit(rows, t)
+    else:
+        out.print("nothing left behind")
+    tower.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the repository schema to the newest version."""
+    from overcloud.repository import Repository
+
+    settings = _settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    repo = Repository(settings.db_url)
+    repo.upgrade()
+    repo.close()
+    out.print("repository schema is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = DEFAULT_PORT,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the Tower: API, workflow engine, repository and UnderCloud drivers."""
+    import uvicorn
+
+    from overcloud.api.app import create_app
+    from overcloud.tower import Tower
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(host=host, port=port)
+    tower = Tower(settings)
+    tower.start()
+    api = create_app(tower)
+    logging.getLogger(__name__).info("Tower on http://%s:%s, state in %s", host, port, settings.state_dir)
+    try:
+        uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    finally:
+        tower.close()
+
+
+def main() -> None:
+    from overcloud.underclouds.base import UnderCloudError
+
+    try:
+        app()  # usage errors: typer prints them and exits 2
+    except CliError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.code)
+    except UnderCloudError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Logical clusters: boxes that run workloads. Verified, not assumed: a cluster box is
+READY only when its supervisord answers, it and the Post reach each other over the
+overlay (a real TCP connection each way) and its CPU/memory limits read back from the kernel."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from overcloud.boxes import cgroups
+from overcloud.boxes.supervision import HEALTH_PORT
+from overcloud.components.post import find_post, stop_programs
+from overcloud.underclouds.base import Box
+from overcloud.workflows.actions import registry
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterCheckError(RuntimeError):
+    pass
+
+
+def _check_one(tower, overcloud_id: str, post: Box, box: Box, addresses: dict[str, str]) -> dict[str, Any]:
+    sup = tower.local.supervisor(box)
+    state = sup.rpc().supervisor.getState()["statename"]
+    if state != "RUNNING":
+        raise ClusterCheckError(f"supervisord on cluster box {box.handle} is {state}")
+    post_ip, box_ip = addresses[post.name], addresses[box.name]
+    if not tower.local.transport(post).tcp_check(box_ip, HEALTH_PORT, timeout=2.0):
+        raise ClusterCheckError(f"the DevOps Post cannot reach cluster box {box.name} at {box_ip}:{HEALTH_PORT} over the overlay")
+    if not tower.local.transport(box).tcp_check(post_ip, HEALTH_PORT, timeout=2.0):
+        raise ClusterCheckError(f"cluster box {box.name} cannot reach the DevOps Post at {post_ip}:{HEALTH_PORT} over the overlay")
+    cpus, memory_mb = cgroups.default().limits(box.handle)
+    capacity = {"cpus": cpus, "memory_mb": memory_mb, "supervisor": state, "overlay_tcp": "ok"}
+    tower.repo.set_box_fields(overcloud_id, box.name, capacity=capacity, state="READY")
+    return {"name": box.name, "site": box.site, "address": box.address, "overlay_address": box_ip, "capacity": capacity}
+
+
+@registry.action("cluster.deploy")
+def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
+    tower = ctx.services
+    objs = [Box.from_dict(b) for b in boxes]
+    post = find_post(objs)
+    clusters = [b for b in objs if b.role == "cluster"]
+    with ThreadPoolExecutor(max_workers=min(8, len(clusters)) or 1, thread_name_prefix="cluster") as pool:
+        checked = list(pool.map(lambda b: _check_one(tower, overcloud_id, post, b, overlay["addresses"]), clusters))
+    cpus = sum(c["capacity"]["cpus"] for c in checked)
+    mem = sum(c["capacity"]["memory_mb"] for c in checked)
+    sites = sorted({c["site"] for c in checked})
+    return {
+        "clusters": checked,
+        "message": f"{len(checked)} cluster boxes verified on {', '.join(sites)}: {cpus:g} CPUs, {mem} MiB in all",
+    }
+
+
+@registry.action("cluster.remove")
+def remove(ctx, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stop the workloads on the cluster boxes (the boxes are released later)."""
+    tower = ctx.services
+    stopped = []
+    for b in boxes:
+        if b["role"] == "cluster":
+            stopped += stop_programs(tower, Box.from_dict(b))
+    return {"message": f"cluster programs stopped: {len(stopped)}"}

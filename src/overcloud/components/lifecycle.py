@@ -1,0 +1,53 @@
+"""Actions that move an OverCloud's record: validate the plan, mark READY, mark DELETED."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from overcloud import states
+from overcloud.plan import CreatePlan
+from overcloud.underclouds.base import resolve_flavor
+from overcloud.workflows.actions import registry
+
+logger = logging.getLogger(__name__)
+
+
+@registry.action("overcloud.validate")
+def validate(ctx, overcloud_id: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Check the plan against what this Tower has now (sites, sizes), and lay out its boxes."""
+    tower = ctx.services
+    p = CreatePlan.from_dict(plan)
+    for site in p.sites:
+        if site.site not in tower.drivers:
+            raise ValueError(f"site {site.site} is not served by this Tower (configured: {', '.join(tower.drivers)})")
+        resolve_flavor(site.size)
+    specs = p.box_specs(overcloud_id)
+    quota = {name: d.quota() for name, d in tower.drivers.items()}
+    for site in {s["site"] for s in specs}:
+        wanted = sum(1 for s in specs if s["site"] == site)
+        q = quota[site]
+        # boxes of this OverCloud already made (a resumed run) do not count twice
+        if q.used_boxes + wanted > q.max_boxes + len([b for b in tower.repo.get(overcloud_id).boxes if b.site == site]):
+            raise ValueError(f"site {site} has {q.max_boxes - q.used_boxes} boxes free, this OverCloud needs {wanted}")
+    return {"box_specs": specs, "message": f"{len(specs)} boxes planned: 1 DevOps Post + {len(specs) - 1} clusters"}
+
+
+@registry.action("overcloud.mark_ready")
+def mark_ready(ctx, overcloud_id: str, **_: Any) -> dict[str, Any]:
+    tower = ctx.services
+    row = tower.repo.get(overcloud_id)
+    if row.status != states.READY:
+        tower.repo.set_boxes_state(overcloud_id, "READY")
+        tower.repo.set_status(overcloud_id, states.READY, expect={states.CREATING})
+    return {"message": "OverCloud READY"}
+
+
+@registry.action("overcloud.mark_deleted")
+def mark_deleted(ctx, overcloud_id: str, **_: Any) -> dict[str, Any]:
+    tower = ctx.services
+    row = tower.repo.get(overcloud_id)
+    if row.status != states.DELETED:
+        tower.repo.set_boxes_state(overcloud_id, "DELETED")
+        tower.repo.set_status(overcloud_id, states.DELETED, expect={states.DELETING})
+    return {"message": "OverCloud DELETED"}

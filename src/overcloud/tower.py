@@ -1,0 +1,258 @@
+"""The Tower: one object that owns the repository, the workflow engine and the UnderCloud drivers.
+
+The API calls the Tower; workflow actions reach the Tower through ``ctx.services``.
+Creating and deleting an OverCloud are workflows that run in the background;
+the Tower records every task transition in the repository (the Horizon view and
+the event stream) and turns the workflow's outcome into the OverCloud's status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from overcloud import states
+from overcloud.config import Settings
+from overcloud.metrics import TowerMetrics
+from overcloud.plan import CreatePlan
+from overcloud.repository import InvalidTransition, NotFound, Repository
+from overcloud.underclouds.base import TaggedResource, UnderCloudDriver, UnderCloudError
+from overcloud.workflows import actions as wf_actions
+from overcloud.workflows.engine import TaskEvent, WorkflowEngine, WorkflowFailed
+
+logger = logging.getLogger(__name__)
+
+CREATE, DELETE = "create_overcloud", "delete_overcloud"
+
+
+class QuotaExceeded(RuntimeError):
+    pass
+
+
+class Tower:
+    def __init__(self, settings: Settings, *, metrics: TowerMetrics | None = None):
+        import overcloud.components  # noqa: F401  (registers the actions)
+
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.repo = Repository(settings.db_url)
+        self.metrics = metrics or TowerMetrics()
+        self.drivers: dict[str, UnderCloudDriver] = {}
+        self.local = None  # the LocalHost when any local site is configured
+        self.engine: WorkflowEngine | None = None
+        self._lock = threading.Lock()
+        self._runs: dict[str, Any] = {}  # run_id -> Future
+        self._started: dict[str, float] = {}
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self, *, resume: bool = True) -> None:
+        self.repo.upgrade()
+        self._make_drivers()
+        self.engine = WorkflowEngine(
+            self.settings.workflow_db_url, registry=wf_actions.registry, services=self, max_workers=self.settings.workers
+        )
+        if resume:
+            self.resume_unfinished()
+
+    def _make_drivers(self) -> None:
+        local_sites = [s for s in self.settings.sites if s.kind == "local"]
+        if local_sites:
+            from overcloud.underclouds.local import LocalHost, LocalSiteConfig
+
+            LocalHost.check_privileges()
+            self.local = LocalHost(
+                self.settings.state_dir / "local",
+                sites=[LocalSiteConfig(name=s.name, bridge=s.bridge, cidr=s.cidr) for s in local_sites],
+                overlay_cidr=self.settings.overlay_cidr,
+                max_boxes=self.settings.max_boxes,
+            )
+            self.local.ensure_sites()
+            self.drivers.update(self.local.sites)
+        for site in self.settings.sites:
+            if site.kind != "local":
+                raise UnderCloudError(f"site {site.name}: the {site.kind} UnderCloud driver is not built yet")
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.repo.close()
+
+    def site_kinds(self) -> dict[str, str]:
+        return {s.name: s.kind for s in self.settings.sites}
+
+    # -- create -----------------------------------------------------------
+    def create(self, plan: CreatePlan, tenant_id: str) -> str:
+        """Record the OverCloud and start its create workflow; returns its id at once."""
+        with self._lock:  # quota check and insert as one step, so 20 parallel creates cannot overshoot
+            wanted = plan.clusters + 1
+            used = self.repo.count_boxes() + self._pending_boxes()
+            if used + wanted > self.settings.max_boxes:
+                raise QuotaExceeded(
+                    f"this OverCloud needs {wanted} boxes but only {max(0, self.settings.max_boxes - used)} of "
+                    f"{self.settings.max_boxes} are free; delete an OverCloud or raise OVERCLOUD_MAX_BOXES"
+                )
+            overcloud_id = uuid.uuid4().hex
+            self.repo.create_overcloud(overcloud_id, plan.name, tenant_id, plan.to_dict())
+        self._submit(overcloud_id, CREATE, {"overcloud_id": overcloud_id, "plan": plan.to_dict()})
+        return overcloud_id
+
+    def _pending_boxes(self) -> int:
+        """Boxes planned by CREATING OverClouds whose acquire has not saved them yet."""
+        total = 0
+        for row in self.repo.list():
+            if row.status == states.CREATING and not row.boxes:
+                total += CreatePlan.from_dict(row.spec).clusters + 1
+        return total
+
+    # -- delete -----------------------------------------------------------
+    def delete(self, overcloud_id: str) -> str:
+        """Start deleting; returns the status after the call. Idempotent while DELETING."""
+        row = self.repo.get(overcloud_id)
+        if row.status in (states.DELETING, states.DELETED):
+            return row.status
+        try:
+            self.repo.set_status(overcloud_id, states.DELETING, expect=states.DELETABLE)
+        except InvalidTransition:
+            row = self.repo.get(overcloud_id)
+            if row.status in (states.DELETING, states.DELETED):
+                return row.status
+            raise
+        self._submit_delete(overcloud_id)
+        return states.DELETING
+
+    def _submit_delete(self, overcloud_id: str) -> None:
+        boxes = [box_dict(b) for b in self.repo.get(overcloud_id).boxes]
+        self.repo.set_boxes_state(overcloud_id, "DELETING")
+        self._submit(overcloud_id, DELETE, {"overcloud_id": overcloud_id, "boxes": boxes})
+
+    # -- running workflows ------------------------------------------------
+    def _submit(self, overcloud_id: str, workflow: str, inputs: dict[str, Any]) -> None:
+        assert self.engine is not None, "Tower.start() first"
+        spec = self.engine.load(workflow)
+        self.repo.seed_tasks(overcloud_id, workflow, {name: t.action for name, t in spec.tasks.items()})
+        run_id = f"{overcloud_id}:{workflow}"
+        self._started[run_id] = time.monotonic()
+        future = self.engine.submit(workflow, run_id, inputs, on_event=self._on_event)
+        self._runs[run_id] = future
+        future.add_done_callback(lambda f: self._finished(overcloud_id, workflow, run_id, f))
+
+    def _on_event(self, ev: TaskEvent) -> None:
+        overcloud_id, workflow = ev.run_id.split(":", 1)
+        at = dt.datetime.fromtimestamp(ev.at, dt.timezone.utc)
+        output = ev.result if isinstance(ev.result, dict) and ev.state == "SUCCESS" else None
+        if output is not None:
+            output = _summary(output)
+        self.repo.record_task(overcloud_id, workflow, ev.task, ev.state, at=at, error=ev.error, output=output)
+        if ev.state in ("SUCCESS", "FAILURE"):
+            self.metrics.observe_task(workflow, ev.task, ev.state, self._task_duration(overcloud_id, workflow, ev.task, at))
+
+    def _task_duration(self, overcloud_id: str, workflow: str, task: str, end: dt.datetime) -> float | None:
+        for row in self.repo.tasks(overcloud_id, workflow):
+            if row.task == task and row.started_at is not None:
+                start = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=dt.timezone.utc)
+                return max(0.0, (end - start).total_seconds())
+        return None
+
+    def _finished(self, overcloud_id: str, workflow: str, run_id: str, future) -> None:
+        self._runs.pop(run_id, None)
+        elapsed = time.monotonic() - self._started.pop(run_id, time.monotonic())
+        exc = future.exception()
+        outcome = "success" if exc is None else "failure"
+        self.metrics.observe_workflow(workflow, outcome, elapsed)
+        if exc is None:
+            return  # the workflow's last task set READY / DELETED itself
+        task = getattr(exc, "task", None)
+        cause = getattr(exc, "cause", None) or str(exc)
+        logger.warning("workflow %s of OverCloud %s failed in task %s: %s", workflow, overcloud_id, task, cause)
+        try:
+            self.repo.set_status(overcloud_id, states.FAILED, error_task=task, error=str(cause))
+        except (InvalidTransition, NotFound) as err:
+            logger.error("could not mark OverCloud %s FAILED: %s", overcloud_id, err)
+
+    def wait(self, overcloud_id: str, timeout: float = 300.0) -> None:
+        """Block until no workflow of this OverCloud is running (used by ``?wait=true``)."""
+        deadline = time.monotonic() + timeout
+        for run_id, future in list(self._runs.items()):
+            if run_id.startswith(overcloud_id + ":"):
+                try:
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - the outcome is in the repository
+                    pass
+
+    def resume_unfinished(self) -> list[str]:
+        """After a restart: resume (or revert) every unfinished workflow, and settle records
+        whose workflow never started or already ended."""
+        assert self.engine is not None
+        resumed = []
+        unfinished = set(self.engine.unfinished())
+        for run_id in unfinished:
+            overcloud_id, workflow = run_id.split(":", 1)
+            try:
+                self.repo.get(overcloud_id)
+            except NotFound:
+                logger.warning("forgetting workflow %s of unknown OverCloud", run_id)
+                self.engine.forget(run_id)
+                continue
+            logger.info("resuming workflow %s", run_id)
+            self._started[run_id] = time.monotonic()
+            future = self.engine.submit_resume(run_id, on_event=self._on_event)
+            self._runs[run_id] = future
+            future.add_done_callback(lambda f, o=overcloud_id, w=workflow, r=run_id: self._finished(o, w, r, f))
+            resumed.append(run_id)
+        for row in self.repo.list():
+            if row.status == states.CREATING and f"{row.id}:{CREATE}" not in unfinished:
+                # the Tower died before the create workflow was persisted, or after it ended
+                # without its outcome being recorded: clean up whatever exists and say so
+                self._release_tagged(row.id)
+                self.repo.set_status(row.id, states.FAILED, error_task="tower", error="the Tower stopped before this create finished; nothing was left behind")
+            elif row.status == states.DELETING and f"{row.id}:{DELETE}" not in unfinished:
+                self.engine.forget(f"{row.id}:{DELETE}")
+                self._submit_delete(row.id)
+                resumed.append(f"{row.id}:{DELETE}")
+        return resumed
+
+    # -- leftovers --------------------------------------------------------
+    def orphans(self) -> list[TaggedResource]:
+        """Resources tagged with an OverCloud id the repository does not know as live."""
+        live = self.repo.live_ids()
+        if self.local is None:
+            return []
+        return [r for r in self.local.list_tagged() if r.overcloud_id not in live]
+
+    def sweep(self) -> list[TaggedResource]:
+        orphans = self.orphans()
+        if orphans and self.local is not None:
+            return self.local.sweep({r.overcloud_id for r in orphans})
+        return []
+
+    def _release_tagged(self, overcloud_id: str) -> None:
+        if self.local is not None and self.local.list_tagged(overcloud_id):
+            self.local.sweep({overcloud_id})
+
+
+def box_dict(row) -> dict[str, Any]:
+    return {
+        "overcloud_id": row.overcloud_id,
+        "name": row.name,
+        "role": row.role,
+        "site": row.site,
+        "flavor": {"name": row.flavor, "cpus": row.cpus, "memory_mb": row.memory_mb},
+        "handle": row.handle,
+        "address": row.address,
+        "overlay_address": row.overlay_address,
+        "extra": {},
+    }
+
+
+def _summary(result: dict[str, Any], limit: int = 4000) -> dict[str, Any]:
+    """A task's output for the Horizon view: its own ``message`` and small fields, bounded."""
+    import json
+
+    text = json.dumps(result, default=str)
+    if len(text) <= limit:
+        return result
+    return {"message": result.get("message", ""), "truncated": True}
