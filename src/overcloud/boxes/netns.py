@@ -66,37 +66,99 @@ def pids_by_netns_inode() -> dict[int, list[int]]:
     return result
 
 
+MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+_run_dir_lock = threading.Lock()
+_run_dir_ready = False
+
+
+def _in_fresh_thread(fn: Callable[[], T], name: str) -> T:
+    """Call fn in a new thread (whose namespace changes die with it)."""
+    result: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _libc_check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _ensure_run_dir() -> None:
+    """/run/netns as a shared mount point, as ``ip netns add`` makes it."""
+    global _run_dir_ready
+    with _run_dir_lock:
+        if _run_dir_ready:
+            return
+        os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+        d = NETNS_RUN_DIR.encode()
+        if _libc.mount(b"none", d, b"none", MS_SHARED | MS_REC, None) != 0:
+            _libc_check(_libc.mount(d, d, b"none", MS_BIND | MS_REC, None), "bind-mount /run/netns")
+            _libc_check(_libc.mount(b"none", d, b"none", MS_SHARED | MS_REC, None), "share /run/netns")
+        _run_dir_ready = True
+
+
+def create_netns(name: str) -> None:
+    """``ip netns add`` without a child process: a throw-away thread
+    unshares its network namespace and bind-mounts it to /run/netns/<name>."""
+    _ensure_run_dir()
+    path = netns_path(name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+
+    def body() -> None:
+        _libc_check(_libc.unshare(CLONE_NEWNET), f"unshare for netns {name}")
+        src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        _libc_check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), f"bind-mount netns {name}")
+
+    try:
+        _in_fresh_thread(body, f"netns-create-{name}")
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def remove_netns(name: str) -> None:
+    """``ip netns delete``; no-op when it does not exist."""
+    path = netns_path(name)
+    if not os.path.exists(path):
+        return
+    _libc.umount2(path.encode(), MNT_DETACH)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def run_in_netns(name: str, fn: Callable[[], T]) -> T:
     """Call ``fn`` in a fresh thread that lives in namespace ``name``.
 
     The thread is discarded afterwards, so no other thread of the Tower
     ever sees the box's namespace.
     """
-    result: dict[str, Any] = {}
 
-    def body() -> None:
+    def body() -> T:
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            result["error"] = exc
-            return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                result["error"] = OSError(err, f"setns({name}): {os.strerror(err)}")
-                return
-            result["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            result["error"] = exc
+            _libc_check(_libc.setns(fd, CLONE_NEWNET), f"setns({name})")
         finally:
             os.close(fd)
+        return fn()
 
-    thread = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+    return _in_fresh_thread(body, f"netns-{name}")
 
 
 class NetnsTransport:

@@ -16,10 +16,10 @@ import os
 import subprocess
 from collections.abc import Iterable
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overcloud.boxes.netns import netns_path, run_in_netns
+from overcloud.boxes.netns import create_netns, netns_path, remove_netns, run_in_netns  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def create_box_network(
 ) -> None:
     """Namespace + veth (eth0 inside) + address + one route. Idempotent."""
     if not os.path.exists(netns_path(handle)):
-        netns.create(handle)
+        create_netns(handle)
     veth = host_veth_name(handle)
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=veth):
@@ -269,6 +269,3 @@ def delete_vxlan(handle: str) -> None:
     run_in_netns(handle, inside)
 
 
-def remove_netns(handle: str) -> None:
-    if os.path.exists(netns_path(handle)):
-        netns.remove(handle)
