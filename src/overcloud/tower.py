@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from overcloud import states
@@ -22,7 +23,7 @@ from overcloud.plan import CreatePlan
 from overcloud.repository import InvalidTransition, NotFound, Repository
 from overcloud.underclouds.base import TaggedResource, UnderCloudDriver, UnderCloudError
 from overcloud.workflows import actions as wf_actions
-from overcloud.workflows.engine import TaskEvent, WorkflowEngine, WorkflowFailed
+from overcloud.workflows.engine import TaskEvent, WorkflowEngine
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class Tower:
         self.local = None  # the LocalHost when any local site is configured
         self.engine: WorkflowEngine | None = None
         self._lock = threading.Lock()
-        self._runs: dict[str, Any] = {}  # run_id -> Future
+        self._runs: dict[str, threading.Event] = {}  # run_id -> set once its outcome is recorded
         self._started: dict[str, float] = {}
+        self._resumer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resume")
 
     # -- lifecycle --------------------------------------------------------
     def start(self, *, resume: bool = True) -> None:
@@ -77,6 +79,7 @@ class Tower:
                 raise UnderCloudError(f"site {site.name}: the {site.kind} UnderCloud driver is not built yet")
 
     def close(self) -> None:
+        self._resumer.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.close()
         self.repo.close()
@@ -136,9 +139,14 @@ class Tower:
         self.repo.seed_tasks(overcloud_id, workflow, {name: t.action for name, t in spec.tasks.items()})
         run_id = f"{overcloud_id}:{workflow}"
         self._started[run_id] = time.monotonic()
-        future = self.engine.submit(workflow, run_id, inputs, on_event=self._on_event)
-        self._runs[run_id] = future
-        future.add_done_callback(lambda f: self._finished(overcloud_id, workflow, run_id, f))
+        done = threading.Event()
+        self._runs[run_id] = done
+        try:
+            future = self.engine.submit(workflow, run_id, inputs, on_event=self._on_event)
+        except BaseException:
+            self._runs.pop(run_id, None)
+            raise
+        future.add_done_callback(lambda f: self._finished(overcloud_id, workflow, run_id, f, done))
 
     def _on_event(self, ev: TaskEvent) -> None:
         overcloud_id, workflow = ev.run_id.split(":", 1)
@@ -157,8 +165,14 @@ class Tower:
                 return max(0.0, (end - start).total_seconds())
         return None
 
-    def _finished(self, overcloud_id: str, workflow: str, run_id: str, future) -> None:
-        self._runs.pop(run_id, None)
+    def _finished(self, overcloud_id: str, workflow: str, run_id: str, future, done: threading.Event) -> None:
+        try:
+            self._settle(overcloud_id, workflow, run_id, future)
+        finally:
+            self._runs.pop(run_id, None)
+            done.set()
+
+    def _settle(self, overcloud_id: str, workflow: str, run_id: str, future) -> None:
         elapsed = time.monotonic() - self._started.pop(run_id, time.monotonic())
         exc = future.exception()
         outcome = "success" if exc is None else "failure"
@@ -173,15 +187,15 @@ class Tower:
         except (InvalidTransition, NotFound) as err:
             logger.error("could not mark OverCloud %s FAILED: %s", overcloud_id, err)
 
+    def is_running(self, overcloud_id: str) -> bool:
+        return any(r.startswith(overcloud_id + ":") for r in list(self._runs))
+
     def wait(self, overcloud_id: str, timeout: float = 300.0) -> None:
         """Block until no workflow of this OverCloud is running (used by ``?wait=true``)."""
         deadline = time.monotonic() + timeout
-        for run_id, future in list(self._runs.items()):
+        for run_id, done in list(self._runs.items()):
             if run_id.startswith(overcloud_id + ":"):
-                try:
-                    future.result(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - the outcome is in the repository
-                    pass
+                done.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     def resume_unfinished(self) -> list[str]:
         """After a restart: resume (or revert) every unfinished workflow, and settle records
@@ -199,9 +213,10 @@ class Tower:
                 continue
             logger.info("resuming workflow %s", run_id)
             self._started[run_id] = time.monotonic()
-            future = self.engine.submit_resume(run_id, on_event=self._on_event)
-            self._runs[run_id] = future
-            future.add_done_callback(lambda f, o=overcloud_id, w=workflow, r=run_id: self._finished(o, w, r, f))
+            done = threading.Event()
+            self._runs[run_id] = done
+            future = self._resumer.submit(self.engine.resume, run_id, self._on_event)
+            future.add_done_callback(lambda f, o=overcloud_id, w=workflow, r=run_id, d=done: self._finished(o, w, r, f, d))
             resumed.append(run_id)
         for row in self.repo.list():
             if row.status == states.CREATING and f"{row.id}:{CREATE}" not in unfinished:

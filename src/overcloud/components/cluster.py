@@ -5,6 +5,7 @@ overlay (a real TCP connection each way) and its CPU/memory limits read back fro
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,8 +18,23 @@ from overcloud.workflows.actions import registry
 logger = logging.getLogger(__name__)
 
 
+REACH_SECONDS = 5.0
+
+
 class ClusterCheckError(RuntimeError):
     pass
+
+
+def _reach(transport, ip: str, within: float = REACH_SECONDS) -> bool:
+    """A real TCP connection to the box's health responder; it may still be starting, so
+    try until ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        if transport.tcp_check(ip, HEALTH_PORT, timeout=0.5):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def _check_one(tower, overcloud_id: str, post: Box, box: Box, addresses: dict[str, str]) -> dict[str, Any]:
@@ -27,9 +43,9 @@ def _check_one(tower, overcloud_id: str, post: Box, box: Box, addresses: dict[st
     if state != "RUNNING":
         raise ClusterCheckError(f"supervisord on cluster box {box.handle} is {state}")
     post_ip, box_ip = addresses[post.name], addresses[box.name]
-    if not tower.local.transport(post).tcp_check(box_ip, HEALTH_PORT, timeout=2.0):
+    if not _reach(tower.local.transport(post), box_ip):
         raise ClusterCheckError(f"the DevOps Post cannot reach cluster box {box.name} at {box_ip}:{HEALTH_PORT} over the overlay")
-    if not tower.local.transport(box).tcp_check(post_ip, HEALTH_PORT, timeout=2.0):
+    if not _reach(tower.local.transport(box), post_ip):
         raise ClusterCheckError(f"cluster box {box.name} cannot reach the DevOps Post at {post_ip}:{HEALTH_PORT} over the overlay")
     cpus, memory_mb = cgroups.default().limits(box.handle)
     capacity = {"cpus": cpus, "memory_mb": memory_mb, "supervisor": state, "overlay_tcp": "ok"}

@@ -230,7 +230,7 @@ class Repository:
                     if state == "RUNNING":
                         row.attempts = (row.attempts or 0) + 1
                         row.started_at, row.ended_at, row.error = at, None, None
-                    elif state in ("SUCCESS", "FAILURE", "REVERTED"):
+                    elif state in ("SUCCESS", "FAILURE"):
                         row.ended_at = at
                     if error is not None:
                         row.error = error

@@ -166,7 +166,7 @@ async def events(
                 yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(data)}\n\n"
             if not rows:
                 status = (await run_in_threadpool(tower.repo.get, overcloud_id)).status
-                running = any(r.startswith(overcloud_id + ":") for r in list(tower._runs))
+                running = tower.is_running(overcloud_id)
                 if not follow and status in RESTING and not running:
                     return
                 await asyncio.sleep(0.2)
