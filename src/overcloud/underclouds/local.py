@@ -37,7 +37,6 @@ from overcloud.underclouds import local_net as net
 from overcloud.underclouds.base import (
     Box,
     BoxSpec,
-    Flavor,
     Overlay,
     Quota,
     TaggedResource,
@@ -479,7 +478,3 @@ class LocalSite(UnderCloudDriver):
         # the limit is the host's: every local site shares its cores and memory
         used = len(self.host.leases.boxes())
         return Quota(max_boxes=self.host.max_boxes, used_boxes=used)
-
-
-def flavor_of(lease: dict[str, Any]) -> Flavor:
-    return Flavor(**lease["flavor"])
