@@ -110,16 +110,17 @@ class ActionTask(tf_task.Task):
         return {RESULT_KEY: raw, **published}
 
     def revert(self, result: Any = None, flow_failures: Any = None, **kwargs: Any) -> None:
-        action, ctx, context = self._context(kwargs)
-        failed = isinstance(result, tf_failure.Failure)
-        if result is None or (failed and not action.revert_on_failure) or action.revert is None:
-            return  # its execute never succeeded (or never ran): nothing of ours to undo
-        raw = None if failed else result.get(RESULT_KEY)
+        run_id = kwargs.get(RUN_ID)
         try:
+            action, ctx, context = self._context(kwargs)
+            failed = isinstance(result, tf_failure.Failure)
+            if result is None or (failed and not action.revert_on_failure) or action.revert is None:
+                return  # its execute never succeeded (or never ran): nothing of ours to undo
+            raw = None if failed else result.get(RESULT_KEY)
             inputs = expressions.render(self.spec.input, context)
             action.revert(ctx, raw, **inputs)
         except Exception:
-            logger.exception("revert of task %s (action %s, run %s) failed", ctx.task, action.name, ctx.run_id)
+            logger.exception("revert of task %s (action %s, run %s) failed", self.spec.name, self.spec.action, run_id)
 
 
 def _call_with_timeout(task: str, timeout: float, fn: Any, ctx: ActionContext, inputs: dict[str, Any]) -> Any:
