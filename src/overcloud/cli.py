@@ -259,9 +259,12 @@ def db_upgrade() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = DEFAULT_PORT,
+    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", envvar="OVERCLOUD_STATE_DIR", help="where the Tower keeps its data")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the Tower: API, workflow engine, repository and UnderCloud drivers."""
+    if state_dir is not None:
+        STATE["state_dir"] = state_dir
     import uvicorn
 
     from overcloud.api.app import create_app

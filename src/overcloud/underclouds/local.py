@@ -121,6 +121,7 @@ class LocalHost:
         self.supernet = str(self._supernet(nets))
         self.gateways = {c.name: str(next(ipaddress.ip_network(c.cidr).hosts())) for c in self.configs}
         self.sites: dict[str, LocalSite] = {c.name: LocalSite(self, c) for c in self.configs}
+        self.bridges = [c.bridge for c in self.configs]
 
     @staticmethod
     def _supernet(nets: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
@@ -348,7 +349,7 @@ class LocalHost:
         owner: dict[str, str] = {}  # handle -> full overcloud id
         for lease in self.leases.boxes():
             owner[lease["handle"]] = lease["overcloud_id"]
-        veths = net.host_tagged_links()
+        veths = net.host_tagged_links(self.bridges)
         for _, oc, name, _ in veths:
             owner.setdefault(box_handle(oc, name), oc)
         for h in self._kernel_handles():
@@ -404,7 +405,7 @@ class LocalHost:
             }
             handles |= {Path(r.name).name for r in tagged if r.kind == "statedir"}
             handles |= {
-                box_handle(o, n) for _, o, n, _ in net.host_tagged_links() if o == oc
+                box_handle(o, n) for _, o, n, _ in net.host_tagged_links(self.bridges) if o == oc
             }
             errors = [e for _, _, e in _parallel(self.destroy_box, sorted(handles)) if e is not None]
             self.leases.delete_overlay(oc)

@@ -94,12 +94,23 @@ def link_exists(ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
-def host_tagged_links() -> list[tuple[str, str, str, str]]:
-    """Host links carrying our tag: (ifname, overcloud_id, box name, kind)."""
+def host_tagged_links(bridges: Iterable[str] | None = None) -> list[tuple[str, str, str, str]]:
+    """Host links carrying our tag: (ifname, overcloud_id, box name, kind).
+
+    With ``bridges``, only links enslaved to one of them, or to none (a box made
+    half-way): another Tower's boxes on its own bridges are not ours to sweep."""
     found = []
     with IPRoute() as ipr:
-        for link in ipr.get_links():
+        links = ipr.get_links()
+        masters = None
+        if bridges is not None:
+            wanted = set(bridges)
+            masters = {link["index"] for link in links if link.get("ifname") in wanted}
+        for link in links:
             parsed = parse_tag(link.get("ifalias"))
+            master = link.get("master")
+            if masters is not None and master and master not in masters:
+                continue
             if parsed and parsed[0] != "site":
                 kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "link"
                 found.append((link.get("ifname"), parsed[0], parsed[1], kind))

@@ -1,0 +1,38 @@
+"""Look at the kernel directly (not through our driver) for what an OverCloud left behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+from pathlib import Path
+
+
+def leftovers(overcloud_id: str, state_dir: Path | None = None) -> list[str]:
+    prefix = f"oc-{overcloud_id[:8]}-"
+    left: list[str] = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    left += [f"netns {n}" for n in netns if n.startswith(prefix)]
+    links = subprocess.run(["ip", "-d", "-o", "link", "show"], capture_output=True, text=True).stdout
+    left += [f"link {line.split(':')[1].strip()}" for line in links.splitlines() if overcloud_id in line]
+    for ctl in ("memory", "cpu", "pids", "unified", ""):
+        left += [f"cgroup {p}" for p in glob.glob(f"/sys/fs/cgroup/{ctl}/overcloud/{prefix}*".replace("//", "/"))]
+    left += [f"/etc/netns/{p}" for p in os.listdir("/etc/netns")] if os.path.isdir("/etc/netns") else []
+    left = [x for x in left if not x.startswith("/etc/netns/") or prefix in x]
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if prefix in cmd:
+            left.append(f"process {pid}: {cmd[:80]}")
+    if state_dir is not None:
+        left += [f"box dir {p}" for p in glob.glob(str(state_dir / "local" / "boxes" / f"{prefix}*"))]
+        left += [f"lease {p}" for p in glob.glob(str(state_dir / "local" / "leases" / f"*{overcloud_id[:8]}*"))]
+    return left
+
+
+def in_netns(handle: str, argv: list[str], timeout: float = 5) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", handle, *argv], capture_output=True, text=True, timeout=timeout)
