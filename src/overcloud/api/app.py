@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
-from overcloud.api.requests import RequestError
+from overcloud.api.requests import RequestError, too_large
 from overcloud.api.routes import overclouds, system
 from overcloud.repository import InvalidTransition, NotFound
 from overcloud.tower import QuotaExceeded, Tower
@@ -37,40 +37,19 @@ def error(status: int, message: str, field: str | None = None, headers: dict[str
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with 413 before reading them whole."""
+    """Refuse a declared Content-Length over ``limit`` with 413 before reading anything.
+    Bodies without a length (chunked) are counted while read, in ``read_body``."""
 
     def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return msg
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send) -> None:
-        resp = error(413, f"the body is over {self.limit} bytes; OverCloud requests are small JSON documents")
-        await resp(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    resp = error(413, too_large(self.limit))
+                    return await resp(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def create_app(tower: Tower) -> FastAPI:

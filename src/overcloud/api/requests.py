@@ -23,6 +23,10 @@ class RequestError(Exception):
         self.message, self.field, self.status = message, field, status
 
 
+def too_large(limit: int) -> str:
+    return f"the body is over {limit} bytes; OverCloud requests are small JSON documents"
+
+
 class Sites:
     """The configured sites: name -> kind, in configuration order."""
 
