@@ -19,6 +19,7 @@ def leftovers(overcloud_id: str, state_dir: Path | None = None) -> list[str]:
         left += [f"cgroup {p}" for p in glob.glob(f"/sys/fs/cgroup/{ctl}/overcloud/{prefix}*".replace("//", "/"))]
     left += [f"/etc/netns/{p}" for p in os.listdir("/etc/netns")] if os.path.isdir("/etc/netns") else []
     left = [x for x in left if not x.startswith("/etc/netns/") or prefix in x]
+    left += [f"socket {p}" for p in glob.glob(f"/run/overcloud/{prefix}*")]
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue

@@ -4,10 +4,11 @@ the Tower.
 Layout of a box's state directory (``<state_dir>/boxes/<handle>/``)::
 
     supervisord.conf   unix socket only, includes programs/*.conf
-    supervisor.sock    XML-RPC, mode 0700 (root only)
     supervisord.pid
     programs/*.conf    one [program:x] per file
     logs/              supervisord.log and every program's stdout/stderr
+
+Its XML-RPC socket is ``/run/overcloud/<handle>.sock`` (directory mode 0700).
 
 supervisord is started through ``sh -c 'echo $$ > cgroup.procs; exec ip
 netns exec <handle> supervisord ...'`` so the box's cgroup holds it before
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 HEALTH_PORT = 9001
 HEALTH_PROGRAM = "overcloud-health"
 ETC_NETNS = Path("/etc/netns")
+SOCK_DIR = Path("/run/overcloud")
 _BIN = Path(sys.executable).parent
 SUPERVISORD = str(_BIN / "supervisord")
 RESOLV_CONF = "# written by OverCloud: no nameserver inside a box\noptions timeout:1 attempts:1\n"
@@ -84,7 +86,9 @@ class BoxSupervisor:
 
     @property
     def sock_path(self) -> Path:
-        return self.box_dir / "supervisor.sock"
+        # not under box_dir: a unix socket path must stay under 108 bytes, and state dirs
+        # may be deep. Handles are unique per host, so one flat root-only directory serves all.
+        return SOCK_DIR / f"{self.handle}.sock"
 
     @property
     def programs_dir(self) -> Path:
@@ -104,6 +108,7 @@ class BoxSupervisor:
         for d in (self.box_dir, self.programs_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.box_dir, 0o700)
+        SOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         conf = f"""\
 ; written by OverCloud for box {self.handle}
 [unix_http_server]

@@ -310,6 +310,7 @@ class LocalHost:
         net.remove_netns(handle)
         shutil.rmtree(ETC_NETNS / handle, ignore_errors=True)
         shutil.rmtree(self.boxes_dir / handle, ignore_errors=True)
+        sup.sock_path.unlink(missing_ok=True)
         self.leases.delete_box(handle)
         left = self._left_of(handle)
         if left:

@@ -1,0 +1,72 @@
+"""The Tower dies; OverClouds do not leak. kill -9 mid-create, restart, and the sweeper."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from conftest import local_host
+from kernel import leftovers
+from overcloud.underclouds.base import BoxSpec, resolve_flavor
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_task_running(t, oid: str, timeout: float = 30) -> str:
+    """Poll until some task after validate is RUNNING; returns its name."""
+    deadline = time.monotonic() + timeout
+    with t.client() as c:
+        while time.monotonic() < deadline:
+            wf = c.get(f"/overclouds/{oid}/workflow").json()["workflows"]["create_overcloud"]
+            running = [x["task"] for x in wf if x["state"] == "RUNNING" and x["task"] != "validate"]
+            if running:
+                return running[0]
+            time.sleep(0.005)
+    raise AssertionError("no task ran")
+
+
+@pytest.mark.parametrize("clusters", [6, 2])
+def test_kill_9_mid_create_then_restart_ends_ready_or_failed_with_nothing_left(own_tower, clusters):
+    t = own_tower().start()
+    with t.client() as c:
+        oid = c.post("/overclouds", json={"provider": "heterogeneous", "local-a": {"number": str(clusters // 2), "size": "small"},
+                                          "local-b": {"number": str(clusters - clusters // 2), "size": "small"}}).json()["overcloud_ID"]
+    task = _wait_task_running(t, oid)
+    t.kill9()
+    t.start()  # same state dir: resumes the unfinished workflow
+    d = t.wait_status(oid, {"READY", "FAILED"}, timeout=120)
+    if d["status"] == "READY":
+        assert len(d["clusters"]) == clusters and all(b["state"] == "READY" for b in d["clusters"])
+        with t.client() as c:
+            c.delete(f"/overclouds/{oid}")
+        assert t.wait_status(oid, {"DELETED"})["status"] == "DELETED"
+    else:
+        assert d["error"]["task"], d
+    assert leftovers(oid, t.state_dir) == [], f"killed while {task} ran; ended {d['status']}"
+
+
+def test_sweep_lists_and_removes_only_what_no_live_overcloud_owns(own_tower):
+    t = own_tower().start()
+    with t.client() as c:
+        live = c.post("/overclouds", json={"provider": "local", "number": "1", "size": "small"}, params={"wait": "true"}).json()
+    assert live["status"] == "READY", live["error"]
+    orphan_id = uuid.uuid4().hex
+    host = local_host(t.state_dir, t.sites, t.overlay)
+    host.site("local-b").acquire([BoxSpec(orphan_id, "c1", "cluster", "local-b", resolve_flavor("small"))])
+    assert leftovers(orphan_id, t.state_dir) != []
+
+    listed = t.cli("-o", "json", "sweep", check=True)
+    rows = json.loads(listed.stdout)
+    assert rows and {r["overcloud_id"] for r in rows} == {orphan_id}
+    assert {"netns", "veth", "cgroup"} <= {r["kind"] for r in rows}
+    assert leftovers(orphan_id, t.state_dir) != []  # listing removes nothing
+
+    t.cli("sweep", "--yes", check=True)
+    assert leftovers(orphan_id, t.state_dir) == []
+    assert json.loads(t.cli("-o", "json", "sweep", check=True).stdout) == []
+    with t.client() as c:  # the live OverCloud was not touched
+        assert c.get(f"/overclouds/{live['overcloud_ID']}").json()["status"] == "READY"
+    assert leftovers(live["overcloud_ID"], t.state_dir) != []
