@@ -45,6 +45,19 @@ def netns_inode(name: str) -> int | None:
         return None
 
 
+def _nsfs_dev() -> int:
+    return os.stat("/proc/self/ns/net").st_dev
+
+
+def netns_exists(name: str) -> bool:
+    """True only for a real namespace: a process killed inside ``create_netns`` leaves
+    a plain empty file at the path, which setns() refuses (EINVAL)."""
+    try:
+        return os.stat(netns_path(name)).st_dev == _nsfs_dev()
+    except FileNotFoundError:
+        return False
+
+
 def list_netns() -> list[str]:
     try:
         return sorted(os.listdir(NETNS_RUN_DIR))
@@ -117,6 +130,8 @@ def create_netns(name: str) -> None:
     unshares its network namespace and bind-mounts it to /run/netns/<name>."""
     _ensure_run_dir()
     path = netns_path(name)
+    if os.path.exists(path) and not netns_exists(name):
+        remove_netns(name)  # half-made by a process killed here before
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
 
     def body() -> None:
@@ -171,7 +186,7 @@ class NetnsTransport:
         return f"NetnsTransport({self.netns!r})"
 
     def exists(self) -> bool:
-        return os.path.exists(netns_path(self.netns))
+        return netns_exists(self.netns)
 
     def run(
         self,

@@ -36,6 +36,17 @@ class LeaseStore:
         self.overlay_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.state_dir / "leases.lock"
         self._thread_lock = threading.Lock()
+        self._drop_stale_temp_files()
+
+    def _drop_stale_temp_files(self) -> None:
+        """A process killed between write and rename leaves ``<name>.tmp<pid>.<tid>``;
+        remove those whose writer is gone (they never became a lease)."""
+        for d in (self.box_dir, self.overlay_dir):
+            for tmp in d.glob("*.tmp*"):
+                pid = tmp.name.split(".tmp", 1)[1].split(".")[0]
+                if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -84,6 +95,9 @@ class LeaseStore:
     def delete_box(self, handle: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.box_path(handle).unlink()
+        for tmp in self.box_dir.glob(f"{handle}.tmp*"):  # a writer killed mid-write
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def overlay_path(self, overcloud_id: str) -> Path:
         return self.overlay_dir / f"{overcloud_id}.json"
@@ -97,6 +111,9 @@ class LeaseStore:
     def delete_overlay(self, overcloud_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.overlay_path(overcloud_id).unlink()
+        for tmp in self.overlay_dir.glob(f"{overcloud_id}.tmp*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     # -- allocation ----------------------------------------------------
     def reserve_box(self, handle: str, record: dict[str, Any], cidr: str) -> tuple[dict[str, Any], bool]:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overcloud.boxes.netns import create_netns, netns_path, remove_netns, run_in_netns  # noqa: F401
+from overcloud.boxes.netns import create_netns, netns_exists, netns_path, remove_netns, run_in_netns  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def create_box_network(
     handle: str, alias: str, bridge: str, address: str, prefixlen: int, gateway: str, supernet: str
 ) -> None:
     """Namespace + veth (eth0 inside) + address + one route. Idempotent."""
-    if not os.path.exists(netns_path(handle)):
+    if not netns_exists(handle):
         create_netns(handle)
     veth = host_veth_name(handle)
     with IPRoute() as ipr:
@@ -268,7 +268,7 @@ def box_vxlan_alias(handle: str) -> str | None:
 
 
 def delete_vxlan(handle: str) -> None:
-    if not os.path.exists(netns_path(handle)):
+    if not netns_exists(handle):
         return
 
     def inside() -> None:
