@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -49,6 +50,10 @@ class Tower:
         self._runs: dict[str, threading.Event] = {}  # run_id -> set once its outcome is recorded
         self._started: dict[str, float] = {}
         self._resumer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resume")
+        # task transitions are recorded by one writer thread, off the engine's critical path
+        self._events: queue.Queue = queue.Queue()
+        self._writer = threading.Thread(target=self._write_events, name="task-events", daemon=True)
+        self._writer.start()
 
     # -- lifecycle --------------------------------------------------------
     def start(self, *, resume: bool = True) -> None:
@@ -82,6 +87,8 @@ class Tower:
         self._resumer.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.close()
+        self._events.put(None)
+        self._writer.join(timeout=10)
         self.repo.close()
 
     def site_kinds(self) -> dict[str, str]:
@@ -99,8 +106,9 @@ class Tower:
                     f"{self.settings.max_boxes} are free; delete an OverCloud or raise OVERCLOUD_MAX_BOXES"
                 )
             overcloud_id = uuid.uuid4().hex
-            self.repo.create_overcloud(overcloud_id, plan.name, tenant_id, plan.to_dict())
-        self._submit(overcloud_id, CREATE, {"overcloud_id": overcloud_id, "plan": plan.to_dict()})
+            tasks = {name: t.action for name, t in self.engine.load(CREATE).tasks.items()}
+            self.repo.create_overcloud(overcloud_id, plan.name, tenant_id, plan.to_dict(), workflow=(CREATE, tasks))
+        self._submit(overcloud_id, CREATE, {"overcloud_id": overcloud_id, "plan": plan.to_dict()}, seeded=True)
         return overcloud_id
 
     def _pending_boxes(self) -> int:
@@ -133,10 +141,11 @@ class Tower:
         self._submit(overcloud_id, DELETE, {"overcloud_id": overcloud_id, "boxes": boxes})
 
     # -- running workflows ------------------------------------------------
-    def _submit(self, overcloud_id: str, workflow: str, inputs: dict[str, Any]) -> None:
+    def _submit(self, overcloud_id: str, workflow: str, inputs: dict[str, Any], seeded: bool = False) -> None:
         assert self.engine is not None, "Tower.start() first"
-        spec = self.engine.load(workflow)
-        self.repo.seed_tasks(overcloud_id, workflow, {name: t.action for name, t in spec.tasks.items()})
+        if not seeded:
+            spec = self.engine.load(workflow)
+            self.repo.seed_tasks(overcloud_id, workflow, {name: t.action for name, t in spec.tasks.items()})
         run_id = f"{overcloud_id}:{workflow}"
         self._started[run_id] = time.monotonic()
         done = threading.Event()
@@ -149,6 +158,22 @@ class Tower:
         future.add_done_callback(lambda f: self._finished(overcloud_id, workflow, run_id, f, done))
 
     def _on_event(self, ev: TaskEvent) -> None:
+        """Called in engine threads: hand the event to the writer, never wait for the database."""
+        self._events.put(ev)
+
+    def _write_events(self) -> None:
+        while True:
+            ev = self._events.get()
+            try:
+                if ev is None:
+                    return
+                self._record(ev)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the writer
+                logger.exception("could not record %s of %s", getattr(ev, "state", "?"), getattr(ev, "task", "?"))
+            finally:
+                self._events.task_done()
+
+    def _record(self, ev: TaskEvent) -> None:
         overcloud_id, workflow = ev.run_id.split(":", 1)
         at = dt.datetime.fromtimestamp(ev.at, dt.timezone.utc)
         output = ev.result if isinstance(ev.result, dict) and ev.state == "SUCCESS" else None
@@ -167,7 +192,13 @@ class Tower:
 
     def _finished(self, overcloud_id: str, workflow: str, run_id: str, future, done: threading.Event) -> None:
         try:
+            self._events.join()  # every transition of this run is in the repository first
             self._settle(overcloud_id, workflow, run_id, future)
+            if self.engine is not None:
+                # the repository keeps the history; the engine keeps only runs in flight
+                self.engine.forget(run_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("settling workflow %s failed", run_id)
         finally:
             self._runs.pop(run_id, None)
             done.set()

@@ -84,14 +84,23 @@ class Repository:
         return self._sessions()
 
     # -- OverClouds -------------------------------------------------------
-    def create_overcloud(self, overcloud_id: str, name: str, tenant_id: str, spec: dict[str, Any]) -> OverCloudRow:
+    def create_overcloud(
+        self, overcloud_id: str, name: str, tenant_id: str, spec: dict[str, Any],
+        workflow: tuple[str, dict[str, str]] | None = None,
+    ) -> None:
+        """Insert a CREATING OverCloud and, in the same transaction, its workflow's
+        tasks as PENDING (``workflow`` = (name, {task: action}))."""
         row = OverCloudRow(
             id=overcloud_id, name=name, tenant_id=tenant_id, status=states.CREATING, spec=spec, info={}
         )
         with self.session() as s, s.begin():
             s.add(row)
             s.add(EventRow(overcloud_id=overcloud_id, kind="status", data={"status": states.CREATING}))
-        return self.get(overcloud_id)
+            if workflow is not None:
+                s.flush()
+                wf, tasks = workflow
+                for task, action in tasks.items():
+                    s.add(TaskRow(overcloud_id=overcloud_id, workflow=wf, task=task, action=action, state="PENDING", attempts=0))
 
     def get(self, overcloud_id: str) -> OverCloudRow:
         with self.session() as s:

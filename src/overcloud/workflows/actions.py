@@ -82,7 +82,9 @@ class ActionRegistry:
         if not name or not isinstance(name, str):
             raise ValueError("an action needs a non-empty string name")
         with self._lock:
-            if name in self._actions:
+            old = self._actions.get(name)
+            adding_revert = old is not None and old.execute is execute and old.revert is None and revert is not None
+            if old is not None and not adding_revert:
                 logger.warning("action %s registered again; the new one wins", name)
             self._actions[name] = Action(name, execute, revert, revert_on_failure)
 

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import threading
+
 import yaml
 
 from overcloud.workflows import expressions
@@ -109,6 +111,26 @@ def load_workflow(source: str | Path, registry: ActionRegistry | None = None) ->
         text = Path(source).read_text(encoding="utf-8")
     else:
         text = source
+    # Parsing and validating costs ~7 ms and every submit (and every flow build) loads
+    # the definition again: keep the result per text and set of known actions.
+    key = (path, text, tuple(registry.names()) if registry is not None else None)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    spec = _load_text(text, path, registry)
+    with _CACHE_LOCK:
+        if len(_CACHE) >= 64:
+            _CACHE.clear()
+        _CACHE[key] = spec
+    return spec
+
+
+_CACHE: dict[tuple, "WorkflowSpec"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load_text(text: str, path: str | None, registry: ActionRegistry | None) -> WorkflowSpec:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

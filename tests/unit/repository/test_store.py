@@ -32,7 +32,9 @@ def test_upgrade_is_idempotent(repo):
 
 def test_create_get_list_and_timestamps(repo):
     oid = new_id()
-    row = repo.create_overcloud(oid, "lab", "admin", {"sites": []})
+    repo.create_overcloud(oid, "lab", "admin", {"sites": []}, workflow=("create_overcloud", {"a": "std.noop"}))
+    row = repo.get(oid)
+    assert [(t.task, t.state) for t in repo.tasks(oid)] == [("a", "PENDING")]
     assert row.status == states.CREATING and row.created_at is not None
     assert [r.id for r in repo.list()] == [oid]
     assert repo.list(tenant_id="other") == []
