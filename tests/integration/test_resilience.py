@@ -73,3 +73,20 @@ def test_sweep_lists_and_removes_only_what_no_live_overcloud_owns(own_tower):
     with t.client() as c:  # the live OverCloud was not touched
         assert c.get(f"/overclouds/{live['overcloud_ID']}").json()["status"] == "READY"
     assert leftovers(live["overcloud_ID"], t.state_dir) != []
+
+
+def test_a_tower_on_postgresql_creates_deletes_and_resumes(own_tower, postgres):
+    url = postgres.create_database("oc_tower_pg")
+    t = own_tower(OVERCLOUD_DATABASE_URL=url.replace("postgresql+psycopg://", "postgresql://")).start()
+    assert not (t.state_dir / "overcloud.db").exists() and not (t.state_dir / "workflows.db").exists()
+    with t.client() as c:
+        oid = c.post("/overclouds", json={"provider": "local", "number": "2", "size": "small"}).json()["overcloud_ID"]
+    _wait_task_running(t, oid, {"acquire_boxes", "overlay_network"})
+    t.kill9()
+    t.start()
+    d = t.wait_status(oid, {"READY", "FAILED"}, timeout=120)
+    if d["status"] == "READY":
+        with t.client() as c:
+            c.delete(f"/overclouds/{oid}")
+        assert t.wait_status(oid, {"DELETED"})["status"] == "DELETED"
+    assert leftovers(oid, t.state_dir) == []
