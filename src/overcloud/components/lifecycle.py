@@ -33,21 +33,19 @@ def validate(ctx, overcloud_id: str, plan: dict[str, Any]) -> dict[str, Any]:
     return {"box_specs": specs, "message": f"{len(specs)} boxes planned: 1 DevOps Post + {len(specs) - 1} clusters"}
 
 
+def _settle(tower, overcloud_id: str, status: str, was: str) -> dict[str, Any]:
+    """Move the OverCloud and its boxes to ``status``; a no-op when a re-run finds it done."""
+    if tower.repo.get(overcloud_id).status != status:
+        tower.repo.set_boxes_state(overcloud_id, status)
+        tower.repo.set_status(overcloud_id, status, expect={was})
+    return {"message": f"OverCloud {status}"}
+
+
 @registry.action("overcloud.mark_ready")
 def mark_ready(ctx, overcloud_id: str, **_: Any) -> dict[str, Any]:
-    tower = ctx.services
-    row = tower.repo.get(overcloud_id)
-    if row.status != states.READY:
-        tower.repo.set_boxes_state(overcloud_id, "READY")
-        tower.repo.set_status(overcloud_id, states.READY, expect={states.CREATING})
-    return {"message": "OverCloud READY"}
+    return _settle(ctx.services, overcloud_id, states.READY, states.CREATING)
 
 
 @registry.action("overcloud.mark_deleted")
 def mark_deleted(ctx, overcloud_id: str, **_: Any) -> dict[str, Any]:
-    tower = ctx.services
-    row = tower.repo.get(overcloud_id)
-    if row.status != states.DELETED:
-        tower.repo.set_boxes_state(overcloud_id, "DELETED")
-        tower.repo.set_status(overcloud_id, states.DELETED, expect={states.DELETING})
-    return {"message": "OverCloud DELETED"}
+    return _settle(ctx.services, overcloud_id, states.DELETED, states.DELETING)
