@@ -9,10 +9,9 @@ DEB_STAMP := $(VENV)/.debs
 # What the project needs from Debian: nft for box firewalls, iproute2 for netns tools,
 # PostgreSQL for the repository tests, ping for people poking at boxes.
 DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql
-DEMO_STATE ?= $(CURDIR)/.state/demo
 PORT ?= 6125
 
-.PHONY: install debs demo test test-fast bench clean-demo
+.PHONY: install debs demo demo-stop test bench
 
 install: debs $(STAMP)
 
@@ -36,7 +35,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: install
-	@bash scripts/demo.sh "$(DEMO_STATE)" "$(PORT)"
+	@bash scripts/demo.sh "$(PORT)"
 
 test: install
 	@bash scripts/test.sh
@@ -44,5 +43,6 @@ test: install
 bench: install
 	$(BIN)/python bench/create_delete.py
 
-clean-demo:
-	-@test -f $(DEMO_STATE)/tower.pid && kill $$(cat $(DEMO_STATE)/tower.pid) 2>/dev/null; rm -rf $(DEMO_STATE)
+# delete every OverCloud of the demo Tower (nothing left behind) and stop it
+demo-stop:
+	@bash scripts/demo-stop.sh "$(PORT)"

@@ -3,7 +3,7 @@
 # and 3 logical clusters across the two local sites, show the workflow live, say where to look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PORT="${2:-6125}"
+PORT="${1:-6125}"
 URL="http://127.0.0.1:${PORT}"
 OC=.venv/bin/overcloud
 STATE="$(.venv/bin/python -c 'from overcloud.config import Settings; print(Settings().state_dir)')"
@@ -38,5 +38,5 @@ Where to look:
   metrics      curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/metrics
   boxes        ip netns list | grep oc-${ID:0:8}
   delete       .venv/bin/overcloud delete $ID --wait
-  stop Tower   kill \$(cat $STATE/tower.pid)
+  stop it all  make demo-stop   (deletes every OverCloud of this Tower, then stops it)
 EOT

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# make demo-stop: delete every OverCloud the demo Tower knows (delete verifies nothing is left),
+# then stop the Tower it started (by the PID it recorded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${1:-6125}"
+URL="http://127.0.0.1:${PORT}"
+OC=.venv/bin/overcloud
+STATE="$(.venv/bin/python -c 'from overcloud.config import Settings; print(Settings().state_dir)')"
+if curl -fsS "$URL/healthz" >/dev/null 2>&1; then
+  for id in $("$OC" --url "$URL" -o json list | .venv/bin/python -c 'import json,sys; print(" ".join(o["overcloud_ID"] for o in json.load(sys.stdin) if o["status"] != "DELETING"))'); do
+    "$OC" --url "$URL" delete "$id" --wait
+  done
+fi
+if [ -f "$STATE/tower.pid" ] && kill -0 "$(cat "$STATE/tower.pid")" 2>/dev/null; then
+  kill "$(cat "$STATE/tower.pid")" && echo "Tower stopped"
+  rm -f "$STATE/tower.pid"
+fi
