@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_STAMP := $(VENV)/.debs
 # What the project needs from Debian: nft for box firewalls, iproute2 for netns tools,
-# PostgreSQL for the repository tests, ping for people poking at boxes.
-DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql
+# PostgreSQL for the repository tests, ping for people poking at boxes, curl for the demo,
+# python3-venv where python3 is Debian's own.
+DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv
 PORT ?= 6125
 
 .PHONY: install debs demo demo-stop test bench
