@@ -26,6 +26,8 @@ from overcloud.config import DEFAULT_PORT, Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="OverCloud: build, watch and delete OverClouds.")
 db_app = typer.Typer(no_args_is_help=True, help="Repository schema.")
 app.add_typer(db_app, name="db")
+dl_app = typer.Typer(no_args_is_help=True, help="DataLakes: credentials, preserved archives.")
+app.add_typer(dl_app, name="datalake")
 out = Console()
 err = Console(stderr=True)
 
@@ -143,6 +145,9 @@ def create(
     size: Annotated[str, typer.Option(help="small, medium, large or m1.*")] = "m1.small",
     site: Annotated[Optional[list[str]], typer.Option("--site", help="site(s) to spread clusters over; repeat")] = None,
     name: Annotated[str, typer.Option(help="a name for people")] = "overcloud",
+    restore_from: Annotated[Optional[str], typer.Option("--restore-from", help="start the DataLake with a preserved one (an old OverCloud id)")] = None,
+    datalake: Annotated[bool, typer.Option("--datalake/--no-datalake", help="give the OverCloud a DataLake")] = True,
+    preserve: Annotated[bool, typer.Option("--preserve/--no-preserve", help="keep the DataLake's data when deleted")] = True,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="watch the workflow until READY or FAILED")] = False,
 ) -> None:
     """Create an OverCloud: a DevOps Post and CLUSTERS logical clusters."""
@@ -151,7 +156,8 @@ def create(
     client = Client()
     sites = site or ["local"]
     counts = spread(clusters, sites)
-    body = {"name": name, "sites": [{"undercloud": s, "clusters": n, "size": size} for s, n in zip(sites, counts) if n]}
+    body = {"name": name, "sites": [{"undercloud": s, "clusters": n, "size": size} for s, n in zip(sites, counts) if n],
+            "datalake": {"enabled": datalake, "preserve": preserve, "restore_from": restore_from}}
     detail = client.call("POST", "/overclouds", json=body)
     oid = detail["overcloud_ID"]
     if not wait:
@@ -242,6 +248,35 @@ def sweep(yes: Annotated[bool, typer.Option("--yes", help="remove what is listed
     tower.close()
 
 
+@dl_app.command("credentials")
+def datalake_credentials(overcloud_id: str) -> None:
+    """Print the OverCloud's S3 keys and endpoints (treat the output as a secret)."""
+    c = Client().call("GET", f"/overclouds/{overcloud_id}/datalake/credentials")
+    t = Table("key", "value", title=f"DataLake of {overcloud_id}")
+    for k, v in c.items():
+        t.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+    _emit(c, t)
+
+
+@dl_app.command("archives")
+def datalake_archives() -> None:
+    """List preserved DataLakes (archives of deleted OverClouds)."""
+    rows = Client().call("GET", "/datalake/archives")
+    t = Table("archive (old OverCloud id)", "complete", "created_at", "objects", "files", "bytes")
+    for a in rows:
+        counts, size = a.get("counts") or {}, a.get("bytes") or {}
+        t.add_row(a["archive_id"], "yes" if a.get("complete") else "no (interrupted)", str(a.get("created_at") or ""),
+                  str(counts.get("objects", "")), str(counts.get("files", "")), str(size.get("total", "")))
+    _emit(rows, t)
+
+
+@dl_app.command("purge")
+def datalake_purge(archive_id: str) -> None:
+    """Delete a preserved DataLake for good."""
+    Client().call("DELETE", f"/datalake/archives/{archive_id}")
+    _emit({"purged": archive_id}) if STATE["output"] == Output.json else out.print(f"archive {archive_id} purged")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the repository schema to the newest version."""
@@ -271,6 +306,8 @@ def serve(
     from overcloud.tower import Tower
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "botocore", "boto3", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     settings = _settings(host=host, port=port)
     tower = Tower(settings)
     tower.start()

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     max_boxes: int = 200  # per Tower (local quota)
     max_body_bytes: int = 1024 * 1024
     workers: int = 16  # task executor threads
+    secret_key: str | None = Field(default=None, repr=False)  # Fernet key; default <state-dir>/secret.key
 
     @field_validator("state_dir")
     @classmethod

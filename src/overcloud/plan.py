@@ -12,6 +12,9 @@ from typing import Any
 from overcloud.underclouds.base import resolve_flavor
 
 
+POST_MIN_WITH_DATALAKE = "medium"
+
+
 @dataclasses.dataclass
 class SitePlan:
     site: str  # a configured site (UnderCloud) name, e.g. "local-a"
@@ -41,6 +44,19 @@ class CreatePlan:
         data["sites"] = [SitePlan(**s) for s in data["sites"]]
         return cls(**data)
 
+    @property
+    def datalake_enabled(self) -> bool:
+        return bool(self.datalake.get("enabled", True))
+
+    def post_flavor(self):
+        """The Post's flavor: as asked, but at least medium when it runs the DataLake's
+        master, filer and S3 gateway (about 350 MiB resident together)."""
+        flavor = resolve_flavor(self.post_size)
+        minimum = resolve_flavor(POST_MIN_WITH_DATALAKE)
+        if self.datalake_enabled and flavor.memory_mb < minimum.memory_mb:
+            return minimum
+        return flavor
+
     def box_specs(self, overcloud_id: str) -> list[dict[str, Any]]:
         """The Post (``p0``) and cluster boxes ``c1..cN`` in site order, as JSON-safe dicts."""
         specs = [
@@ -49,7 +65,7 @@ class CreatePlan:
                 "name": "p0",
                 "role": "post",
                 "site": self.post_site,
-                "flavor": dataclasses.asdict(resolve_flavor(self.post_size)),
+                "flavor": dataclasses.asdict(self.post_flavor()),
             }
         ]
         n = 0

@@ -18,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from overcloud import states
+from overcloud.components.construction import ConstructionDataLake
 from overcloud.config import Settings
+from overcloud.identity.secrets import SecretBox, load_key
 from overcloud.metrics import TowerMetrics
 from overcloud.plan import CreatePlan
 from overcloud.repository import InvalidTransition, NotFound, Repository
@@ -35,6 +37,18 @@ class QuotaExceeded(RuntimeError):
     pass
 
 
+class NoDataLake(LookupError):
+    def __init__(self, overcloud_id: str):
+        super().__init__(f"OverCloud {overcloud_id} has no DataLake (not deployed yet, disabled, or deleted)")
+        self.overcloud_id = overcloud_id
+
+
+class ArchiveNotFound(LookupError):
+    def __init__(self, archive_id: str):
+        super().__init__(f"no preserved DataLake {archive_id!r}; `GET /datalake/archives` lists them")
+        self.archive_id = archive_id
+
+
 class Tower:
     def __init__(self, settings: Settings, *, metrics: TowerMetrics | None = None):
         import overcloud.components  # noqa: F401  (registers the actions)
@@ -42,6 +56,10 @@ class Tower:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.repo = Repository(settings.db_url)
+        self.secrets = SecretBox(load_key(settings.state_dir, settings.secret_key))
+        self.construction: ConstructionDataLake | None = None
+        self._cdl_ready = threading.Event()
+        self._cdl_error: BaseException | None = None
         self.metrics = metrics or TowerMetrics()
         self.drivers: dict[str, UnderCloudDriver] = {}
         self.local = None  # the LocalHost when any local site is configured
@@ -62,8 +80,33 @@ class Tower:
         self.engine = WorkflowEngine(
             self.settings.workflow_db_url, registry=wf_actions.registry, services=self, max_workers=self.settings.workers
         )
+        if self.construction is not None:
+            threading.Thread(target=self._start_construction, name="construction-datalake", daemon=True).start()
         if resume:
             self.resume_unfinished()
+
+    def _start_construction(self) -> None:
+        """Start the Construction DataLake and publish the artifacts boxes fetch (off the
+        start-up path: the API answers meanwhile; DataLake tasks wait for it)."""
+        from overcloud.datalake import clients, seaweed
+
+        try:
+            self.construction.ensure_running()
+            self.construction.publish(seaweed.weed_binary())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever needs it
+            logger.error("the Construction DataLake did not start: %s", exc)
+            self._cdl_error = exc
+        finally:
+            self._cdl_ready.set()
+
+    def construction_datalake(self, timeout: float = 60.0) -> ConstructionDataLake:
+        if self.construction is None:
+            raise UnderCloudError("no Construction DataLake: this Tower has no local site to run it on")
+        if not self._cdl_ready.wait(timeout):
+            raise UnderCloudError(f"the Construction DataLake is not ready after {timeout:.0f} s")
+        if self._cdl_error is not None:
+            raise UnderCloudError(f"the Construction DataLake did not start: {self._cdl_error}") from self._cdl_error
+        return self.construction
 
     def _make_drivers(self) -> None:
         local_sites = [s for s in self.settings.sites if s.kind == "local"]
@@ -79,6 +122,10 @@ class Tower:
             )
             self.local.ensure_sites()
             self.drivers.update(self.local.sites)
+            self.construction = ConstructionDataLake(
+                self.settings.state_dir, bind_ip=self.local.gateways[local_sites[0].name],
+                bridges=self.local.bridges, secrets=self.secrets,
+            )
         for site in self.settings.sites:
             if site.kind != "local":
                 raise UnderCloudError(f"site {site.name}: the {site.kind} UnderCloud driver is not built yet")
@@ -97,6 +144,9 @@ class Tower:
     # -- create -----------------------------------------------------------
     def create(self, plan: CreatePlan, tenant_id: str) -> str:
         """Record the OverCloud and start its create workflow; returns its id at once."""
+        restore = plan.datalake.get("restore_from")
+        if restore:
+            self.archive(restore, tenant_id)  # unknown or another tenant's: ArchiveNotFound
         with self._lock:  # quota check and insert as one step, so 20 parallel creates cannot overshoot
             wanted = plan.clusters + 1
             used = self.repo.count_boxes() + self._pending_boxes()
@@ -261,6 +311,58 @@ class Tower:
                 resumed.append(f"{row.id}:{DELETE}")
         return resumed
 
+    # -- DataLake ----------------------------------------------------------
+    def datalake_credentials(self, overcloud_id: str) -> dict[str, Any]:
+        from overcloud.components import datalake
+
+        row = self.repo.get(overcloud_id)
+        info = (row.info or {}).get("datalake")
+        if not info or self.repo.get_secret(overcloud_id, datalake.SECRET) is None:
+            raise NoDataLake(overcloud_id)
+        access, secret = datalake.credentials(self, overcloud_id)
+        return {"access_key": access, "secret_key": secret, "s3_endpoint": info["s3_endpoint"],
+                "filer_endpoint": info["filer_endpoint"], "buckets": info["buckets"], "region": "us-east-1",
+                "addressing_style": "path"}
+
+    def datalake_status(self, overcloud_id: str) -> dict[str, Any] | None:
+        """The DataLake of the detail: what deploy recorded, plus live capacity from its master."""
+        from overcloud.datalake import clients, seaweed
+
+        row = self.repo.get(overcloud_id)
+        info = dict((row.info or {}).get("datalake") or {})
+        if not info:
+            return None
+        post = next((b for b in row.boxes if b.role == "post"), None)
+        if row.status in (states.READY, states.DEGRADED) and post is not None and self.local is not None:
+            try:
+                info["capacity"] = self.local.transport(box_obj(post)).call(
+                    lambda: seaweed.cluster_status(info["master"], timeout=1.0))
+            except Exception as exc:  # noqa: BLE001 - the detail still answers
+                info["capacity"] = {"error": f"capacity unavailable: {exc}"}
+        return info
+
+    def archives(self, tenant_id: str | None) -> list[dict[str, Any]]:
+        from overcloud.datalake import clients, seaweed
+
+        cdl = self.construction_datalake()
+        found = seaweed.list_archives(cdl.client())
+        return [a for a in found if tenant_id is None or a.get("owner") == tenant_id]
+
+
+    def archive(self, archive_id: str, tenant_id: str | None, *, complete: bool = True) -> dict[str, Any]:
+        """A preserved DataLake the caller may see; ``complete=False`` also finds an archive
+        whose preserve was interrupted (to purge it)."""
+        for a in self.archives(tenant_id):
+            if a.get("archive_id") == archive_id and (a.get("complete") or not complete):
+                return a
+        raise ArchiveNotFound(archive_id)
+
+    def purge_archive(self, archive_id: str, tenant_id: str | None) -> None:
+        from overcloud.datalake import clients, seaweed
+
+        self.archive(archive_id, tenant_id, complete=False)
+        seaweed.purge_archive(self.construction_datalake().client(), archive_id)
+
     # -- leftovers --------------------------------------------------------
     def orphans(self) -> list[TaggedResource]:
         """Resources tagged with an OverCloud id the repository does not know as live."""
@@ -278,6 +380,12 @@ class Tower:
     def _release_tagged(self, overcloud_id: str) -> None:
         if self.local is not None and self.local.list_tagged(overcloud_id):
             self.local.sweep({overcloud_id})
+
+
+def box_obj(row):
+    from overcloud.underclouds.base import Box
+
+    return Box.from_dict(box_dict(row))
 
 
 def box_dict(row) -> dict[str, Any]:

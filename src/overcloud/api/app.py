@@ -19,9 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
 from overcloud.api.requests import RequestError, too_large
-from overcloud.api.routes import overclouds, system
+from overcloud.api.routes import datalake, overclouds, system
 from overcloud.repository import InvalidTransition, NotFound
-from overcloud.tower import QuotaExceeded, Tower
+from overcloud.tower import ArchiveNotFound, NoDataLake, QuotaExceeded, Tower
+from overcloud.underclouds.base import UnderCloudError
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def create_app(tower: Tower) -> FastAPI:
 
     app.include_router(system.router)
     app.include_router(overclouds.router)
+    app.include_router(datalake.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -114,6 +116,18 @@ def create_app(tower: Tower) -> FastAPI:
     async def conflict(_: Request, exc: InvalidTransition):
         hint = " wait until it is READY or FAILED, then delete it" if exc.current == "CREATING" else ""
         return error(409, f"OverCloud {exc.overcloud_id} is {exc.current}; it cannot become {exc.new} now;{hint}".rstrip(";"))
+
+    @app.exception_handler(ArchiveNotFound)
+    async def no_archive(_: Request, exc: ArchiveNotFound):
+        return error(404, str(exc), "datalake.restore_from")
+
+    @app.exception_handler(NoDataLake)
+    async def no_datalake(_: Request, exc: NoDataLake):
+        return error(404, str(exc))
+
+    @app.exception_handler(UnderCloudError)
+    async def undercloud_unavailable(_: Request, exc: UnderCloudError):
+        return JSONResponse({"error": "unavailable", "message": str(exc)}, status_code=503)
 
     @app.exception_handler(QuotaExceeded)
     async def quota(_: Request, exc: QuotaExceeded):

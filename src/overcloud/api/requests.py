@@ -183,15 +183,23 @@ def _parse_native(body: dict[str, Any], sites: Sites, max_clusters: int) -> Crea
     datalake = body.get("datalake") or {}
     if not isinstance(datalake, dict):
         raise RequestError("datalake must be an object", field="datalake")
-    _no_extra(datalake, {"restore_from", "preserve"}, "datalake.")
-    if datalake.get("restore_from") is not None:
+    _no_extra(datalake, {"restore_from", "preserve", "enabled", "block"}, "datalake.")
+    datalake = dict(datalake)
+    if datalake.get("block") not in (None, False):
         raise RequestError(
-            "datalake.restore_from: there is no preserved DataLake to restore from (preservation is not built yet)",
-            field="datalake.restore_from",
-            status=404,
+            "datalake.block: block storage is not supported on the local UnderCloud "
+            "(object and file are; see docs/datalake.md for what block storage would take)",
+            field="datalake.block",
         )
-    if "preserve" in datalake:
-        datalake["preserve"] = _flag(datalake["preserve"], "datalake.preserve")
+    datalake.pop("block", None)
+    for flag in ("preserve", "enabled"):
+        if flag in datalake:
+            datalake[flag] = _flag(datalake[flag], f"datalake.{flag}")
+    restore = datalake.get("restore_from")
+    if restore is not None and (not isinstance(restore, str) or not re.fullmatch(r"[0-9a-f]{32}", restore)):
+        raise RequestError("datalake.restore_from must be the id of a deleted OverCloud (32 hex digits)", field="datalake.restore_from")
+    if restore is not None and datalake.get("enabled") is False:
+        raise RequestError("datalake.restore_from needs the DataLake enabled", field="datalake.restore_from")
     fabric = body.get("fabric") or {"enabled": True}
     if not isinstance(fabric, dict):
         raise RequestError("fabric must be an object", field="fabric")

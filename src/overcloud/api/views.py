@@ -67,7 +67,17 @@ def workflow_view(row: OverCloudRow, tasks: list[TaskRow]) -> dict[str, Any]:
     return {"overcloud_ID": row.id, "status": row.status, "current": current, "workflows": by_wf}
 
 
-def detail_view(row: OverCloudRow, tasks: list[TaskRow]) -> dict[str, Any]:
+def datalake_view(spec: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+    """The DataLake part of the detail; never a secret (keys come from .../datalake/credentials)."""
+    settings = {"enabled": True, "preserve": True, "restore_from": None, **(spec.get("datalake") or {})}
+    if not settings["enabled"]:
+        return {"status": "disabled", "settings": settings}
+    if not info:
+        return {"status": "not deployed", "settings": settings}
+    return {"status": "deployed", "settings": settings, **info}
+
+
+def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any] | None = None) -> dict[str, Any]:
     post = next((b for b in row.boxes if b.role == "post"), None)
     clusters = [b for b in row.boxes if b.role == "cluster"]
     spec = row.spec or {}
@@ -85,7 +95,7 @@ def detail_view(row: OverCloudRow, tasks: list[TaskRow]) -> dict[str, Any]:
         "clusters": [box_view(b) for b in clusters],
         "sites": spec.get("sites", []),
         "overlay": (row.info or {}).get("overlay"),
-        "datalake": {"status": "not built yet (issue 4)", "settings": spec.get("datalake", {})},
+        "datalake": datalake_view(spec, datalake),
         "fabric": {"status": "not built yet (issue 5)", "settings": spec.get("fabric", {})},
         "workflow": workflow_view(row, tasks),
         "error": None,

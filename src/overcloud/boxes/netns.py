@@ -188,6 +188,11 @@ class NetnsTransport:
     def exists(self) -> bool:
         return netns_exists(self.netns)
 
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a thread inside the box's network namespace: every socket it opens
+        (httpx, boto3, and threads it starts) talks from the box."""
+        return run_in_netns(self.netns, fn)
+
     def run(
         self,
         argv: list[str],

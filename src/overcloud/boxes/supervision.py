@@ -213,6 +213,8 @@ files={self.programs_dir}/*.conf
         """Write programs/<name>.conf and start it (no-op when unchanged)."""
         if not isinstance(command, str):
             command = shlex.join(command)
+        # supervisord expands %(name)s in these values: a literal % must be doubled
+        command = command.replace("%", "%%")
         lines = [
             f"[program:{name}]",
             f"command={command}",
@@ -230,7 +232,7 @@ files={self.programs_dir}/*.conf
         if directory:
             lines.append(f"directory={directory}")
         if environment:
-            env = ",".join(f'{k}="{v}"' for k, v in environment.items())
+            env = ",".join(f'{k}="{v.replace("%", "%%")}"' for k, v in environment.items())
             lines.append(f"environment={env}")
         (self.programs_dir / f"{name}.conf").write_text("\n".join(lines) + "\n")
         self._update()
@@ -289,3 +291,95 @@ files={self.programs_dir}/*.conf
             if time.monotonic() > deadline:
                 raise SupervisionError(f"processes of {self.handle} survive SIGKILL: {pids}")
             time.sleep(0.005)
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (one scan of /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class HostSupervisor(BoxSupervisor):
+    """A supervisord for the Tower's own services (the Construction DataLake), on the host:
+    the same supervision as a box's, without a namespace or cgroup. It outlives the Tower
+    like a box's supervisord does; its processes are found from its pidfile."""
+
+    def __init__(self, handle: str, box_dir: Path):
+        super().__init__(handle, box_dir, cgroups=None)
+
+    def write_files(self, hosts: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        for d in (self.box_dir, self.programs_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.box_dir, 0o700)
+        SOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.conf_path.write_text(
+            f"""\
+; written by OverCloud for the Tower's services ({self.handle})
+[unix_http_server]
+file={self.sock_path}
+chmod=0700
+
+[supervisord]
+logfile={self.log_dir}/supervisord.log
+logfile_maxbytes=5MB
+logfile_backups=1
+pidfile={self.box_dir}/supervisord.pid
+childlogdir={self.log_dir}
+directory={self.box_dir}
+identifier={self.handle}
+nodaemon=false
+minfds=1024
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{self.sock_path}
+
+[include]
+files={self.programs_dir}/*.conf
+"""
+        )
+
+    def start(self) -> None:
+        if self.is_running():
+            return
+        self.sock_path.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [SUPERVISORD, "-c", str(self.conf_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True, timeout=10,
+        )
+        if proc.returncode != 0:
+            raise SupervisionError(f"supervisord {self.handle} failed to start: {proc.stderr.decode().strip()}")
+
+    def supervisord_pid(self) -> int | None:
+        try:
+            pid = int((self.box_dir / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(self.conf_path).encode() not in f.read():
+                    return None  # the pid was reused by another process
+        except OSError:
+            return None
+        return pid
+
+    def box_pids(self) -> list[int]:
+        pid = self.supervisord_pid()
+        return [] if pid is None else sorted([pid, *_children(pid)])

@@ -37,6 +37,8 @@ def _settle(tower, overcloud_id: str, status: str, was: str) -> dict[str, Any]:
     """Move the OverCloud and its boxes to ``status``; a no-op when a re-run finds it done."""
     if tower.repo.get(overcloud_id).status != status:
         tower.repo.set_boxes_state(overcloud_id, status)
+        if status == states.DELETED:
+            tower.repo.delete_secrets(overcloud_id)  # its keys die with it; the archive keeps the data
         tower.repo.set_status(overcloud_id, status, expect={was})
     return {"message": f"OverCloud {status}"}
 

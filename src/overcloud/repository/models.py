@@ -87,3 +87,14 @@ class EventRow(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SecretRow(Base):
+    """One encrypted secret of an OverCloud (Fernet ciphertext; see identity/secrets.py)."""
+
+    __tablename__ = "secrets"
+
+    overcloud_id: Mapped[str] = mapped_column(ForeignKey("overclouds.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

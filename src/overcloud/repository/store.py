@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from overcloud import states
-from overcloud.repository.models import BoxRow, EventRow, OverCloudRow, TaskRow, utcnow
+from overcloud.repository.models import BoxRow, EventRow, OverCloudRow, SecretRow, TaskRow, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -288,3 +288,19 @@ class Repository:
         )
         with self.session() as s:
             return list(s.scalars(q))
+
+    # -- secrets (ciphertext only: sealing and opening is the caller's) ----
+    def put_secret(self, overcloud_id: str, name: str, ciphertext: str) -> None:
+        """Store a secret once; a second put of the same name keeps the first (idempotent actions)."""
+        with self.session() as s, s.begin():
+            if s.get(SecretRow, (overcloud_id, name)) is None:
+                s.add(SecretRow(overcloud_id=overcloud_id, name=name, ciphertext=ciphertext))
+
+    def get_secret(self, overcloud_id: str, name: str) -> str | None:
+        with self.session() as s:
+            row = s.get(SecretRow, (overcloud_id, name))
+            return row.ciphertext if row else None
+
+    def delete_secrets(self, overcloud_id: str) -> None:
+        with self.session() as s, s.begin():
+            s.execute(SecretRow.__table__.delete().where(SecretRow.overcloud_id == overcloud_id))

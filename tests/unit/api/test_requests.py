@@ -98,10 +98,28 @@ def test_native_body():
     assert plan.name == "lab" and plan.clusters == 3 and plan.fabric == {"enabled": True}
 
 
-def test_restore_from_an_unknown_archive_is_a_404():
+def test_restore_from_must_look_like_an_overcloud_id_and_needs_the_datalake():
     with pytest.raises(RequestError) as ei:
         parse({"sites": [{"undercloud": "local", "clusters": 1}], "datalake": {"restore_from": "abc"}})
-    assert ei.value.status == 404
+    assert ei.value.status == 422 and ei.value.field == "datalake.restore_from"
+    with pytest.raises(RequestError):
+        parse({"sites": [{"undercloud": "local", "clusters": 1}],
+               "datalake": {"restore_from": "a" * 32, "enabled": False}})
+    plan = parse({"sites": [{"undercloud": "local", "clusters": 1}], "datalake": {"restore_from": "a" * 32}})
+    assert plan.datalake["restore_from"] == "a" * 32
+
+
+def test_block_storage_is_refused_plainly():
+    with pytest.raises(RequestError) as ei:
+        parse({"sites": [{"undercloud": "local", "clusters": 1}], "datalake": {"block": {"size_gb": 10}}})
+    assert "not supported on the local UnderCloud" in ei.value.message
+
+
+def test_the_post_is_at_least_medium_with_a_datalake():
+    with_dl = parse({"provider": "local", "number": "1", "size": "m1.small"})
+    assert with_dl.box_specs("f" * 32)[0]["flavor"]["name"] == "medium"
+    without = parse({"sites": [{"undercloud": "local", "clusters": 1, "size": "small"}], "datalake": {"enabled": False}})
+    assert without.box_specs("f" * 32)[0]["flavor"]["name"] == "small"
 
 
 def test_bad_names():

@@ -1,0 +1,192 @@
+"""The Construction DataLake: the Tower's own SeaweedFS, for provisioning artifacts and for
+the DataLakes preserved when OverClouds are deleted.
+
+It runs under a supervisord of its own on the host (the same supervision as a box's), so it
+outlives Tower restarts; ``overcloud serve`` starts it when it is not running. It listens on
+the first site's gateway address: boxes of every site reach it there, the host reaches it
+locally. Only its S3 port (authenticated) is reachable from the site bridges — the host
+firewall table ``overcloud_cdl_<tag>`` drops every other TCP/UDP packet from our bridges to
+the host — because its filer, master and volume ports have no authentication.
+
+Artifacts (the ``weed`` binary, ...) are published once, content-addressed
+(``overcloud-artifacts/sha256/<hex>``); boxes fetch them with a presigned GET through
+``boxes/fetch.py``, which verifies the SHA-256 before running anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from overcloud.boxes.supervision import HostSupervisor
+from overcloud.identity.secrets import SecretBox
+
+logger = logging.getLogger(__name__)
+
+ARTIFACTS = "overcloud-artifacts"
+ARCHIVES = "overcloud-archives"
+S3_PORT = 8333
+FILER_PORT = 8888
+MASTER_PORT = 9333
+VOLUME_PORT = 8080
+PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's maximum; boxes keep the fetched file in their cache
+FETCH = Path(__file__).resolve().parent.parent / "boxes" / "fetch.py"
+
+
+class ConstructionError(RuntimeError):
+    pass
+
+
+class ConstructionDataLake:
+    def __init__(self, state_dir: Path, bind_ip: str, bridges: list[str], secrets: SecretBox):
+        self.dir = Path(state_dir) / "construction"
+        self.bind_ip = bind_ip
+        self.bridges = list(bridges)
+        self.secrets = secrets
+        self.tag = hashlib.sha1(str(self.dir).encode()).hexdigest()[:8]
+        self.supervisor = HostSupervisor(f"cdl-{self.tag}", self.dir / "supervisor")
+        self.cache_dir = Path(state_dir) / "artifact-cache"
+        self._lock = threading.Lock()
+        self._published: dict[str, str] = {}
+
+    # -- endpoints ---------------------------------------------------------
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.bind_ip}:{S3_PORT}"
+
+    @property
+    def filer_url(self) -> str:
+        return f"http://{self.bind_ip}:{FILER_PORT}"
+
+    def credentials(self) -> tuple[str, str]:
+        path = self.dir / "credentials.sealed"
+        from overcloud.datalake import clients, seaweed
+
+        with self._lock:
+            if not path.exists():
+                access, secret = seaweed.new_credentials()
+                self.dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(self.secrets.seal(json.dumps([access, secret])))
+            access, secret = json.loads(self.secrets.open(path.read_text()))
+        return access, secret
+
+    def client(self):
+        from overcloud.datalake import clients, seaweed
+
+        return clients.s3_client(self.s3_endpoint, *self.credentials())
+
+    # -- lifecycle ----------------------------------------------------------
+    def ensure_running(self, timeout: float = 60.0) -> None:
+        """Start it (idempotent), wait until S3 answers, make its buckets."""
+        from overcloud.datalake import clients, seaweed
+
+        access, secret = self.credentials()
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "s3.json"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(seaweed.s3_config(access, secret, admin_name="tower"), fh)
+        self._guard()
+        self.supervisor.write_files()
+        self.supervisor.start()
+        self.supervisor.wait_ready(10)
+        argv = seaweed.server_argv(
+            seaweed.weed_binary(), ip=self.bind_ip, data_dir=str(data), logdir=str(self.supervisor.log_dir),
+            s3_config_path=str(config), master_port=MASTER_PORT, volume_port=VOLUME_PORT, filer_port=FILER_PORT,
+            s3_port=S3_PORT,
+        )
+        self.supervisor.add_program("weed-server", argv, startsecs=1, startretries=5)
+        seaweed.wait_http(self.s3_endpoint, timeout)
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:  # the S3 gateway answers before the filer behind it is ready for buckets
+            try:
+                clients.ensure_bucket(client, ARTIFACTS)
+                clients.ensure_bucket(client, ARCHIVES)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline, then named
+                if time.monotonic() > deadline:
+                    raise ConstructionError(f"the Construction DataLake at {self.s3_endpoint} is not ready: {exc}") from exc
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop it (its data stays in the state dir); removes its host firewall table."""
+        self.supervisor.stop_box()
+        self.supervisor.sock_path.unlink(missing_ok=True)
+        subprocess.run(["nft", "delete", "table", "inet", f"overcloud_cdl_{self.tag}"], capture_output=True)
+
+    def pids(self) -> list[int]:
+        return self.supervisor.box_pids()
+
+    def _guard(self) -> None:
+        """Boxes may reach only the S3 port of the host (see the module doc)."""
+        bridges = ", ".join(f'"{b}"' for b in self.bridges)
+        rules = f"""
+table inet overcloud_cdl_{self.tag} {{
+  chain input {{
+    type filter hook input priority -10; policy accept;
+    iifname {{ {bridges} }} ip daddr {self.bind_ip} tcp dport {S3_PORT} accept
+    iifname {{ {bridges} }} ct state established,related accept
+    iifname {{ {bridges} }} meta l4proto {{ tcp, udp }} drop
+  }}
+}}
+"""
+        subprocess.run(["nft", "delete", "table", "inet", f"overcloud_cdl_{self.tag}"], capture_output=True)
+        r = subprocess.run(["nft", "-f", "-"], input=rules.encode(), capture_output=True)
+        if r.returncode != 0:
+            raise ConstructionError(f"cannot install the host firewall for the Construction DataLake: {r.stderr.decode().strip()}")
+
+    # -- artifacts ----------------------------------------------------------
+    def publish(self, path: Path) -> str:
+        """Put a file into the store once, by content; returns its SHA-256."""
+        from overcloud.datalake import clients, seaweed
+
+        path = Path(path)
+        sha = seaweed.weed_sha256(path) if path == seaweed.weed_binary() else _sha256(path)
+        if sha in self._published.values():
+            return sha
+        client = self.client()
+        key = f"sha256/{sha}"
+        try:
+            client.head_object(Bucket=ARTIFACTS, Key=key)
+        except Exception:  # noqa: BLE001 - missing: upload it
+            client.upload_file(str(path), ARTIFACTS, key)
+        self._published[str(path)] = sha
+        return sha
+
+    def artifact_url(self, sha: str) -> str:
+        return self.client().generate_presigned_url(
+            "get_object", Params={"Bucket": ARTIFACTS, "Key": f"sha256/{sha}"}, ExpiresIn=PRESIGN_SECONDS
+        )
+
+    def program(self, path: Path, args: list[str], url_dir: Path) -> list[str]:
+        """A supervisord command that fetches artifact ``path`` into the box cache, then runs it.
+        The presigned URL goes to ``url_dir/<sha>.url`` (0600), refreshed on every call, so the
+        command itself is the same every time (supervisord does not restart the program when a
+        workflow task runs again)."""
+        sha = self.publish(path)
+        url_dir.mkdir(parents=True, exist_ok=True)
+        url_file = url_dir / f"{sha}.url"
+        fd = os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.artifact_url(sha))
+        return [sys.executable, "-I", "-S", str(FETCH), f"@{url_file}", sha, str(self.cache_dir), "--", *args]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

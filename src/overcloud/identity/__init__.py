@@ -1,0 +1,1 @@
+"""Identity and security: tokens (api/deps.py today), secret encryption at rest."""
