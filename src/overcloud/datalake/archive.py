@@ -126,6 +126,19 @@ def _head(client, bucket: str, key: str) -> dict | None:
         raise
 
 
+def _listing(client, bucket: str, prefix: str = "") -> dict[str, tuple[str, int]]:
+    """{key: (etag, size)} of everything under ``prefix``; empty when the bucket is absent."""
+    from botocore.exceptions import ClientError
+    found = {}
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found.update({o["Key"]: (_etag(o), o["Size"]) for o in page.get("Contents", [])})
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
+    return found
+
+
 def _filer_entries(filer_url: str, http: httpx.Client, exclude=FILER_EXCLUDE):
     """(path, size, md5 hex or None) of every filer file outside ``exclude``."""
     stack = ["/"]
@@ -187,6 +200,7 @@ def archive(src_s3_client, src_filer_url: str, dst_s3_client, archive_id: str, o
     prefix, started = _prefix(archive_id), time.monotonic()
     ensure_bucket(dst_s3_client, dst_bucket)
     previous = read_manifest(dst_s3_client, archive_id, bucket=dst_bucket, missing_ok=True)
+    have = _listing(dst_s3_client, dst_bucket, prefix)
 
     buckets = sorted(b["Name"] for b in src_s3_client.list_buckets().get("Buckets", []))
     jobs = []
@@ -194,12 +208,12 @@ def archive(src_s3_client, src_filer_url: str, dst_s3_client, archive_id: str, o
         for page in src_s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 jobs.append((f"s3://{bucket}/{obj['Key']}",
-                             _object_job(archive_id, src_s3_client, dst_s3_client, dst_bucket, prefix,
+                             _object_job(archive_id, src_s3_client, dst_s3_client, dst_bucket, prefix, have,
                                          bucket, obj["Key"], obj["Size"], _etag(obj))))
     with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
         for path, size, md5 in _filer_entries(src_filer_url, http):
             jobs.append((f"filer:{path}", _file_job(archive_id, src_filer_url, dst_s3_client, dst_bucket,
-                                                     prefix, path, size, md5)))
+                                                     prefix, have, path, size, md5)))
         results = _run(archive_id, workers, jobs, "archive")
 
     objects = sorted((r for r in results if "bucket" in r), key=lambda r: (r["bucket"], r["key"]))
@@ -230,13 +244,19 @@ def archive(src_s3_client, src_filer_url: str, dst_s3_client, archive_id: str, o
     return {**manifest, "transfer": transfer}
 
 
-def _object_job(archive_id, src, dst, dst_bucket, prefix, bucket, key, size, src_etag):
+def _object_job(archive_id, src, dst, dst_bucket, prefix, have, bucket, key, size, src_etag):
     def job():
         dst_key = f"{prefix}objects/{bucket}/{key}"
-        head = _head(dst, dst_bucket, dst_key)
-        meta = (head or {}).get("Metadata", {})
-        if head and meta.get("src-etag") == src_etag and head.get("ContentLength") == size and meta.get("md5"):
-            return {"bucket": bucket, "key": key, "size": size, "md5": meta["md5"], "copied": False}
+        done = {"bucket": bucket, "key": key, "size": size, "copied": False}
+        if dst_key in have:
+            # a single-part source's ETag is its MD5, and so is our copy's: no HEAD needed
+            if _is_md5(src_etag) and have[dst_key] == (src_etag, size):
+                return {**done, "md5": src_etag}
+            meta = (_head(dst, dst_bucket, dst_key) or {}).get("Metadata", {})
+            etag, stored = have[dst_key]
+            if (meta.get("src-etag") == src_etag and meta.get("md5") and stored == size
+                    and (etag == meta["md5"] or not _is_md5(etag))):  # multipart copies (> 5 GiB)
+                return {**done, "md5": meta["md5"]}
         with _spool() as fh:
             got_size, md5, etag = _download(src, bucket, key, fh)
             if _is_md5(etag) and etag != md5:
@@ -246,29 +266,33 @@ def _object_job(archive_id, src, dst, dst_bucket, prefix, bucket, key, size, src
     return job
 
 
-def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, path, size, listed_md5):
+def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, have, path, size, listed_md5):
     def job():
         dst_key = f"{prefix}files/{path.lstrip('/')}"
-        head = _head(dst, dst_bucket, dst_key)
-        have = (head or {}).get("Metadata", {}).get("md5")
-        if head and listed_md5 and have == listed_md5 and head.get("ContentLength") == size:
-            return {"path": path, "size": size, "md5": have, "copied": False}
+        if listed_md5 and have.get(dst_key) == (listed_md5, size):
+            return {"path": path, "size": size, "md5": listed_md5, "copied": False}
         with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
-            md5, got_size = hashlib.md5(), 0
-            with http.stream("GET", _url(filer_url, path)) as resp:
-                resp.raise_for_status()
-                for block in resp.iter_bytes(_BLOCK):
-                    md5.update(block)
-                    fh.write(block)
-                    got_size += len(block)
-            md5 = md5.hexdigest()
+            got_size, md5 = _filer_download(http, filer_url, path, fh)
             if listed_md5 and listed_md5 != md5:
                 raise VerificationError(archive_id, f"source filer {path}", listed_md5, md5)
-            if head and have == md5 and head.get("ContentLength") == got_size:
+            if have.get(dst_key) == (md5, got_size):
                 return {"path": path, "size": got_size, "md5": md5, "copied": False}
             _upload(archive_id, dst, dst_bucket, dst_key, fh, got_size, md5, {"md5": md5})
         return {"path": path, "size": got_size, "md5": md5, "copied": True}
     return job
+
+
+def _filer_download(http: httpx.Client, filer_url: str, path: str, out: IO[bytes] | None) -> tuple[int, str]:
+    """Stream a filer file into ``out`` (or nowhere); (size, md5 hex)."""
+    md5, size = hashlib.md5(), 0
+    with http.stream("GET", _url(filer_url, path)) as resp:
+        resp.raise_for_status()
+        for block in resp.iter_bytes(_BLOCK):
+            md5.update(block)
+            size += len(block)
+            if out is not None:
+                out.write(block)
+    return size, md5.hexdigest()
 
 
 # --- restore ---------------------------------------------------------------------------
@@ -279,13 +303,16 @@ def restore(src_s3_client, archive_id: str, dst_s3_client, dst_filer_url: str, *
     checked against the manifest's MD5. Returns counts, bytes, copied/skipped, seconds."""
     prefix, started = _prefix(archive_id), time.monotonic()
     manifest = read_manifest(src_s3_client, archive_id, bucket=src_bucket)
+    have: dict[tuple[str, str], tuple[str, int]] = {}
     for bucket in manifest.get("buckets") or sorted({o["bucket"] for o in manifest["objects"]}):
         ensure_bucket(dst_s3_client, bucket)
+        have.update({(bucket, key): found for key, found in _listing(dst_s3_client, bucket).items()})
+    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+        have_files = {path: (md5, size) for path, size, md5 in _filer_entries(dst_filer_url, http)}
 
     def object_job(obj):
         def job():
-            head = _head(dst_s3_client, obj["bucket"], obj["key"])
-            if head and _etag(head) == obj["md5"] and head.get("ContentLength") == obj["size"]:
+            if have.get((obj["bucket"], obj["key"])) == (obj["md5"], obj["size"]):
                 return (obj["size"], False)
             with _spool() as fh:
                 size, md5, _ = _download(src_s3_client, src_bucket, f"{prefix}objects/{obj['bucket']}/{obj['key']}", fh)
@@ -298,20 +325,17 @@ def restore(src_s3_client, archive_id: str, dst_s3_client, dst_filer_url: str, *
     def file_job(entry):
         def job():
             path = entry["path"]
+            if have_files.get(path) == (entry["md5"], entry["size"]):
+                return (entry["size"], False)
             with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
                 size, md5, _ = _download(src_s3_client, src_bucket, f"{prefix}files/{path.lstrip('/')}", fh)
                 if md5 != entry["md5"]:
                     raise VerificationError(archive_id, f"archived file {path}", entry["md5"], md5)
                 fh.seek(0)
                 filer_put(dst_filer_url, path, fh, client=http)
-                check, got = hashlib.md5(), 0
-                with http.stream("GET", _url(dst_filer_url, path)) as resp:
-                    resp.raise_for_status()
-                    for block in resp.iter_bytes(_BLOCK):
-                        check.update(block)
-                        got += len(block)
-                if check.hexdigest() != md5 or got != size:
-                    raise VerificationError(archive_id, f"restored file {path}", md5, check.hexdigest())
+                got, check = _filer_download(http, dst_filer_url, path, None)
+                if check != md5 or got != size:
+                    raise VerificationError(archive_id, f"restored file {path}", md5, check)
             return (size, True)
         return job
 
@@ -359,6 +383,9 @@ def list_archives(s3_client, bucket: str = ARCHIVE_BUCKET) -> list[dict]:
     for archive_id in sorted(ids):
         manifest = read_manifest(s3_client, archive_id, bucket=bucket, missing_ok=True)
         if manifest is None:
+            # SeaweedFS keeps a purged archive's empty directories, listed as prefixes
+            if not s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{archive_id}/", MaxKeys=1).get("Contents"):
+                continue
             summaries.append({"archive_id": archive_id, "complete": False})
         else:
             summaries.append({"archive_id": archive_id, "complete": True, "owner": manifest.get("owner"),

@@ -71,7 +71,9 @@ class Weeds:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM by group in stop order, SIGKILL after ``grace``: a filer (and ``weed
+        server``) takes ~15 s to exit on SIGTERM, too long for a test's teardown."""
         for group in (["s3"], ["filer"], [r for r in self.procs if r.startswith("volume")], ["master", "server"]):
             live = [self.procs.pop(r) for r in group if r in self.procs]
             for proc in live:
@@ -79,7 +81,7 @@ class Weeds:
                     proc.send_signal(signal.SIGTERM)
             for proc in live:
                 try:
-                    proc.wait(timeout=6)
+                    proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(timeout=10)
