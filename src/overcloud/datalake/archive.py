@@ -39,7 +39,7 @@ from typing import IO
 
 import httpx
 
-from overcloud.datalake.clients import FILER_EXCLUDE, _FILER_TIMEOUT, _url, ensure_bucket, filer_put
+from overcloud.datalake.clients import _FILER_TIMEOUT, ensure_bucket, filer_download, filer_entries, filer_put
 
 logger = logging.getLogger(__name__)
 
@@ -139,33 +139,6 @@ def _listing(client, bucket: str, prefix: str = "") -> dict[str, tuple[str, int]
     return found
 
 
-def _filer_entries(filer_url: str, http: httpx.Client, exclude=FILER_EXCLUDE):
-    """(path, size, md5 hex or None) of every filer file outside ``exclude``."""
-    stack = ["/"]
-    while stack:
-        directory, last = stack.pop(), ""
-        while True:
-            params = {"limit": 1000, **({"lastFileName": last} if last else {})}
-            resp = http.get(_url(filer_url, directory.rstrip("/") + "/"), params=params,
-                            headers={"Accept": "application/json"})
-            if resp.status_code == 404:
-                break
-            listing = resp.raise_for_status().json()
-            entries = listing.get("Entries") or []
-            for entry in entries:
-                path = entry["FullPath"]
-                if any(path == ex or path.startswith(ex + "/") for ex in exclude):
-                    continue
-                if entry.get("Mode", 0) & 0x80000000:
-                    stack.append(path)
-                    continue
-                md5 = base64.b64decode(entry["Md5"]).hex() if entry.get("Md5") else None
-                yield path, int(entry.get("FileSize", 0)), md5
-            last = listing.get("LastFileName") or ""
-            if not listing.get("ShouldDisplayLoadMore") or not entries or not last:
-                break
-
-
 def _run(archive_id: str, workers: int, jobs: list, verb: str) -> list:
     """Run ``jobs`` (callables) on a pool created here (same namespace as the caller);
     collect every failure, raise once at the end."""
@@ -211,7 +184,7 @@ def archive(src_s3_client, src_filer_url: str, dst_s3_client, archive_id: str, o
                              _object_job(archive_id, src_s3_client, dst_s3_client, dst_bucket, prefix, have,
                                          bucket, obj["Key"], obj["Size"], _etag(obj))))
     with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
-        for path, size, md5 in _filer_entries(src_filer_url, http):
+        for path, size, md5 in filer_entries(src_filer_url, client=http):
             jobs.append((f"filer:{path}", _file_job(archive_id, src_filer_url, dst_s3_client, dst_bucket,
                                                      prefix, have, path, size, md5)))
         results = _run(archive_id, workers, jobs, "archive")
@@ -272,7 +245,7 @@ def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, have, path, size, 
         if listed_md5 and have.get(dst_key) == (listed_md5, size):
             return {"path": path, "size": size, "md5": listed_md5, "copied": False}
         with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
-            got_size, md5 = _filer_download(http, filer_url, path, fh)
+            got_size, md5 = filer_download(filer_url, path, fh, client=http)
             if listed_md5 and listed_md5 != md5:
                 raise VerificationError(archive_id, f"source filer {path}", listed_md5, md5)
             if have.get(dst_key) == (md5, got_size):
@@ -280,19 +253,6 @@ def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, have, path, size, 
             _upload(archive_id, dst, dst_bucket, dst_key, fh, got_size, md5, {"md5": md5})
         return {"path": path, "size": got_size, "md5": md5, "copied": True}
     return job
-
-
-def _filer_download(http: httpx.Client, filer_url: str, path: str, out: IO[bytes] | None) -> tuple[int, str]:
-    """Stream a filer file into ``out`` (or nowhere); (size, md5 hex)."""
-    md5, size = hashlib.md5(), 0
-    with http.stream("GET", _url(filer_url, path)) as resp:
-        resp.raise_for_status()
-        for block in resp.iter_bytes(_BLOCK):
-            md5.update(block)
-            size += len(block)
-            if out is not None:
-                out.write(block)
-    return size, md5.hexdigest()
 
 
 # --- restore ---------------------------------------------------------------------------
@@ -308,7 +268,7 @@ def restore(src_s3_client, archive_id: str, dst_s3_client, dst_filer_url: str, *
         ensure_bucket(dst_s3_client, bucket)
         have.update({(bucket, key): found for key, found in _listing(dst_s3_client, bucket).items()})
     with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
-        have_files = {path: (md5, size) for path, size, md5 in _filer_entries(dst_filer_url, http)}
+        have_files = {path: (md5, size) for path, size, md5 in filer_entries(dst_filer_url, client=http)}
 
     def object_job(obj):
         def job():
@@ -333,7 +293,7 @@ def restore(src_s3_client, archive_id: str, dst_s3_client, dst_filer_url: str, *
                     raise VerificationError(archive_id, f"archived file {path}", entry["md5"], md5)
                 fh.seek(0)
                 filer_put(dst_filer_url, path, fh, client=http)
-                got, check = _filer_download(http, dst_filer_url, path, None)
+                got, check = filer_download(dst_filer_url, path, None, client=http)
                 if check != md5 or got != size:
                     raise VerificationError(archive_id, f"restored file {path}", md5, check)
             return (size, True)

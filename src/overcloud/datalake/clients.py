@@ -7,6 +7,7 @@ trailing slash.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import secrets
@@ -95,15 +96,17 @@ def filer_get(filer_url: str, path: str) -> bytes:
         return http.get(_url(filer_url, path)).raise_for_status().content
 
 
-def filer_download(filer_url: str, path: str, out: IO[bytes], *, client: httpx.Client) -> tuple[int, str]:
-    """Stream the file at ``path`` into ``out``; returns (size, hex md5)."""
+def filer_download(filer_url: str, path: str, out: IO[bytes] | None, *, client: httpx.Client) -> tuple[int, str]:
+    """Stream the file at ``path`` into ``out`` (or only through an MD5 when None);
+    returns (size, hex md5)."""
     md5, size = hashlib.md5(), 0
     with client.stream("GET", _url(filer_url, path)) as resp:
         resp.raise_for_status()
         for block in resp.iter_bytes(1 << 20):
             md5.update(block)
-            out.write(block)
             size += len(block)
+            if out is not None:
+                out.write(block)
     return size, md5.hexdigest()
 
 
@@ -116,20 +119,19 @@ def filer_delete(filer_url: str, path: str, *, recursive: bool = False) -> None:
             resp.raise_for_status()
 
 
-def filer_walk(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER_EXCLUDE
-               ) -> Iterator[tuple[str, int]]:
-    """Every file under ``root`` as (path, size), depth first, skipping the ``exclude``
-    directories (and everything below them). Pages through the filer's JSON listing with
-    ``lastFileName``; a directory that vanishes mid-walk is skipped."""
-    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+def filer_entries(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER_EXCLUDE,
+                  *, client: httpx.Client | None = None) -> Iterator[tuple[str, int, str | None]]:
+    """Every file under ``root`` as (path, size, md5 hex or None when the filer has none),
+    depth first, skipping the ``exclude`` directories and everything below them. Pages
+    through the filer's JSON listing with ``lastFileName``; a directory that vanishes
+    mid-walk is skipped."""
+    http = client or httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False)
+    try:
         stack = [root.rstrip("/") or "/"]
         while stack:
-            directory = stack.pop()
-            last = ""
+            directory, last = stack.pop(), ""
             while True:
-                params = {"limit": _FILER_PAGE}
-                if last:
-                    params["lastFileName"] = last
+                params = {"limit": _FILER_PAGE, **({"lastFileName": last} if last else {})}
                 resp = http.get(_url(filer_url, directory.rstrip("/") + "/"), params=params,
                                 headers={"Accept": "application/json"})
                 if resp.status_code == 404:
@@ -143,10 +145,21 @@ def filer_walk(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER
                     if entry.get("Mode", 0) & 0x80000000:  # os.ModeDir in Go
                         stack.append(path)
                     else:
-                        yield path, int(entry.get("FileSize", 0))
+                        md5 = base64.b64decode(entry["Md5"]).hex() if entry.get("Md5") else None
+                        yield path, int(entry.get("FileSize", 0)), md5
                 last = listing.get("LastFileName") or ""
                 if not listing.get("ShouldDisplayLoadMore") or not entries or not last:
                     break
+    finally:
+        if client is None:
+            http.close()
+
+
+def filer_walk(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER_EXCLUDE
+               ) -> Iterator[tuple[str, int]]:
+    """Every file under ``root`` as (path, size); see :func:`filer_entries`."""
+    for path, size, _ in filer_entries(filer_url, root, exclude):
+        yield path, size
 
 
 # --- round trip ------------------------------------------------------------------------
