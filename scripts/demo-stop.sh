@@ -16,3 +16,6 @@ if [ -f "$STATE/tower.pid" ] && kill -0 "$(cat "$STATE/tower.pid")" 2>/dev/null;
   kill "$(cat "$STATE/tower.pid")" && echo "Tower stopped"
   rm -f "$STATE/tower.pid"
 fi
+# the Tower's Construction DataLake runs under its own supervisord (it outlives Tower restarts)
+.venv/bin/python -c 'from overcloud.components.construction import ConstructionDataLake as C; from overcloud.config import Settings; C(Settings().state_dir).stop()' \
+  && echo "Construction DataLake stopped (its data stays in $STATE/construction)"

@@ -115,6 +115,9 @@ class TowerProcess:
                     if oc["status"] != "DELETED":
                         self.wait_status(oc["overcloud_ID"], {"DELETED", "FAILED"}, timeout=120)
         self.stop()
+        from overcloud.components.construction import ConstructionDataLake
+
+        ConstructionDataLake(self.state_dir).stop()  # the Tower's own store outlives the Tower
         host = local_host(self.state_dir, self.sites, self.overlay)
         left = host.list_tagged()
         if left:

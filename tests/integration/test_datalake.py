@@ -104,7 +104,7 @@ def test_three_cluster_datalake_keys_replication_and_a_lost_volume_server(tower)
     assert in_box(c2, read_all) == blobs
     _rpc_proxy(sup_sock).supervisor.startProcess("weed-volume")
     with tower.client() as c:
-        c.delete(f"/overclouds/{oid}")  # keep the archive small: not preserved
+        c.delete(f"/overclouds/{oid}")
     gone = tower.wait_status(oid, {"DELETED", "FAILED"}, timeout=300)
     assert gone["status"] == "DELETED", gone["error"]
     assert leftovers(oid, tower.state_dir) == []
@@ -191,7 +191,13 @@ def test_preserve_on_delete_then_restore_1000_objects_a_100mb_object_and_files(t
 
     with tower.client() as c:
         assert c.delete(f"/datalake/archives/{oid}").status_code == 204
+        for _ in range(50):  # the filer's listing of the emptied prefix settles within moments
+            if oid not in [a["archive_id"] for a in c.get("/datalake/archives").json()]:
+                break
+            time.sleep(0.1)
         assert oid not in [a["archive_id"] for a in c.get("/datalake/archives").json()]
+        assert c.post("/overclouds", json={"sites": [{"undercloud": "local", "clusters": 1}],
+                                           "datalake": {"restore_from": oid}}).status_code == 404
     with tower.client() as c:
         c.delete(f"/overclouds/{d2['overcloud_ID']}")
     assert tower.wait_status(d2["overcloud_ID"], {"DELETED", "FAILED"}, timeout=600)["status"] == "DELETED"

@@ -33,10 +33,12 @@ logger = logging.getLogger(__name__)
 
 ARTIFACTS = "overcloud-artifacts"
 ARCHIVES = "overcloud-archives"
-S3_PORT = 8333
-FILER_PORT = 8888
-MASTER_PORT = 9333
-VOLUME_PORT = 8080
+# Ports: SeaweedFS also listens on 127.0.0.1 for every port it serves on -ip, so two
+# Towers on one host (a demo and a test run) must not share them, or one's S3 gateway talks
+# to the other's filer. Each store takes a block of four from its state dir's hash (below
+# 12000, with gRPC at +10000 still below the ephemeral range), and refuses to start when one
+# is taken by something else.
+PORT_BASE, PORT_BLOCKS = 10000, 200
 PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's maximum; boxes keep the fetched file in their cache
 FETCH = Path(__file__).resolve().parent.parent / "boxes" / "fetch.py"
 
@@ -46,12 +48,17 @@ class ConstructionError(RuntimeError):
 
 
 class ConstructionDataLake:
-    def __init__(self, state_dir: Path, bind_ip: str, bridges: list[str], secrets: SecretBox):
+    def __init__(self, state_dir: Path, bind_ip: str = "", bridges: list[str] | None = None,
+                 secrets: SecretBox | None = None):
+        """``bind_ip``, ``bridges`` and ``secrets`` are needed to run it; to stop one
+        (tests, ``make demo-stop``) the state dir is enough."""
         self.dir = Path(state_dir) / "construction"
         self.bind_ip = bind_ip
-        self.bridges = list(bridges)
+        self.bridges = list(bridges or [])
         self.secrets = secrets
         self.tag = hashlib.sha1(str(self.dir).encode()).hexdigest()[:8]
+        base = PORT_BASE + (int(self.tag, 16) % PORT_BLOCKS) * 10
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = base, base + 1, base + 2, base + 3
         self.supervisor = HostSupervisor(f"cdl-{self.tag}", self.dir / "supervisor")
         self.cache_dir = Path(state_dir) / "artifact-cache"
         self._lock = threading.Lock()
@@ -60,11 +67,11 @@ class ConstructionDataLake:
     # -- endpoints ---------------------------------------------------------
     @property
     def s3_endpoint(self) -> str:
-        return f"http://{self.bind_ip}:{S3_PORT}"
+        return f"http://{self.bind_ip}:{self.s3_port}"
 
     @property
     def filer_url(self) -> str:
-        return f"http://{self.bind_ip}:{FILER_PORT}"
+        return f"http://{self.bind_ip}:{self.filer_port}"
 
     def credentials(self) -> tuple[str, str]:
         path = self.dir / "credentials.sealed"
@@ -98,13 +105,15 @@ class ConstructionDataLake:
         with os.fdopen(fd, "w") as fh:
             json.dump(seaweed.s3_config(access, secret, admin_name="tower"), fh)
         self._guard()
+        if not self.supervisor.is_running():
+            self._check_ports_free()
         self.supervisor.write_files()
         self.supervisor.start()
         self.supervisor.wait_ready(10)
         argv = seaweed.server_argv(
             seaweed.weed_binary(), ip=self.bind_ip, data_dir=str(data), logdir=str(self.supervisor.log_dir),
-            s3_config_path=str(config), master_port=MASTER_PORT, volume_port=VOLUME_PORT, filer_port=FILER_PORT,
-            s3_port=S3_PORT,
+            s3_config_path=str(config), master_port=self.master_port, volume_port=self.volume_port,
+            filer_port=self.filer_port, s3_port=self.s3_port,
         )
         self.supervisor.add_program("weed-server", argv, startsecs=1, startretries=5)
         seaweed.wait_http(self.s3_endpoint, timeout)
@@ -119,6 +128,21 @@ class ConstructionDataLake:
                 if time.monotonic() > deadline:
                     raise ConstructionError(f"the Construction DataLake at {self.s3_endpoint} is not ready: {exc}") from exc
                 time.sleep(0.1)
+
+    def _check_ports_free(self) -> None:
+        import socket
+
+        ports = [self.master_port, self.volume_port, self.filer_port, self.s3_port]
+        for ip in ("127.0.0.1", self.bind_ip):
+            for port in ports + [p + 10000 for p in ports]:
+                with socket.socket() as s:
+                    try:
+                        s.bind((ip, port))
+                    except OSError:
+                        raise ConstructionError(
+                            f"port {ip}:{port} of the Construction DataLake is taken by another process; "
+                            f"stop it, or use another state dir (the ports derive from it)"
+                        ) from None
 
     def stop(self) -> None:
         """Stop it (its data stays in the state dir); removes its host firewall table."""
@@ -136,7 +160,7 @@ class ConstructionDataLake:
 table inet overcloud_cdl_{self.tag} {{
   chain input {{
     type filter hook input priority -10; policy accept;
-    iifname {{ {bridges} }} ip daddr {self.bind_ip} tcp dport {S3_PORT} accept
+    iifname {{ {bridges} }} ip daddr {self.bind_ip} tcp dport {self.s3_port} accept
     iifname {{ {bridges} }} ct state established,related accept
     iifname {{ {bridges} }} meta l4proto {{ tcp, udp }} drop
   }}
