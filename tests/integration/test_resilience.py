@@ -90,3 +90,68 @@ def test_a_tower_on_postgresql_creates_deletes_and_resumes(own_tower, postgres):
             c.delete(f"/overclouds/{oid}")
         assert t.wait_status(oid, {"DELETED"})["status"] == "DELETED"
     assert leftovers(oid, t.state_dir) == []
+
+
+def test_preserve_failure_stops_the_delete_and_a_tower_killed_during_preserve_finishes_it(own_tower):
+    """The Construction DataLake is down: the delete stops before destroying anything. Then the
+    Tower dies in the middle of preserving: on restart the delete resumes; nothing is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from overcloud.boxes.netns import NetnsTransport
+    from overcloud.components.construction import ConstructionDataLake
+    from overcloud.datalake import clients
+
+    t = own_tower().start()
+    with t.client() as c:
+        d = c.post("/overclouds", json={"provider": "local", "number": "1", "size": "small"}, params={"wait": "true"},
+                   timeout=180).json()
+        assert d["status"] == "READY", d["error"]
+        oid = d["overcloud_ID"]
+        cr = c.get(f"/overclouds/{oid}/datalake/credentials").json()
+    objects = {f"o/{i:05d}": f"payload {i}".encode() * 20 for i in range(1500)}
+    box = NetnsTransport(d["clusters"][0]["handle"])
+
+    def write():
+        client = clients.s3_client(cr["s3_endpoint"], cr["access_key"], cr["secret_key"])
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda kv: client.put_object(Bucket="data", Key=kv[0], Body=kv[1]), objects.items()))
+
+    def count() -> int:
+        client = clients.s3_client(cr["s3_endpoint"], cr["access_key"], cr["secret_key"])
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket="data")
+        return sum(len(p.get("Contents", [])) for p in pages)
+
+    box.call(write)
+    ConstructionDataLake(t.state_dir).stop()
+    with t.client() as c:
+        assert c.delete(f"/overclouds/{oid}").status_code == 202
+    failed = t.wait_status(oid, {"FAILED", "DELETED"}, timeout=180)
+    assert failed["status"] == "FAILED" and failed["error"]["task"] == "preserve_datalake"
+    assert "nothing was destroyed" in failed["error"]["cause"]
+    assert box.call(count) == len(objects)  # the DataLake still runs with every object
+
+    t.kill9()
+    t.start()  # starts the Construction DataLake again
+    with t.client() as c:
+        assert c.delete(f"/overclouds/{oid}").status_code == 202
+    _wait_delete_task_running(t, oid, "preserve_datalake")
+    time.sleep(0.5)  # let it copy a part
+    t.kill9()
+    t.start()
+    gone = t.wait_status(oid, {"DELETED", "FAILED"}, timeout=300)
+    assert gone["status"] == "DELETED", gone["error"]
+    with t.client() as c:
+        archive = c.get(f"/datalake/archives/{oid}").json()
+    assert archive["complete"] and archive["counts"]["objects"] == len(objects)
+    assert leftovers(oid, t.state_dir) == []
+
+
+def _wait_delete_task_running(t, oid: str, task: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with t.client() as c:
+        while time.monotonic() < deadline:
+            wf = c.get(f"/overclouds/{oid}/workflow").json()["workflows"].get("delete_overcloud", [])
+            if any(x["task"] == task and x["state"] == "RUNNING" for x in wf):
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"{task} never ran")

@@ -136,6 +136,8 @@ class ConstructionDataLake:
         for ip in ("127.0.0.1", self.bind_ip):
             for port in ports + [p + 10000 for p in ports]:
                 with socket.socket() as s:
+                    # as the Go listener does: a port of a store killed a moment ago (TIME_WAIT) is free
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
                         s.bind((ip, port))
                     except OSError:
