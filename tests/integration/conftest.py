@@ -1,140 +1,21 @@
 """Integration fixtures: a real Tower process on the real local UnderCloud (needs root).
 
-Test Towers use their own site bridges and address ranges, so a developer's demo
-Tower on the default ones is never touched."""
+Test Towers use their own site bridges and address ranges (see towers.py), so a developer's
+demo Tower on the default ones is never touched."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
-from servers import free_port, wait_http
-
-ROOT = Path(__file__).resolve().parents[2]
-OVERCLOUD = str(Path(sys.executable).parent / "overcloud")
-TEST_SITES = [
-    {"name": "local-a", "kind": "local", "bridge": "oct-a", "cidr": "10.213.110.0/24"},
-    {"name": "local-b", "kind": "local", "bridge": "oct-b", "cidr": "10.213.111.0/24"},
-]
-TEST_OVERLAY = "10.251.0.0/16"
-# a second set for Towers that live for one test (killed, restarted), beside the shared one
-OWN_SITES = [
-    {"name": "local-a", "kind": "local", "bridge": "oct-c", "cidr": "10.213.112.0/24"},
-    {"name": "local-b", "kind": "local", "bridge": "oct-d", "cidr": "10.213.113.0/24"},
-]
-OWN_OVERLAY = "10.252.0.0/16"
+from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
 
 
 @pytest.fixture(autouse=True)
 def _needs_root():
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (network namespaces, bridges, cgroups); run `make test` as root")
-
-
-class TowerProcess:
-    """``overcloud serve`` in a subprocess, with its own state dir, port, bridges and ranges."""
-
-    def __init__(self, state_dir: Path, sites=TEST_SITES, overlay=TEST_OVERLAY, **env):
-        self.state_dir, self.sites, self.overlay = state_dir, sites, overlay
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "OVERCLOUD_STATE_DIR": str(state_dir),
-            "OVERCLOUD_SITES": json.dumps(sites),
-            "OVERCLOUD_OVERLAY_CIDR": overlay,
-            **{k: str(v) for k, v in env.items()},
-        }
-        self.proc: subprocess.Popen | None = None
-        self.log = state_dir / "tower.log"
-
-    def start(self) -> "TowerProcess":
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [OVERCLOUD, "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log,
-                start_new_session=True,
-            )
-        wait_http(self.url + "/healthz", timeout=30, proc=self.proc)
-        return self
-
-    @property
-    def token(self) -> str:
-        return (self.state_dir / "admin.token").read_text().strip()
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"}, timeout=60)
-
-    def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {**self.env, "OVERCLOUD_URL": self.url, "COLUMNS": "200"}
-        r = subprocess.run([OVERCLOUD, *args], env=env, capture_output=True, text=True, timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError(f"overcloud {' '.join(args)} exited {r.returncode}: {r.stderr}")
-        return r
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def wait_status(self, overcloud_id: str, wanted: set[str], timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.client() as c:
-            while True:
-                d = c.get(f"/overclouds/{overcloud_id}").json()
-                if d["status"] in wanted:
-                    return d
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{overcloud_id} still {d['status']} after {timeout} s: {d.get('error')}")
-                time.sleep(0.05)
-
-    def cleanup(self) -> None:
-        """Delete every OverCloud left, stop, and remove the test sites; fail if anything remains."""
-        if self.proc is not None and self.proc.poll() is None:
-            with self.client() as c:
-                for oc in c.get("/overclouds").json():
-                    if oc["status"] in ("READY", "FAILED", "DEGRADED"):
-                        c.delete(f"/overclouds/{oc['overcloud_ID']}")
-                    if oc["status"] != "DELETED":
-                        self.wait_status(oc["overcloud_ID"], {"DELETED", "FAILED"}, timeout=120)
-        self.stop()
-        from overcloud.components.construction import ConstructionDataLake
-
-        ConstructionDataLake(self.state_dir).stop()  # the Tower's own store outlives the Tower
-        host = local_host(self.state_dir, self.sites, self.overlay)
-        left = host.list_tagged()
-        if left:
-            host.sweep({r.overcloud_id for r in left})
-        host.teardown_sites()
-        assert not left, f"the test Tower left resources behind: {[r.name for r in left][:10]}"
-
-
-def local_host(state_dir: Path, sites=TEST_SITES, overlay=TEST_OVERLAY):
-    """The same LocalHost the Tower in ``state_dir`` uses (to look at or sweep what it made)."""
-    from overcloud.underclouds.local import LocalHost, LocalSiteConfig
-
-    return LocalHost(
-        state_dir / "local",
-        sites=[LocalSiteConfig(name=s["name"], bridge=s["bridge"], cidr=s["cidr"]) for s in sites],
-        overlay_cidr=overlay,
-    )
 
 
 @pytest.fixture(scope="session")

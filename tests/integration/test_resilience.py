@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import local_host
+from towers import local_host
 from kernel import leftovers
 from overcloud.underclouds.base import BoxSpec, resolve_flavor
 

@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from conftest import TowerProcess
+from towers import TowerProcess
 
 SITES = [
     {"name": "local-a", "kind": "local", "bridge": "oct-e", "cidr": "10.213.114.0/24"},

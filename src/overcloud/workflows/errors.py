@@ -52,6 +52,29 @@ class TaskTimeoutError(TimeoutError):
         self.timeout = timeout
 
 
+class ActionError(RuntimeError):
+    """What a failed action leaves in the persisted flow: its message and the messages of the
+    exceptions it was chained to, as plain text. TaskFlow stores a failure's exception and its
+    causes as JSON; an action's own exceptions may carry anything (an HTTP connection, a
+    client), which would make the failure itself unstorable."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @classmethod
+    def wrap(cls, exc: BaseException) -> "ActionError":
+        parts, seen = [], set()
+        cur: BaseException | None = exc
+        while cur is not None and id(cur) not in seen and len(parts) < 5:
+            seen.add(id(cur))
+            text = str(cur) or type(cur).__name__
+            if not parts or text not in parts[-1]:
+                parts.append(text)
+            cur = cur.__cause__ or cur.__context__
+        return cls(": ".join(parts), type(exc).__name__)
+
+
 class WorkflowFailed(RuntimeError):
     """A run failed and its completed tasks were reverted.
 

@@ -27,7 +27,7 @@ from taskflow.types import failure as tf_failure
 from overcloud.workflows import expressions
 from overcloud.workflows.actions import ActionContext
 from overcloud.workflows.dsl import TaskSpec, WorkflowSpec, load_definition, load_workflow
-from overcloud.workflows.errors import TaskTimeoutError
+from overcloud.workflows.errors import ActionError, TaskTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +101,17 @@ class ActionTask(tf_task.Task):
         retry = self.spec.retry
         if retry is not None and ctx.attempt > 1 and retry.delay > 0:
             time.sleep(retry.delay)
-        if self.spec.timeout is None:
-            raw = action.execute(ctx, **inputs)
-        else:
-            ctx.deadline = time.monotonic() + self.spec.timeout
-            raw = _call_with_timeout(self.spec.name, self.spec.timeout, action.execute, ctx, inputs)
+        try:
+            if self.spec.timeout is None:
+                raw = action.execute(ctx, **inputs)
+            else:
+                ctx.deadline = time.monotonic() + self.spec.timeout
+                raw = _call_with_timeout(self.spec.name, self.spec.timeout, action.execute, ctx, inputs)
+        except (TaskTimeoutError, ActionError):
+            raise
+        except Exception as exc:
+            logger.warning("task %s (action %s) failed", self.spec.name, self.spec.action, exc_info=True)
+            raise ActionError.wrap(exc) from None
         published = expressions.render(self.spec.publish, context, result=raw) if self.spec.publish else {}
         return {RESULT_KEY: raw, **published}
 
