@@ -43,6 +43,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/create_delete.py
+	$(BIN)/python bench/datalake.py
 
 # delete every OverCloud of the demo Tower (nothing left behind) and stop it
 demo-stop:
