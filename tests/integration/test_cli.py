@@ -24,10 +24,18 @@ def test_cli_create_show_workflow_list_delete(tower):
         assert task in wf
     assert oid in tower.cli("list", check=True).stdout
     assert json.loads(tower.cli("-o", "json", "workflow", oid, check=True).stdout)["status"] == "READY"
+    keys = json.loads(tower.cli("-o", "json", "datalake", "credentials", oid, check=True).stdout)
+    assert keys["access_key"].startswith("AKIA") and len(keys["secret_key"]) == 40
+    assert keys["secret_key"] not in show
 
     r = tower.cli("delete", oid, "--wait", check=True)
     assert "DELETED" in r.stdout
     assert leftovers(oid, tower.state_dir) == []
+    archives = json.loads(tower.cli("-o", "json", "datalake", "archives", check=True).stdout)
+    assert oid in [a["archive_id"] for a in archives]
+    assert "purged" in tower.cli("datalake", "purge", oid, check=True).stdout
+    r = tower.cli("create", "--clusters", "1", "--restore-from", oid)
+    assert r.returncode == 2 and "no preserved DataLake" in r.stderr
 
 
 def test_cli_exit_codes(tower, tmp_path):
