@@ -50,6 +50,7 @@ TCP_ESTABLISHED = 1
 # Every state that has a full socket (and so a tcp_info); TIME_WAIT sockets carry no counters.
 SCAN_STATES = 0xFFF & ~((1 << SS_LISTEN) | (1 << SS_TIME_WAIT) | (1 << SS_SYN_RECV) | (1 << SS_CLOSE))
 RETIRED_KEEP_S = 300.0  # how long a retired cookie is remembered, to merge a late destroy event
+RETIRED_MAX = 50_000
 
 
 def _addr(raw: str) -> str:
@@ -85,6 +86,8 @@ class FlowTable:
         acc[0] += max(0, sent - prev_sent)
         acc[1] += max(0, received - prev_recv)
         self.retired[cookie] = (max(sent, prev_sent), max(received, prev_recv), time.monotonic())
+        if len(self.retired) > RETIRED_MAX:  # an unscraped agent under connection churn stays bounded
+            self._prune()
 
     def update(self, seen: dict[int, _Sock]) -> None:
         """Replace the live set with one scan's result; sockets gone since are retired."""
@@ -99,8 +102,11 @@ class FlowTable:
                 if old is not None:  # counters of one socket never go back
                     new.sent, new.received = max(new.sent, old.sent), max(new.received, old.received)
             self.live = {c: s for c, s in seen.items() if c not in self.retired}
-            horizon = time.monotonic() - RETIRED_KEEP_S
-            self.retired = {c: v for c, v in self.retired.items() if v[2] >= horizon}
+            self._prune()
+
+    def _prune(self) -> None:
+        horizon = time.monotonic() - RETIRED_KEEP_S
+        self.retired = {c: v for c, v in self.retired.items() if v[2] >= horizon}
 
     def destroyed(self, cookie: int, pair: tuple[str, str], sent: int, received: int) -> None:
         with self.lock:
@@ -198,16 +204,25 @@ class FlowAgent:
             self._last_scan = time.monotonic()
             self._scan_seconds = self._last_scan - now
 
-    def watch_destroyed(self) -> bool:
-        """Start the thread that folds final tcp_info of destroyed sockets; False if not allowed."""
-        try:
-            events = DiagSocket()
-            events.bind(groups=(1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1)))
-        except OSError as exc:
-            logger.warning("no socket-destroy events (%s): bytes after the last scan of a closing socket are lost", exc)
-            return False
+    def watch_destroyed(self, timeout: float = 5.0) -> bool:
+        """Start the thread that folds final tcp_info of destroyed sockets; False if not allowed.
+
+        The netlink socket is made inside that thread: pyroute2 0.9 delivers multicast messages
+        only to the thread that created the socket (a socket made elsewhere receives nothing)."""
+        bound = threading.Event()
+        ok: list[bool] = []
 
         def loop() -> None:
+            try:
+                events = DiagSocket()
+                events.bind(groups=(1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1)))
+            except OSError as exc:
+                logger.warning("no socket-destroy events (%s): bytes after the last scan of a closing socket are lost",
+                               exc)
+                bound.set()
+                return
+            ok.append(True)
+            bound.set()
             while True:
                 try:
                     for msg in events.get():
@@ -220,7 +235,8 @@ class FlowAgent:
                     time.sleep(0.1)
 
         threading.Thread(target=loop, name="flowagent-destroy", daemon=True).start()
-        return True
+        bound.wait(timeout)
+        return bool(ok)
 
     def render(self) -> str:
         self.scan()
