@@ -15,8 +15,9 @@ and answers ``GET /metrics`` only. What it promises:
 - The scan runs on a scrape, at most once per ``--interval`` (cached): an idle agent that is
   scraped every second costs next to nothing, and an unscraped one costs nothing at all.
 - Box names come from ``--names`` (a JSON {address: box}) re-read when its mtime changes; an
-  unknown address is labelled with itself. Loopback flows, and flows whose both ends are
-  neither named nor inside ``--subnet``, are skipped.
+  unknown address is labelled with itself. Loopback flows, a box's flows to its own address
+  (the scrapes of a Prometheus in the same box, say), and flows whose both ends are neither
+  named nor inside ``--subnet`` are skipped.
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ class FlowAgent:
 
     def wanted(self, local: str, remote: str, names: dict[str, str]) -> bool:
         a, b = ipaddress.ip_address(local), ipaddress.ip_address(remote)
-        if a.is_loopback or b.is_loopback or a.is_unspecified or b.is_unspecified:
-            return False
+        if a == b or a.is_loopback or b.is_loopback or a.is_unspecified or b.is_unspecified:
+            return False  # a box talking to itself never crosses the fabric
         return any(x in names or (self.subnet is not None and ip in self.subnet) for x, ip in ((local, a), (remote, b)))
 
     def _parse(self, msg, names: dict[str, str]) -> tuple[int, _Sock] | None:

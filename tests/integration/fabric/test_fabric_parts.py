@@ -141,8 +141,11 @@ def test_prometheus_datastore(procs, tmp_path):
     # A new target: regenerate, reload, same process.
     targets["node"].append({"target": inst2, "labels": {"box": "b2", **here}})
     prom.write_config(config, prom.scrape_config(1, targets))
+    t1 = time.monotonic()
     prom.reload(url)
+    reloaded = time.monotonic() - t1
     prom.wait_all_up(url, [prom_inst, inst1, inst2], 20)
+    print(f"reload {reloaded * 1000:.0f} ms, new target up {time.monotonic() - t1:.2f}s after it")
     assert server.poll() is None
     # A broken config is refused and the running one kept.
     config.write_text("scrape_configs: [{job_name: x, static_configs: nope}]\n")
