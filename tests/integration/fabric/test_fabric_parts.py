@@ -169,10 +169,12 @@ def test_prometheus_datastore(procs, tmp_path):
 
     # A dead exporter shows as down, with Prometheus' error.
     procs.stop(n1)
+    killed = time.monotonic()
     def down():
         t = {x["instance"]: x for x in prom.targets_health(url)}[inst1]
         return t["health"] == "down" and t
     t = wait_for(down, 10, "node1 down", step=0.25)
+    print(f"killed exporter down after {time.monotonic() - killed:.2f}s: {t['lastError']}")
     assert t["lastError"] and t["job"] == "node"
     with pytest.raises(TimeoutError, match=inst1):
         prom.wait_all_up(url, [inst1, inst2], 1)
