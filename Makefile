@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 DEB_STAMP := $(VENV)/.debs
 # What the project needs from Debian: nft for box firewalls, iproute2 for netns tools,
 # PostgreSQL for the repository tests, ping for people poking at boxes, curl for the demo,
-# python3-venv where python3 is Debian's own.
-DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv
+# python3-venv where python3 is Debian's own, Prometheus and node-exporter for the Visible Fabric.
+DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv prometheus prometheus-node-exporter
 PORT ?= 6125
 
 .PHONY: install debs demo demo-stop test bench
@@ -44,6 +44,7 @@ test: install
 bench: install
 	$(BIN)/python bench/create_delete.py
 	$(BIN)/python bench/datalake.py
+	$(BIN)/python bench/fabric.py
 
 # delete every OverCloud of the demo Tower (nothing left behind) and stop it
 demo-stop:

@@ -27,12 +27,16 @@ fi
 "$OC" --url "$URL" create --clusters 3 --size m1.small --site local-a --site local-b --name demo --wait
 ID="$("$OC" --url "$URL" -o json list | .venv/bin/python -c 'import json,sys; r=[o for o in json.load(sys.stdin) if o["name"]=="demo" and o["status"]=="READY"]; print(r[-1]["overcloud_ID"] if r else "")')"
 "$OC" --url "$URL" show "$ID"
+"$OC" --url "$URL" topology "$ID"
 cat <<EOT
 
 Where to look:
   overview     .venv/bin/overcloud list            (token: $STATE/admin.token)
   one          .venv/bin/overcloud show $ID
   workflow     .venv/bin/overcloud workflow $ID
+  live         .venv/bin/overcloud top $ID              (per-box CPU, memory, network; busiest flows)
+  graph        .venv/bin/overcloud -o dot topology $ID
+  datalake     .venv/bin/overcloud datalake credentials $ID   (S3 keys; endpoints are inside the OverCloud)
   API          curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/overclouds/$ID
   events       curl -N -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/overclouds/$ID/events
   metrics      curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/metrics

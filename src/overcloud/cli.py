@@ -35,6 +35,7 @@ err = Console(stderr=True)
 class Output(str, enum.Enum):
     table = "table"
     json = "json"
+    dot = "dot"  # graphviz, for `topology`; other commands print tables
 
 
 class CliError(Exception):
@@ -246,6 +247,98 @@ def sweep(yes: Annotated[bool, typer.Option("--yes", help="remove what is listed
     else:
         out.print("nothing left behind")
     tower.close()
+
+
+@app.command()
+def topology(overcloud_id: str) -> None:
+    """The OverCloud as a graph: sites, boxes, what runs on them, and who talks to whom."""
+    topo = Client().call("GET", f"/overclouds/{overcloud_id}/topology")
+    if STATE["output"] == Output.json:
+        return _emit(topo)
+    if STATE["output"] == Output.dot:
+        out.print(_dot(topo), highlight=False, markup=False)
+        return
+    out.print(f"OverCloud {overcloud_id} — {topo['status']}", highlight=False)
+    for site in topo["sites"]:
+        out.print(f"  site {site['site']}", highlight=False)
+        for b in site["boxes"]:
+            bad = topo["degraded"].get(b["name"])
+            extra = f"  [red]DEGRADED: {bad}[/]" if bad else ""
+            out.print(f"    {b['name']:<4} {b['role']:<8} {b['overlay_address'] or '':<15} "
+                      f"{', '.join(b['processes']) or '-'}{extra}", highlight=False)
+    out.print("  flows (bytes/s, connections):", highlight=False)
+    for f in topo["flows"] or []:
+        out.print(f"    {f['src']} -> {f['dst']}: {f['bytes_per_s']:.0f} B/s, {f['connections']} conn", highlight=False)
+    if not topo["flows"]:
+        out.print("    none yet", highlight=False)
+
+
+def _dot(topo: dict[str, Any]) -> str:
+    lines = ["digraph overcloud {", "  rankdir=LR;"]
+    for site in topo["sites"]:
+        name = site["site"].replace("-", "_")
+        lines.append(f'  subgraph cluster_{name} {{ label="{site["site"]}";')
+        for b in site["boxes"]:
+            lines.append(f'    "{b["name"]}" [label="{b["name"]}\n{b["role"]}\n{b["overlay_address"]}"];')
+        lines.append("  }")
+    for f in topo["flows"]:
+        lines.append(f'  "{f["src"]}" -> "{f["dst"]}" [label="{f["bytes_per_s"]:.0f} B/s"];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+TOP_QUERIES = {
+    "cpu": 'sum by (box) (rate(overcloud_box_cpu_seconds_total[5s]))',
+    "memory": 'max by (box) (overcloud_box_memory_bytes)',
+    "rx": 'sum by (box) (rate(node_network_receive_bytes_total{device!="lo"}[5s]))',
+    "tx": 'sum by (box) (rate(node_network_transmit_bytes_total{device!="lo"}[5s]))',
+}
+
+
+@app.command()
+def top(
+    overcloud_id: str,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    count: Annotated[int, typer.Option(help="refreshes before exiting (0: until Ctrl-C)")] = 0,
+) -> None:
+    """A live table of the OverCloud's boxes (CPU, memory, network) and its busiest flows."""
+    client = Client()
+
+    def frame() -> Table:
+        values: dict[str, dict[str, float]] = {}
+        for key, q in TOP_QUERIES.items():
+            res = client.call("GET", f"/overclouds/{overcloud_id}/metrics", params={"query": q})
+            for r in res.get("result", []):
+                values.setdefault(r["metric"].get("box", "?"), {})[key] = float(r["value"][1])
+        topo = client.call("GET", f"/overclouds/{overcloud_id}/topology")
+        t = Table(title=f"OverCloud {overcloud_id} — {topo['status']}", title_justify="left")
+        for col in ("box", "site", "CPU (cores)", "memory", "rx", "tx"):
+            t.add_column(col)
+        for site in topo["sites"]:
+            for b in site["boxes"]:
+                v = values.get(b["name"], {})
+                t.add_row(b["name"], site["site"], f"{v.get('cpu', 0):.3f}", _bytes(v.get("memory", 0)),
+                          _bytes(v.get("rx", 0)) + "/s", _bytes(v.get("tx", 0)) + "/s")
+        for f in topo["flows"][:5]:
+            t.add_row(f"{f['src']}→{f['dst']}", "flow", "", "", _bytes(f["bytes_per_s"]) + "/s", f"{f['connections']} conn")
+        return t
+
+    if STATE["output"] == Output.json or count == 1:
+        return _emit(client.call("GET", f"/overclouds/{overcloud_id}/topology"), frame())
+    n = 0
+    with Live(console=out, refresh_per_second=4) as live:
+        while count == 0 or n < count:
+            live.update(frame())
+            n += 1
+            time.sleep(interval)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 @dl_app.command("credentials")

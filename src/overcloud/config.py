@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     max_boxes: int = 200  # per Tower (local quota)
     max_body_bytes: int = 1024 * 1024
     workers: int = 16  # task executor threads
+    fabric_scrape_interval: float = 1.0  # seconds; DEGRADED after 3 intervals without a scrape
+    fabric_retention: str = "24h"  # the OverCloud Datastore's retention (Prometheus syntax)
     secret_key: str | None = Field(default=None, repr=False)  # Fernet key; default <state-dir>/secret.key
 
     @field_validator("state_dir")

@@ -43,6 +43,12 @@ class NoDataLake(LookupError):
         self.overcloud_id = overcloud_id
 
 
+class NoFabric(LookupError):
+    def __init__(self, overcloud_id: str, status: str):
+        super().__init__(f"OverCloud {overcloud_id} has no Visible Fabric to ask now ({status}; it has one once READY)")
+        self.overcloud_id = overcloud_id
+
+
 class ArchiveNotFound(LookupError):
     def __init__(self, archive_id: str):
         super().__init__(f"no preserved DataLake {archive_id!r}; `GET /datalake/archives` lists them")
@@ -60,6 +66,7 @@ class Tower:
         self.construction: ConstructionDataLake | None = None
         self._cdl_ready = threading.Event()
         self._cdl_error: BaseException | None = None
+        self._closing = threading.Event()
         self.metrics = metrics or TowerMetrics()
         self.drivers: dict[str, UnderCloudDriver] = {}
         self.local = None  # the LocalHost when any local site is configured
@@ -84,6 +91,33 @@ class Tower:
             threading.Thread(target=self._start_construction, name="construction-datalake", daemon=True).start()
         if resume:
             self.resume_unfinished()
+        self._health = threading.Thread(target=self._watch_health, name="fabric-health", daemon=True)
+        self._health.start()
+
+    def _watch_health(self) -> None:
+        """Every scrape interval: READY ↔ DEGRADED from what the Fabric sees (see fabric_health)."""
+        from overcloud.components import fabric
+
+        while not self._closing.wait(self.settings.fabric_scrape_interval):
+            for row in self.repo.list():
+                if row.status not in (states.READY, states.DEGRADED) or not (row.info or {}).get("fabric"):
+                    continue
+                try:
+                    problems = fabric.health(self, row)
+                except Exception:  # noqa: BLE001 - one OverCloud's trouble never stops the loop
+                    logger.exception("health check of %s failed", row.id)
+                    continue
+                try:
+                    if problems and row.status == states.READY:
+                        self.repo.update_info(row.id, degraded=problems)
+                        self.repo.set_status(row.id, states.DEGRADED, expect={states.READY})
+                        self.repo.add_event(row.id, "health", {"degraded": problems})
+                    elif not problems and row.status == states.DEGRADED:
+                        self.repo.update_info(row.id, degraded={})
+                        self.repo.set_status(row.id, states.READY, expect={states.DEGRADED})
+                        self.repo.add_event(row.id, "health", {"recovered": True})
+                except (InvalidTransition, NotFound):
+                    continue  # a delete started meanwhile
 
     def _start_construction(self) -> None:
         """Start the Construction DataLake and publish the artifacts boxes fetch (off the
@@ -131,6 +165,7 @@ class Tower:
                 raise UnderCloudError(f"site {site.name}: the {site.kind} UnderCloud driver is not built yet")
 
     def close(self) -> None:
+        self._closing.set()
         self._resumer.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.close()
@@ -362,6 +397,35 @@ class Tower:
 
         self.archive(archive_id, tenant_id, complete=False)
         seaweed.purge_archive(self.construction_datalake().client(), archive_id)
+
+    # -- Fabric -------------------------------------------------------------
+    def _fabric(self, overcloud_id: str):
+        from overcloud.components import fabric
+
+        row = self.repo.get(overcloud_id)
+        info = (row.info or {}).get("fabric")
+        post = next((b for b in row.boxes if b.role == "post"), None)
+        if not info or post is None or row.status not in (states.READY, states.DEGRADED):
+            raise NoFabric(overcloud_id, row.status)
+        return fabric, row, info, self.local.transport(box_obj(post))
+
+    def metrics_query(self, overcloud_id: str, query: str, start: float | None = None, end: float | None = None,
+                      step: float | None = None, time_: float | None = None) -> dict[str, Any]:
+        """PromQL against the OverCloud's own Prometheus (instant, or range with start/end/step)."""
+        from overcloud.fabric import prometheus as prom
+
+        _, _, info, net = self._fabric(overcloud_id)
+        url = info["prometheus"]
+        if start is not None or end is not None or step is not None:
+            if None in (start, end, step):
+                raise prom.PromQLError(400, "a range query needs start, end and step")
+            prom.check_range_points(start, end, step)
+            return net.call(lambda: prom.query_range(url, query, start, end, step))
+        return net.call(lambda: prom.query(url, query, time_))
+
+    def topology(self, overcloud_id: str) -> dict[str, Any]:
+        fabric, row, info, net = self._fabric(overcloud_id)
+        return fabric.topology(self, row, info, net)
 
     # -- leftovers --------------------------------------------------------
     def orphans(self) -> list[TaggedResource]:

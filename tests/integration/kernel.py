@@ -15,7 +15,7 @@ def leftovers(overcloud_id: str, state_dir: Path | None = None) -> list[str]:
     left += [f"netns {n}" for n in netns if n.startswith(prefix)]
     links = subprocess.run(["ip", "-d", "-o", "link", "show"], capture_output=True, text=True).stdout
     left += [f"link {line.split(':')[1].strip()}" for line in links.splitlines() if overcloud_id in line]
-    for ctl in ("memory", "cpu", "pids", "unified", ""):
+    for ctl in ("memory", "cpu", "cpuacct", "pids", "unified", ""):
         left += [f"cgroup {p}" for p in glob.glob(f"/sys/fs/cgroup/{ctl}/overcloud/{prefix}*".replace("//", "/"))]
     left += [f"/etc/netns/{p}" for p in os.listdir("/etc/netns")] if os.path.isdir("/etc/netns") else []
     left = [x for x in left if not x.startswith("/etc/netns/") or prefix in x]

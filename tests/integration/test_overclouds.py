@@ -189,10 +189,11 @@ def test_delete_is_idempotent_while_deleting_and_refused_while_creating(tower):
 def test_twenty_concurrent_creates_then_twenty_concurrent_deletes(tower):
     from concurrent.futures import ThreadPoolExecutor
 
-    # the burst measures the Tower, not SeaweedFS: 20 DataLakes would be 80 weed processes on 2 cores
+    # the burst measures the Tower, not SeaweedFS and Prometheus: 20 DataLakes and Fabrics would be
+    # 140 more processes on 2 cores
     def one_create(i):
         with tower.client() as c:
-            return c.post("/overclouds", json={"name": f"burst{i}", "datalake": {"enabled": False},
+            return c.post("/overclouds", json={"name": f"burst{i}", "datalake": {"enabled": False}, "fabric": {"enabled": False},
                                                "sites": [{"undercloud": "local-b" if i % 2 else "local-a", "clusters": 1}]})
 
     with ThreadPoolExecutor(20) as pool:

@@ -19,9 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
 from overcloud.api.requests import RequestError, too_large
-from overcloud.api.routes import datalake, overclouds, system
+from overcloud.api.routes import datalake, fabric, overclouds, system
 from overcloud.repository import InvalidTransition, NotFound
-from overcloud.tower import ArchiveNotFound, NoDataLake, QuotaExceeded, Tower
+from overcloud.tower import ArchiveNotFound, NoDataLake, NoFabric, QuotaExceeded, Tower
 from overcloud.underclouds.base import UnderCloudError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def create_app(tower: Tower) -> FastAPI:
     app.include_router(system.router)
     app.include_router(overclouds.router)
     app.include_router(datalake.router)
+    app.include_router(fabric.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -124,6 +125,16 @@ def create_app(tower: Tower) -> FastAPI:
     @app.exception_handler(NoDataLake)
     async def no_datalake(_: Request, exc: NoDataLake):
         return error(404, str(exc))
+
+    @app.exception_handler(NoFabric)
+    async def no_fabric(_: Request, exc: NoFabric):
+        return error(409, str(exc))
+
+    from overcloud.fabric.prometheus import PromQLError
+
+    @app.exception_handler(PromQLError)
+    async def promql(_: Request, exc: PromQLError):
+        return error(exc.status if 400 <= exc.status < 500 else 400, str(exc.message), "query")
 
     @app.exception_handler(UnderCloudError)
     async def undercloud_unavailable(_: Request, exc: UnderCloudError):

@@ -77,6 +77,18 @@ def datalake_view(spec: dict[str, Any], info: dict[str, Any] | None) -> dict[str
     return {"status": "deployed", "settings": settings, **info}
 
 
+def fabric_view(spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    settings = {"enabled": True, **(spec.get("fabric") or {})}
+    fabric = info.get("fabric")
+    if not settings["enabled"]:
+        return {"status": "disabled", "settings": settings}
+    if not fabric:
+        return {"status": "not deployed", "settings": settings}
+    return {"status": "deployed", "settings": settings, "targets": fabric.get("targets"),
+            "scrape_interval_s": fabric.get("scrape_interval_s"), "retention": fabric.get("retention"),
+            "ready_seconds": fabric.get("ready_seconds"), "degraded": info.get("degraded") or {}}
+
+
 def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any] | None = None) -> dict[str, Any]:
     post = next((b for b in row.boxes if b.role == "post"), None)
     clusters = [b for b in row.boxes if b.role == "cluster"]
@@ -96,12 +108,14 @@ def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any
         "sites": spec.get("sites", []),
         "overlay": (row.info or {}).get("overlay"),
         "datalake": datalake_view(spec, datalake),
-        "fabric": {"status": "not built yet (issue 5)", "settings": spec.get("fabric", {})},
+        "fabric": fabric_view(spec, row.info or {}),
         "workflow": workflow_view(row, tasks),
         "error": None,
         "links": {
             "self": f"/overclouds/{row.id}",
             "workflow": f"/overclouds/{row.id}/workflow",
+            "topology": f"/overclouds/{row.id}/topology",
+            "metrics": f"/overclouds/{row.id}/metrics?query=up",
             "events": f"/overclouds/{row.id}/events",
         },
     }

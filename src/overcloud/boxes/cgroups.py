@@ -43,7 +43,12 @@ class Cgroups:
     def _parents(self) -> list[Path]:
         if self.v2:
             return [self.root / self.parent]
-        return [self.root / "cpu" / self.parent, self.root / "memory" / self.parent]
+        parents = [self.root / "cpu" / self.parent, self.root / "memory" / self.parent]
+        # where cpuacct is its own hierarchy (not co-mounted with cpu), a box's CPU time is
+        # only counted if the box is in a cpuacct group too (the Fabric reports it)
+        if (self.root / "cpuacct").is_dir() and not (self.root / "cpu" / "cpuacct.usage").exists():
+            parents.append(self.root / "cpuacct" / self.parent)
+        return parents
 
     def dirs(self, handle: str) -> list[Path]:
         """Every cgroup directory of one box (one on v2, two on v1)."""
@@ -73,8 +78,9 @@ class Cgroups:
             (d / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
             (d / "memory.max").write_text(str(memory))
             return
-        cpu, mem = self.dirs(handle)
-        for d in (cpu, mem):
+        dirs = self.dirs(handle)
+        cpu, mem = dirs[0], dirs[1]
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
         (cpu / "cpu.cfs_quota_us").write_text(str(quota))
@@ -93,7 +99,7 @@ class Cgroups:
             mem_raw = (d / "memory.max").read_text().strip()
             memory_mb = -1 if mem_raw == "max" else int(mem_raw) // _MIB
             return cpus, memory_mb
-        cpu, mem = self.dirs(handle)
+        cpu, mem = self.dirs(handle)[:2]
         quota = int((cpu / "cpu.cfs_quota_us").read_text())
         period = int((cpu / "cpu.cfs_period_us").read_text())
         cpus = float("inf") if quota < 0 else quota / period
@@ -174,3 +180,54 @@ def remove(handle: str) -> None:
 
 def list_handles() -> list[str]:
     return default().list_handles()
+
+
+def own_usage(proc_cgroup: str = "/proc/self/cgroup", root: Path = ROOT) -> dict[str, float]:
+    """CPU seconds and memory bytes used by the cgroup this process is in (its box), and the
+    box's limits: what the Fabric's flow agent reports for ``overcloud top``."""
+    paths: dict[str, str] = {}
+    for line in Path(proc_cgroup).read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path
+    out: dict[str, float] = {}
+
+    def read(p: Path) -> str | None:
+        try:
+            return p.read_text().strip()
+        except OSError:
+            return None
+
+    if is_v2(root):
+        d = root / paths.get("", "/").lstrip("/")
+        stat = read(d / "cpu.stat") or ""
+        for line in stat.splitlines():
+            if line.startswith("usage_usec"):
+                out["cpu_seconds"] = int(line.split()[1]) / 1e6
+        if (v := read(d / "memory.current")) is not None:
+            out["memory_bytes"] = float(v)
+        if (v := read(d / "memory.max")) not in (None, "max"):
+            out["memory_limit_bytes"] = float(v)
+        if (v := read(d / "cpu.max")) and not v.startswith("max"):
+            quota, period = v.split()
+            out["cpu_limit_cores"] = int(quota) / int(period)
+        return out
+    acct = paths.get("cpuacct")
+    if acct is not None:
+        base = root / "cpuacct" if (root / "cpuacct").is_dir() else root / "cpu,cpuacct"
+        if (v := read(base / acct.lstrip("/") / "cpuacct.usage")) is not None:
+            out["cpu_seconds"] = int(v) / 1e9
+    mem = paths.get("memory")
+    if mem is not None:
+        d = root / "memory" / mem.lstrip("/")
+        if (v := read(d / "memory.usage_in_bytes")) is not None:
+            out["memory_bytes"] = float(v)
+        if (v := read(d / "memory.limit_in_bytes")) is not None and int(v) < 1 << 60:
+            out["memory_limit_bytes"] = float(v)
+    cpu = paths.get("cpu")
+    if cpu is not None:
+        d = root / "cpu" / cpu.lstrip("/")
+        quota, period = read(d / "cpu.cfs_quota_us"), read(d / "cpu.cfs_period_us")
+        if quota and period and int(quota) > 0:
+            out["cpu_limit_cores"] = int(quota) / int(period)
+    return out

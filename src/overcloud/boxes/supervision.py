@@ -31,6 +31,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from collections.abc import Iterable, Mapping
@@ -49,6 +50,16 @@ SOCK_DIR = Path("/run/overcloud")
 _BIN = Path(sys.executable).parent
 SUPERVISORD = str(_BIN / "supervisord")
 RESOLV_CONF = "# written by OverCloud: no nameserver inside a box\noptions timeout:1 attempts:1\n"
+
+
+ALREADY_ADDED, BAD_NAME = 90, 10  # supervisor.xmlrpc.Faults
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _box_lock(handle: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(handle, threading.Lock())
 
 
 class SupervisionError(Exception):
@@ -245,17 +256,29 @@ files={self.programs_dir}/*.conf
         self._update()
 
     def _update(self) -> None:
-        """What ``supervisorctl update`` does: apply programs/*.conf changes."""
-        server = self.rpc()
-        added, changed, removed = server.supervisor.reloadConfig()[0]
-        for group in changed + removed:
-            try:
-                server.supervisor.stopProcessGroup(group)
-            except xmlrpc.client.Fault:
-                pass
-            server.supervisor.removeProcessGroup(group)
-        for group in changed + added:
-            server.supervisor.addProcessGroup(group)
+        """What ``supervisorctl update`` does: apply programs/*.conf changes.
+
+        Serialised per box: two workflow tasks (DataLake and Fabric run in parallel) adding
+        programs to one box would otherwise both see the other's new program as "added"."""
+        with _box_lock(self.handle):
+            server = self.rpc()
+            added, changed, removed = server.supervisor.reloadConfig()[0]
+            for group in changed + removed:
+                try:
+                    server.supervisor.stopProcessGroup(group)
+                except xmlrpc.client.Fault:
+                    pass
+                try:
+                    server.supervisor.removeProcessGroup(group)
+                except xmlrpc.client.Fault as exc:
+                    if exc.faultCode != BAD_NAME:
+                        raise
+            for group in changed + added:
+                try:
+                    server.supervisor.addProcessGroup(group)
+                except xmlrpc.client.Fault as exc:
+                    if exc.faultCode != ALREADY_ADDED:  # added meanwhile by another caller: fine
+                        raise
 
     def program_states(self) -> dict[str, str]:
         """Program name -> supervisor state name (RUNNING, STARTING, ...)."""

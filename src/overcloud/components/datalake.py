@@ -24,6 +24,8 @@ from overcloud.workflows.actions import registry
 logger = logging.getLogger(__name__)
 
 MASTER, VOLUME, FILER, S3 = 9333, 8080, 8888, 8333
+#: Prometheus metrics ports of each SeaweedFS part (scraped by the Fabric's Datastore)
+METRICS = {"weed-master": 9324, "weed-volume": 9325, "weed-filer": 9326, "weed-s3": 9327}
 BUCKET = "data"
 SECRET = "datalake.s3"
 PROGRAMS = ("weed-s3", "weed-filer", "weed-volume", "weed-master")  # stop order
@@ -106,19 +108,23 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
         mark = now
 
     step("prepare")
-    run(post_sup, "weed-master", seaweed.master_argv(weed, post_ip, MASTER, str(post_dir / "weed-master"), logs, replication))
+    run(post_sup, "weed-master", seaweed.master_argv(weed, post_ip, MASTER, str(post_dir / "weed-master"), logs, replication,
+                                                        metrics_port=METRICS["weed-master"]))
     post_net.call(lambda: seaweed.wait_master_leader(ep["master"], 30))
     step("master leader")
     for box in clusters:
         sup = tower.local.supervisor(box)
         run(sup, "weed-volume", seaweed.volume_argv(weed, addr[box.name], VOLUME, f"{post_ip}:{MASTER}",
-                                                     str(sup.box_dir / "weed-volume"), str(sup.log_dir)))
-    run(post_sup, "weed-filer", seaweed.filer_argv(weed, post_ip, FILER, f"{post_ip}:{MASTER}", str(post_dir / "weed-filer"), logs))
+                                                     str(sup.box_dir / "weed-volume"), str(sup.log_dir),
+                                                     metrics_port=METRICS["weed-volume"]))
+    run(post_sup, "weed-filer", seaweed.filer_argv(weed, post_ip, FILER, f"{post_ip}:{MASTER}", str(post_dir / "weed-filer"), logs,
+                                                      metrics_port=METRICS["weed-filer"]))
     post_net.call(lambda: seaweed.wait_volume_servers(ep["master"], len(clusters), 30))
     step("volume servers registered")
     post_net.call(lambda: seaweed.wait_http(ep["filer"], 30))
     step("filer up")
-    run(post_sup, "weed-s3", seaweed.s3_argv(weed, post_ip, S3, f"{post_ip}:{FILER}", str(s3_json), logs))
+    run(post_sup, "weed-s3", seaweed.s3_argv(weed, post_ip, S3, f"{post_ip}:{FILER}", str(s3_json), logs,
+                                                metrics_port=METRICS["weed-s3"]))
     post_net.call(lambda: seaweed.wait_http(ep["s3"], 30))
     step("s3 up")
 

@@ -1,20 +1,217 @@
-"""Visible Fabric (node-exporter, flow agent, Prometheus on the Post). Not built yet: its
-tasks are registered under their real names and say plainly that they did nothing."""
+"""The Visible Fabric: a node-exporter and our flow agent on every box, and the OverCloud
+Datastore — Prometheus on the DevOps Post — scraping them, the DataLake's SeaweedFS parts
+and itself. Everything listens on overlay addresses only.
+
+The scrape configuration is generated from the repository (the boxes and what runs on them)
+and applied with a reload, never a restart. The fabric task is done only when Prometheus
+itself reports every target UP.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+import time
 from typing import Any
 
+from overcloud.components.post import find_post
+from overcloud.underclouds.base import Box
 from overcloud.workflows.actions import registry
 
-NOT_BUILT = "the Visible Fabric is not built yet (issue 5): nothing was {}"
+logger = logging.getLogger(__name__)
+
+NODE, FLOW, PROM = 9100, 9101, 9090
+PROGRAMS = ("prometheus", "node-exporter", "flow-agent")
 
 
-@registry.action("fabric.deploy")
-def deploy(ctx, **_: Any) -> dict[str, Any]:
-    return {"skipped": True, "message": NOT_BUILT.format("deployed")}
+def settings_of(tower, overcloud_id: str) -> dict[str, Any]:
+    spec = tower.repo.get(overcloud_id).spec or {}
+    return {"enabled": True, **(spec.get("fabric") or {})}
+
+
+def prometheus_url(post_ip: str) -> str:
+    return f"http://{post_ip}:{PROM}"
+
+
+def _targets(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Every scrape target of the OverCloud, labelled with its box and site."""
+    from overcloud.components.datalake import METRICS
+
+    from overcloud.components.datalake import settings_of as datalake_settings
+
+    with_datalake = datalake_settings(tower, overcloud_id)["enabled"]
+    targets: dict[str, list[dict[str, Any]]] = {"node": [], "flow": [], "prometheus": [], "seaweedfs": []}
+    for b in boxes:
+        labels = {"box": b.name, "site": b.site, "role": b.role}
+        targets["node"].append({"target": f"{addr[b.name]}:{NODE}", "labels": labels})
+        targets["flow"].append({"target": f"{addr[b.name]}:{FLOW}", "labels": labels})
+        if b.role == "post":
+            targets["prometheus"].append({"target": f"{addr[b.name]}:{PROM}", "labels": labels})
+        if with_datalake:
+            parts = ("weed-master", "weed-filer", "weed-s3") if b.role == "post" else ("weed-volume",)
+            for part in parts:
+                targets["seaweedfs"].append({"target": f"{addr[b.name]}:{METRICS[part]}", "labels": {**labels, "part": part}})
+    return {job: t for job, t in targets.items() if t}
+
+
+def names_file(sup) -> Any:
+    return sup.box_dir / "fabric" / "names.json"
+
+
+@registry.action("fabric.deploy", revert_on_failure=True)
+def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
+    from overcloud.fabric import prometheus as prom
+
+    tower = ctx.services
+    if not settings_of(tower, overcloud_id)["enabled"]:
+        return {"skipped": True, "message": "Fabric disabled for this OverCloud"}
+    t0 = time.monotonic()
+    objs = [Box.from_dict(b) for b in boxes]
+    post = find_post(objs)
+    addr = overlay["addresses"]
+    names = {addr[b.name]: b.name for b in objs}
+    for b in objs:  # agents first: they are up by the time Prometheus looks
+        sup = tower.local.supervisor(b)
+        nf = names_file(sup)
+        nf.parent.mkdir(parents=True, exist_ok=True)
+        nf.write_text(json.dumps(names))
+        sup.add_program("node-exporter", prom.node_exporter_argv(f"{addr[b.name]}:{NODE}"), startsecs=0, startretries=10)
+        sup.add_program(
+            "flow-agent",
+            [sys.executable, "-m", "overcloud.fabric.flowagent", "--listen", f"{addr[b.name]}:{FLOW}",
+             "--names", str(nf), "--subnet", overlay["subnet"]],
+            startsecs=0, startretries=10,
+        )
+    url = apply_config(tower, overcloud_id, objs, addr, start=True)
+    expected = [t["target"] for ts in _targets(tower, overcloud_id, objs, addr).values() for t in ts]
+    net = tower.local.transport(post)
+    net.call(lambda: prom.wait_all_up(url, expected, timeout=ctx.remaining() or 60))
+    info = {"prometheus": url, "targets": len(expected), "scrape_interval_s": tower.settings.fabric_scrape_interval,
+            "retention": tower.settings.fabric_retention, "ready_seconds": round(time.monotonic() - t0, 3)}
+    tower.repo.update_info(overcloud_id, fabric=info)
+    return {"message": f"Prometheus on {post.name} scrapes {len(expected)} targets, all UP "
+                       f"(node-exporter and flow agent on {len(objs)} boxes)", "targets": len(expected)}
+
+
+@deploy.revert
+def deploy_revert(ctx, result, overcloud_id: str, boxes: list[dict[str, Any]], **_: Any) -> None:
+    _stop(ctx.services, boxes)
+
+
+def apply_config(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str], start: bool = False) -> str:
+    """Write the Post's prometheus.yml from the repository's boxes; start Prometheus, or
+    reload it (no restart) when it already runs. Returns its URL."""
+    from overcloud.fabric import prometheus as prom
+
+    post = find_post(boxes)
+    sup = tower.local.supervisor(post)
+    d = sup.box_dir / "prometheus"
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    config = d / "prometheus.yml"
+    config.write_text(prom.scrape_config(tower.settings.fabric_scrape_interval, _targets(tower, overcloud_id, boxes, addr)))
+    url = prometheus_url(addr[post.name])
+    if "prometheus" in sup.program_states():
+        tower.local.transport(post).call(lambda: prom.reload(url))
+    elif start:
+        sup.add_program("prometheus", prom.prometheus_argv(str(config), str(d / "data"), f"{addr[post.name]}:{PROM}",
+                                                             tower.settings.fabric_retention), startsecs=0, startretries=10)
+        tower.local.transport(post).call(lambda: prom.wait_ready(url, 30))
+    return url
+
+
+def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
+    stopped = []
+    for b in boxes:
+        box = Box.from_dict(b)
+        sup = tower.local.supervisor(box)
+        if not sup.is_running():
+            continue
+        running = sup.program_states()
+        for name in PROGRAMS:
+            if name in running:
+                sup.remove_program(name)
+                stopped.append(f"{name}@{box.name}")
+    return stopped
 
 
 @registry.action("fabric.remove")
-def remove(ctx, **_: Any) -> dict[str, Any]:
-    return {"skipped": True, "message": NOT_BUILT.format("removed")}
+def remove(ctx, overcloud_id: str, boxes: list[dict[str, Any]] | None = None, **_: Any) -> dict[str, Any]:
+    stopped = _stop(ctx.services, boxes or [])
+    return {"message": f"Fabric stopped: {len(stopped)} programs"}
+
+
+# -- what the Tower asks the Fabric -----------------------------------------------------
+
+def _boxes_of(row) -> list[Box]:
+    from overcloud.tower import box_obj
+
+    return [box_obj(b) for b in row.boxes]
+
+
+def health(tower, row) -> dict[str, str]:
+    """Boxes that are not well, by name: supervisord silent, or its node-exporter not scraped
+    successfully for 3 scrape intervals. Empty when all is well."""
+    from overcloud.fabric import prometheus as prom
+
+    problems: dict[str, str] = {}
+    boxes = _boxes_of(row)
+    for b in boxes:
+        if not tower.local.supervisor(b).is_running():
+            problems[b.name] = "supervisord does not answer"
+    post = find_post(boxes)
+    url = (row.info or {})["fabric"]["prometheus"]
+    window_ms = int(3 * tower.settings.fabric_scrape_interval * 1000)
+    query = f'max_over_time(up{{job="node"}}[{window_ms}ms])'
+    try:
+        data = tower.local.transport(post).call(lambda: prom.query(url, query))
+    except Exception as exc:  # noqa: BLE001 - Prometheus itself is what is down
+        problems.setdefault(post.name, f"the OverCloud Datastore does not answer ({exc.__class__.__name__})")
+        return problems
+    seen = {}
+    for r in data.get("result", []):
+        seen[r["metric"].get("box")] = float(r["value"][1])
+    for b in boxes:
+        if seen.get(b.name, 0.0) < 1.0 and b.name not in problems:
+            problems[b.name] = f"node-exporter not scraped successfully for 3 scrape intervals ({window_ms / 1000:g} s)"
+    return problems
+
+
+FLOW_RATE = 'sum by (src_box, dst_box) (irate(overcloud_flow_bytes_sent_total[5s]))'
+FLOW_CONNS = 'sum by (src_box, dst_box) (overcloud_flow_connections)'
+
+
+def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
+    """Sites → boxes → workloads from the repository, flow edges with rates from the Datastore."""
+    from overcloud.fabric import prometheus as prom
+
+    url = info["prometheus"]
+    sites: dict[str, dict[str, Any]] = {}
+    for b in row.boxes:
+        sup = tower.local.supervisor(b.handle)
+        try:
+            processes = sorted(sup.program_states())
+        except Exception:  # noqa: BLE001 - a silent supervisord shows as no processes
+            processes = []
+        sites.setdefault(b.site, {"site": b.site, "boxes": []})["boxes"].append({
+            "name": b.name, "role": b.role, "address": b.address, "overlay_address": b.overlay_address,
+            "state": b.state, "flavor": b.flavor, "processes": processes,
+            "workloads": [],  # service composition (issue 6) fills this
+        })
+
+    def ask():
+        return prom.query(url, FLOW_RATE), prom.query(url, FLOW_CONNS)
+
+    rates, conns = net.call(ask)
+    edges: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rates.get("result", []):
+        key = (r["metric"].get("src_box", "?"), r["metric"].get("dst_box", "?"))
+        edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0})
+        edges[key]["bytes_per_s"] = round(float(r["value"][1]), 1)
+    for r in conns.get("result", []):
+        key = (r["metric"].get("src_box", "?"), r["metric"].get("dst_box", "?"))
+        edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0})
+        edges[key]["connections"] = int(float(r["value"][1]))
+    flows = sorted(edges.values(), key=lambda e: -e["bytes_per_s"])
+    return {"overcloud_ID": row.id, "status": row.status, "sites": list(sites.values()), "flows": flows,
+            "degraded": (row.info or {}).get("degraded") or {}}

@@ -267,6 +267,7 @@ class FlowAgent:
         ]
         for (sb, db), n in sorted(per_box.items()):
             out.append(f'overcloud_flow_connections{{src_box="{_esc(sb)}",dst_box="{_esc(db)}"}} {n}')
+        out += box_usage_lines()
         out += [
             "# HELP overcloud_flow_agent_scrape_seconds Duration of the last sock_diag scan.",
             "# TYPE overcloud_flow_agent_scrape_seconds gauge",
@@ -276,6 +277,30 @@ class FlowAgent:
             f"overcloud_flow_agent_sockets {nsocks}",
         ]
         return "\n".join(out) + "\n"
+
+
+BOX_METRICS = {
+    "cpu_seconds": ("overcloud_box_cpu_seconds_total", "counter", "CPU time used by the box's cgroup."),
+    "memory_bytes": ("overcloud_box_memory_bytes", "gauge", "Memory used by the box's cgroup."),
+    "cpu_limit_cores": ("overcloud_box_cpu_limit_cores", "gauge", "The box's CPU limit (its flavor)."),
+    "memory_limit_bytes": ("overcloud_box_memory_limit_bytes", "gauge", "The box's memory limit (its flavor)."),
+}
+
+
+def box_usage_lines() -> list[str]:
+    """The box's own resource use and limits, from the cgroup this agent runs in: the
+    node-exporter in a namespace sees the host's CPU and memory, not the box's."""
+    from overcloud.boxes.cgroups import own_usage
+
+    try:
+        usage = own_usage()
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for key, (name, kind, text) in BOX_METRICS.items():
+        if key in usage:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {usage[key]:.12g}"]
+    return lines
 
 
 def _esc(value: str) -> str:
