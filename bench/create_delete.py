@@ -59,10 +59,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--clusters", type=int, default=3)
-    ap.add_argument("--datalake", action="store_true", help="with a DataLake (default: without, to time the Tower itself)")
+    ap.add_argument("--full", action="store_true",
+                    help="with DataLake and Fabric (default: without, to time the Tower and the UnderCloud themselves)")
     args = ap.parse_args()
     creates, deletes, walls, paths, overheads = [], [], [], [], []
-    body = {"name": "bench", "datalake": {"enabled": args.datalake},
+    body = {"name": "bench", "datalake": {"enabled": args.full}, "fabric": {"enabled": args.full},
             "sites": [{"undercloud": "local-a", "clusters": args.clusters - args.clusters // 2, "post": True},
                       {"undercloud": "local-b", "clusters": args.clusters // 2}]}
     body["sites"] = [s for s in body["sites"] if s["clusters"]]
@@ -86,8 +87,8 @@ def main() -> int:
                 return 1
         slowest = sorted(((t["duration_s"], t["task"]) for t in tasks), reverse=True)[:3]
     ratio = [w / p for w, p in zip(walls, paths)]
-    dl = "with" if args.datalake else "without"
-    print(f"OverCloud = DevOps Post + {args.clusters} clusters {dl} DataLake, {args.k} create/delete cycles, one Tower, 2 sites")
+    dl = "with" if args.full else "without"
+    print(f"OverCloud = DevOps Post + {args.clusters} clusters {dl} DataLake and Fabric, {args.k} create/delete cycles, one Tower, 2 sites")
     print(f"create (POST ?wait=true round trip): median {statistics.median(creates):.3f} s  (min {min(creates):.3f}, max {max(creates):.3f})  target < 3 s")
     print(f"delete (DELETE ?wait=true round trip): median {statistics.median(deletes):.3f} s  (min {min(deletes):.3f}, max {max(deletes):.3f})  target < 1 s")
     print(f"create wall (created_at -> ready_at): median {statistics.median(walls):.3f} s")

@@ -57,7 +57,7 @@ def test_seed_body_creates_a_verified_overcloud_and_the_seed_delete_removes_ever
         assert list(tasks) == ["validate", "acquire_boxes", "overlay_network", "devops_post", "clusters",
                                "datalake", "fabric", "register"]
         assert all(t["state"] == "SUCCESS" for t in tasks.values())
-        assert "round trip" in tasks["datalake"]["message"] and "not built yet" in tasks["fabric"]["message"]
+        assert "round trip" in tasks["datalake"]["message"] and "all UP" in tasks["fabric"]["message"]
         handles = [b["handle"] for b in [d["post"], *d["clusters"]]]
         # every box answers: its supervisord runs the overlay health responder
         for h in handles:
