@@ -114,14 +114,11 @@ class BoxSupervisor:
         return ETC_NETNS / self.handle
 
     # -- files ---------------------------------------------------------
-    def write_files(self, hosts: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        """supervisord.conf and /etc/netns/<handle>/{hosts,resolv.conf}."""
-        for d in (self.box_dir, self.programs_dir, self.log_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.box_dir, 0o700)
-        SOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        conf = f"""\
-; written by OverCloud for box {self.handle}
+    def _conf_text(self, what: str) -> str:
+        """supervisord.conf: unix socket only (mode 0700), logs and pidfile in the box dir,
+        programs from programs/*.conf."""
+        return f"""\
+; written by OverCloud for {what}
 [unix_http_server]
 file={self.sock_path}
 chmod=0700
@@ -146,7 +143,17 @@ serverurl=unix://{self.sock_path}
 [include]
 files={self.programs_dir}/*.conf
 """
-        self.conf_path.write_text(conf)
+
+    def _write_conf(self, what: str) -> None:
+        for d in (self.box_dir, self.programs_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.box_dir, 0o700)
+        SOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.conf_path.write_text(self._conf_text(what))
+
+    def write_files(self, hosts: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        """supervisord.conf and /etc/netns/<handle>/{hosts,resolv.conf}."""
+        self._write_conf(f"box {self.handle}")
         self.etc_dir.mkdir(parents=True, exist_ok=True)
         (self.etc_dir / "resolv.conf").write_text(RESOLV_CONF)
         if not (self.etc_dir / "hosts").exists():
@@ -345,38 +352,7 @@ class HostSupervisor(BoxSupervisor):
         super().__init__(handle, box_dir, cgroups=None)
 
     def write_files(self, hosts: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        for d in (self.box_dir, self.programs_dir, self.log_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.box_dir, 0o700)
-        SOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.conf_path.write_text(
-            f"""\
-; written by OverCloud for the Tower's services ({self.handle})
-[unix_http_server]
-file={self.sock_path}
-chmod=0700
-
-[supervisord]
-logfile={self.log_dir}/supervisord.log
-logfile_maxbytes=5MB
-logfile_backups=1
-pidfile={self.box_dir}/supervisord.pid
-childlogdir={self.log_dir}
-directory={self.box_dir}
-identifier={self.handle}
-nodaemon=false
-minfds=1024
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{self.sock_path}
-
-[include]
-files={self.programs_dir}/*.conf
-"""
-        )
+        self._write_conf(f"the Tower's services ({self.handle})")
 
     def start(self) -> None:
         if self.is_running():
