@@ -49,6 +49,10 @@ def test_every_target_is_up_and_labelled_with_its_box(tower, oc):
     assert {r["metric"]["job"] for r in res} == {"node", "flow", "prometheus", "seaweedfs"}
     assert all(r["value"][1] == "1" for r in res)
     assert {r["metric"]["box"] for r in res if r["metric"]["job"] == "node"} == {"p0", "c1", "c2"}
+    with tower.client() as c:  # the box's own use, not the host's (see docs/fabric.md)
+        mem = c.get(f"/overclouds/{oid}/metrics", params={"query": "overcloud_box_memory_bytes"}).json()["result"]
+    assert {r["metric"]["box"] for r in mem} == {"p0", "c1", "c2"}
+    assert all(0 < float(r["value"][1]) < 4 * 1024**3 for r in mem)
 
 
 def test_a_tcp_transfer_between_two_cluster_boxes_shows_as_an_edge(tower, oc):

@@ -280,22 +280,62 @@ class FlowAgent:
 
 
 BOX_METRICS = {
-    "cpu_seconds": ("overcloud_box_cpu_seconds_total", "counter", "CPU time used by the box's cgroup."),
-    "memory_bytes": ("overcloud_box_memory_bytes", "gauge", "Memory used by the box's cgroup."),
+    "cpu_seconds": ("overcloud_box_cpu_seconds_total", "counter", "CPU time used by the box's processes."),
+    "memory_bytes": ("overcloud_box_memory_bytes", "gauge", "Memory used by the box's processes."),
     "cpu_limit_cores": ("overcloud_box_cpu_limit_cores", "gauge", "The box's CPU limit (its flavor)."),
     "memory_limit_bytes": ("overcloud_box_memory_limit_bytes", "gauge", "The box's memory limit (its flavor)."),
 }
 
 
+class _ProcUsage:
+    """The box's CPU seconds (monotonic) and resident memory, summed over the processes in this
+    agent's network namespace, from /proc. Used where the box's cgroup files cannot be read:
+    ``ip netns exec`` mounts a fresh sysfs without /sys/fs/cgroup."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, float] = {}
+        self._gone = 0.0
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def read(self) -> dict[str, float]:
+        mine = os.stat("/proc/self/ns/net").st_ino
+        now: dict[int, float] = {}
+        rss = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino != mine:
+                    continue
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            now[int(entry)] = (int(fields[11]) + int(fields[12])) / self._tick
+            rss += int(fields[21]) * self._page
+        for pid, cpu in self._last.items():
+            if pid not in now:
+                self._gone += cpu  # a process that exited keeps its CPU time in the total
+        self._last = now
+        return {"cpu_seconds": self._gone + sum(now.values()), "memory_bytes": float(rss)}
+
+
+_proc_usage = _ProcUsage()
+
+
 def box_usage_lines() -> list[str]:
-    """The box's own resource use and limits, from the cgroup this agent runs in: the
-    node-exporter in a namespace sees the host's CPU and memory, not the box's."""
+    """The box's own resource use (and limits where readable): node-exporter in a namespace
+    sees the host's CPU and memory, not the box's. From the box's cgroup when /sys/fs/cgroup
+    is visible, else from /proc (see _ProcUsage)."""
     from overcloud.boxes.cgroups import own_usage
 
     try:
         usage = own_usage()
     except (OSError, ValueError):
-        return []
+        usage = {}
+    if "cpu_seconds" not in usage or "memory_bytes" not in usage:
+        usage = {**usage, **_proc_usage.read()}
     lines = []
     for key, (name, kind, text) in BOX_METRICS.items():
         if key in usage:
