@@ -19,3 +19,14 @@ fi
 # the Tower's Construction DataLake runs under its own supervisord (it outlives Tower restarts)
 .venv/bin/python -c 'from overcloud.components.construction import ConstructionDataLake as C; from overcloud.config import Settings; C(Settings().state_dir).stop()' \
   && echo "Construction DataLake stopped (its data stays in $STATE/construction)"
+# and the site bridges, their gateway addresses and the host firewall table (refused while boxes remain)
+.venv/bin/python - <<'PY'
+from overcloud.config import Settings
+from overcloud.underclouds.local import LocalHost, LocalSiteConfig
+
+s = Settings()
+sites = [LocalSiteConfig(name=x.name, bridge=x.bridge, cidr=x.cidr) for x in s.sites if x.kind == "local"]
+if sites:
+    LocalHost(s.state_dir / "local", sites=sites, overlay_cidr=s.overlay_cidr).teardown_sites()
+    print("site bridges removed:", ", ".join(x.bridge for x in sites))
+PY
