@@ -5,8 +5,8 @@ It runs under a supervisord of its own on the host (the same supervision as a bo
 outlives Tower restarts; ``overcloud serve`` starts it when it is not running. It listens on
 the first site's gateway address: boxes of every site reach it there, the host reaches it
 locally. Only its S3 port (authenticated) is reachable from the site bridges — the host
-firewall table ``overcloud_cdl_<tag>`` drops every other TCP/UDP packet from our bridges to
-the host — because its filer, master and volume ports have no authentication.
+firewall table ``overcloud_cdl_<tag>`` drops packets from our bridges to its master, volume
+and filer ports — because those have no authentication.
 
 Artifacts (the ``weed`` binary, ...) are published once, content-addressed
 (``overcloud-artifacts/sha256/<hex>``); boxes fetch them with a presigned GET through
@@ -156,15 +156,17 @@ class ConstructionDataLake:
         return self.supervisor.box_pids()
 
     def _guard(self) -> None:
-        """Boxes may reach only the S3 port of the host (see the module doc)."""
+        """Boxes must not reach this store's unauthenticated ports (master, volume, filer and
+        their gRPC ports); its S3 port is authenticated. Only this store's own ports are named,
+        so several Towers' stores on one host never block each other."""
         bridges = ", ".join(f'"{b}"' for b in self.bridges)
+        ports = [self.master_port, self.volume_port, self.filer_port]
+        closed = ", ".join(str(p) for p in ports + [p + 10000 for p in ports] + [self.s3_port + 10000])
         rules = f"""
 table inet overcloud_cdl_{self.tag} {{
   chain input {{
     type filter hook input priority -10; policy accept;
-    iifname {{ {bridges} }} ip daddr {self.bind_ip} tcp dport {self.s3_port} accept
-    iifname {{ {bridges} }} ct state established,related accept
-    iifname {{ {bridges} }} meta l4proto {{ tcp, udp }} drop
+    iifname {{ {bridges} }} ip daddr {{ {self.bind_ip}, 127.0.0.1 }} tcp dport {{ {closed} }} drop
   }}
 }}
 """

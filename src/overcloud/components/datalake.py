@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from overcloud.components.post import find_post
+from overcloud.components.programs import remove_everywhere
 from overcloud.underclouds.base import Box
 from overcloud.workflows.actions import registry
 
@@ -174,32 +175,8 @@ def deploy_revert(ctx, result, overcloud_id: str, boxes: list[dict[str, Any]], *
 
 
 def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
-    """Remove the SeaweedFS programs from every box, boxes in parallel, S3 first and master last."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(b: dict[str, Any]) -> list[str]:
-        box = Box.from_dict(b)
-        sup = tower.local.supervisor(box)
-        if not sup.is_running():
-            return []
-        ours = [n for n in PROGRAMS if n in sup.program_states()]
-        rpc = sup.rpc().supervisor
-        for name in ours:  # SIGKILL (their stopsignal), without waiting on supervisord's 1 s ticks
-            try:
-                rpc.stopProcess(name, False)
-            except Exception:  # noqa: BLE001 - already stopped
-                pass
-        deadline = time.monotonic() + 10
-        while any(sup.program_states().get(n) in ("RUNNING", "STARTING", "STOPPING", "BACKOFF") for n in ours):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        for name in ours:
-            sup.remove_program(name)
-        return [f"{n}@{box.name}" for n in ours]
-
-    with ThreadPoolExecutor(max_workers=min(8, len(boxes)) or 1) as pool:
-        return [name for names in pool.map(one, boxes) for name in names]
+    """Remove the SeaweedFS programs from every box, S3 first and master last."""
+    return remove_everywhere(tower, boxes, PROGRAMS)
 
 
 def _retry(fn, seconds: float, what: str):

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from overcloud.components.post import find_post
+from overcloud.components.programs import remove_everywhere
 from overcloud.underclouds.base import Box
 from overcloud.workflows.actions import registry
 
@@ -76,12 +77,14 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
         nf = names_file(sup)
         nf.parent.mkdir(parents=True, exist_ok=True)
         nf.write_text(json.dumps(names))
-        sup.add_program("node-exporter", prom.node_exporter_argv(f"{addr[b.name]}:{NODE}"), startsecs=0, startretries=10)
+        # stopped only when the OverCloud goes away: SIGKILL, no graceful waits (see _stop)
+        sup.add_program("node-exporter", prom.node_exporter_argv(f"{addr[b.name]}:{NODE}"), startsecs=0, startretries=10,
+                        stopsignal="KILL")
         sup.add_program(
             "flow-agent",
             [sys.executable, "-m", "overcloud.fabric.flowagent", "--listen", f"{addr[b.name]}:{FLOW}",
              "--names", str(nf), "--subnet", overlay["subnet"]],
-            startsecs=0, startretries=10,
+            startsecs=0, startretries=10, stopsignal="KILL",
         )
     url = apply_config(tower, overcloud_id, objs, addr, start=True)
     expected = [t["target"] for ts in _targets(tower, overcloud_id, objs, addr).values() for t in ts]
@@ -115,24 +118,14 @@ def apply_config(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str
         tower.local.transport(post).call(lambda: prom.reload(url))
     elif start:
         sup.add_program("prometheus", prom.prometheus_argv(str(config), str(d / "data"), f"{addr[post.name]}:{PROM}",
-                                                             tower.settings.fabric_retention), startsecs=0, startretries=10)
+                                                             tower.settings.fabric_retention), startsecs=0, startretries=10,
+                        stopsignal="KILL")
         tower.local.transport(post).call(lambda: prom.wait_ready(url, 30))
     return url
 
 
 def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
-    stopped = []
-    for b in boxes:
-        box = Box.from_dict(b)
-        sup = tower.local.supervisor(box)
-        if not sup.is_running():
-            continue
-        running = sup.program_states()
-        for name in PROGRAMS:
-            if name in running:
-                sup.remove_program(name)
-                stopped.append(f"{name}@{box.name}")
-    return stopped
+    return remove_everywhere(tower, boxes, PROGRAMS)
 
 
 @registry.action("fabric.remove")
