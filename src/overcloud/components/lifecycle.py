@@ -33,21 +33,23 @@ def validate(ctx, overcloud_id: str, plan: dict[str, Any]) -> dict[str, Any]:
     return {"box_specs": specs, "message": f"{len(specs)} boxes planned: 1 DevOps Post + {len(specs) - 1} clusters"}
 
 
-def _settle(tower, overcloud_id: str, status: str, was: str) -> dict[str, Any]:
+def _settle(ctx, overcloud_id: str, status: str, was: str) -> dict[str, Any]:
     """Move the OverCloud and its boxes to ``status``; a no-op when a re-run finds it done."""
+    tower = ctx.services
     if tower.repo.get(overcloud_id).status != status:
         tower.repo.set_boxes_state(overcloud_id, status)
         if status == states.DELETED:
             tower.repo.delete_secrets(overcloud_id)  # its keys die with it; the archive keeps the data
-        tower.repo.set_status(overcloud_id, status, expect={was})
+        workflow = ctx.run_id.split(":", 1)[1] if ":" in ctx.run_id else ""
+        tower.repo.set_status(overcloud_id, status, expect={was}, done_task=(workflow, ctx.task))
     return {"message": f"OverCloud {status}"}
 
 
 @registry.action("overcloud.mark_ready")
 def mark_ready(ctx, overcloud_id: str, **_: Any) -> dict[str, Any]:
-    return _settle(ctx.services, overcloud_id, states.READY, states.CREATING)
+    return _settle(ctx, overcloud_id, states.READY, states.CREATING)
 
 
 @registry.action("overcloud.mark_deleted")
 def mark_deleted(ctx, overcloud_id: str, **_: Any) -> dict[str, Any]:
-    return _settle(ctx.services, overcloud_id, states.DELETED, states.DELETING)
+    return _settle(ctx, overcloud_id, states.DELETED, states.DELETING)

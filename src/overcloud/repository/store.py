@@ -142,6 +142,7 @@ class Repository:
         expect: Iterable[str] | None = None,
         error_task: str | None = None,
         error: str | None = None,
+        done_task: tuple[str, str] | None = None,
     ) -> OverCloudRow:
         """Move to ``new`` if the transition table allows it (and, with ``expect``, only from
         those statuses). Atomic: a compare-and-set, so two callers never both win."""
@@ -172,6 +173,14 @@ class Repository:
             if error:
                 data.update(task=error_task, error=error)
             s.add(EventRow(overcloud_id=overcloud_id, kind="status", data=data))
+            if done_task is not None:
+                # the task that makes this status (register, mark_deleted) is done in the same
+                # transaction: nobody sees READY while its last task still shows RUNNING
+                workflow, task = done_task
+                row_t = s.scalar(select(TaskRow).where(
+                    TaskRow.overcloud_id == overcloud_id, TaskRow.workflow == workflow, TaskRow.task == task))
+                if row_t is not None:
+                    row_t.state, row_t.ended_at = "SUCCESS", utcnow()
         return self.get(overcloud_id)
 
     def update_info(self, overcloud_id: str, **info: Any) -> None:
@@ -235,6 +244,15 @@ class Repository:
                         row = TaskRow(overcloud_id=overcloud_id, workflow=workflow, task=task, attempts=0)
                         s.add(row)
                     row.action = action or row.action or ""
+                    ended = row.ended_at
+                    if ended is not None and ended.tzinfo is None:
+                        ended = ended.replace(tzinfo=at.tzinfo)
+                    if state in ("PENDING", "RUNNING") and row.state == "SUCCESS" and ended is not None and at <= ended:
+                        # an older event reaching the writer after the task was marked done:
+                        # keep what it tells (when it started), not the state it had then
+                        if state == "RUNNING" and row.started_at is None:
+                            row.started_at, row.attempts = at, (row.attempts or 0) + 1
+                        return
                     row.state = state
                     if state == "RUNNING":
                         row.attempts = (row.attempts or 0) + 1

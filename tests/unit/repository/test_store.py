@@ -119,3 +119,17 @@ def test_counts_by_status(repo):
     repo.set_status(b, states.READY)
     counts = repo.count_by_status()
     assert counts[states.CREATING] == 1 and counts[states.READY] == 1 and counts[states.DELETED] == 0
+
+
+def test_the_status_and_its_task_change_together_and_stale_events_do_not_undo_them(repo):
+    import datetime as dt
+
+    oid = new_id()
+    repo.create_overcloud(oid, "lab", "admin", {}, workflow=("create_overcloud", {"register": "overcloud.mark_ready"}))
+    running_at = dt.datetime.now(dt.timezone.utc)
+    repo.set_status(oid, states.READY, done_task=("create_overcloud", "register"))
+    assert [(t.task, t.state) for t in repo.tasks(oid)] == [("register", "SUCCESS")]
+    # the writer thread delivers the task's RUNNING event only now: it must not undo SUCCESS
+    repo.record_task(oid, "create_overcloud", "register", "RUNNING", at=running_at)
+    (t,) = repo.tasks(oid)
+    assert t.state == "SUCCESS" and t.started_at is not None and t.attempts == 1
