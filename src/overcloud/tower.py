@@ -122,7 +122,7 @@ class Tower:
     def _start_construction(self) -> None:
         """Start the Construction DataLake and publish the artifacts boxes fetch (off the
         start-up path: the API answers meanwhile; DataLake tasks wait for it)."""
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import seaweed
 
         try:
             self.construction.ensure_running()
@@ -361,7 +361,7 @@ class Tower:
 
     def datalake_status(self, overcloud_id: str) -> dict[str, Any] | None:
         """The DataLake of the detail: what deploy recorded, plus live capacity from its master."""
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import seaweed
 
         row = self.repo.get(overcloud_id)
         info = dict((row.info or {}).get("datalake") or {})
@@ -377,7 +377,7 @@ class Tower:
         return info
 
     def archives(self, tenant_id: str | None) -> list[dict[str, Any]]:
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import seaweed
 
         cdl = self.construction_datalake()
         found = seaweed.list_archives(cdl.client())
@@ -393,7 +393,7 @@ class Tower:
         raise ArchiveNotFound(archive_id)
 
     def purge_archive(self, archive_id: str, tenant_id: str | None) -> None:
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import seaweed
 
         self.archive(archive_id, tenant_id, complete=False)
         seaweed.purge_archive(self.construction_datalake().client(), archive_id)

@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from overcloud.boxes.supervision import HostSupervisor
 from overcloud.identity.secrets import SecretBox
@@ -75,7 +74,7 @@ class ConstructionDataLake:
 
     def credentials(self) -> tuple[str, str]:
         path = self.dir / "credentials.sealed"
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import seaweed
 
         with self._lock:
             if not path.exists():
@@ -88,7 +87,7 @@ class ConstructionDataLake:
         return access, secret
 
     def client(self):
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import clients
 
         return clients.s3_client(self.s3_endpoint, *self.credentials())
 
@@ -178,7 +177,7 @@ table inet overcloud_cdl_{self.tag} {{
     # -- artifacts ----------------------------------------------------------
     def publish(self, path: Path) -> str:
         """Put a file into the store once, by content; returns its SHA-256."""
-        from overcloud.datalake import clients, seaweed
+        from overcloud.datalake import seaweed
 
         path = Path(path)
         sha = seaweed.weed_sha256(path) if path == seaweed.weed_binary() else _sha256(path)

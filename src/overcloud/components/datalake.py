@@ -43,7 +43,7 @@ def settings_of(tower, overcloud_id: str) -> dict[str, Any]:
 
 def credentials(tower, overcloud_id: str) -> tuple[str, str]:
     """This OverCloud's S3 keys, made and sealed on first use (idempotent across retries)."""
-    from overcloud.datalake import clients, seaweed
+    from overcloud.datalake import seaweed
 
     if tower.repo.get_secret(overcloud_id, SECRET) is None:
         access, secret = seaweed.new_credentials()

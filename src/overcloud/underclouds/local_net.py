@@ -12,7 +12,6 @@ import errno
 import hashlib
 import ipaddress
 import logging
-import os
 import subprocess
 from collections.abc import Iterable
 
