@@ -56,12 +56,36 @@ class ConstructionDataLake:
         self.bridges = list(bridges or [])
         self.secrets = secrets
         self.tag = hashlib.sha1(str(self.dir).encode()).hexdigest()[:8]
-        base = PORT_BASE + (int(self.tag, 16) % PORT_BLOCKS) * 10
-        self.master_port, self.volume_port, self.filer_port, self.s3_port = base, base + 1, base + 2, base + 3
+        self._set_ports(self._saved_base() or PORT_BASE + (int(self.tag, 16) % PORT_BLOCKS) * 10)
         self.supervisor = HostSupervisor(f"cdl-{self.tag}", self.dir / "supervisor")
         self.cache_dir = Path(state_dir) / "artifact-cache"
         self._lock = threading.Lock()
         self._published: dict[str, str] = {}
+
+    # -- ports --------------------------------------------------------------
+    def _set_ports(self, base: int) -> None:
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = base, base + 1, base + 2, base + 3
+
+    def _saved_base(self) -> int | None:
+        try:
+            return int(json.loads((self.dir / "ports.json").read_text())["base"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _choose_ports(self) -> None:
+        """Keep the block this store has used before; else take the first free block from its
+        hashed place (hashing alone collided with another live store, ~n/200 per start), and
+        remember it so restarts — and presigned URLs — keep the same ports."""
+        start = (int(self.tag, 16) % PORT_BLOCKS)
+        candidates = ([self._saved_base()] if self._saved_base() else []) + [
+            PORT_BASE + ((start + i) % PORT_BLOCKS) * 10 for i in range(PORT_BLOCKS)]
+        for base in candidates:
+            self._set_ports(base)
+            if self._ports_free():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                (self.dir / "ports.json").write_text(json.dumps({"base": base}))
+                return
+        raise ConstructionError(f"no free block of ports for the Construction DataLake in {PORT_BASE}-{PORT_BASE + PORT_BLOCKS * 10}")
 
     # -- endpoints ---------------------------------------------------------
     @property
@@ -103,9 +127,9 @@ class ConstructionDataLake:
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(seaweed.s3_config(access, secret, admin_name="tower"), fh)
-        self._guard()
         if not self.supervisor.is_running():
-            self._check_ports_free()
+            self._choose_ports()
+        self._guard()
         self.supervisor.write_files()
         self.supervisor.start()
         self.supervisor.wait_ready(10)
@@ -128,7 +152,7 @@ class ConstructionDataLake:
                     raise ConstructionError(f"the Construction DataLake at {self.s3_endpoint} is not ready: {exc}") from exc
                 time.sleep(0.1)
 
-    def _check_ports_free(self) -> None:
+    def _ports_free(self) -> bool:
         import socket
 
         ports = [self.master_port, self.volume_port, self.filer_port, self.s3_port]
@@ -140,10 +164,8 @@ class ConstructionDataLake:
                     try:
                         s.bind((ip, port))
                     except OSError:
-                        raise ConstructionError(
-                            f"port {ip}:{port} of the Construction DataLake is taken by another process; "
-                            f"stop it, or use another state dir (the ports derive from it)"
-                        ) from None
+                        return False
+        return True
 
     def stop(self) -> None:
         """Stop it (its data stays in the state dir); removes its host firewall table."""
