@@ -29,12 +29,14 @@ class SiteSettings(BaseModel):
     kind: str = "local"
     bridge: str | None = None  # local only
     cidr: str | None = None  # local only
+    # user labels every box of this site carries (placement matches nodeSelector on them)
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 def _default_sites() -> list[SiteSettings]:
     return [
-        SiteSettings(name="local-a", kind="local", bridge="ocb-a", cidr="10.213.0.0/24"),
-        SiteSettings(name="local-b", kind="local", bridge="ocb-b", cidr="10.213.1.0/24"),
+        SiteSettings(name="local-a", kind="local", bridge="ocb-a", cidr="10.213.0.0/24", labels={"overcloud.io/tier": "cloud"}),
+        SiteSettings(name="local-b", kind="local", bridge="ocb-b", cidr="10.213.1.0/24", labels={"overcloud.io/tier": "edge"}),
     ]
 
 
@@ -71,6 +73,7 @@ class Settings(BaseSettings):
     workers: int = 16  # task executor threads
     fabric_scrape_interval: float = 1.0  # seconds; DEGRADED after 3 intervals without a scrape
     fabric_retention: str = "24h"  # the OverCloud Datastore's retention (Prometheus syntax)
+    runtime: str = "auto"  # service runtime: auto (podman where installed), podman, process
     secret_key: str | None = Field(default=None, repr=False)  # Fernet key; default <state-dir>/secret.key
 
     @field_validator("state_dir")

@@ -79,6 +79,9 @@ class Tower:
         self._events: queue.Queue = queue.Queue()
         self._writer = threading.Thread(target=self._write_events, name="task-events", daemon=True)
         self._writer.start()
+        from overcloud.compose.controller import ServiceController
+
+        self.services = ServiceController(self)
 
     # -- lifecycle --------------------------------------------------------
     def start(self, *, resume: bool = True) -> None:
@@ -93,6 +96,8 @@ class Tower:
             self.resume_unfinished()
         self._health = threading.Thread(target=self._watch_health, name="fabric-health", daemon=True)
         self._health.start()
+        if self.local is not None:
+            self.services.start()
 
     def _watch_health(self) -> None:
         """Every scrape interval: READY ↔ DEGRADED from what the Fabric sees (see fabric_health)."""
@@ -167,6 +172,7 @@ class Tower:
     def close(self) -> None:
         self._closing.set()
         self._resumer.shutdown(wait=False, cancel_futures=True)
+        self.services.close()
         if self.engine is not None:
             self.engine.close()
         self._events.put(None)

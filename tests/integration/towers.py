@@ -20,14 +20,14 @@ from servers import free_port, wait_http
 ROOT = Path(__file__).resolve().parents[2]
 OVERCLOUD = str(Path(sys.executable).parent / "overcloud")
 TEST_SITES = [
-    {"name": "local-a", "kind": "local", "bridge": "oct-a", "cidr": "10.213.110.0/24"},
-    {"name": "local-b", "kind": "local", "bridge": "oct-b", "cidr": "10.213.111.0/24"},
+    {"name": "local-a", "kind": "local", "bridge": "oct-a", "cidr": "10.213.110.0/24", "labels": {"overcloud.io/tier": "cloud"}},
+    {"name": "local-b", "kind": "local", "bridge": "oct-b", "cidr": "10.213.111.0/24", "labels": {"overcloud.io/tier": "edge"}},
 ]
 TEST_OVERLAY = "10.251.0.0/16"
 # a second set for Towers that live for one test (killed, restarted), beside the shared one
 OWN_SITES = [
-    {"name": "local-a", "kind": "local", "bridge": "oct-c", "cidr": "10.213.112.0/24"},
-    {"name": "local-b", "kind": "local", "bridge": "oct-d", "cidr": "10.213.113.0/24"},
+    {"name": "local-a", "kind": "local", "bridge": "oct-c", "cidr": "10.213.112.0/24", "labels": {"overcloud.io/tier": "cloud"}},
+    {"name": "local-b", "kind": "local", "bridge": "oct-d", "cidr": "10.213.113.0/24", "labels": {"overcloud.io/tier": "edge"}},
 ]
 OWN_OVERLAY = "10.252.0.0/16"
 

@@ -19,7 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
 from overcloud.api.requests import RequestError, too_large
-from overcloud.api.routes import datalake, fabric, overclouds, system
+from overcloud.api.routes import datalake, fabric, overclouds, services, system
+from overcloud.compose.controller import NotComposable, ServiceConflict, ServiceNotFound
+from overcloud.compose.pattern import MAX_PATTERN_BYTES, PatternError
+from overcloud.compose.placement import PlacementError
 from overcloud.repository import InvalidTransition, NotFound
 from overcloud.tower import ArchiveNotFound, NoDataLake, NoFabric, QuotaExceeded, Tower
 from overcloud.underclouds.base import UnderCloudError
@@ -46,9 +49,12 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            # a service pattern may be bigger than the small JSON requests
+            limit = MAX_PATTERN_BYTES if scope.get("path", "").endswith("/services") else self.limit
             for name, value in scope.get("headers", []):
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    resp = error(413, too_large(self.limit))
+                if name == b"content-length" and value.isdigit() and int(value) > limit:
+                    what = "the pattern is over 10 MiB" if limit == MAX_PATTERN_BYTES else too_large(limit)
+                    resp = error(413, what)
                     return await resp(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -81,6 +87,7 @@ def create_app(tower: Tower) -> FastAPI:
     app.include_router(overclouds.router)
     app.include_router(datalake.router)
     app.include_router(fabric.router)
+    app.include_router(services.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -135,6 +142,30 @@ def create_app(tower: Tower) -> FastAPI:
     @app.exception_handler(PromQLError)
     async def promql(_: Request, exc: PromQLError):
         return error(exc.status if 400 <= exc.status < 500 else 400, str(exc.message), "query")
+
+    @app.exception_handler(PatternError)
+    async def bad_pattern(_: Request, exc: PatternError):
+        body = {"error": "invalid", "message": str(exc), "manifest": exc.manifest}
+        if exc.field:
+            body["field"] = exc.field
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(PlacementError)
+    async def unplaceable(_: Request, exc: PlacementError):
+        return JSONResponse({"error": "unplaceable", "message": str(exc), "manifest": f"Deployment/{exc.deployment}",
+                             "field": "spec.template.spec"}, status_code=422)
+
+    @app.exception_handler(ServiceConflict)
+    async def service_conflict(_: Request, exc: ServiceConflict):
+        return error(409, str(exc))
+
+    @app.exception_handler(NotComposable)
+    async def not_composable(_: Request, exc: NotComposable):
+        return error(409, str(exc))
+
+    @app.exception_handler(ServiceNotFound)
+    async def no_service(_: Request, exc: ServiceNotFound):
+        return error(404, str(exc))
 
     @app.exception_handler(UnderCloudError)
     async def undercloud_unavailable(_: Request, exc: UnderCloudError):

@@ -1,3 +1,3 @@
 """Workflow actions for the parts of an OverCloud. Importing this package registers them all."""
 
-from overcloud.components import cluster, datalake, fabric, lifecycle, post, undercloud  # noqa: F401
+from overcloud.components import cluster, datalake, fabric, lifecycle, post, services, undercloud  # noqa: F401

@@ -24,12 +24,12 @@ def find_post(boxes: list[Box]) -> Box:
 
 
 def hosts_entries(boxes: list[Box], addresses: dict[str, str]) -> dict[str, str]:
-    """Names every box answers to inside the OverCloud: role name, box name and handle."""
+    """Names every box answers to inside the OverCloud (name -> overlay address): box name,
+    handle, and ``post``/``devops-post`` for the Post."""
     entries: dict[str, str] = {}
     for b in boxes:
-        ip = addresses[b.name]
-        names = [b.name, b.handle] + (["post", "devops-post"] if b.role == "post" else [])
-        entries[ip] = " ".join(names)
+        for name in [b.name, b.handle] + (["post", "devops-post"] if b.role == "post" else []):
+            entries[name] = addresses[b.name]
     return entries
 
 

@@ -98,3 +98,22 @@ class SecretRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServiceRow(Base):
+    """One Deployment composed onto an OverCloud: its spec (with the Services that select it),
+    and its replicas' placement and state (what the service controller last saw)."""
+
+    __tablename__ = "services"
+
+    overcloud_id: Mapped[str] = mapped_column(ForeignKey("overclouds.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    pattern_id: Mapped[str] = mapped_column(String(32))
+    runtime: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    replicas: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ready_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from overcloud import states
-from overcloud.repository.models import BoxRow, EventRow, OverCloudRow, SecretRow, TaskRow, utcnow
+from overcloud.repository.models import BoxRow, EventRow, OverCloudRow, SecretRow, ServiceRow, TaskRow, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -322,3 +322,33 @@ class Repository:
     def delete_secrets(self, overcloud_id: str) -> None:
         with self.session() as s, s.begin():
             s.execute(SecretRow.__table__.delete().where(SecretRow.overcloud_id == overcloud_id))
+
+    # -- composed services -------------------------------------------------
+    def add_services(self, rows: list[dict[str, Any]]) -> None:
+        """Insert the Deployments of one pattern at once (all or none)."""
+        with self.session() as s, s.begin():
+            for r in rows:
+                s.add(ServiceRow(**r))
+
+    def services(self, overcloud_id: str | None = None) -> list[ServiceRow]:
+        q = select(ServiceRow).order_by(ServiceRow.overcloud_id, ServiceRow.created_at, ServiceRow.name)
+        if overcloud_id is not None:
+            q = q.where(ServiceRow.overcloud_id == overcloud_id)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    def service(self, overcloud_id: str, name: str) -> ServiceRow | None:
+        with self.session() as s:
+            return s.get(ServiceRow, (overcloud_id, name))
+
+    def update_service(self, overcloud_id: str, name: str, **fields: Any) -> None:
+        with self.session() as s, s.begin():
+            row = s.get(ServiceRow, (overcloud_id, name))
+            if row is None:
+                return
+            for k, v in fields.items():
+                setattr(row, k, v)
+
+    def delete_service(self, overcloud_id: str, name: str) -> None:
+        with self.session() as s, s.begin():
+            s.execute(ServiceRow.__table__.delete().where(ServiceRow.overcloud_id == overcloud_id, ServiceRow.name == name))

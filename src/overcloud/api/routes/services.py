@@ -1,0 +1,110 @@
+"""/overclouds/{id}/services: compose a pattern onto an OverCloud, watch it, remove it.
+
+The body of a POST is the pattern itself: multi-document YAML (``application/yaml`` or any
+text type) or a tar.gz of a pattern directory (``application/gzip``), up to 10 MiB. It is
+checked entirely — manifests, names, images, placement — before anything starts; a problem is
+a 4xx naming the manifest and the field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from overcloud.api.deps import PrincipalDep, TowerDep
+from overcloud.api.requests import RequestError
+from overcloud.api.routes.overclouds import _visible
+from overcloud.compose import pattern as pat
+from overcloud.compose.controller import ServiceNotFound
+
+router = APIRouter(prefix="/overclouds", tags=["services"])
+
+PATTERN_BODY = {
+    "required": True,
+    "content": {
+        "application/yaml": {"schema": {"type": "string"}, "example": "apiVersion: apps/v1\nkind: Deployment\n..."},
+        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+async def _pattern_body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > pat.MAX_PATTERN_BYTES:
+            raise RequestError("the pattern is over 10 MiB", status=413)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise RequestError("the body is empty; send the pattern as multi-document YAML or a tar.gz of its directory",
+                           status=400)
+    return raw
+
+
+def _row(tower, overcloud_id: str, name: str):
+    row = tower.repo.service(overcloud_id, name)
+    if row is None:
+        raise ServiceNotFound(overcloud_id, name)
+    return row
+
+
+@router.post(
+    "/{overcloud_id}/services",
+    status_code=202,
+    summary="Compose a pattern (Deployments, Services, ConfigMaps) onto a READY OverCloud",
+    openapi_extra={"requestBody": PATTERN_BODY},
+    responses={200: {"description": "the plan (dry_run), or not all READY within the wait"},
+               201: {"description": "every replica READY (with ?wait=true)"}},
+)
+async def compose(
+    overcloud_id: str,
+    request: Request,
+    tower: TowerDep,
+    principal: PrincipalDep,
+    dry_run: Annotated[bool, Query(description="place and explain, start nothing")] = False,
+    runtime: Annotated[str, Query(pattern="^(auto|podman|process)$")] = "auto",
+    wait: bool = False,
+    timeout: Annotated[float, Query(gt=0, le=600)] = 120,
+) -> Any:
+    _visible(tower, principal, overcloud_id)
+    raw = await _pattern_body(request)
+    pattern = await run_in_threadpool(pat.load, raw)
+    runtime = tower.settings.runtime if runtime == "auto" else runtime
+    result = await run_in_threadpool(tower.services.compose, overcloud_id, pattern, runtime=runtime, dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(result, status_code=200)
+    if wait:
+        names = [d.name for d in pattern.deployments]
+        ready = await run_in_threadpool(tower.services.wait_ready, overcloud_id, names, timeout)
+        result["services"] = [await run_in_threadpool(tower.services.describe, overcloud_id, _row(tower, overcloud_id, n))
+                              for n in names]
+        return JSONResponse(result, status_code=201 if ready else 200)
+    return JSONResponse(result, status_code=202)
+
+
+@router.get("/{overcloud_id}/services", summary="The services composed onto the OverCloud")
+async def list_services(overcloud_id: str, tower: TowerDep, principal: PrincipalDep) -> list[dict[str, Any]]:
+    _visible(tower, principal, overcloud_id)
+
+    def describe_all():
+        return [tower.services.describe(overcloud_id, row) for row in tower.repo.services(overcloud_id)]
+
+    return await run_in_threadpool(describe_all)
+
+
+@router.get("/{overcloud_id}/services/{name}",
+            summary="One service: placement, replicas, endpoints, restarts, recent log lines")
+async def get_service(overcloud_id: str, name: str, tower: TowerDep, principal: PrincipalDep,
+                      logs: Annotated[int, Query(ge=0, le=1000)] = 10) -> dict[str, Any]:
+    _visible(tower, principal, overcloud_id)
+    row = _row(tower, overcloud_id, name)
+    return await run_in_threadpool(lambda: tower.services.describe(overcloud_id, row, logs=logs))
+
+
+@router.delete("/{overcloud_id}/services/{name}", summary="Stop and remove a service (its replicas everywhere)")
+async def delete_service(overcloud_id: str, name: str, tower: TowerDep, principal: PrincipalDep) -> dict[str, Any]:
+    _visible(tower, principal, overcloud_id)
+    return await run_in_threadpool(tower.services.remove, overcloud_id, name)

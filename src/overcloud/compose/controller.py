@@ -1,0 +1,659 @@
+"""The service controller: composes patterns onto READY OverClouds and keeps them running.
+
+``compose`` checks everything that can be checked before anything starts (the pattern, the
+names already in use, the images, the placement) and records each Deployment with its
+replicas PENDING on their boxes. From then on one controller thread, every ``TICK`` seconds,
+drives every replica towards READY and keeps it there:
+
+* a PENDING replica starts once every Service its Deployment names in its environment has a
+  ready endpoint (so the broker starts before its clients, in waves);
+* a started replica is READY when its readiness probe passes (or, without one, when
+  supervisord holds it RUNNING);
+* a liveness probe failing ``failureThreshold`` times restarts it; an exit is restarted by
+  supervisord at once, and a replica that supervisord gave up on (FATAL) is started again
+  after a back-off (2, 4, ... 30 s); every restart is counted;
+* a box whose supervisord stops answering for ``BOX_GRACE`` seconds is out of service: its
+  replicas' processes are killed by PID and the replicas placed again on other boxes;
+* every box's ``/etc/hosts`` names each Service with its nearest ready endpoint (same box,
+  then same site, then any), rewritten in place whenever endpoints change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from overcloud import states
+from overcloud.compose import images as img
+from overcloud.compose import placement as pl
+from overcloud.compose import runtime as rt
+from overcloud.compose.pattern import Deployment, Pattern, PatternError, Probe, Service
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.25
+BOX_GRACE = 5.0
+MAX_BACKOFF = 30.0
+LOG_LINES = 20
+
+
+class ServiceConflict(RuntimeError):
+    pass
+
+
+class ServiceNotFound(LookupError):
+    def __init__(self, overcloud_id: str, name: str):
+        super().__init__(f"no service {name!r} on OverCloud {overcloud_id}; `GET /overclouds/{overcloud_id}/services` lists them")
+
+
+class NotComposable(RuntimeError):
+    """The OverCloud cannot take services now (not READY)."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def env_name(service: str) -> str:
+    return service.upper().replace("-", "_")
+
+
+@dataclasses.dataclass
+class _Watch:
+    """What the controller remembers of one replica between ticks (not stored)."""
+
+    started: float = 0.0
+    ready_ok: int = 0
+    ready_fail: int = 0
+    live_fail: int = 0
+    next_probe: float = 0.0
+    next_live: float = 0.0
+    retry_at: float = 0.0
+    backoff: float = 2.0
+
+
+def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
+    p = Pattern.from_dict({"deployments": [spec["deployment"]], "services": spec["services"], "configmaps": {},
+                           "documents": []})
+    return p.deployments[0], p.services
+
+
+class ServiceController:
+    def __init__(self, tower):
+        self.tower = tower
+        self.repo = tower.repo
+        self.images = img.Images(tower.settings.state_dir)
+        self.root = Path(tower.settings.state_dir) / "services"
+        self._lock = threading.RLock()
+        self._watch: dict[tuple[str, str], _Watch] = {}
+        self._down_since: dict[tuple[str, str], float] = {}  # (overcloud, box) -> first silent tick
+        self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
+        self._hosts: dict[str, dict[str, str]] = {}  # box handle -> entries last written
+        self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="service-controller", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self.tower._closing.wait(TICK):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the controller never stops
+                logger.exception("service controller tick failed")
+
+    def close(self) -> None:
+        self._probes.shutdown(wait=False, cancel_futures=True)
+
+    # -- compose ------------------------------------------------------------------
+    def site_labels(self) -> dict[str, dict[str, str]]:
+        return {s.name: dict(s.labels) for s in self.tower.settings.sites}
+
+    def _nodes(self, oc_row, exclude: str | None = None) -> list[pl.Node]:
+        nodes = pl.nodes_from_boxes(oc_row.boxes, self.site_labels(), self._out.get(oc_row.id, set()))
+        by_name = {n.name: n for n in nodes}
+        for row in self.repo.services(oc_row.id):
+            if row.name == exclude:
+                continue
+            d, _ = deployment_of(row.spec)
+            for r in row.replicas:
+                n = by_name.get(r["box"])
+                if n is not None:
+                    n.used_cpu += d.cpu_request
+                    n.used_memory += d.memory_request
+        return nodes
+
+    def compose(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        oc = self.repo.get(overcloud_id)
+        if oc.status not in (states.READY, states.DEGRADED):
+            raise NotComposable(f"OverCloud {overcloud_id} is {oc.status}; services are composed onto a READY OverCloud")
+        try:
+            runtime = rt.choose(runtime)
+        except RuntimeError as exc:
+            raise PatternError("request", "runtime", str(exc)) from None
+        with self._lock:
+            existing = self.repo.services(overcloud_id)
+            taken_d = {r.name for r in existing}
+            taken_s = {s["name"] for r in existing for s in r.spec["services"]}
+            for d in pattern.deployments:
+                if d.name in taken_d:
+                    raise ServiceConflict(f"Deployment/{d.name}: a service named {d.name!r} already runs on this "
+                                          f"OverCloud; delete it first (DELETE /overclouds/{overcloud_id}/services/{d.name})")
+            for s in pattern.services:
+                if s.name in taken_s:
+                    raise ServiceConflict(f"Service/{s.name}: the name {s.name!r} is already served on this OverCloud")
+            for d in pattern.deployments:
+                for i, c in enumerate(d.containers):
+                    missing = self.images.missing({c.image}, runtime)
+                    if missing:
+                        raise PatternError(f"Deployment/{d.name}", f"spec.template.spec.containers[{i}].image",
+                                           f"image {missing[0]} is not built; run `overcloud images build PATTERN_DIR "
+                                           f"--runtime {runtime}`")
+            nodes = self._nodes(oc)
+            plan = pl.place(pattern, nodes)  # PlacementError: nothing recorded
+            boxes = {b.name: b for b in oc.boxes}
+            waves = pattern.start_order()
+            result = {
+                "overcloud_ID": overcloud_id, "runtime": runtime, "dry_run": dry_run,
+                "start_order": waves,
+                "placement": [{"replica": f"{a.deployment}-{a.index}", "deployment": a.deployment, "box": a.box,
+                               "site": a.site, "address": boxes[a.box].overlay_address} for a in
+                              sorted(plan, key=lambda a: (a.deployment, a.index))],
+                "services": [{"name": s.name, "ports": [p.port for p in s.ports],
+                              "deployments": [d.name for d in pattern.deployments if s.selects(d)]} for s in pattern.services],
+            }
+            if dry_run:
+                return result
+            pattern_id = uuid.uuid4().hex
+            now = dt.datetime.now(dt.timezone.utc)
+            rows = []
+            for d in pattern.deployments:
+                replicas = [{"name": f"{d.name}-{a.index}", "index": a.index, "box": a.box, "site": a.site,
+                             "state": "PENDING", "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
+                            for a in sorted(plan, key=lambda a: a.index) if a.deployment == d.name]
+                spec = {"deployment": dataclasses.asdict(d), "services": [dataclasses.asdict(s) for s in pattern.services_of(d)],
+                        "depends_on": pattern.depends_on(d)}
+                rows.append({"overcloud_id": overcloud_id, "name": d.name, "pattern_id": pattern_id, "runtime": runtime,
+                             "status": "STARTING" if replicas else "READY", "message": None, "spec": spec,
+                             "replicas": replicas, "created_at": now, "updated_at": now,
+                             "ready_at": None if replicas else now})
+            self.repo.add_services(rows)
+            self.repo.add_event(overcloud_id, "services", {"composed": [d.name for d in pattern.deployments],
+                                                           "pattern_id": pattern_id, "runtime": runtime})
+        result["pattern_id"] = pattern_id
+        return result
+
+    def wait_ready(self, overcloud_id: str, names: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = [self.repo.service(overcloud_id, n) for n in names]
+            if all(r is not None and r.status == "READY" for r in rows):
+                return True
+            if any(r is None or r.status == "FAILED" for r in rows):
+                return False
+            with self._changed:
+                self._changed.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        return False
+
+    # -- remove --------------------------------------------------------------------
+    def remove(self, overcloud_id: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            row = self.repo.service(overcloud_id, name)
+            if row is None:
+                raise ServiceNotFound(overcloud_id, name)
+            removed = self._stop_replicas(overcloud_id, row, row.replicas)
+            self.repo.delete_service(overcloud_id, name)
+            for r in row.replicas:
+                self._watch.pop((overcloud_id, r["name"]), None)
+            self.repo.add_event(overcloud_id, "services", {"removed": name})
+            self._stitch(overcloud_id)
+        return {"name": name, "removed": removed}
+
+    def remove_all(self, overcloud_id: str) -> list[str]:
+        """Every service of the OverCloud (the first step of its delete)."""
+        names = []
+        for row in self.repo.services(overcloud_id):
+            try:
+                self.remove(overcloud_id, row.name)
+                names.append(row.name)
+            except ServiceNotFound:
+                continue
+        self._out.pop(overcloud_id, None)
+        return names
+
+    def _stop_replicas(self, overcloud_id: str, row, replicas: list[dict[str, Any]]) -> list[str]:
+        oc = self.repo.get(overcloud_id)
+        boxes = {b.name: b for b in oc.boxes}
+        d, _ = deployment_of(row.spec)
+        removed = []
+        for r in replicas:
+            box = boxes.get(r["box"])
+            programs = [rt.program_name(r["name"], c.name) for c in d.containers]
+            if box is not None:
+                sup = self.tower.local.supervisor(box.handle)
+                try:
+                    if sup.is_running():
+                        sup.remove_programs(programs, timeout=5.0)
+                except Exception as exc:  # noqa: BLE001 - the processes are killed below anyway
+                    logger.warning("removing %s from %s: %s", r["name"], box.name, exc)
+                for f in programs:
+                    (sup.programs_dir / f"{f}.conf").unlink(missing_ok=True)
+            self._kill_pids(r)
+            if row.runtime == "podman":
+                for c in d.containers:
+                    subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore",
+                                    rt.container_name(overcloud_id, r["name"], c.name)],
+                                   capture_output=True, env=self.images.podman_env(), timeout=60)
+            removed.append(f"{r['name']}@{r['box']}")
+        return removed
+
+    @staticmethod
+    def _kill_pids(replica: dict[str, Any]) -> None:
+        """Kill the processes this replica ran (recorded by PID, checked by start time)."""
+        for pid, start in (replica.get("pids") or {}).values() if isinstance(replica.get("pids"), dict) else []:
+            if pid and _start_time(pid) == start:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+    # -- the loop ------------------------------------------------------------------
+    def tick(self) -> None:
+        by_oc: dict[str, list] = {}
+        for row in self.repo.services():
+            by_oc.setdefault(row.overcloud_id, []).append(row)
+        for overcloud_id, rows in by_oc.items():
+            with self._lock:
+                try:
+                    self._tick_overcloud(overcloud_id)
+                except Exception:  # noqa: BLE001 - one OverCloud's trouble does not stop the others
+                    logger.exception("services of %s", overcloud_id)
+
+    def _tick_overcloud(self, overcloud_id: str) -> None:
+        oc = self.repo.get(overcloud_id)
+        if oc.status not in (states.READY, states.DEGRADED):
+            return
+        rows = self.repo.services(overcloud_id)
+        boxes = {b.name: b for b in oc.boxes}
+        infos: dict[str, dict[str, dict[str, Any]] | None] = {}
+        now = time.monotonic()
+        for name in {r["box"] for row in rows for r in row.replicas}:
+            box = boxes.get(name)
+            try:
+                procs = self.tower.local.supervisor(box.handle).rpc().supervisor.getAllProcessInfo()
+                infos[name] = {p["name"]: p for p in procs}
+                self._down_since.pop((overcloud_id, name), None)
+                if name in self._out.get(overcloud_id, set()):
+                    self._out[overcloud_id].discard(name)
+                    self.repo.add_event(overcloud_id, "services", {"box_back_in_service": name})
+            except Exception:  # noqa: BLE001 - a silent supervisord
+                infos[name] = None
+                first = self._down_since.setdefault((overcloud_id, name), now)
+                if now - first >= BOX_GRACE and name not in self._out.get(overcloud_id, set()):
+                    self._out.setdefault(overcloud_id, set()).add(name)
+                    self.repo.add_event(overcloud_id, "services", {"box_out_of_service": name,
+                                                                   "reason": "its supervisord does not answer"})
+        endpoints = self._endpoints(rows, boxes)
+        changed_any = False
+        for row in rows:
+            d, _ = deployment_of(row.spec)
+            replicas = [dict(r) for r in row.replicas]
+            changed = False
+            for r in replicas:
+                if r["box"] in self._out.get(overcloud_id, set()):
+                    changed |= self._replace(oc, row, d, r, replicas)
+                    continue
+                info = infos.get(r["box"])
+                if info is None:
+                    continue
+                changed |= self._drive(oc, row, d, r, info, endpoints, boxes[r["box"]])
+            status = _status(replicas, row.status)
+            if changed or status != row.status:
+                fields: dict[str, Any] = {"replicas": replicas, "status": status}
+                if status == "READY" and row.ready_at is None:
+                    fields["ready_at"] = dt.datetime.now(dt.timezone.utc)
+                self.repo.update_service(overcloud_id, row.name, **fields)
+                if status != row.status:
+                    self.repo.add_event(overcloud_id, "service", {"name": row.name, "status": status})
+                changed_any = True
+        if changed_any:
+            self._stitch(overcloud_id)
+            with self._changed:
+                self._changed.notify_all()
+
+    def _drive(self, oc, row, d: Deployment, r: dict[str, Any], info: dict[str, dict[str, Any]],
+               endpoints: dict[str, list[dict[str, Any]]], box) -> bool:
+        """One replica, one tick. Returns whether its record changed."""
+        key = (oc.id, r["name"])
+        w = self._watch.setdefault(key, _Watch())
+        now = time.monotonic()
+        before = (r["state"], r["ready"], r["restarts"], r.get("message"))
+        programs = [rt.program_name(r["name"], c.name) for c in d.containers]
+        present = [info.get(p) for p in programs]
+        if r["state"] == "PENDING" or any(p is None for p in present):
+            waiting = [s for s in row.spec.get("depends_on", []) if not endpoints.get(s)]
+            if waiting:
+                r["message"] = f"waiting for {', '.join(waiting)} to have a ready endpoint"
+                return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
+            if r["state"] != "PENDING" and any(p is None for p in present):
+                r["restarts"] += 1  # its programs vanished (the box's supervisord was restarted)
+            self._launch(oc, row, d, r, endpoints, box)
+            w.started, w.ready_ok, w.ready_fail, w.live_fail = now, 0, 0, 0
+            r.update(state="STARTING", ready=False, message=f"started on {box.name} ({row.runtime})", started_at=_now())
+            return True
+        states_ = [p["statename"] for p in present]
+        pids = {c.name: [p["pid"], _start_time(p["pid"]) if p["pid"] else None] for c, p in zip(d.containers, present)}
+        old = r.get("pids") or {}
+        for cname, (pid, _) in pids.items():
+            was = (old.get(cname) or [0])[0]
+            if pid and was and pid != was:
+                r["restarts"] += 1  # supervisord started it again after an exit
+                w.ready_ok = w.ready_fail = w.live_fail = 0
+                w.started = now
+        r["pids"] = {k: v for k, v in pids.items() if v[0]} or old
+        if any(s == "FATAL" for s in states_):
+            if w.retry_at == 0.0:
+                w.retry_at = now + w.backoff
+                r.update(state="BACKOFF", ready=False, message=f"exited repeatedly; starting again in {w.backoff:.0f} s")
+            elif now >= w.retry_at:
+                sup = self.tower.local.supervisor(box.handle)
+                for p, s in zip(programs, states_):
+                    if s == "FATAL":
+                        try:
+                            sup.rpc().supervisor.startProcess(p, False)
+                        except Exception:  # noqa: BLE001 - tried again after the next back-off
+                            pass
+                r["restarts"] += 1
+                w.backoff = min(MAX_BACKOFF, w.backoff * 2)
+                w.retry_at = 0.0
+                w.started = now
+            return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
+        if all(s == "RUNNING" for s in states_):
+            self._probe(oc, row, d, r, w, box, now)
+            if r["ready"] and now - w.started > 60:
+                w.backoff = 2.0  # a minute of health resets the back-off
+        else:
+            r.update(state="STARTING" if any(s in ("STARTING", "BACKOFF") for s in states_) else "STOPPED", ready=False,
+                     message=", ".join(f"{c.name} {s}" for c, s in zip(d.containers, states_)))
+        return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
+
+    def _probe(self, oc, row, d: Deployment, r: dict[str, Any], w: _Watch, box, now: float) -> None:
+        readiness = [c.readiness for c in d.containers if c.readiness]
+        liveness = [(c, c.liveness) for c in d.containers if c.liveness]
+        if not readiness:
+            r.update(state="READY", ready=True, message="running")
+        elif now >= w.next_probe and now - w.started >= max(p.initial_delay for p in readiness):
+            # until first ready, probe every tick: a replica is READY as soon as it answers
+            w.next_probe = now + (min(p.period for p in readiness) if r["ready"] else TICK)
+            ok = all(self._run_probe(oc, row, r, box, c, c.readiness) for c in d.containers if c.readiness)
+            if ok:
+                w.ready_ok, w.ready_fail = w.ready_ok + 1, 0
+                if w.ready_ok >= max(p.success_threshold for p in readiness):
+                    r.update(state="READY", ready=True, message="readiness probe passes")
+            else:
+                w.ready_fail, w.ready_ok = w.ready_fail + 1, 0
+                if not r["ready"]:
+                    r.update(state="STARTING", message="readiness probe does not pass yet")
+                elif w.ready_fail >= max(p.failure_threshold for p in readiness):
+                    r.update(state="NOT_READY", ready=False, message="readiness probe fails")
+        for c, p in liveness:
+            if now < w.next_live or now - w.started < p.initial_delay:
+                continue
+            w.next_live = now + p.period
+            if self._run_probe(oc, row, r, box, c, p):
+                w.live_fail = 0
+                continue
+            w.live_fail += 1
+            if w.live_fail >= p.failure_threshold:
+                sup = self.tower.local.supervisor(box.handle)
+                name = rt.program_name(r["name"], c.name)
+                try:
+                    sup.rpc().supervisor.stopProcess(name, True)
+                    sup.rpc().supervisor.startProcess(name, False)
+                except Exception as exc:  # noqa: BLE001 - seen again next tick
+                    logger.warning("restarting %s: %s", name, exc)
+                r["restarts"] += 1
+                r.update(state="STARTING", ready=False, message=f"liveness probe failed {w.live_fail} times; restarted")
+                self.repo.add_event(oc.id, "service", {"name": row.name, "replica": r["name"], "restarted": "liveness"})
+                w.live_fail = w.ready_ok = 0
+                w.started = time.monotonic()
+                r["pids"] = {}
+
+    def _run_probe(self, oc, row, r: dict[str, Any], box, c, p: Probe) -> bool:
+        net = self.tower.local.transport(box)
+        try:
+            if p.kind == "tcp":
+                net.connect_tcp("127.0.0.1", p.port, timeout=p.timeout).close()
+                return True
+            if p.kind == "http":
+                sock = net.connect_tcp("127.0.0.1", p.port, timeout=p.timeout)
+                try:
+                    sock.sendall(f"GET {p.path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: overcloud-probe\r\n\r\n".encode())
+                    head = sock.recv(64).decode("latin-1")
+                finally:
+                    sock.close()
+                parts = head.split()
+                return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+            if row.runtime == "podman":
+                argv = ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *p.command]
+                res = subprocess.run(argv, capture_output=True, timeout=p.timeout + 5, env=self.images.podman_env())
+            else:
+                res = net.run(["sh", "-c", '. "$0" && exec "$@"', str(self._workdir(oc.id, r["name"]) / f"{c.name}.env"),
+                               *p.command], timeout=p.timeout)
+            return res.returncode == 0
+        except (OSError, socket.timeout, subprocess.TimeoutExpired, ValueError):
+            return False
+
+    # -- launching -------------------------------------------------------------------
+    def _workdir(self, overcloud_id: str, replica: str) -> Path:
+        return self.root / overcloud_id / replica
+
+    def _env(self, oc, row, d: Deployment, r: dict[str, Any], c, endpoints, box) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for name, eps in sorted(endpoints.items()):
+            if not eps:
+                continue
+            ep = _nearest(eps, box.name, box.site)
+            key = env_name(name)
+            env[f"{key}_SERVICE_HOST"] = ep["address"]
+            env[f"{key}_SERVICE_PORT"] = str(ep["ports"][0]["port"])
+            for port in ep["ports"]:
+                if port.get("name"):
+                    env[f"{key}_SERVICE_PORT_{env_name(port['name'])}"] = str(port["port"])
+        env.update({"OVERCLOUD_ID": oc.id, "OVERCLOUD_BOX": box.name, "OVERCLOUD_SITE": box.site,
+                    "OVERCLOUD_REPLICA": r["name"], "HOSTNAME": r["name"]})
+        try:
+            creds = self.tower.datalake_credentials(oc.id)
+        except LookupError:
+            creds = None
+        if creds:
+            env.update({"OVERCLOUD_S3_ENDPOINT": creds["s3_endpoint"], "AWS_ACCESS_KEY_ID": creds["access_key"],
+                        "AWS_SECRET_ACCESS_KEY": creds["secret_key"], "AWS_DEFAULT_REGION": creds["region"],
+                        "OVERCLOUD_S3_BUCKET": (creds.get("buckets") or ["data"])[0]})
+        env.update(dict(c.env))  # the pattern's own values win
+        return env
+
+    def _launch(self, oc, row, d: Deployment, r: dict[str, Any], endpoints, box) -> None:
+        sup = self.tower.local.supervisor(box.handle)
+        workdir = self._workdir(oc.id, r["name"])
+        for c in d.containers:
+            env = self._env(oc, row, d, r, c, endpoints, box)
+            if row.runtime == "podman":
+                cgroup_parent = None
+                cg = self.tower.local.cgroups
+                if not cg.v2:
+                    cgroup_parent = f"/{cg.parent}/{box.handle}"
+                launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
+                                          handle=box.handle, image_ref=c.image, hosts_file=sup.etc_dir / "hosts",
+                                          cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf())
+            else:
+                launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
+                                           image_dir=self.images.process_dir(c.image))
+            sup.add_program(launch.program, launch.command, directory=launch.directory, startsecs=1, startretries=3,
+                            environment=None)
+
+    # -- re-placement ------------------------------------------------------------------
+    def _replace(self, oc, row, d: Deployment, r: dict[str, Any], replicas: list[dict[str, Any]]) -> bool:
+        """Move a replica off a box that is out of service."""
+        self._kill_pids(r)
+        if row.runtime == "podman":
+            for c in d.containers:
+                subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore", rt.container_name(oc.id, r["name"], c.name)],
+                               capture_output=True, env=self.images.podman_env(), timeout=60)
+        nodes = self._nodes(oc, exclude=row.name)
+        others = [pl.Assignment(d.name, x["index"], x["box"], x["site"]) for x in replicas
+                  if x is not r and x["box"] not in self._out.get(oc.id, set())]
+        for a in others:
+            n = next((n for n in nodes if n.name == a.box), None)
+            if n is not None:
+                n.used_cpu += d.cpu_request
+                n.used_memory += d.memory_request
+        try:
+            [a] = pl.place_replicas(d, nodes, [r["index"]], existing=others)
+        except pl.PlacementError as exc:
+            msg = f"cannot move off {r['box']}: {exc.reason}"
+            changed = r.get("message") != msg
+            r.update(state="UNPLACED", ready=False, message=msg)
+            return changed
+        self.repo.add_event(oc.id, "service", {"name": row.name, "replica": r["name"], "moved": {"from": r["box"], "to": a.box}})
+        self._watch.pop((oc.id, r["name"]), None)
+        r.update(box=a.box, site=a.site, state="PENDING", ready=False, pids={},
+                 message=f"moved from {r['box']} (out of service) to {a.box}")
+        r["restarts"] += 1
+        return True
+
+    # -- stitching ------------------------------------------------------------------------
+    def _endpoints(self, rows, boxes) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            for s in row.spec["services"]:
+                eps = out.setdefault(s["name"], [])
+                for r in row.replicas:
+                    b = boxes.get(r["box"])
+                    if r["ready"] and b is not None and b.overlay_address:
+                        eps.append({"replica": r["name"], "box": b.name, "site": b.site, "address": b.overlay_address,
+                                    "site_address": b.address, "ports": s["ports"]})
+        return out
+
+    def _stitch(self, overcloud_id: str) -> None:
+        """Write every box's /etc/hosts: box names, then each Service's nearest ready endpoint."""
+        from overcloud.components.post import hosts_entries
+        from overcloud.tower import box_obj
+
+        oc = self.repo.get(overcloud_id)
+        boxes = {b.name: b for b in oc.boxes}
+        if any(not b.overlay_address for b in boxes.values()):
+            return
+        base = hosts_entries([box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
+        endpoints = self._endpoints(self.repo.services(overcloud_id), boxes)
+        for b in oc.boxes:
+            entries = dict(base)
+            for name, eps in endpoints.items():
+                if eps:
+                    entries[name] = _nearest(eps, b.name, b.site)["address"]
+            if self._hosts.get(b.handle) == entries:
+                continue
+            try:
+                self.tower.local.supervisor(b.handle).set_hosts(entries)
+                self._hosts[b.handle] = entries
+            except OSError as exc:
+                logger.warning("hosts of %s: %s", b.name, exc)
+
+    # -- views -----------------------------------------------------------------------------
+    def describe(self, overcloud_id: str, row, *, logs: int = 0) -> dict[str, Any]:
+        oc = self.repo.get(overcloud_id)
+        boxes = {b.name: b for b in oc.boxes}
+        endpoints = self._endpoints(self.repo.services(overcloud_id), boxes)
+        d, services = deployment_of(row.spec)
+        replicas = []
+        for r in row.replicas:
+            b = boxes.get(r["box"])
+            item = {k: r.get(k) for k in ("name", "box", "site", "state", "ready", "restarts", "message", "started_at")}
+            item["address"] = b.overlay_address if b else None
+            item["site_address"] = b.address if b else None
+            if logs and b is not None:
+                item["logs"] = self._log_tail(b.handle, r["name"], d, logs)
+            replicas.append(item)
+        return {
+            "name": row.name, "status": row.status, "runtime": row.runtime, "pattern_id": row.pattern_id,
+            "replicas_ready": sum(1 for r in row.replicas if r["ready"]), "replicas_wanted": d.replicas,
+            "images": sorted(d.images), "depends_on": row.spec.get("depends_on", []),
+            "requests": {"cpu": d.cpu_request, "memory": d.memory_request},
+            "node_selector": d.node_selector,
+            "services": [{"name": s.name, "ports": [p.port for p in s.ports],
+                          "endpoints": [f"{e['address']}:{p.port}" for e in endpoints.get(s.name, []) for p in s.ports],
+                          "host_endpoints": [f"{e['site_address']}:{p.port}" for e in endpoints.get(s.name, []) for p in s.ports]}
+                         for s in services],
+            "replicas": replicas,
+            "created_at": row.created_at.isoformat() if row.created_at else None,
+            "ready_at": row.ready_at.isoformat() if row.ready_at else None,
+            "ready_seconds": round((row.ready_at - row.created_at).total_seconds(), 2) if row.ready_at and row.created_at else None,
+        }
+
+    def _log_tail(self, handle: str, replica: str, d: Deployment, lines: int) -> list[str]:
+        sup = self.tower.local.supervisor(handle)
+        out: list[str] = []
+        for c in d.containers:
+            for stream in ("out", "err"):
+                path = sup.log_dir / f"{rt.program_name(replica, c.name)}.{stream}.log"
+                out += [f"[{c.name}] {line}" for line in _tail(path, lines)]
+        return out[-lines:] if len(d.containers) == 1 else out
+
+    def workloads_by_box(self, overcloud_id: str) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in self.repo.services(overcloud_id):
+            for r in row.replicas:
+                out.setdefault(r["box"], []).append({"replica": r["name"], "service": row.name, "state": r["state"],
+                                                    "ready": r["ready"], "restarts": r["restarts"]})
+        return out
+
+
+def _status(replicas: list[dict[str, Any]], current: str) -> str:
+    if not replicas:
+        return "READY"
+    if all(r["ready"] for r in replicas):
+        return "READY"
+    if current in ("READY", "DEGRADED"):
+        return "DEGRADED"
+    return "STARTING"
+
+
+def _nearest(eps: list[dict[str, Any]], box: str, site: str) -> dict[str, Any]:
+    return min(eps, key=lambda e: (e["box"] != box, e["site"] != site, e["replica"]))
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-lines:]

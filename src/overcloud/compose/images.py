@@ -1,0 +1,238 @@
+"""Images built locally (there is no registry): one per ``images/<name>/`` of a pattern.
+
+An image directory holds ``packages`` (Debian packages, one per line, ``#`` comments) and
+``src/`` (the code, at ``/opt/app`` and on ``PYTHONPATH``). Its reference is
+``localhost/overcloud/<name>:latest``; a manifest names it with ``imagePullPolicy: Never``.
+
+* podman: ``mmdebstrap --variant=minbase --include=<packages> <codename>`` into a tar, the
+  code copied in by a hook, then ``podman import`` with ``PATH`` and ``PYTHONPATH`` set (without
+  PATH nothing is found). The tar is kept in ``<state>/images/cache/<hash>.tar``, so a lost
+  Podman store is refilled by an import (~5 s) rather than a build (~30 s).
+* process: the packages must be on the host (installed with apt-get when missing and root);
+  the code is copied to ``<state>/images/<name>/<hash>/src``.
+
+An image is rebuilt only when its content hash (packages, code, Debian release) changes.
+``index.json`` records what is built, for compose to check before anything starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from overcloud.compose import runtime as rt
+
+PREFIX = "localhost/overcloud/"
+_lock = threading.Lock()
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+def image_ref(name: str) -> str:
+    return f"{PREFIX}{name}:latest"
+
+
+def codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise ImageError("cannot tell the Debian release from /etc/os-release")
+
+
+def packages_of(image_dir: Path) -> list[str]:
+    path = image_dir / "packages"
+    if not path.exists():
+        return []
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names += line.split()
+    return names
+
+
+def content_hash(image_dir: Path) -> str:
+    h = hashlib.sha256()
+    h.update(codename().encode())
+    h.update(" ".join(sorted(packages_of(image_dir))).encode())
+    src = image_dir / "src"
+    if src.is_dir():
+        for p in sorted(src.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Images:
+    """The images a Tower's state dir holds."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = Path(state_dir) / "images"
+        self.containers_conf = self.dir / "containers.conf"
+
+    # -- index ---------------------------------------------------------------
+    def _index(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.dir / "index.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, index: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "index.json.tmp"
+        tmp.write_text(json.dumps(index, indent=1))
+        tmp.replace(self.dir / "index.json")
+
+    def list(self) -> list[dict[str, Any]]:
+        return [{"image": ref, **info} for ref, info in sorted(self._index().items())]
+
+    def ensure_conf(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.containers_conf.exists() or self.containers_conf.read_text() != rt.CONTAINERS_CONF:
+            self.containers_conf.write_text(rt.CONTAINERS_CONF)
+        return self.containers_conf
+
+    def missing(self, refs: set[str], runtime: str) -> list[str]:
+        """Which of these image references are not built for this runtime (with a reason)."""
+        index = self._index()
+        out = []
+        for ref in sorted(refs):
+            info = index.get(ref)
+            if not ref.startswith(PREFIX):
+                out.append(f"{ref} (images are built locally as {PREFIX}<name>:latest; there is no registry)")
+            elif info is None or runtime not in info.get("runtimes", {}):
+                out.append(f"{ref} (not built for the {runtime} runtime)")
+            elif runtime == "podman" and not self._podman_has(ref, info["hash"]):
+                out.append(f"{ref} (Podman's store no longer has it)")
+        return out
+
+    def process_dir(self, ref: str) -> Path:
+        info = self._index()[ref]
+        return Path(info["runtimes"]["process"]["dir"])
+
+    # -- build -----------------------------------------------------------------
+    def build_pattern(self, pattern_dir: Path, runtime: str, progress: Callable[[str], None] = lambda s: None,
+                      force: bool = False) -> list[dict[str, Any]]:
+        root = Path(pattern_dir) / "images"
+        if not root.is_dir():
+            raise ImageError(f"{pattern_dir} has no images/ directory (one folder per image: packages, src/)")
+        dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        if not dirs:
+            raise ImageError(f"{root} holds no image folders")
+        return [self.build(d, runtime, progress, force) for d in dirs]
+
+    def build(self, image_dir: Path, runtime: str, progress: Callable[[str], None] = lambda s: None,
+              force: bool = False) -> dict[str, Any]:
+        name = image_dir.name
+        ref = image_ref(name)
+        digest = content_hash(image_dir)
+        with _lock:
+            index = self._index()
+            info = index.get(ref) or {}
+            if info.get("hash") != digest:
+                info = {"hash": digest, "runtimes": {}}
+            done = runtime in info["runtimes"] and (runtime != "podman" or self._podman_has(ref, digest))
+            if done and not force:
+                progress(f"{ref}: up to date ({digest})")
+                return {"image": ref, "hash": digest, "runtime": runtime, "built": False}
+            if runtime == "podman":
+                info["runtimes"]["podman"] = self._build_podman(image_dir, ref, digest, progress)
+            elif runtime == "process":
+                info["runtimes"]["process"] = self._build_process(image_dir, ref, digest, progress)
+            else:
+                raise ImageError(f"unknown runtime {runtime!r} (podman or process)")
+            info["built_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+            index = self._index()
+            index[ref] = info
+            self._save(index)
+        return {"image": ref, "hash": digest, "runtime": runtime, "built": True}
+
+    def _build_process(self, image_dir: Path, ref: str, digest: str, progress) -> dict[str, Any]:
+        packages = packages_of(image_dir)
+        missing = [p for p in packages if not _installed(p)]
+        if missing:
+            if os.geteuid() != 0:
+                raise ImageError(f"{ref}: Debian packages {', '.join(missing)} are not installed on this host "
+                                 "(run as root, or apt-get install them)")
+            progress(f"{ref}: apt-get install {' '.join(missing)}")
+            r = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+                               capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            if r.returncode != 0:
+                raise ImageError(f"{ref}: apt-get install failed: {r.stderr.strip()[-500:]}")
+        target = self.dir / ref[len(PREFIX):].split(":")[0] / digest
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        if (image_dir / "src").is_dir():
+            shutil.copytree(image_dir / "src", target / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / "src").mkdir()
+        progress(f"{ref}: process image at {target}")
+        return {"dir": str(target), "packages": packages}
+
+    def _build_podman(self, image_dir: Path, ref: str, digest: str, progress) -> dict[str, Any]:
+        if not rt.podman_available():
+            raise ImageError("podman and runc are not installed; build for the process runtime instead "
+                             "(`--runtime process`) or run `make install` as root")
+        cache = self.dir / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        tar = cache / f"{image_dir.name}-{digest}.tar"
+        if not tar.exists():
+            if shutil.which("mmdebstrap") is None:
+                raise ImageError("mmdebstrap is not installed (`make install` installs it as root)")
+            packages = ["python3", *packages_of(image_dir)]
+            src = image_dir / "src"
+            hook = f'mkdir -p "$1/opt/app"' + (f' && cp -a {_q(src)}/. "$1/opt/app/"' if src.is_dir() else "")
+            progress(f"{ref}: mmdebstrap {codename()} with {', '.join(packages)} (~30 s)")
+            partial = tar.with_suffix(".partial")
+            r = subprocess.run(
+                ["mmdebstrap", "--variant=minbase", "--quiet", f"--include={','.join(sorted(set(packages)))}",
+                 f"--customize-hook={hook}", "--customize-hook=rm -rf \"$1/var/cache/apt\"/*.bin", codename(), str(partial)],
+                capture_output=True, text=True,
+            )
+            if r.returncode != 0:
+                partial.unlink(missing_ok=True)
+                raise ImageError(f"{ref}: mmdebstrap failed: {r.stderr.strip()[-800:]}")
+            partial.replace(tar)
+            for old in cache.glob(f"{image_dir.name}-*.tar"):
+                if old != tar:
+                    old.unlink()
+        progress(f"{ref}: podman import")
+        r = subprocess.run(
+            ["podman", "import", "--change", f"ENV PATH={rt.PATH}", "--change", "ENV PYTHONPATH=/opt/app",
+             "--change", "WORKDIR /tmp", "--change", f"LABEL overcloud.io/hash={digest}", str(tar), ref],
+            capture_output=True, text=True, env=self.podman_env(),
+        )
+        if r.returncode != 0:
+            raise ImageError(f"{ref}: podman import failed: {r.stderr.strip()[-500:]}")
+        return {"tar": str(tar)}
+
+    def podman_env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": str(self.ensure_conf())}
+
+    def _podman_has(self, ref: str, digest: str) -> bool:
+        if not rt.podman_available():
+            return False
+        r = subprocess.run(["podman", "image", "inspect", "--format", '{{index .Labels "overcloud.io/hash"}}', ref],
+                           capture_output=True, text=True, env=self.podman_env())
+        return r.returncode == 0 and r.stdout.strip() == digest
+
+
+def _installed(package: str) -> bool:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return r.returncode == 0 and "install ok installed" in r.stdout
+
+
+def _q(p: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(p))

@@ -1,0 +1,614 @@
+"""A service pattern: Kubernetes-style manifests (Deployment, Service, ConfigMap), checked
+against the subset OverCloud runs, and normalised into plain dataclasses.
+
+The subset is a whitelist: every field a manifest carries is either understood or refused
+with the manifest, the field's path and the reason (:class:`PatternError`). Nothing is
+silently ignored, so a pattern that composes here means what it says on a real Kubernetes
+cluster too (the manifests are valid ``apps/v1``/``v1`` objects).
+
+A pattern arrives as a directory (its top-level ``*.yaml``/``*.yml`` files, like
+``kubectl apply -f DIR``; images are under ``images/``), as multi-document YAML text, or as a
+tar.gz of such a directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_PATTERN_BYTES = 10 * 1024 * 1024
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Service name (RFC 1035 label)
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+VAR_REF = re.compile(r"\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+
+KINDS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1"}
+
+
+class PatternError(ValueError):
+    """One problem in a pattern: which manifest, which field, and why."""
+
+    def __init__(self, manifest: str, field: str | None, reason: str):
+        self.manifest, self.field, self.reason = manifest, field, reason
+        where = f"{manifest}: {field}" if field else manifest
+        super().__init__(f"{where}: {reason}")
+
+
+# -- quantities -------------------------------------------------------------
+_MEM_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def parse_memory(value: Any) -> int:
+    """A Kubernetes memory quantity ("128Mi", "1G", 1048576) in bytes; ValueError otherwise."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a memory quantity (like 128Mi or 1Gi)")
+    return int(float(m.group(1)) * _MEM_SUFFIX[m.group(2) or ""])
+
+
+def parse_cpu(value: Any) -> float:
+    """A Kubernetes CPU quantity ("250m", "0.5", 1) in cores; ValueError otherwise."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(m)?", str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a CPU quantity (like 250m or 0.5)")
+    cores = float(m.group(1))
+    return cores / 1000 if m.group(2) else cores
+
+
+def format_memory(n: int) -> str:
+    return f"{n // 2**20}Mi" if n % 2**20 == 0 or n >= 2**20 else f"{n}"
+
+
+# -- the normalised pattern -------------------------------------------------
+@dataclasses.dataclass
+class Probe:
+    kind: str  # "http" | "tcp" | "exec"
+    port: int | None = None
+    path: str = "/"
+    command: list[str] = dataclasses.field(default_factory=list)
+    initial_delay: float = 0.0
+    period: float = 1.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclasses.dataclass
+class Container:
+    name: str
+    image: str
+    command: list[str]
+    args: list[str]
+    env: list[tuple[str, str]]  # resolved (ConfigMaps applied), in order
+    ports: list[int]
+    working_dir: str | None
+    cpu_request: float
+    memory_request: int
+    cpu_limit: float | None
+    memory_limit: int | None
+    readiness: Probe | None
+    liveness: Probe | None
+
+
+@dataclasses.dataclass
+class Deployment:
+    name: str
+    replicas: int
+    labels: dict[str, str]
+    node_selector: dict[str, str]
+    containers: list[Container]
+
+    @property
+    def cpu_request(self) -> float:
+        return sum(c.cpu_request for c in self.containers)
+
+    @property
+    def memory_request(self) -> int:
+        return sum(c.memory_request for c in self.containers)
+
+    @property
+    def images(self) -> set[str]:
+        return {c.image for c in self.containers}
+
+
+@dataclasses.dataclass
+class ServicePort:
+    name: str | None
+    port: int
+
+
+@dataclasses.dataclass
+class Service:
+    name: str
+    selector: dict[str, str]
+    ports: list[ServicePort]
+
+    def selects(self, d: Deployment) -> bool:
+        return all(d.labels.get(k) == v for k, v in self.selector.items())
+
+
+@dataclasses.dataclass
+class Pattern:
+    deployments: list[Deployment]
+    services: list[Service]
+    configmaps: dict[str, dict[str, str]]
+    documents: list[dict[str, Any]]  # the manifests as given (for the record)
+
+    def deployment(self, name: str) -> Deployment:
+        return next(d for d in self.deployments if d.name == name)
+
+    def services_of(self, d: Deployment) -> list[Service]:
+        return [s for s in self.services if s.selects(d)]
+
+    def depends_on(self, d: Deployment) -> list[str]:
+        """Services this Deployment names in its environment (``mqtt``, ``http://notifier:8080``),
+        other than its own: it starts once each has a ready endpoint."""
+        own = {s.name for s in self.services_of(d)}
+        names = {s.name for s in self.services} - own
+        found: list[str] = []
+        for c in d.containers:
+            for _, value in c.env:
+                for token in re.split(r"[^-a-z0-9]+", value.lower()):
+                    if token in names and token not in found:
+                        found.append(token)
+        return found
+
+    def start_order(self) -> list[list[str]]:
+        """Deployments in waves: each wave only needs Services of earlier waves."""
+        providers = {s.name: [d.name for d in self.deployments if s.selects(d)] for s in self.services}
+        needs = {d.name: {p for svc in self.depends_on(d) for p in providers[svc]} - {d.name} for d in self.deployments}
+        waves: list[list[str]] = []
+        done: set[str] = set()
+        while len(done) < len(needs):
+            wave = [n for n in needs if n not in done and needs[n] <= done]
+            if not wave:
+                cycle = sorted(n for n in needs if n not in done)
+                raise PatternError(
+                    f"Deployment/{cycle[0]}", "spec.template.spec.containers[].env",
+                    f"the Deployments {', '.join(cycle)} wait for each other's Services (a cycle); "
+                    "break it so that one of them starts first",
+                )
+            waves.append(wave)
+            done.update(wave)
+        return waves
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Pattern":
+        def probe(p):
+            return Probe(**p) if p else None
+
+        deployments = []
+        for d in data["deployments"]:
+            containers = [
+                Container(**{**c, "env": [tuple(e) for e in c["env"]], "readiness": probe(c["readiness"]),
+                             "liveness": probe(c["liveness"])})
+                for c in d["containers"]
+            ]
+            deployments.append(Deployment(**{**d, "containers": containers}))
+        services = [Service(name=s["name"], selector=s["selector"], ports=[ServicePort(**p) for p in s["ports"]])
+                    for s in data["services"]]
+        return cls(deployments, services, data["configmaps"], data["documents"])
+
+
+# -- loading ----------------------------------------------------------------
+def load_documents(source: str | bytes | Path) -> list[dict[str, Any]]:
+    """Manifests from a directory, a YAML file, YAML text, or tar.gz bytes."""
+    if isinstance(source, Path):
+        if source.is_dir():
+            files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not files:
+                raise PatternError(str(source), None, "no *.yaml or *.yml manifests in this directory")
+            size = sum(p.stat().st_size for p in files)
+            if size > MAX_PATTERN_BYTES:
+                raise PatternError(str(source), None, f"the manifests are {size} bytes; a pattern is at most 10 MiB")
+            docs: list[dict[str, Any]] = []
+            for p in files:
+                docs += _parse_yaml(p.read_text(), p.name)
+            return docs
+        return _parse_yaml(source.read_text(), source.name)
+    if isinstance(source, bytes):
+        if len(source) > MAX_PATTERN_BYTES:
+            raise PatternError("pattern", None, f"the pattern is {len(source)} bytes; at most 10 MiB")
+        if source[:2] == b"\x1f\x8b":
+            return _from_tar(source)
+        try:
+            source = source.decode()
+        except UnicodeDecodeError:
+            raise PatternError("pattern", None, "neither UTF-8 YAML nor a tar.gz") from None
+    if len(source.encode()) > MAX_PATTERN_BYTES:
+        raise PatternError("pattern", None, "the pattern is over 10 MiB")
+    return _parse_yaml(source, "pattern")
+
+
+def _from_tar(data: bytes) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+            for m in members:
+                parts = Path(m.name).parts
+                parts = parts[1:] if len(parts) > 1 and parts[0] == "." else parts
+                # like a directory: top-level manifests only (one optional leading folder)
+                if Path(m.name).suffix not in (".yaml", ".yml") or len(parts) > 2 or "images" in parts:
+                    continue
+                total += m.size
+                if total > MAX_PATTERN_BYTES:
+                    raise PatternError("pattern", None, "the unpacked manifests are over 10 MiB")
+                f = tar.extractfile(m)
+                docs += _parse_yaml(f.read().decode(), m.name)
+    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise PatternError("pattern", None, f"not a readable tar.gz of YAML manifests: {exc}") from None
+    if not docs:
+        raise PatternError("pattern", None, "the tar.gz holds no *.yaml or *.yml manifests")
+    return docs
+
+
+def _parse_yaml(text: str, source: str) -> list[dict[str, Any]]:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PatternError(source, None, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict):
+            raise PatternError(f"{source} document {i + 1}", None, "a manifest must be a mapping with apiVersion and kind")
+        if d.get("kind") == "List" and isinstance(d.get("items"), list):
+            raise PatternError(f"{source} document {i + 1}", "kind", "List is not supported; give the items as YAML documents")
+    if not docs:
+        raise PatternError(source, None, "no manifests in it")
+    return docs
+
+
+# -- checking ---------------------------------------------------------------
+class _Check:
+    """Field-by-field walk of one manifest against the whitelist."""
+
+    def __init__(self, manifest: str):
+        self.manifest = manifest
+
+    def fail(self, field: str | None, reason: str) -> PatternError:
+        return PatternError(self.manifest, field, reason)
+
+    def mapping(self, value: Any, field: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(field, "must be a mapping")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{field}.{key}" if field else key,
+                                f"not supported by OverCloud (supported here: {', '.join(sorted(allowed))})")
+        for key in required:
+            if key not in value:
+                raise self.fail(f"{field}.{key}" if field else key, "is required")
+        return value
+
+    def string(self, value: Any, field: str, pattern: re.Pattern | None = None, what: str = "") -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(field, "must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(field, f"{value!r} is not a valid {what or 'value'}")
+        return value
+
+    def strings(self, value: Any, field: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            raise self.fail(field, "must be a list of strings")
+        return [str(v) for v in value]
+
+    def integer(self, value: Any, field: str, low: int, high: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self.fail(field, f"must be an integer from {low} to {high}")
+        return value
+
+    def number(self, value: Any, field: str, low: float, high: float) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+            raise self.fail(field, f"must be a number from {low} to {high}")
+        return float(value)
+
+    def labels(self, value: Any, field: str) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise self.fail(field, "must be a mapping of label keys to values")
+        for k, v in value.items():
+            if not isinstance(k, str) or not LABEL_KEY.match(k):
+                raise self.fail(f"{field}.{k}", "is not a valid label key")
+            if not isinstance(v, str) or not LABEL_VALUE.match(v):
+                raise self.fail(f"{field}.{k}", f"{v!r} is not a valid label value (a string; quote numbers and booleans)")
+        return dict(value)
+
+
+def _metadata(check: _Check, doc: dict[str, Any], name_rule: re.Pattern, what: str) -> str:
+    meta = check.mapping(doc.get("metadata"), "metadata", {"name", "labels", "annotations", "namespace"}, {"name"})
+    name = check.string(meta["name"], "metadata.name", name_rule, what)
+    if "namespace" in meta and meta["namespace"] != "default":
+        raise check.fail("metadata.namespace", "a pattern lives in the OverCloud's one namespace; leave it out or use 'default'")
+    if "labels" in meta:
+        check.labels(meta["labels"], "metadata.labels")
+    if "annotations" in meta and not isinstance(meta["annotations"], dict):
+        raise check.fail("metadata.annotations", "must be a mapping")
+    return name
+
+
+def _probe(check: _Check, value: Any, field: str, ports: dict[str, int]) -> Probe:
+    p = check.mapping(value, field, {"httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds",
+                                     "timeoutSeconds", "failureThreshold", "successThreshold"})
+    handlers = [k for k in ("httpGet", "tcpSocket", "exec") if k in p]
+    if len(handlers) != 1:
+        raise check.fail(field, "needs exactly one of httpGet, tcpSocket, exec")
+    kind = handlers[0]
+
+    def port_of(v: Any, f: str) -> int:
+        if isinstance(v, str):
+            if v not in ports:
+                raise check.fail(f, f"names no port of this container ({', '.join(ports) or 'it has no named ports'})")
+            return ports[v]
+        return check.integer(v, f, 1, 65535)
+
+    probe = Probe(kind={"httpGet": "http", "tcpSocket": "tcp", "exec": "exec"}[kind])
+    if kind == "httpGet":
+        h = check.mapping(p[kind], f"{field}.httpGet", {"path", "port", "scheme"}, {"port"})
+        if h.get("scheme", "HTTP") != "HTTP":
+            raise check.fail(f"{field}.httpGet.scheme", "only HTTP probes are supported")
+        probe.port = port_of(h["port"], f"{field}.httpGet.port")
+        probe.path = check.string(h.get("path", "/"), f"{field}.httpGet.path")
+    elif kind == "tcpSocket":
+        t = check.mapping(p[kind], f"{field}.tcpSocket", {"port"}, {"port"})
+        probe.port = port_of(t["port"], f"{field}.tcpSocket.port")
+    else:
+        e = check.mapping(p[kind], f"{field}.exec", {"command"}, {"command"})
+        probe.command = check.strings(e["command"], f"{field}.exec.command")
+        if not probe.command:
+            raise check.fail(f"{field}.exec.command", "must not be empty")
+    # whole seconds, as Kubernetes has them
+    probe.initial_delay = check.integer(p.get("initialDelaySeconds", 0), f"{field}.initialDelaySeconds", 0, 3600)
+    probe.period = check.integer(p.get("periodSeconds", 10), f"{field}.periodSeconds", 1, 3600)
+    probe.timeout = check.integer(p.get("timeoutSeconds", 1), f"{field}.timeoutSeconds", 1, 60)
+    probe.failure_threshold = check.integer(p.get("failureThreshold", 3), f"{field}.failureThreshold", 1, 100)
+    probe.success_threshold = check.integer(p.get("successThreshold", 1), f"{field}.successThreshold", 1, 100)
+    return probe
+
+
+def _resources(check: _Check, value: Any, field: str) -> tuple[float, int, float | None, int | None]:
+    r = check.mapping(value or {}, field, {"requests", "limits"})
+    out: dict[str, dict[str, float | int]] = {}
+    for part in ("requests", "limits"):
+        q = check.mapping(r.get(part) or {}, f"{field}.{part}", {"cpu", "memory"})
+        out[part] = {}
+        for key, parse in (("cpu", parse_cpu), ("memory", parse_memory)):
+            if key in q:
+                try:
+                    out[part][key] = parse(q[key])
+                except ValueError as exc:
+                    raise check.fail(f"{field}.{part}.{key}", str(exc)) from None
+    req, lim = out["requests"], out["limits"]
+    # as in Kubernetes: a limit without a request requests the limit
+    cpu_req = req.get("cpu", lim.get("cpu", 0.0))
+    mem_req = req.get("memory", lim.get("memory", 0))
+    for key, have in (("cpu", cpu_req), ("memory", mem_req)):
+        if key in lim and have > lim[key]:
+            raise check.fail(f"{field}.requests.{key}", f"the request is above the limit ({lim[key]})")
+    return float(cpu_req), int(mem_req), lim.get("cpu"), (int(lim["memory"]) if "memory" in lim else None)
+
+
+def _env(check: _Check, c: dict[str, Any], field: str, configmaps: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
+    env: dict[str, str] = {}
+    for i, src in enumerate(c.get("envFrom") or []):
+        f = f"{field}.envFrom[{i}]"
+        s = check.mapping(src, f, {"configMapRef", "prefix"}, {"configMapRef"})
+        ref = check.mapping(s["configMapRef"], f"{f}.configMapRef", {"name", "optional"}, {"name"})
+        cm = configmaps.get(ref["name"])
+        if cm is None:
+            if ref.get("optional"):
+                continue
+            raise check.fail(f"{f}.configMapRef.name", f"no ConfigMap {ref['name']!r} in this pattern")
+        for k, v in cm.items():
+            env[str(s.get("prefix", "")) + k] = v
+    if not isinstance(c.get("env", []), list):
+        raise check.fail(f"{field}.env", "must be a list")
+    for i, item in enumerate(c.get("env") or []):
+        f = f"{field}.env[{i}]"
+        e = check.mapping(item, f, {"name", "value", "valueFrom"}, {"name"})
+        name = check.string(e["name"], f"{f}.name", ENV_NAME, "environment variable name")
+        if "valueFrom" in e:
+            vf = check.mapping(e["valueFrom"], f"{f}.valueFrom", {"configMapKeyRef"}, {"configMapKeyRef"})
+            ref = check.mapping(vf["configMapKeyRef"], f"{f}.valueFrom.configMapKeyRef", {"name", "key", "optional"}, {"name", "key"})
+            cm = configmaps.get(ref["name"])
+            if cm is None or ref["key"] not in cm:
+                if ref.get("optional"):
+                    continue
+                raise check.fail(f"{f}.valueFrom.configMapKeyRef", f"no key {ref['key']!r} in ConfigMap {ref['name']!r}")
+            value = cm[ref["key"]]
+        else:
+            value = e.get("value", "")
+            if not isinstance(value, str):
+                raise check.fail(f"{f}.value", "must be a string (quote numbers and booleans)")
+        # $(VAR) refers to a variable defined earlier, as in Kubernetes
+        env[name] = VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), value)
+    return list(env.items())
+
+
+CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports", "resources",
+                    "readinessProbe", "livenessProbe", "workingDir"}
+
+
+def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str, str]]) -> Container:
+    c = check.mapping(c, field, CONTAINER_FIELDS, {"name", "image"})
+    name = check.string(c["name"], f"{field}.name", DNS_LABEL, "container name")
+    image = check.string(c["image"], f"{field}.image")
+    policy = c.get("imagePullPolicy", "Never")
+    if policy not in ("Never", "IfNotPresent"):
+        raise check.fail(f"{field}.imagePullPolicy", "there is no registry: use Never (images are built locally with "
+                         "`overcloud images build`)")
+    if "command" not in c:
+        raise check.fail(f"{field}.command", "is required here: images built by OverCloud have no entrypoint")
+    command = check.strings(c["command"], f"{field}.command")
+    if not command:
+        raise check.fail(f"{field}.command", "must not be empty")
+    args = check.strings(c.get("args", []), f"{field}.args")
+    ports: dict[str, int] = {}
+    plain: list[int] = []
+    if not isinstance(c.get("ports", []), list):
+        raise check.fail(f"{field}.ports", "must be a list")
+    for i, p in enumerate(c.get("ports") or []):
+        f = f"{field}.ports[{i}]"
+        p = check.mapping(p, f, {"containerPort", "name", "protocol"}, {"containerPort"})
+        port = check.integer(p["containerPort"], f"{f}.containerPort", 1, 65535)
+        if p.get("protocol", "TCP") != "TCP":
+            raise check.fail(f"{f}.protocol", "only TCP ports are supported")
+        if "name" in p:
+            ports[check.string(p["name"], f"{f}.name", DNS_LABEL, "port name")] = port
+        plain.append(port)
+    env = _env(check, c, field, configmaps)
+    values = dict(env)
+
+    def expand(s: str) -> str:
+        return VAR_REF.sub(lambda m: values.get(m.group(1), m.group(0)), s)
+
+    cpu_req, mem_req, cpu_lim, mem_lim = _resources(check, c.get("resources"), f"{field}.resources")
+    working_dir = c.get("workingDir")
+    if working_dir is not None and (not isinstance(working_dir, str) or not working_dir.startswith("/")):
+        raise check.fail(f"{field}.workingDir", "must be an absolute path")
+    return Container(
+        name=name, image=image, command=[expand(s) for s in command], args=[expand(s) for s in args], env=env,
+        ports=plain, working_dir=working_dir, cpu_request=cpu_req, memory_request=mem_req, cpu_limit=cpu_lim,
+        memory_limit=mem_lim,
+        readiness=_probe(check, c["readinessProbe"], f"{field}.readinessProbe", ports) if "readinessProbe" in c else None,
+        liveness=_probe(check, c["livenessProbe"], f"{field}.livenessProbe", ports) if "livenessProbe" in c else None,
+    )
+
+
+def _deployment(check: _Check, doc: dict[str, Any], name: str, configmaps: dict[str, dict[str, str]]) -> Deployment:
+    spec = check.mapping(doc.get("spec"), "spec", {"replicas", "selector", "template", "strategy",
+                                                   "minReadySeconds", "revisionHistoryLimit"}, {"selector", "template"})
+    replicas = check.integer(spec.get("replicas", 1), "spec.replicas", 0, 100)
+    sel = check.mapping(spec["selector"], "spec.selector", {"matchLabels"}, {"matchLabels"})
+    match = check.labels(sel["matchLabels"], "spec.selector.matchLabels")
+    tmpl = check.mapping(spec["template"], "spec.template", {"metadata", "spec"}, {"metadata", "spec"})
+    tmeta = check.mapping(tmpl["metadata"], "spec.template.metadata", {"labels", "annotations", "name"}, {"labels"})
+    labels = check.labels(tmeta["labels"], "spec.template.metadata.labels")
+    for k, v in match.items():
+        if labels.get(k) != v:
+            raise check.fail("spec.selector.matchLabels", f"{k}={v} is not among the template's labels "
+                             "(Kubernetes refuses such a Deployment)")
+    pod = check.mapping(tmpl["spec"], "spec.template.spec", {"containers", "nodeSelector", "restartPolicy",
+                                                              "terminationGracePeriodSeconds"}, {"containers"})
+    if pod.get("restartPolicy", "Always") != "Always":
+        raise check.fail("spec.template.spec.restartPolicy", "a Deployment's pods restart Always (as in Kubernetes)")
+    node_selector = check.labels(pod.get("nodeSelector") or {}, "spec.template.spec.nodeSelector")
+    if not isinstance(pod["containers"], list) or not pod["containers"]:
+        raise check.fail("spec.template.spec.containers", "must list at least one container")
+    containers = [_container(check, c, f"spec.template.spec.containers[{i}]", configmaps) for i, c in enumerate(pod["containers"])]
+    seen: set[str] = set()
+    for i, c in enumerate(containers):
+        if c.name in seen:
+            raise check.fail(f"spec.template.spec.containers[{i}].name", f"two containers are named {c.name!r}")
+        seen.add(c.name)
+    ports = [p for c in containers for p in c.ports]
+    if len(ports) != len(set(ports)):
+        raise check.fail("spec.template.spec.containers", "two containers of one pod listen on the same port")
+    if "strategy" in spec:
+        check.mapping(spec["strategy"], "spec.strategy", {"type"})
+    return Deployment(name=name, replicas=replicas, labels=labels, node_selector=node_selector, containers=containers)
+
+
+def _service(check: _Check, doc: dict[str, Any], name: str) -> Service:
+    spec = check.mapping(doc.get("spec"), "spec", {"selector", "ports", "type"}, {"selector", "ports"})
+    if spec.get("type", "ClusterIP") != "ClusterIP":
+        raise check.fail("spec.type", "only ClusterIP Services are supported (every box of the OverCloud reaches them; "
+                         "the Tower's host reaches replicas on their boxes' site addresses)")
+    selector = check.labels(spec["selector"], "spec.selector")
+    if not selector:
+        raise check.fail("spec.selector", "must select the pods it serves")
+    if not isinstance(spec["ports"], list) or not spec["ports"]:
+        raise check.fail("spec.ports", "must list at least one port")
+    ports = []
+    for i, p in enumerate(spec["ports"]):
+        f = f"spec.ports[{i}]"
+        p = check.mapping(p, f, {"name", "port", "targetPort", "protocol"}, {"port"})
+        port = check.integer(p["port"], f"{f}.port", 1, 65535)
+        if p.get("protocol", "TCP") != "TCP":
+            raise check.fail(f"{f}.protocol", "only TCP is supported")
+        if "targetPort" in p and p["targetPort"] != port:
+            raise check.fail(f"{f}.targetPort", "must equal port: a Service name resolves straight to its replicas' "
+                             "overlay addresses (no proxy in between), so the port cannot be translated")
+        ports.append(ServicePort(name=p.get("name"), port=port))
+    return Service(name=name, selector=selector, ports=ports)
+
+
+def _configmap(check: _Check, doc: dict[str, Any]) -> dict[str, str]:
+    check.mapping(doc, "", {"apiVersion", "kind", "metadata", "data"})
+    data = doc.get("data") or {}
+    if not isinstance(data, dict):
+        raise check.fail("data", "must be a mapping of keys to strings")
+    for k, v in data.items():
+        if not isinstance(k, str) or not ENV_NAME.match(k):
+            raise check.fail(f"data.{k}", "is not a valid ConfigMap key")
+        if not isinstance(v, str):
+            raise check.fail(f"data.{k}", "must be a string (quote numbers and booleans)")
+    return dict(data)
+
+
+def parse(documents: list[dict[str, Any]]) -> Pattern:
+    """Check every manifest against the supported subset; raise the first problem found."""
+    if len(documents) > 200:
+        raise PatternError("pattern", None, f"{len(documents)} manifests; at most 200")
+    named: dict[tuple[str, str], int] = {}
+    configmaps: dict[str, dict[str, str]] = {}
+    pending: list[tuple[_Check, dict[str, Any], str, str]] = []
+    for i, doc in enumerate(documents):
+        kind = doc.get("kind")
+        label = f"document {i + 1}"
+        if kind not in KINDS:
+            raise PatternError(label, "kind", f"{kind!r} is not supported (supported: {', '.join(KINDS)})")
+        raw_name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+        check = _Check(f"{kind}/{raw_name}" if isinstance(raw_name, str) else f"{kind} ({label})")
+        if doc.get("apiVersion") != KINDS[kind]:
+            raise check.fail("apiVersion", f"a {kind} is apiVersion {KINDS[kind]!r}")
+        check.mapping(doc, "", {"apiVersion", "kind", "metadata", "spec", "data"})
+        name = _metadata(check, doc, DNS_LABEL if kind == "Service" else DNS_SUBDOMAIN,
+                         "Service name (lower-case letters, digits and '-', starting with a letter)" if kind == "Service"
+                         else "name")
+        if (kind, name) in named:
+            raise check.fail("metadata.name", f"two {kind}s are named {name!r} (documents {named[(kind, name)] + 1} and {i + 1})")
+        named[(kind, name)] = i
+        if kind == "ConfigMap":
+            configmaps[name] = _configmap(check, doc)
+        else:
+            if "data" in doc:
+                raise check.fail("data", f"a {kind} has no data field")
+            pending.append((check, doc, kind, name))
+    deployments, services = [], []
+    for check, doc, kind, name in pending:
+        if kind == "Deployment":
+            deployments.append(_deployment(check, doc, name, configmaps))
+        else:
+            services.append(_service(check, doc, name))
+    if not deployments:
+        raise PatternError("pattern", None, "no Deployment: nothing to run")
+    pattern = Pattern(deployments, services, configmaps, documents)
+    for s in services:
+        if not any(s.selects(d) for d in deployments):
+            raise PatternError(f"Service/{s.name}", "spec.selector", f"{s.selector} selects no Deployment's pods")
+        for d in pattern.deployments:
+            if s.selects(d):
+                listening = {p for c in d.containers for p in c.ports}
+                for j, p in enumerate(s.ports):
+                    if listening and p.port not in listening:
+                        raise PatternError(f"Service/{s.name}", f"spec.ports[{j}].port",
+                                           f"Deployment/{d.name} declares no containerPort {p.port}")
+    pattern.start_order()  # raises on a cycle
+    return pattern
+
+
+def load(source: str | bytes | Path) -> Pattern:
+    return parse(load_documents(source))
