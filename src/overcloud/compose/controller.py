@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,17 +125,29 @@ class ServiceController:
         return {s.name: dict(s.labels) for s in self.tower.settings.sites}
 
     def _nodes(self, oc_row, exclude: str | None = None) -> list[pl.Node]:
-        nodes = pl.nodes_from_boxes(oc_row.boxes, self.site_labels(), self._out.get(oc_row.id, set()))
+        """Cluster boxes with what is used on them: requests of placed replicas, and every TCP
+        port listening in the box now (OverCloud's own programs among them)."""
+        listening = {}
+        for b in oc_row.boxes:
+            if b.role == "cluster" and b.name not in self._out.get(oc_row.id, set()):
+                try:
+                    listening[b.name] = self.tower.local.transport(b).call(_listening_ports)
+                except OSError:
+                    listening[b.name] = set()
+        nodes = pl.nodes_from_boxes(oc_row.boxes, self.site_labels(), self._out.get(oc_row.id, set()), listening)
         by_name = {n.name: n for n in nodes}
         for row in self.repo.services(oc_row.id):
-            if row.name == exclude:
-                continue
             d, _ = deployment_of(row.spec)
             for r in row.replicas:
                 n = by_name.get(r["box"])
-                if n is not None:
-                    n.used_cpu += d.cpu_request
-                    n.used_memory += d.memory_request
+                if n is None:
+                    continue
+                if row.name == exclude:
+                    n.ports -= pl.ports_of(d)  # its own replicas' ports are free for it again
+                    continue
+                n.used_cpu += d.cpu_request
+                n.used_memory += d.memory_request
+                n.ports |= pl.ports_of(d)
         return nodes
 
     def compose(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None = None, dry_run: bool = False) -> dict[str, Any]:
@@ -252,7 +265,10 @@ class ServiceController:
                     logger.warning("removing %s from %s: %s", r["name"], box.name, exc)
                 for f in programs:
                     (sup.programs_dir / f"{f}.conf").unlink(missing_ok=True)
+                    for stream in ("out", "err"):
+                        (sup.log_dir / f"{f}.{stream}.log").unlink(missing_ok=True)
             self._kill_pids(r)
+            shutil.rmtree(self._workdir(overcloud_id, r["name"]), ignore_errors=True)
             if row.runtime == "podman":
                 for c in d.containers:
                     subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore",
@@ -525,6 +541,7 @@ class ServiceController:
             if n is not None:
                 n.used_cpu += d.cpu_request
                 n.used_memory += d.memory_request
+                n.ports |= pl.ports_of(d)
         try:
             [a] = pl.place_replicas(d, nodes, [r["index"]], existing=others)
         except pl.PlacementError as exc:
@@ -637,6 +654,22 @@ def _status(replicas: list[dict[str, Any]], current: str) -> str:
 
 def _nearest(eps: list[dict[str, Any]], box: str, site: str) -> dict[str, Any]:
     return min(eps, key=lambda e: (e["box"] != box, e["site"] != site, e["replica"]))
+
+
+def _listening_ports() -> set[int]:
+    """TCP ports in LISTEN state in the calling thread's network namespace."""
+    ports: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/thread-self/net/{name}") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A":
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
 
 
 def _start_time(pid: int) -> int | None:

@@ -193,14 +193,14 @@ class Images:
             src = image_dir / "src"
             hook = f'mkdir -p "$1/opt/app"' + (f' && cp -a {_q(src)}/. "$1/opt/app/"' if src.is_dir() else "")
             progress(f"{ref}: mmdebstrap {codename()} with {', '.join(packages)} (~30 s)")
-            partial = tar.with_suffix(".partial")
+            partial = tar.with_name(tar.stem + ".partial.tar")
             r = subprocess.run(
                 ["mmdebstrap", "--variant=minbase", "--quiet", f"--include={','.join(sorted(set(packages)))}",
                  f"--customize-hook={hook}", "--customize-hook=rm -rf \"$1/var/cache/apt\"/*.bin", codename(), str(partial)],
                 capture_output=True, text=True,
             )
             if r.returncode != 0:
-                partial.unlink(missing_ok=True)
+                shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
                 raise ImageError(f"{ref}: mmdebstrap failed: {r.stderr.strip()[-800:]}")
             partial.replace(tar)
             for old in cache.glob(f"{image_dir.name}-*.tar"):

@@ -38,6 +38,9 @@ class Node:
     used_cpu: float = 0.0
     used_memory: int = 0
     schedulable: bool = True
+    # TCP ports taken in the box's namespace (OverCloud's own programs, other replicas):
+    # replicas share their box's network namespace, so a port is like a Kubernetes hostPort
+    ports: set[int] = dataclasses.field(default_factory=set)
 
     @property
     def free_cpu(self) -> float:
@@ -58,12 +61,13 @@ def box_labels(box: Any, site_labels: dict[str, dict[str, str]] | None = None) -
 
 
 def nodes_from_boxes(boxes: Iterable[Any], site_labels: dict[str, dict[str, str]] | None = None,
-                     unschedulable: Iterable[str] = ()) -> list[Node]:
+                     unschedulable: Iterable[str] = (), listening: dict[str, set[int]] | None = None) -> list[Node]:
     """Cluster boxes become nodes; the DevOps Post runs the OverCloud's own services only."""
     bad = set(unschedulable)
     return [
-        Node(name=b.name, site=b.site, labels=box_labels(b, site_labels), cpus=float(b.cpus if hasattr(b, "cpus") else b.flavor.cpus),
-             memory=int((b.memory_mb if hasattr(b, "memory_mb") else b.flavor.memory_mb) * 2**20), schedulable=b.name not in bad)
+        Node(name=b.name, site=b.site, labels=box_labels(b, site_labels), cpus=float(b.cpus),
+             memory=int(b.memory_mb * 2**20), schedulable=b.name not in bad,
+             ports=set((listening or {}).get(b.name, set())))
         for b in boxes if b.role == "cluster"
     ]
 
@@ -82,6 +86,10 @@ class Assignment:
     site: str
 
 
+def ports_of(d: Deployment) -> set[int]:
+    return {p for c in d.containers for p in c.ports}
+
+
 def _matches(node: Node, selector: dict[str, str]) -> bool:
     return all(node.labels.get(k) == v for k, v in selector.items())
 
@@ -97,6 +105,12 @@ def _refusal(d: Deployment, nodes: list[Node], index: int) -> str:
         return f"every box matching nodeSelector {{{selector}}} is out of service"
     where = f"in site {', '.join(sorted({n.site for n in allowed}))}" if d.node_selector else "in this OverCloud"
     need_mem, need_cpu = d.memory_request, d.cpu_request
+    wanted = ports_of(d)
+    if wanted and all(wanted & n.ports for n in allowed):
+        taken = sorted({p for n in allowed for p in wanted & n.ports})
+        return (f"replica {index + 1} of {d.replicas}: port {', '.join(map(str, taken))} is taken on every box {where} "
+                f"({', '.join(n.name for n in allowed)}); replicas share their box's network, so two listening on one "
+                "port need two boxes: lower the replicas, add boxes, or change the port")
     best_mem = max(allowed, key=lambda n: (n.free_memory, n.name))
     best_cpu = max(allowed, key=lambda n: (n.free_cpu, n.name))
     replica = f"replica {index + 1} of {d.replicas}"
@@ -119,14 +133,16 @@ def place_replicas(d: Deployment, nodes: list[Node], indexes: Iterable[int],
         on_site[a.site] = on_site.get(a.site, 0) + 1
         on_box[a.box] = on_box.get(a.box, 0) + 1
     out: list[Assignment] = []
+    wanted = ports_of(d)
     for i in indexes:
-        fits = [n for n in nodes if n.schedulable and _matches(n, d.node_selector)
+        fits = [n for n in nodes if n.schedulable and _matches(n, d.node_selector) and not (wanted & n.ports)
                 and n.free_memory >= d.memory_request and n.free_cpu >= d.cpu_request - 1e-9]
         if not fits:
             raise PlacementError(d.name, _refusal(d, nodes, i))
         n = min(fits, key=lambda n: (on_site.get(n.site, 0), on_box.get(n.name, 0), -n.free_memory, n.name))
         n.used_cpu += d.cpu_request
         n.used_memory += d.memory_request
+        n.ports |= wanted
         on_site[n.site] = on_site.get(n.site, 0) + 1
         on_box[n.name] = on_box.get(n.name, 0) + 1
         out.append(Assignment(d.name, i, n.name, n.site))

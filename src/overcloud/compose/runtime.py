@@ -116,8 +116,18 @@ def process_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[s
     env_file = workdir / f"{c.name}.env"
     write_env(env_file, env, shell=True)
     cwd = c.working_dir if c.working_dir and Path(c.working_dir).is_dir() else str(workdir)
-    argv = ["env", "-i", "sh", "-c", '. "$0" && exec "$@"', str(env_file), *c.command, *c.args]
-    return Launch(program_name(replica, c.name), argv, cwd, cleanup=[])
+    script = f". {shlex.quote(str(env_file))}\nexec {shlex.join([*c.command, *c.args])}\n"
+    return Launch(program_name(replica, c.name), ["env", "-i", "sh", str(_script(workdir, c.name, script))], cwd, cleanup=[])
+
+
+def _script(workdir: Path, name: str, text: str) -> Path:
+    """The launch script of one container (supervisord's own command parsing cannot carry
+    nested shell quoting, and a file keeps values off the command line)."""
+    path = workdir / f"{name}.sh"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    with os.fdopen(fd, "w") as f:
+        f.write("# written by OverCloud\n" + text)
+    return path
 
 
 def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
@@ -140,6 +150,7 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
     if c.cpu_limit:
         run += ["--cpus", f"{c.cpu_limit:g}"]
     run += [image_ref, *c.command, *c.args]
-    script = f"{cgroup_mount_script()}; export CONTAINERS_CONF={shlex.quote(str(containers_conf))}; exec {shlex.join(run)}"
+    script = (f"{cgroup_mount_script()}\nexport CONTAINERS_CONF={shlex.quote(str(containers_conf))}\n"
+              f"exec {shlex.join(run)}\n")
     cleanup = [["podman", "rm", "-f", "-t", "0", "--ignore", name]]
-    return Launch(program_name(replica, c.name), ["sh", "-c", script], str(workdir), cleanup)
+    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script))], str(workdir), cleanup)

@@ -108,9 +108,20 @@ class JSONHandler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a probe that hung up early
+        super().handle_error(request, client_address)
+
+
 def serve(port: int, routes: dict[tuple[str, str], Callable]) -> ThreadingHTTPServer:
     handler = type("Handler", (JSONHandler,), {"routes": {("GET", "/healthz"): lambda h: {"ok": True}, **routes}})
-    server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+    server = _Server(("0.0.0.0", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -3,8 +3,9 @@ server's CPU temperature, with a daily pattern, noise, and injectable faults.
 
 Each device publishes ``se/readings/<device>`` every INTERVAL seconds, obeys commands on
 ``se/cmd/<device>`` (``power_save`` lowers its power draw and lets the CPU cool; ``normal``
-returns) and acknowledges them on ``se/ack/<device>``. Faults come over MQTT
-(``se/fault/<device>``) or HTTP (``POST /fault?device=...&kind=overheat|power_spike|clear``).
+returns) and acknowledges them on ``se/ack/<device>``. Faults are injected over MQTT:
+``se/fault/<device>`` (or ``se/fault/all``) with ``{"kind": "overheat" | "power_spike" | "clear"}``.
+It listens on no port, so any number of simulators share a box.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import threading
 import time
 
-from smart_energy.common import env, env_float, log, mqtt_client, serve, setup_logging
+from smart_energy.common import env, env_float, log, mqtt_client, setup_logging
 
 
 class Device:
@@ -101,17 +102,6 @@ def main() -> None:
     client = mqtt_client(f"sensor-{replica}", on_message,
                          subscribe=["se/cmd/+", "se/fault/+"])
 
-    def fault(h):
-        q = h.query()
-        targets = list(devices.values()) if q.get("device", "all") == "all" else [devices[q["device"]]]
-        for d in targets:
-            d.inject(q.get("kind", "overheat"))
-        return {"injected": q.get("kind", "overheat"), "devices": [d.id for d in targets]}
-
-    serve(int(env("HTTP_PORT", "8081")), {
-        ("GET", "/devices"): lambda h: {d.id: {**d.last, "commands": d.commands[-5:]} for d in devices.values()},
-        ("POST", "/fault"): fault,
-    })
     log.info("%d devices publishing every %.2fs", len(devices), interval)
     start = time.time()
     ticks = 0
