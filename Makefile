@@ -9,7 +9,11 @@ DEB_STAMP := $(VENV)/.debs
 # What the project needs from Debian: nft for box firewalls, iproute2 for netns tools,
 # PostgreSQL for the repository tests, ping for people poking at boxes, curl for the demo,
 # python3-venv where python3 is Debian's own, Prometheus and node-exporter for the Visible Fabric.
-DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv prometheus prometheus-node-exporter
+# Service composition: podman + runc run containers, mmdebstrap builds their images (no registry),
+# and the smart-energy pattern's packages (mosquitto, paho-mqtt, boto3, prometheus-client) serve
+# the process runtime on the host; mosquitto-clients lets a person publish a fault from a box.
+DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv prometheus prometheus-node-exporter \
+	podman runc mmdebstrap util-linux mosquitto mosquitto-clients python3-paho-mqtt python3-boto3 python3-prometheus-client
 PORT ?= 6125
 
 .PHONY: install debs demo demo-stop test bench

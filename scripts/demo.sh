@@ -28,6 +28,8 @@ fi
 ID="$("$OC" --url "$URL" -o json list | .venv/bin/python -c 'import json,sys; r=[o for o in json.load(sys.stdin) if o["name"]=="demo" and o["status"]=="READY"]; print(r[-1]["overcloud_ID"] if r else "")')"
 "$OC" --url "$URL" show "$ID"
 "$OC" --url "$URL" topology "$ID"
+echo "composing the smart-energy IoT-Cloud service (the first run builds its image: ~40 s)"
+"$OC" --url "$URL" demo "$ID"
 cat <<EOT
 
 Where to look:
@@ -36,6 +38,7 @@ Where to look:
   workflow     .venv/bin/overcloud workflow $ID
   live         .venv/bin/overcloud top $ID              (per-box CPU, memory, network; busiest flows)
   graph        .venv/bin/overcloud -o dot topology $ID
+  services     .venv/bin/overcloud services $ID      (smart-energy: placement, replicas, restarts)
   datalake     .venv/bin/overcloud datalake credentials $ID   (S3 keys; endpoints are inside the OverCloud)
   API          curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/overclouds/$ID
   events       curl -N -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/overclouds/$ID/events

@@ -27,6 +27,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Repository schema.")
 app.add_typer(db_app, name="db")
 dl_app = typer.Typer(no_args_is_help=True, help="DataLakes: credentials, preserved archives.")
 app.add_typer(dl_app, name="datalake")
+images_app = typer.Typer(no_args_is_help=True, help="Images built locally for service patterns (there is no registry).")
+app.add_typer(images_app, name="images")
 out = Console()
 err = Console(stderr=True)
 
@@ -367,6 +369,187 @@ def datalake_purge(archive_id: str) -> None:
     """Delete a preserved DataLake for good."""
     Client().call("DELETE", f"/datalake/archives/{archive_id}")
     _emit({"purged": archive_id}) if STATE["output"] == Output.json else out.print(f"archive {archive_id} purged")
+
+
+# -- service composition --------------------------------------------------------------
+def _pattern_bytes(path: Path) -> tuple[bytes, str]:
+    """A pattern directory or file as a request body: the directory's top-level manifests
+    (like ``kubectl apply -f DIR``) joined as one multi-document YAML."""
+    if not path.exists():
+        raise CliError(f"{path} does not exist", 2)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise CliError(f"{path} has no *.yaml or *.yml manifests", 2)
+        return b"\n---\n".join(p.read_bytes() for p in files), "application/yaml"
+    data = path.read_bytes()
+    return data, "application/gzip" if data[:2] == b"\x1f\x8b" else "application/yaml"
+
+
+def _replica_table(services: list[dict[str, Any]], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("service", "replica", "box", "site", "state", "restarts", "endpoints", "message"):
+        t.add_column(col)
+    colors = {"READY": "green", "STARTING": "yellow", "PENDING": "white", "BACKOFF": "red", "UNPLACED": "red"}
+    for s in services:
+        eps = ", ".join(e for svc in s.get("services", []) for e in svc["endpoints"])
+        for r in s.get("replicas", []):
+            c = colors.get(r["state"], "magenta")
+            t.add_row(s["name"], r["name"], r["box"], r["site"], f"[{c}]{r['state']}[/]", str(r["restarts"]), eps,
+                      r.get("message") or "")
+            eps = ""
+    return t
+
+
+@app.command()
+def compose(
+    overcloud_id: str,
+    path: Annotated[Path, typer.Argument(help="a pattern directory, a multi-document YAML, or a tar.gz")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the placement and start order; start nothing")] = False,
+    runtime: Annotated[str, typer.Option(help="auto (podman where installed), podman or process")] = "auto",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="show replicas live until all are READY")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 120,
+) -> None:
+    """Compose a service pattern onto a READY OverCloud (placement, stitching, start in order)."""
+    body, ctype = _pattern_bytes(path)
+    client = Client()
+    result = client.call("POST", f"/overclouds/{overcloud_id}/services",
+                         params={"dry_run": str(dry_run).lower(), "runtime": runtime}, content=body,
+                         headers={"Content-Type": ctype})
+    if dry_run:
+        t = Table("replica", "box", "site", "overlay address", title=f"placement ({result['runtime']} runtime)",
+                  title_justify="left")
+        for a in result["placement"]:
+            t.add_row(a["replica"], a["box"], a["site"], a["address"] or "")
+        if STATE["output"] == Output.table:
+            out.print(t)
+            out.print("start order: " + "  →  ".join(", ".join(w) for w in result["start_order"]))
+        else:
+            _emit(result)
+        return
+    names = [d for wave in result["start_order"] for d in wave]
+    deadline = time.monotonic() + timeout
+    live_view = STATE["output"] == Output.table and out.is_terminal and wait
+    services: list[dict[str, Any]] = []
+    with Live(console=out, refresh_per_second=8) if live_view else _Null() as live:
+        while True:
+            services = [s for s in client.call("GET", f"/overclouds/{overcloud_id}/services") if s["name"] in names]
+            if live_view:
+                live.update(_replica_table(services, f"composing onto {overcloud_id}"))
+            if not wait or all(s["status"] == "READY" for s in services) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    if STATE["output"] == Output.json:
+        _emit({**result, "services": services})
+    else:
+        if not live_view:
+            out.print(_replica_table(services, f"composed onto {overcloud_id}"))
+        if wait:
+            took = max((s.get("ready_seconds") or 0) for s in services) if services else 0
+            ready = all(s["status"] == "READY" for s in services)
+            out.print(f"all {sum(len(s['replicas']) for s in services)} replicas READY in {took:.1f} s" if ready
+                      else "[red]not every replica is READY yet[/]; `overcloud services ID` shows them")
+            if not ready:
+                raise typer.Exit(1)
+
+
+@app.command()
+def services(overcloud_id: str) -> None:
+    """The services composed onto an OverCloud, replica by replica."""
+    rows = Client().call("GET", f"/overclouds/{overcloud_id}/services")
+    _emit(rows, _replica_table(rows, f"services of {overcloud_id}"))
+
+
+@app.command()
+def logs(
+    overcloud_id: str,
+    service: str,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="lines per replica")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines (Ctrl-C stops)")] = False,
+) -> None:
+    """Recent log lines of every replica of a service."""
+    client = Client()
+    seen: dict[str, list[str]] = {}
+    while True:
+        detail = client.call("GET", f"/overclouds/{overcloud_id}/services/{service}", params={"logs": lines})
+        for r in detail["replicas"]:
+            got = r.get("logs") or []
+            old = seen.get(r["name"], [])
+            new = got
+            if old:  # print what follows the last line printed before
+                last = old[-1]
+                new = got[len(got) - got[::-1].index(last):] if last in got else got
+            for line in new:
+                out.print(f"[cyan]{r['name']}[/] {line}", highlight=False, markup=True)
+            seen[r["name"]] = got
+        if not follow:
+            return
+        time.sleep(1.0)
+
+
+@images_app.command("build")
+def images_build(
+    path: Annotated[Path, typer.Argument(help="a pattern directory with images/<name>/{packages,src/}")],
+    runtime: Annotated[str, typer.Option(help="auto (podman where installed), podman or process")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when up to date")] = False,
+) -> None:
+    """Build a pattern's images on this host (mmdebstrap + podman import, or a process image)."""
+    from overcloud.compose import images as img
+    from overcloud.compose import runtime as rt
+
+    try:
+        chosen = rt.choose(runtime if runtime != "auto" else _settings().runtime)
+        results = img.Images(_settings().state_dir).build_pattern(
+            path, chosen, progress=lambda m: err.print(f"[dim]{m}[/]"), force=force)
+    except (img.ImageError, RuntimeError) as exc:
+        raise CliError(str(exc), 2) from None
+    t = Table("image", "runtime", "hash", "built now")
+    for r in results:
+        t.add_row(r["image"], r["runtime"], r["hash"], "yes" if r["built"] else "no (up to date)")
+    _emit(results, t)
+
+
+@images_app.command("list")
+def images_list() -> None:
+    """Images this host has built, and for which runtimes."""
+    from overcloud.compose import images as img
+
+    rows = img.Images(_settings().state_dir).list()
+    t = Table("image", "hash", "runtimes", "built_at")
+    for r in rows:
+        t.add_row(r["image"], r["hash"], ", ".join(sorted(r.get("runtimes", {}))), r.get("built_at", ""))
+    _emit(rows, t)
+
+
+@app.command()
+def demo(
+    overcloud_id: Annotated[Optional[str], typer.Argument(help="a READY OverCloud (default: the newest READY one named demo)")] = None,
+    pattern_dir: Annotated[Path, typer.Option("--pattern", help="the pattern to compose")] = Path("patterns/smart_energy"),
+) -> None:
+    """Compose the smart-energy pattern onto the demo OverCloud and print the dashboard's URL."""
+    client = Client()
+    if overcloud_id is None:
+        ready = [o for o in client.call("GET", "/overclouds") if o["status"] == "READY" and o["name"] == "demo"]
+        if not ready:
+            raise CliError("no READY OverCloud named demo; `make demo` creates one", 2)
+        overcloud_id = ready[-1]["overcloud_ID"]
+    images_build(pattern_dir, runtime="auto", force=False)
+    existing = {s["name"] for s in client.call("GET", f"/overclouds/{overcloud_id}/services")}
+    if "dashboard" not in existing:
+        compose(overcloud_id, pattern_dir, dry_run=False, runtime="auto", wait=True, timeout=120)
+    dash = client.call("GET", f"/overclouds/{overcloud_id}/services/dashboard", params={"logs": 0})
+    url = f"http://{dash['services'][0]['host_endpoints'][0]}/" if dash["services"][0]["host_endpoints"] else "(not ready)"
+    edge = next((r for s in client.call("GET", f"/overclouds/{overcloud_id}/services") if s["name"] == "broker"
+                 for r in s["replicas"]), None)
+    handle = f"oc-{overcloud_id[:8]}-{edge['box']}" if edge else "oc-<id>-<box>"
+    out.print(f"""
+[bold]smart-energy is running on {overcloud_id}[/]
+  dashboard      {url}   (a box's site address: reachable from this host)
+  services       .venv/bin/overcloud services {overcloud_id}
+  logs           .venv/bin/overcloud logs {overcloud_id} analyzer -f
+  inject a fault ip netns exec {handle} mosquitto_pub -h mqtt -t se/fault/all -m '{{"kind":"overheat"}}'
+                 (then watch the dashboard: anomaly, power_save applied, notification)
+""", highlight=False)
 
 
 @db_app.command("upgrade")

@@ -89,7 +89,15 @@ def fabric_view(spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
             "ready_seconds": fabric.get("ready_seconds"), "degraded": info.get("degraded") or {}}
 
 
-def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any] | None = None) -> dict[str, Any]:
+def services_view(rows) -> list[dict[str, Any]]:
+    """The detail's short list of composed services (the full view is /services/{name})."""
+    return [{"name": r.name, "status": r.status, "runtime": r.runtime,
+             "replicas": [f"{x['name']}@{x['box']} {x['state']}" for x in r.replicas],
+             "link": f"/overclouds/{r.overcloud_id}/services/{r.name}"} for r in rows]
+
+
+def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any] | None = None,
+                services: list[Any] = ()) -> dict[str, Any]:
     post = next((b for b in row.boxes if b.role == "post"), None)
     clusters = [b for b in row.boxes if b.role == "cluster"]
     spec = row.spec or {}
@@ -109,12 +117,14 @@ def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any
         "overlay": (row.info or {}).get("overlay"),
         "datalake": datalake_view(spec, datalake),
         "fabric": fabric_view(spec, row.info or {}),
+        "services": services_view(services),
         "workflow": workflow_view(row, tasks),
         "error": None,
         "links": {
             "self": f"/overclouds/{row.id}",
             "workflow": f"/overclouds/{row.id}/workflow",
             "topology": f"/overclouds/{row.id}/topology",
+            "services": f"/overclouds/{row.id}/services",
             "metrics": f"/overclouds/{row.id}/metrics?query=up",
             "events": f"/overclouds/{row.id}/events",
         },

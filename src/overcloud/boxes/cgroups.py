@@ -106,11 +106,30 @@ class Cgroups:
         memory_mb = int((mem / "memory.limit_in_bytes").read_text()) // _MIB
         return cpus, memory_mb
 
+    def tree(self, handle: str) -> list[Path]:
+        """Every cgroup directory of the box in every hierarchy, children before parents.
+
+        Containers started with ``--cgroup-parent`` (the podman runtime) nest their own groups
+        under the box's, and in hierarchies the box itself does not use (cpuset, pids, ...)."""
+        tops = list(self.dirs(handle))
+        if not self.v2 and self.root.is_dir():
+            for h in self.root.iterdir():
+                d = h / self.parent / handle
+                if d not in tops and d.is_dir():
+                    tops.append(d)
+        found: list[Path] = []
+        for top in tops:
+            if not top.is_dir():
+                continue
+            subs = [Path(dirpath) for dirpath, _, _ in os.walk(top)]
+            found += sorted(subs, key=lambda p: -len(p.parts))
+        return found
+
     def pids(self, handle: str) -> list[int]:
         found: set[int] = set()
-        for f in self.procs_files(handle):
+        for d in self.tree(handle) or self.dirs(handle):
             try:
-                found.update(int(x) for x in f.read_text().split())
+                found.update(int(x) for x in (d / "cgroup.procs").read_text().split())
             except FileNotFoundError:
                 pass
         return sorted(found)
@@ -129,7 +148,7 @@ class Cgroups:
                 except ProcessLookupError:
                     pass
             busy = []
-            for d in self.dirs(handle):
+            for d in self.tree(handle):
                 try:
                     d.rmdir()
                 except FileNotFoundError:

@@ -180,6 +180,7 @@ def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
 
     url = info["prometheus"]
     sites: dict[str, dict[str, Any]] = {}
+    workloads = tower.services.workloads_by_box(row.id)
     for b in row.boxes:
         sup = tower.local.supervisor(b.handle)
         try:
@@ -189,7 +190,7 @@ def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
         sites.setdefault(b.site, {"site": b.site, "boxes": []})["boxes"].append({
             "name": b.name, "role": b.role, "address": b.address, "overlay_address": b.overlay_address,
             "state": b.state, "flavor": b.flavor, "processes": processes,
-            "workloads": [],  # service composition (issue 6) fills this
+            "workloads": workloads.get(b.name, []),
         })
 
     def ask():
@@ -205,6 +206,9 @@ def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
         key = (r["metric"].get("src_box", "?"), r["metric"].get("dst_box", "?"))
         edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0})
         edges[key]["connections"] = int(float(r["value"][1]))
+    for e in edges.values():  # which workloads each end of a flow runs
+        e["src_workloads"] = sorted({w["service"] for w in workloads.get(e["src"], [])})
+        e["dst_workloads"] = sorted({w["service"] for w in workloads.get(e["dst"], [])})
     flows = sorted(edges.values(), key=lambda e: -e["bytes_per_s"])
     return {"overcloud_ID": row.id, "status": row.status, "sites": list(sites.values()), "flows": flows,
             "degraded": (row.info or {}).get("degraded") or {}}

@@ -239,7 +239,10 @@ class ServiceController:
     def remove_all(self, overcloud_id: str) -> list[str]:
         """Every service of the OverCloud (the first step of its delete)."""
         names = []
-        for row in self.repo.services(overcloud_id):
+        rows = self.repo.services(overcloud_id)
+        self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for row in rows if row.runtime == "podman"
+                         for r in row.replicas for c in deployment_of(row.spec)[0].containers])
+        for row in rows:
             try:
                 self.remove(overcloud_id, row.name)
                 names.append(row.name)
@@ -249,9 +252,13 @@ class ServiceController:
         return names
 
     def _stop_replicas(self, overcloud_id: str, row, replicas: list[dict[str, Any]]) -> list[str]:
+        """Containers first (``podman rm -f -t 0``: a Python PID 1 ignores SIGTERM, so a graceful
+        stop would wait out podman's 10 s), then the programs, processes, logs and work dirs."""
         oc = self.repo.get(overcloud_id)
         boxes = {b.name: b for b in oc.boxes}
         d, _ = deployment_of(row.spec)
+        if row.runtime == "podman":
+            self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for r in replicas for c in d.containers])
         removed = []
         for r in replicas:
             box = boxes.get(r["box"])
@@ -269,13 +276,13 @@ class ServiceController:
                         (sup.log_dir / f"{f}.{stream}.log").unlink(missing_ok=True)
             self._kill_pids(r)
             shutil.rmtree(self._workdir(overcloud_id, r["name"]), ignore_errors=True)
-            if row.runtime == "podman":
-                for c in d.containers:
-                    subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore",
-                                    rt.container_name(overcloud_id, r["name"], c.name)],
-                                   capture_output=True, env=self.images.podman_env(), timeout=60)
             removed.append(f"{r['name']}@{r['box']}")
         return removed
+
+    def _podman_rm(self, names: list[str]) -> None:
+        if names:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore", *names], capture_output=True,
+                           env=self.images.podman_env(), timeout=120)
 
     @staticmethod
     def _kill_pids(replica: dict[str, Any]) -> None:
@@ -530,9 +537,7 @@ class ServiceController:
         """Move a replica off a box that is out of service."""
         self._kill_pids(r)
         if row.runtime == "podman":
-            for c in d.containers:
-                subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore", rt.container_name(oc.id, r["name"], c.name)],
-                               capture_output=True, env=self.images.podman_env(), timeout=60)
+            self._podman_rm([rt.container_name(oc.id, r["name"], c.name) for c in d.containers])
         nodes = self._nodes(oc, exclude=row.name)
         others = [pl.Assignment(d.name, x["index"], x["box"], x["site"]) for x in replicas
                   if x is not r and x["box"] not in self._out.get(oc.id, set())]

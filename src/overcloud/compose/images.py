@@ -183,6 +183,9 @@ class Images:
         if not rt.podman_available():
             raise ImageError("podman and runc are not installed; build for the process runtime instead "
                              "(`--runtime process`) or run `make install` as root")
+        if self._podman_has(ref, digest):  # Podman's store is host-wide: another state dir built it
+            progress(f"{ref}: already in Podman's store ({digest})")
+            return {"tar": None}
         cache = self.dir / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         tar = cache / f"{image_dir.name}-{digest}.tar"

@@ -118,7 +118,8 @@ async def create_overcloud(
         await run_in_threadpool(tower.wait, overcloud_id)
     row = tower.repo.get(overcloud_id)
     code = 202 if not wait else (201 if row.status == states.READY else 200)
-    detail = detail_view(row, tower.repo.tasks(overcloud_id), await run_in_threadpool(tower.datalake_status, overcloud_id))
+    detail = detail_view(row, tower.repo.tasks(overcloud_id), await run_in_threadpool(tower.datalake_status, overcloud_id),
+                         tower.repo.services(overcloud_id))
     return JSONResponse(detail, status_code=code,
                         headers={"Location": f"/overclouds/{overcloud_id}"})
 
@@ -132,7 +133,7 @@ def list_overclouds(tower: TowerDep, principal: PrincipalDep, include_deleted: b
 @router.get("/{overcloud_id}", summary="One OverCloud: Post, clusters, addresses, status, timings")
 def get_overcloud(overcloud_id: str, tower: TowerDep, principal: PrincipalDep) -> dict[str, Any]:
     row = _visible(tower, principal, overcloud_id)
-    return detail_view(row, tower.repo.tasks(overcloud_id), tower.datalake_status(overcloud_id))
+    return detail_view(row, tower.repo.tasks(overcloud_id), tower.datalake_status(overcloud_id), tower.repo.services(overcloud_id))
 
 
 @router.get(

@@ -1,0 +1,238 @@
+"""Service composition on real OverClouds: bad input refused before anything starts, the
+smart-energy pattern end to end on Podman, and stitching, restart and re-placement on the
+process runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from overcloud.boxes.supervision import _rpc_proxy
+from overcloud.compose.pattern import MAX_PATTERN_BYTES
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SMART = ROOT / "patterns" / "smart_energy"
+PATTERN = (SMART / "smart-energy.yaml").read_text()
+IMAGE = "localhost/overcloud/smart-energy:latest"
+
+
+def wait_for(fn, what: str, bound: float = 20.0):
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not seen within {bound} s")
+
+
+@pytest.fixture(scope="module")
+def oc(tower):
+    for runtime in ("podman", "process"):
+        tower.cli("images", "build", str(SMART), "--runtime", runtime, check=True, timeout=600)
+    with tower.client() as c:
+        d = c.post("/overclouds", json={"provider": "heterogeneous", "local-a": {"number": "2", "size": "small", "post": "yes"},
+                                        "local-b": {"number": "2", "size": "small"}}, params={"wait": "true"}, timeout=240).json()
+    assert d["status"] == "READY", d["error"]
+    yield d
+    with tower.client() as c:
+        c.delete(f"/overclouds/{d['overcloud_ID']}")
+    tower.wait_status(d["overcloud_ID"], {"DELETED", "FAILED"}, timeout=300)
+
+
+def handle(oc, box: str) -> str:
+    return f"oc-{oc['overcloud_ID'][:8]}-{box}"
+
+
+def in_box(oc, box: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    """A command in a box the way a person runs one: `ip netns exec` gives it the box's /etc/hosts."""
+    return subprocess.run(["ip", "netns", "exec", handle(oc, box), *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def http_json(oc, box: str, url: str):
+    r = in_box(oc, box, "python3", "-c", f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=3).read().decode())")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def post(tower, oc, body, **params):
+    with tower.client() as c:
+        return c.post(f"/overclouds/{oc['overcloud_ID']}/services", content=body, params=params,
+                      headers={"Content-Type": "application/yaml"}, timeout=180)
+
+
+def services(tower, oc) -> dict:
+    with tower.client() as c:
+        return {s["name"]: s for s in c.get(f"/overclouds/{oc['overcloud_ID']}/services").json()}
+
+
+WEB = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {overcloud.io/tier: edge}
+      containers:
+        - name: web
+          image: IMAGE
+          imagePullPolicy: Never
+          command: [python3, -m, http.server, "8070"]
+          ports: [{containerPort: 8070}]
+          resources: {requests: {cpu: 50m, memory: 32Mi}}
+          readinessProbe: {httpGet: {path: /, port: 8070}, periodSeconds: 1}
+          livenessProbe: {tcpSocket: {port: 8070}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 8070}]
+""".replace("IMAGE", IMAGE)
+
+
+@pytest.mark.parametrize("edit,status,manifest,field,words", [
+    (lambda t: t.replace("kind: Service", "kind: Ingress"), 422, "document 2", "kind", "not supported"),
+    (lambda t: t.replace("imagePullPolicy: Never", "imagePullPolicy: Never\n          stdin: true"), 422, "Deployment/web",
+     "spec.template.spec.containers[0].stdin", "not supported"),
+    (lambda t: t.replace(IMAGE, "localhost/overcloud/never-built:latest"), 422, "Deployment/web",
+     "spec.template.spec.containers[0].image", "not built"),
+    (lambda t: t.replace("tier: edge", "tier: moon"), 422, "Deployment/web", "spec.template.spec", "no box matches"),
+    (lambda t: t.replace("memory: 32Mi", "memory: 2Gi"), 422, "Deployment/web", "spec.template.spec", "largest free is"),
+    (lambda t: t + "---\n" + t.split("---")[1], 422, "Service/web", "metadata.name", "two Services"),
+])
+def test_bad_patterns_are_refused_and_nothing_starts(tower, oc, edit, status, manifest, field, words):
+    r = post(tower, oc, edit(WEB), runtime="process")
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert (body["manifest"], body.get("field")) == (manifest, field) and words in body["message"], body
+    assert services(tower, oc) == {}
+
+
+def test_a_pattern_over_10_mib_is_refused(tower, oc):
+    r = post(tower, oc, b"#" * (MAX_PATTERN_BYTES + 1))
+    assert r.status_code == 413 and "10 MiB" in r.json()["message"]
+    with tower.client() as c:
+        r = c.post(f"/overclouds/{oc['overcloud_ID']}/services", content=b"", headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 400
+
+
+def test_dry_run_places_and_orders_without_starting(tower, oc):
+    r = tower.cli("-o", "json", "compose", oc["overcloud_ID"], str(SMART), "--dry-run", check=True)
+    plan = json.loads(r.stdout)
+    sites = {a["replica"]: a["site"] for a in plan["placement"]}
+    assert sites["broker-0"] == sites["sensors-0"] == sites["sensors-1"] == "local-b"
+    assert sites["collector-0"] == sites["dashboard-0"] == "local-a"
+    assert {a["box"] for a in plan["placement"] if a["replica"].startswith("sensors")} == {"c3", "c4"}  # spread
+    assert plan["start_order"][0] == ["broker", "notifier"]
+    assert services(tower, oc) == {}
+
+
+def test_smart_energy_end_to_end_on_podman(tower, oc):
+    oid = oc["overcloud_ID"]
+    r = post(tower, oc, PATTERN, runtime="podman", wait="true", timeout="60")
+    assert r.status_code == 201, r.text
+    svc = services(tower, oc)
+    assert all(s["status"] == "READY" for s in svc.values()), svc
+    broker_box = svc["broker"]["replicas"][0]["box"]
+    cloud_box = svc["analyzer"]["replicas"][0]["box"]
+    # the dashboard answers on its box's site address, from this host
+    assert svc["dashboard"]["services"][0]["host_endpoints"]
+    device = "sensors-0-pi0"
+    normal = wait_for(lambda: http_json(oc, cloud_box, "http://collector:8000/latest").get(device), "first reading")
+    assert normal["mode"] == "normal"
+    # inject overheating from an edge box: `mqtt` resolves there (stitching)
+    pub = in_box(oc, broker_box, "mosquitto_pub", "-h", "mqtt", "-t", f"se/fault/{device}", "-m", '{"kind": "overheat"}')
+    assert pub.returncode == 0, pub.stderr
+    injected = time.time()
+
+    def acted():
+        a = http_json(oc, cloud_box, "http://analyzer:8010/anomalies")
+        hits = [x for x in a["anomalies"] if x["device"] == device and "applied_at" in x]
+        return hits[0] if hits else None
+
+    anomaly = wait_for(acted, "anomaly with power_save applied", bound=10)
+    assert "CPU temperature" in anomaly["reason"] and anomaly["applied_at"] - injected < 10
+    saved = wait_for(lambda: (lambda r: r if r and r["mode"] == "power_save" else None)(
+        http_json(oc, cloud_box, "http://collector:8000/latest").get(device)), "power-save reading", bound=10)
+    assert saved["power_w"] < normal["power_w"]  # the device obeyed: its power draw dropped
+    notes = wait_for(lambda: [n for n in http_json(oc, cloud_box, "http://notifier:8060/notifications")
+                              if n["device"] == device], "notification", bound=10)
+    assert notes[0]["action"] == "power_save"
+    # every reading lands in the DataLake, partitioned by device and hour
+    with tower.client() as c:
+        creds = c.get(f"/overclouds/{oid}/datalake/credentials").json()
+    listing = in_box(oc, cloud_box, "python3", "-c", (
+        "import boto3,sys; s=boto3.client('s3',endpoint_url=sys.argv[1],aws_access_key_id=sys.argv[2],"
+        "aws_secret_access_key=sys.argv[3],region_name='us-east-1');"
+        "print('\\n'.join(o['Key'] for o in s.list_objects_v2(Bucket=sys.argv[4],Prefix='readings/').get('Contents',[])))"),
+        creds["s3_endpoint"], creds["access_key"], creds["secret_key"], creds["buckets"][0])
+    assert listing.returncode == 0, listing.stderr
+    assert any(k.startswith(f"readings/device={device}/hour=") for k in listing.stdout.split()), listing.stdout
+    # workloads show in the Fabric topology and the detail
+    with tower.client() as c:
+        topo = c.get(f"/overclouds/{oid}/topology").json()
+        detail = c.get(f"/overclouds/{oid}").json()
+    placed = {w["replica"] for s in topo["sites"] for b in s["boxes"] for w in b["workloads"]}
+    assert {"broker-0", "sensors-0", "analyzer-0", "dashboard-0"} <= placed
+    assert {s["name"] for s in detail["services"]} == set(svc)
+    # a killed container is restarted and counted
+    podman_env = {**os.environ, "CONTAINERS_CONF": str(tower.state_dir / "images" / "containers.conf")}
+    kill = subprocess.run(["podman", "kill", f"oc-{oid[:12]}-notifier-0-notifier"], capture_output=True, text=True, env=podman_env)
+    assert kill.returncode == 0, kill.stderr
+    wait_for(lambda: (lambda s: s["replicas"][0]["restarts"] >= 1 and s["status"] == "READY")(services(tower, oc)["notifier"]),
+             "notifier restarted and READY", bound=30)
+    # removing the services removes their containers
+    for name in list(svc):
+        with tower.client() as c:
+            assert c.delete(f"/overclouds/{oid}/services/{name}").status_code == 200
+    left = subprocess.run(["podman", "ps", "-a", "--filter", f"label=overcloud.io/overcloud={oid}", "--format", "{{.Names}}"],
+                          capture_output=True, text=True, env=podman_env)
+    assert left.stdout.strip() == ""
+    assert services(tower, oc) == {}
+
+
+def test_process_runtime_stitching_restart_and_replacement(tower, oc):
+    oid = oc["overcloud_ID"]
+    r = post(tower, oc, WEB, runtime="process", wait="true", timeout="30")
+    assert r.status_code == 201, r.text
+    web = services(tower, oc)["web"]
+    first = web["replicas"][0]
+    assert first["site"] == "local-b" and web["runtime"] == "process"
+    # a client in the other site reaches the Service by name, over the overlay
+    got = in_box(oc, "c1", "python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://web:8070/', timeout=3).status)")
+    assert got.stdout.strip() == "200", got.stderr
+    assert in_box(oc, "c1", "getent", "hosts", "web").stdout.split()[0] == first["address"]
+    # its process killed: supervisord starts it again, the restart is counted
+    sup = _rpc_proxy(Path("/run/overcloud") / f"{handle(oc, first['box'])}.sock").supervisor
+    pid = sup.getProcessInfo("w-web-0-web")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (lambda s: s["replicas"][0]["restarts"] >= 1 and s["status"] == "READY")(services(tower, oc)["web"]),
+             "web restarted", bound=30)
+    # its box's supervisord killed: the replica moves to the other edge box within 30 s
+    sup_pid = sup.getPID()
+    os.kill(sup_pid, signal.SIGKILL)
+    moved = wait_for(lambda: (lambda s: s if s["status"] == "READY" and s["replicas"][0]["box"] != first["box"] else None)(
+        services(tower, oc)["web"]), "web re-placed", bound=30)
+    new = moved["replicas"][0]
+    assert new["site"] == "local-b"
+    assert wait_for(lambda: in_box(oc, "c1", "getent", "hosts", "web").stdout.split()[:1] == [new["address"]],
+                    "web's name follows it", bound=10)
+    got = in_box(oc, "c1", "python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://web:8070/', timeout=3).status)")
+    assert got.stdout.strip() == "200", got.stderr
+    with tower.client() as c:
+        assert c.delete(f"/overclouds/{oid}/services/web").status_code == 200
+        assert c.get(f"/overclouds/{oid}/services/web").status_code == 404
+    assert in_box(oc, "c1", "getent", "hosts", "web").returncode != 0
