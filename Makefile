@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/create_delete.py
 	$(BIN)/python bench/datalake.py
 	$(BIN)/python bench/fabric.py
+	$(BIN)/python bench/compose.py
 
 # delete every OverCloud of the demo Tower (nothing left behind) and stop it
 demo-stop:

@@ -44,6 +44,7 @@ def tower(sites: list[dict], overlay: str) -> Iterator[httpx.Client]:
                 time.sleep(0.05)
         token = (state / "admin.token").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600) as client:
+            client.state_dir = state  # for benchmarks that run the CLI against this Tower
             yield client
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Service composition's numbers, in one run on a Tower of the benchmark's own:
+
+* pattern ready: from POST /overclouds/{id}/services to every replica READY, for the
+  smart-energy pattern (7 replicas, 3 start waves), images already built; median of rounds.
+  Baseline: starting the same number of bare containers (`podman run --rm IMAGE true`) one
+  after another on this machine, the floor any container runtime pays.
+* sensor-to-action latency under 50 simulated devices at 1 reading/s: every device overheats
+  at once; latency is from the anomalous reading's timestamp (on the device) to the device
+  applying the power-save command (same host clock). p50 and p99 over all rounds.
+
+Usage (root): bench/compose.py [--rounds 3] [--runtime podman|process]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import benchtower
+
+ROOT = Path(__file__).resolve().parents[1]
+SMART = ROOT / "patterns" / "smart_energy"
+SITES = [
+    {"name": "local-a", "kind": "local", "bridge": "ocbench-a", "cidr": "10.213.120.0/24", "labels": {"overcloud.io/tier": "cloud"}},
+    {"name": "local-b", "kind": "local", "bridge": "ocbench-b", "cidr": "10.213.121.0/24", "labels": {"overcloud.io/tier": "edge"}},
+]
+IMAGE = "localhost/overcloud/smart-energy:latest"
+
+
+def in_box(handle: str, *argv: str) -> str:
+    r = subprocess.run(["ip", "netns", "exec", handle, *argv], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise SystemExit(f"{argv[0]} in {handle} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def get_json(handle: str, url: str):
+    return json.loads(in_box(handle, "python3", "-c", f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=5).read().decode())"))
+
+
+def compose(c, oid: str, text: str, runtime: str) -> float:
+    r = c.post(f"/overclouds/{oid}/services", content=text, params={"runtime": runtime, "wait": "true", "timeout": "60"},
+               headers={"Content-Type": "application/yaml"})
+    if r.status_code != 201:
+        raise SystemExit(f"compose: {r.status_code} {r.text[:500]}")
+    return max(s["ready_seconds"] for s in r.json()["services"])
+
+
+def remove_all(c, oid: str) -> None:
+    for s in c.get(f"/overclouds/{oid}/services").json():
+        c.delete(f"/overclouds/{oid}/services/{s['name']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runtime", default="podman", choices=["podman", "process"])
+    args = ap.parse_args()
+    pattern = (SMART / "smart-energy.yaml").read_text()
+    load = (pattern.replace('{name: DEVICES_PER_REPLICA, value: "1"}', '{name: DEVICES_PER_REPLICA, value: "25"}')
+            .replace('COOLDOWN_SECONDS: "10"', 'COOLDOWN_SECONDS: "2"'))
+    with benchtower.tower(SITES, "10.249.0.0/16") as c:
+        env = {**os.environ, "OVERCLOUD_STATE_DIR": str(c.state_dir), "OVERCLOUD_URL": str(c.base_url)}
+        exe = str(Path(sys.executable).parent / "overcloud")
+        t0 = time.monotonic()
+        subprocess.run([exe, "images", "build", str(SMART), "--runtime", args.runtime], env=env, check=True,
+                       capture_output=True)
+        print(f"images ready in {time.monotonic() - t0:.1f} s (built or found in Podman's store)")
+        d = c.post("/overclouds", json={"provider": "heterogeneous", "local-a": {"number": "2", "size": "small", "post": "yes"},
+                                        "local-b": {"number": "2", "size": "small"}}, params={"wait": "true"}).json()
+        if d["status"] != "READY":
+            raise SystemExit(f"create failed: {d['error']}")
+        oid = d["overcloud_ID"]
+        try:
+            ready = []
+            for _ in range(args.rounds):
+                ready.append(compose(c, oid, pattern, args.runtime))
+                remove_all(c, oid)
+            replicas = 7
+            if args.runtime == "podman":
+                cenv = {**os.environ, "CONTAINERS_CONF": str(c.state_dir / "images" / "containers.conf")}
+                t0 = time.monotonic()
+                for _ in range(replicas):
+                    subprocess.run(["podman", "run", "--rm", "--network", "none", IMAGE, "true"], env=cenv, check=True,
+                                   capture_output=True)
+                base = time.monotonic() - t0
+            else:
+                t0 = time.monotonic()
+                for _ in range(replicas):
+                    subprocess.run(["python3", "-c", "pass"], check=True)
+                base = time.monotonic() - t0
+            med = statistics.median(ready)
+            print(f"pattern ready (smart-energy, {replicas} replicas, 3 waves, {args.runtime}): median {med:.2f} s "
+                  f"of {', '.join(f'{x:.2f}' for x in ready)}  (target < 10 s)")
+            print(f"  baseline: {replicas} bare container starts one after another {base:.2f} s; ratio {med / base:.2f}")
+
+            compose(c, oid, load, args.runtime)
+            svc = {s["name"]: s for s in c.get(f"/overclouds/{oid}/services").json()}
+            edge = f"oc-{oid[:8]}-{svc['broker']['replicas'][0]['box']}"
+            cloud = f"oc-{oid[:8]}-{svc['analyzer']['replicas'][0]['box']}"
+            time.sleep(12)  # a baseline window of normal readings for the rolling statistics
+            lat: list[float] = []
+            for _ in range(4):
+                before = get_json(cloud, "http://analyzer:8010/anomalies?limit=1000")["counts"]["actions_applied"]
+                in_box(edge, "mosquitto_pub", "-h", "mqtt", "-t", "se/fault/all", "-m", '{"kind": "overheat"}')
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    a = get_json(cloud, "http://analyzer:8010/anomalies?limit=1000")
+                    if a["counts"]["actions_applied"] - before >= 50:
+                        break
+                    time.sleep(0.5)
+                in_box(edge, "mosquitto_pub", "-h", "mqtt", "-t", "se/fault/all", "-m", '{"kind": "clear"}')
+                time.sleep(3)  # past the analyzer's cooldown
+            a = get_json(cloud, "http://analyzer:8010/anomalies?limit=1000")
+            lat = sorted(x["latency_s"] for x in a["anomalies"] if "latency_s" in x)
+            readings = a["counts"]["readings"]
+            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+            print(f"sensor-to-action under 50 devices x 1 reading/s ({readings} readings analysed, {len(lat)} actions): "
+                  f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms  (target p99 < 1 s; ratio p99/target {p99:.3f})")
+        finally:
+            c.delete(f"/overclouds/{oid}")
+            for _ in range(600):
+                if c.get(f"/overclouds/{oid}").json()["status"] in ("DELETED", "FAILED"):
+                    break
+                time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()
