@@ -49,7 +49,10 @@ def compose(c, oid: str, text: str, runtime: str) -> float:
     r = c.post(f"/overclouds/{oid}/services", content=text, params={"runtime": runtime, "wait": "true", "timeout": "60"},
                headers={"Content-Type": "application/yaml"})
     if r.status_code != 201:
-        raise SystemExit(f"compose: {r.status_code} {r.text[:500]}")
+        body = r.json()
+        states = [(x["name"], x["state"], x["restarts"], x["message"]) for s in body.get("services", [])
+                  for x in s.get("replicas", []) if not x["ready"]]
+        raise SystemExit(f"compose: {r.status_code} {body.get('message') or states}")
     return max(s["ready_seconds"] for s in r.json()["services"])
 
 
