@@ -461,6 +461,17 @@ def services(overcloud_id: str) -> None:
 
 
 @app.command()
+def scale(overcloud_id: str, service: str, replicas: Annotated[int, typer.Argument(min=0, max=100)]) -> None:
+    """Set a service's replica count (new replicas are placed by the same rules)."""
+    result = Client().call("PATCH", f"/overclouds/{overcloud_id}/services/{service}", json={"replicas": replicas})
+    if STATE["output"] == Output.json:
+        _emit(result)
+    else:
+        what = result.get("added") or result.get("removed") or []
+        out.print(f"{service}: {replicas} replicas ({'added' if 'added' in result else 'removed'} {', '.join(what) or 'none'})")
+
+
+@app.command()
 def logs(
     overcloud_id: str,
     service: str,

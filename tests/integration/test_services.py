@@ -188,6 +188,14 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
     placed = {w["replica"] for s in topo["sites"] for b in s["boxes"] for w in b["workloads"]}
     assert {"broker-0", "sensors-0", "analyzer-0", "dashboard-0"} <= placed
     assert {s["name"] for s in detail["services"]} == set(svc)
+    # the collector's own metrics reach the OverCloud's Prometheus (its config was regenerated
+    # when the collector became ready), labelled with the service and the replica
+    def scraped():
+        with tower.client() as c:
+            res = c.get(f"/overclouds/{oid}/metrics", params={"query": f'se_power_watts{{device="{device}"}}'}).json()
+        return res["result"]
+    series = wait_for(scraped, "collector metrics in Prometheus", bound=20)
+    assert series[0]["metric"]["service"] == "collector" and series[0]["metric"]["replica"] == "collector-0"
     # a killed container is restarted and counted
     podman_env = {**os.environ, "CONTAINERS_CONF": str(tower.state_dir / "images" / "containers.conf")}
     kill = subprocess.run(["podman", "kill", f"oc-{oid[:12]}-notifier-0-notifier"], capture_output=True, text=True, env=podman_env)
@@ -202,6 +210,20 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
                           capture_output=True, text=True, env=podman_env)
     assert left.stdout.strip() == ""
     assert services(tower, oc) == {}
+    # the image went into the Construction DataLake at this first compose; when Podman loses it
+    # (and the host's tar is gone too), the next compose fetches it from there and imports it
+    def published():
+        rows = json.loads(tower.cli("-o", "json", "images", "list", check=True).stdout)
+        return [r for r in rows if r["image"] == IMAGE and r["runtimes"].get("podman", {}).get("published")]
+    [row] = wait_for(published, "image cached in the Construction DataLake", bound=60)
+    tar = row["runtimes"]["podman"]["tar"]
+    assert subprocess.run(["podman", "rmi", "-f", IMAGE], capture_output=True, env=podman_env).returncode == 0
+    os.unlink(tar)
+    r = post(tower, oc, WEB, runtime="podman", wait="true", timeout="60")
+    assert r.status_code == 201, r.text
+    assert Path(tar).exists()
+    with tower.client() as c:
+        assert c.delete(f"/overclouds/{oid}/services/web").status_code == 200
 
 
 def test_process_runtime_stitching_restart_and_replacement(tower, oc):
@@ -221,6 +243,19 @@ def test_process_runtime_stitching_restart_and_replacement(tower, oc):
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: (lambda s: s["replicas"][0]["restarts"] >= 1 and s["status"] == "READY")(services(tower, oc)["web"]),
              "web restarted", bound=30)
+    # scaled to 2: the second replica needs the other edge box (port 8070 is taken on the first)
+    r = tower.cli("scale", oid, "web", "2", check=True)
+    assert "web-1@" in r.stdout
+    two = wait_for(lambda: (lambda s: s if s["status"] == "READY" and len(s["replicas"]) == 2 else None)(
+        services(tower, oc)["web"]), "two web replicas", bound=30)
+    assert {x["box"] for x in two["replicas"]} == {"c3", "c4"}
+    # each box names the nearest replica: the edge boxes their own, the cloud box one of them
+    for x in two["replicas"]:
+        assert in_box(oc, x["box"], "getent", "hosts", "web").stdout.split()[0] == x["address"]
+    with tower.client() as c:
+        r = c.patch(f"/overclouds/{oid}/services/web", json={"replicas": 3})
+        assert r.status_code == 422 and "port 8070 is taken" in r.json()["message"], r.text
+        assert c.patch(f"/overclouds/{oid}/services/web", json={"replicas": 1}).json()["removed"] == [f"web-1@{two['replicas'][1]['box']}"]
     # its box's supervisord killed: the replica moves to the other edge box within 30 s
     sup_pid = sup.getPID()
     os.kill(sup_pid, signal.SIGKILL)

@@ -53,6 +53,7 @@ def _targets(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str]) -
             parts = ("weed-master", "weed-filer", "weed-s3") if b.role == "post" else ("weed-volume",)
             for part in parts:
                 targets["seaweedfs"].append({"target": f"{addr[b.name]}:{METRICS[part]}", "labels": {**labels, "part": part}})
+    targets["workloads"] = tower.services.scrape_targets(overcloud_id)
     return {job: t for job, t in targets.items() if t}
 
 

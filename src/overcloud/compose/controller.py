@@ -101,6 +101,7 @@ class ServiceController:
         self._down_since: dict[tuple[str, str], float] = {}  # (overcloud, box) -> first silent tick
         self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
         self._hosts: dict[str, dict[str, str]] = {}  # box handle -> entries last written
+        self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -169,6 +170,8 @@ class ServiceController:
             for s in pattern.services:
                 if s.name in taken_s:
                     raise ServiceConflict(f"Service/{s.name}: the name {s.name!r} is already served on this OverCloud")
+            if runtime == "podman":
+                self._restore_images({c.image for d in pattern.deployments for c in d.containers})
             for d in pattern.deployments:
                 for i, c in enumerate(d.containers):
                     missing = self.images.missing({c.image}, runtime)
@@ -207,8 +210,42 @@ class ServiceController:
             self.repo.add_services(rows)
             self.repo.add_event(overcloud_id, "services", {"composed": [d.name for d in pattern.deployments],
                                                            "pattern_id": pattern_id, "runtime": runtime})
+        if runtime == "podman":
+            refs = sorted({c.image for d in pattern.deployments for c in d.containers})
+            threading.Thread(target=self._publish_images, args=(refs,), name="publish-images", daemon=True).start()
         result["pattern_id"] = pattern_id
         return result
+
+    def _store(self):
+        from overcloud.components.construction import ARTIFACTS
+
+        try:
+            return self.tower.construction_datalake(timeout=30).client(), ARTIFACTS
+        except Exception as exc:  # noqa: BLE001 - no store: images stay cached on this host only
+            logger.warning("image cache: no Construction DataLake (%s)", exc)
+            return None, ARTIFACTS
+
+    def _restore_images(self, refs: set[str]) -> None:
+        """Images this host built that Podman's store lost come back from the local tar or the
+        Construction DataLake before compose checks them."""
+        lost = [ref for ref in refs if self.images.missing({ref}, "podman") and ref in {i["image"] for i in self.images.list()}]
+        if not lost:
+            return
+        client, bucket = self._store()
+        for ref in lost:
+            self.images.restore(ref, client, bucket, progress=lambda m: logger.info("%s", m))
+
+    def _publish_images(self, refs: list[str]) -> None:
+        """The images a pattern uses go into the Construction DataLake once (their cache)."""
+        client, bucket = self._store()
+        if client is None:
+            return
+        for ref in refs:
+            try:
+                if self.images.publish(ref, client, bucket):
+                    logger.info("image %s cached in the Construction DataLake", ref)
+            except Exception as exc:  # noqa: BLE001 - the cache is best effort; compose does not depend on it
+                logger.warning("caching image %s: %s", ref, exc)
 
     def wait_ready(self, overcloud_id: str, names: list[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -222,6 +259,51 @@ class ServiceController:
                 self._changed.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         return False
 
+    # -- scale ---------------------------------------------------------------------
+    def scale(self, overcloud_id: str, name: str, replicas: int) -> dict[str, Any]:
+        """Set a Deployment's replica count: new replicas are placed by the same rules (refused
+        with PlacementError when they do not fit; nothing changes then), surplus ones — the
+        highest numbered — are stopped and removed. Hosts files follow as readiness changes."""
+        oc = self.repo.get(overcloud_id)
+        if oc.status not in (states.READY, states.DEGRADED):
+            raise NotComposable(f"OverCloud {overcloud_id} is {oc.status}; services change on a READY OverCloud")
+        with self._lock:
+            row = self.repo.service(overcloud_id, name)
+            if row is None:
+                raise ServiceNotFound(overcloud_id, name)
+            d, _ = deployment_of(row.spec)
+            current = sorted((dict(r) for r in row.replicas), key=lambda r: r["index"])
+            spec = dict(row.spec)
+            spec["deployment"] = {**spec["deployment"], "replicas": replicas}
+            if replicas > len(current):
+                nodes = self._nodes(oc, exclude=name)
+                existing = [pl.Assignment(d.name, r["index"], r["box"], r["site"]) for r in current]
+                for a in existing:
+                    n = next((n for n in nodes if n.name == a.box), None)
+                    if n is not None:
+                        n.used_cpu += d.cpu_request
+                        n.used_memory += d.memory_request
+                        n.ports |= pl.ports_of(d)
+                start = max((r["index"] for r in current), default=-1) + 1
+                d.replicas = replicas
+                added = pl.place_replicas(d, nodes, range(start, start + replicas - len(current)), existing=existing)
+                current += [{"name": f"{d.name}-{a.index}", "index": a.index, "box": a.box, "site": a.site,
+                             "state": "PENDING", "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
+                            for a in added]
+                changed = [f"{a.deployment}-{a.index}@{a.box}" for a in added]
+            else:
+                surplus = current[replicas:]
+                changed = self._stop_replicas(overcloud_id, row, surplus)
+                for r in surplus:
+                    self._watch.pop((overcloud_id, r["name"]), None)
+                current = current[:replicas]
+            self.repo.update_service(overcloud_id, name, spec=spec, replicas=current,
+                                     status=_status(current, "STARTING"))
+            self.repo.add_event(overcloud_id, "service", {"name": name, "scaled": replicas})
+            self._stitch(overcloud_id)
+            self._rescrape(self.repo.get(overcloud_id))
+        return {"name": name, "replicas": replicas, "added" if replicas > len(row.replicas) else "removed": changed}
+
     # -- remove --------------------------------------------------------------------
     def remove(self, overcloud_id: str, name: str) -> dict[str, Any]:
         with self._lock:
@@ -234,6 +316,7 @@ class ServiceController:
                 self._watch.pop((overcloud_id, r["name"]), None)
             self.repo.add_event(overcloud_id, "services", {"removed": name})
             self._stitch(overcloud_id)
+            self._rescrape(self.repo.get(overcloud_id))
         return {"name": name, "removed": removed}
 
     def remove_all(self, overcloud_id: str) -> list[str]:
@@ -358,6 +441,7 @@ class ServiceController:
                 changed_any = True
         if changed_any:
             self._stitch(overcloud_id)
+            self._rescrape(oc)
             with self._changed:
                 self._changed.notify_all()
 
@@ -597,6 +681,40 @@ class ServiceController:
                 self._hosts[b.handle] = entries
             except OSError as exc:
                 logger.warning("hosts of %s: %s", b.name, exc)
+
+    def scrape_targets(self, overcloud_id: str) -> list[dict[str, Any]]:
+        """Prometheus targets of ready replicas whose pods ask to be scraped (annotations)."""
+        oc = self.repo.get(overcloud_id)
+        boxes = {b.name: b for b in oc.boxes}
+        out = []
+        for row in self.repo.services(overcloud_id):
+            scrape = row.spec["deployment"].get("scrape")
+            if not scrape:
+                continue
+            for r in row.replicas:
+                b = boxes.get(r["box"])
+                if r["ready"] and b is not None and b.overlay_address:
+                    out.append({"target": f"{b.overlay_address}:{scrape['port']}",
+                                "labels": {"box": b.name, "site": b.site, "role": b.role, "service": row.name,
+                                           "replica": r["name"], "__metrics_path__": scrape["path"]}})
+        return sorted(out, key=lambda t: t["labels"]["replica"])
+
+    def _rescrape(self, oc) -> None:
+        """Regenerate the OverCloud's Prometheus config (and reload it) when the scraped
+        workloads changed: replicas became ready, moved, or went away."""
+        if not (oc.info or {}).get("fabric") or oc.status not in (states.READY, states.DEGRADED):
+            return
+        targets = self.scrape_targets(oc.id)
+        if self._scraped.get(oc.id, []) == targets:
+            return
+        from overcloud.components import fabric
+        from overcloud.tower import box_obj
+
+        try:
+            fabric.apply_config(self.tower, oc.id, [box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
+            self._scraped[oc.id] = targets
+        except Exception as exc:  # noqa: BLE001 - tried again on the next change
+            logger.warning("Prometheus config of %s: %s", oc.id, exc)
 
     # -- views -----------------------------------------------------------------------------
     def describe(self, overcloud_id: str, row, *, logs: int = 0) -> dict[str, Any]:

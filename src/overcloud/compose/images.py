@@ -6,8 +6,9 @@ An image directory holds ``packages`` (Debian packages, one per line, ``#`` comm
 
 * podman: ``mmdebstrap --variant=minbase --include=<packages> <codename>`` into a tar, the
   code copied in by a hook, then ``podman import`` with ``PATH`` and ``PYTHONPATH`` set (without
-  PATH nothing is found). The tar is kept in ``<state>/images/cache/<hash>.tar``, so a lost
-  Podman store is refilled by an import (~5 s) rather than a build (~30 s).
+  PATH nothing is found). The tar is kept in ``/var/cache/overcloud/images/`` (host-wide, as
+  Podman's store is) and, at the first compose that uses it, in the Construction DataLake: a
+  lost Podman store is refilled by an import (~5 s) rather than a build (~30 s).
 * process: the packages must be on the host (installed with apt-get when missing and root);
   the code is copied to ``<state>/images/<name>/<hash>/src``.
 
@@ -30,6 +31,7 @@ from typing import Any, Callable
 from overcloud.compose import runtime as rt
 
 PREFIX = "localhost/overcloud/"
+HOST_CACHE = Path("/var/cache/overcloud/images")
 _lock = threading.Lock()
 
 
@@ -78,6 +80,8 @@ class Images:
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir) / "images"
         self.containers_conf = self.dir / "containers.conf"
+        # rootfs tars are host-wide, like Podman's store: another state dir's build is reused
+        self.cache = HOST_CACHE if os.geteuid() == 0 else self.dir / "cache"
 
     # -- index ---------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
@@ -183,12 +187,12 @@ class Images:
         if not rt.podman_available():
             raise ImageError("podman and runc are not installed; build for the process runtime instead "
                              "(`--runtime process`) or run `make install` as root")
-        if self._podman_has(ref, digest):  # Podman's store is host-wide: another state dir built it
-            progress(f"{ref}: already in Podman's store ({digest})")
-            return {"tar": None}
-        cache = self.dir / "cache"
+        cache = self.cache
         cache.mkdir(parents=True, exist_ok=True)
         tar = cache / f"{image_dir.name}-{digest}.tar"
+        if self._podman_has(ref, digest):  # Podman's store is host-wide: another state dir built it
+            progress(f"{ref}: already in Podman's store ({digest})")
+            return {"tar": str(tar) if tar.exists() else None}
         if not tar.exists():
             if shutil.which("mmdebstrap") is None:
                 raise ImageError("mmdebstrap is not installed (`make install` installs it as root)")
@@ -209,6 +213,9 @@ class Images:
             for old in cache.glob(f"{image_dir.name}-*.tar"):
                 if old != tar:
                     old.unlink()
+        return self._import(tar, ref, digest, progress)
+
+    def _import(self, tar: Path, ref: str, digest: str, progress) -> dict[str, Any]:
         progress(f"{ref}: podman import")
         r = subprocess.run(
             ["podman", "import", "--change", f"ENV PATH={rt.PATH}", "--change", "ENV PYTHONPATH=/opt/app",
@@ -218,6 +225,60 @@ class Images:
         if r.returncode != 0:
             raise ImageError(f"{ref}: podman import failed: {r.stderr.strip()[-500:]}")
         return {"tar": str(tar)}
+
+    # -- the Construction DataLake as the image cache ---------------------------------------
+    def _cache_key(self, ref: str, digest: str) -> str:
+        return f"images/{ref[len(PREFIX):].split(':')[0]}-{digest}.tar"
+
+    def publish(self, ref: str, client, bucket: str) -> bool:
+        """Put the image's rootfs tar into the Construction DataLake once (by content hash);
+        returns whether it was uploaded now."""
+        info = self._index().get(ref) or {}
+        tar = (info.get("runtimes", {}).get("podman") or {}).get("tar")
+        if not tar or not Path(tar).exists():
+            return False
+        key = self._cache_key(ref, info["hash"])
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            uploaded = False
+        except Exception:  # noqa: BLE001 - not there yet
+            client.upload_file(tar, bucket, key)
+            uploaded = True
+        with _lock:
+            index = self._index()
+            if index.get(ref, {}).get("hash") == info["hash"]:
+                index[ref]["runtimes"]["podman"]["published"] = key
+                self._save(index)
+        return uploaded
+
+    def restore(self, ref: str, client, bucket: str, progress: Callable[[str], None] = lambda s: None) -> bool:
+        """Podman lost an image this host built (a reset store, another state dir's cleanup):
+        import it again from the local tar, or fetch the tar from the Construction DataLake.
+        Returns whether Podman has it now."""
+        info = self._index().get(ref)
+        if not info or "podman" not in info.get("runtimes", {}) or not rt.podman_available():
+            return False
+        digest = info["hash"]
+        if self._podman_has(ref, digest):
+            return True
+        self.cache.mkdir(parents=True, exist_ok=True)
+        tar = self.cache / f"{ref[len(PREFIX):].split(':')[0]}-{digest}.tar"
+        if not tar.exists():
+            if client is None:
+                return False
+            partial = tar.with_name(tar.stem + ".partial.tar")
+            try:
+                progress(f"{ref}: fetching {self._cache_key(ref, digest)} from the Construction DataLake")
+                client.download_file(bucket, self._cache_key(ref, digest), str(partial))
+            except Exception:  # noqa: BLE001 - not cached there: the caller says "not built"
+                partial.unlink(missing_ok=True)
+                return False
+            partial.replace(tar)
+        with _lock:
+            index = self._index()
+            index[ref]["runtimes"]["podman"].update(self._import(tar, ref, digest, progress))
+            self._save(index)
+        return self._podman_has(ref, digest)
 
     def podman_env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.ensure_conf())}

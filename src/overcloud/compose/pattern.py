@@ -105,6 +105,9 @@ class Deployment:
     labels: dict[str, str]
     node_selector: dict[str, str]
     containers: list[Container]
+    # from the pod template's prometheus.io/{scrape,port,path} annotations: the OverCloud's
+    # Prometheus scrapes every ready replica there
+    scrape: dict[str, Any] | None = None
 
     @property
     def cpu_request(self) -> float:
@@ -488,20 +491,21 @@ def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str
 
 
 def _deployment(check: _Check, doc: dict[str, Any], name: str, configmaps: dict[str, dict[str, str]]) -> Deployment:
-    spec = check.mapping(doc.get("spec"), "spec", {"replicas", "selector", "template", "strategy",
-                                                   "minReadySeconds", "revisionHistoryLimit"}, {"selector", "template"})
+    spec = check.mapping(doc.get("spec"), "spec", {"replicas", "selector", "template"}, {"selector", "template"})
     replicas = check.integer(spec.get("replicas", 1), "spec.replicas", 0, 100)
     sel = check.mapping(spec["selector"], "spec.selector", {"matchLabels"}, {"matchLabels"})
     match = check.labels(sel["matchLabels"], "spec.selector.matchLabels")
     tmpl = check.mapping(spec["template"], "spec.template", {"metadata", "spec"}, {"metadata", "spec"})
-    tmeta = check.mapping(tmpl["metadata"], "spec.template.metadata", {"labels", "annotations", "name"}, {"labels"})
+    tmeta = check.mapping(tmpl["metadata"], "spec.template.metadata", {"labels", "annotations"}, {"labels"})
     labels = check.labels(tmeta["labels"], "spec.template.metadata.labels")
+    notes = tmeta.get("annotations") or {}
+    if not isinstance(notes, dict) or not all(isinstance(v, str) for v in notes.values()):
+        raise check.fail("spec.template.metadata.annotations", "must map names to strings (quote numbers and booleans)")
     for k, v in match.items():
         if labels.get(k) != v:
             raise check.fail("spec.selector.matchLabels", f"{k}={v} is not among the template's labels "
                              "(Kubernetes refuses such a Deployment)")
-    pod = check.mapping(tmpl["spec"], "spec.template.spec", {"containers", "nodeSelector", "restartPolicy",
-                                                              "terminationGracePeriodSeconds"}, {"containers"})
+    pod = check.mapping(tmpl["spec"], "spec.template.spec", {"containers", "nodeSelector", "restartPolicy"}, {"containers"})
     if pod.get("restartPolicy", "Always") != "Always":
         raise check.fail("spec.template.spec.restartPolicy", "a Deployment's pods restart Always (as in Kubernetes)")
     node_selector = check.labels(pod.get("nodeSelector") or {}, "spec.template.spec.nodeSelector")
@@ -516,9 +520,17 @@ def _deployment(check: _Check, doc: dict[str, Any], name: str, configmaps: dict[
     ports = [p for c in containers for p in c.ports]
     if len(ports) != len(set(ports)):
         raise check.fail("spec.template.spec.containers", "two containers of one pod listen on the same port")
-    if "strategy" in spec:
-        check.mapping(spec["strategy"], "spec.strategy", {"type"})
-    return Deployment(name=name, replicas=replicas, labels=labels, node_selector=node_selector, containers=containers)
+    scrape = None
+    if notes.get("prometheus.io/scrape") == "true":
+        f = "spec.template.metadata.annotations.prometheus.io/port"
+        if not notes.get("prometheus.io/port", "").isdigit():
+            raise check.fail(f, "names the port Prometheus scrapes (a containerPort, as a string)")
+        port = int(notes["prometheus.io/port"])
+        if port not in ports:
+            raise check.fail(f, f"{port} is not a containerPort of this pod ({', '.join(map(str, ports)) or 'none'})")
+        scrape = {"port": port, "path": notes.get("prometheus.io/path", "/metrics")}
+    return Deployment(name=name, replicas=replicas, labels=labels, node_selector=node_selector, containers=containers,
+                      scrape=scrape)
 
 
 def _service(check: _Check, doc: dict[str, Any], name: str) -> Service:

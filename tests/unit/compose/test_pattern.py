@@ -149,3 +149,12 @@ def test_sources_yaml_text_tar_and_size_limit(tmp_path):
         pat.load_documents("kind: [")
     with pytest.raises(pat.PatternError, match="no \\*.yaml"):
         pat.load_documents(tmp_path)
+
+
+def test_prometheus_annotations_ask_for_a_scrape_of_a_declared_port():
+    d = docs()
+    d[0]["spec"]["template"]["metadata"]["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": "8070"}
+    assert pat.parse(d).deployments[0].scrape == {"port": 8070, "path": "/metrics"}
+    d[0]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "9999"
+    err = refused(d)
+    assert err.field == "spec.template.metadata.annotations.prometheus.io/port" and "not a containerPort" in err.reason

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from overcloud.api.deps import PrincipalDep, TowerDep
 from overcloud.api.requests import RequestError
@@ -102,6 +103,18 @@ async def get_service(overcloud_id: str, name: str, tower: TowerDep, principal: 
     _visible(tower, principal, overcloud_id)
     row = _row(tower, overcloud_id, name)
     return await run_in_threadpool(lambda: tower.services.describe(overcloud_id, row, logs=logs))
+
+
+class ScaleBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(ge=0, le=100, description="the Deployment's new replica count")
+
+
+@router.patch("/{overcloud_id}/services/{name}",
+              summary="Scale a service: new replicas are placed by the same rules, surplus ones removed")
+async def scale_service(overcloud_id: str, name: str, body: ScaleBody, tower: TowerDep, principal: PrincipalDep) -> dict[str, Any]:
+    _visible(tower, principal, overcloud_id)
+    return await run_in_threadpool(tower.services.scale, overcloud_id, name, body.replicas)
 
 
 @router.delete("/{overcloud_id}/services/{name}", summary="Stop and remove a service (its replicas everywhere)")
