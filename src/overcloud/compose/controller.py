@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -38,8 +37,10 @@ from typing import Any
 from overcloud import states
 from overcloud.compose import images as img
 from overcloud.compose import placement as pl
+from overcloud.compose import probes, stitching, views
 from overcloud.compose import runtime as rt
-from overcloud.compose.pattern import Deployment, Pattern, PatternError, Probe, Service
+from overcloud.compose.pattern import Deployment, Pattern, PatternError, Probe
+from overcloud.compose.views import deployment_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,6 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def env_name(service: str) -> str:
-    return service.upper().replace("-", "_")
-
-
 @dataclasses.dataclass
 class _Watch:
     """What the controller remembers of one replica between ticks (not stored)."""
@@ -82,12 +79,6 @@ class _Watch:
     next_live: float = 0.0
     retry_at: float = 0.0
     backoff: float = 2.0
-
-
-def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
-    p = Pattern.from_dict({"deployments": [spec["deployment"]], "services": spec["services"], "configmaps": {},
-                           "documents": []})
-    return p.deployments[0], p.services
 
 
 class ServiceController:
@@ -132,7 +123,7 @@ class ServiceController:
         for b in oc_row.boxes:
             if b.role == "cluster" and b.name not in self._out.get(oc_row.id, set()):
                 try:
-                    listening[b.name] = self.tower.local.transport(b).call(_listening_ports)
+                    listening[b.name] = self.tower.local.transport(b).call(probes.listening_ports)
                 except OSError:
                     listening[b.name] = set()
         nodes = pl.nodes_from_boxes(oc_row.boxes, self.site_labels(), self._out.get(oc_row.id, set()), listening)
@@ -416,7 +407,7 @@ class ServiceController:
                     self._out.setdefault(overcloud_id, set()).add(name)
                     self.repo.add_event(overcloud_id, "services", {"box_out_of_service": name,
                                                                    "reason": "its supervisord does not answer"})
-        endpoints = self._endpoints(rows, boxes)
+        endpoints = stitching.endpoints(rows, boxes)
         changed_any = False
         for row in rows:
             d, _ = deployment_of(row.spec)
@@ -545,45 +536,19 @@ class ServiceController:
 
     def _run_probe(self, oc, row, r: dict[str, Any], box, c, p: Probe) -> bool:
         net = self.tower.local.transport(box)
-        try:
-            if p.kind == "tcp":
-                net.connect_tcp("127.0.0.1", p.port, timeout=p.timeout).close()
-                return True
-            if p.kind == "http":
-                sock = net.connect_tcp("127.0.0.1", p.port, timeout=p.timeout)
-                try:
-                    sock.sendall(f"GET {p.path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: overcloud-probe\r\n\r\n".encode())
-                    head = sock.recv(64).decode("latin-1")
-                finally:
-                    sock.close()
-                parts = head.split()
-                return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
-            if row.runtime == "podman":
-                argv = ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *p.command]
-                res = subprocess.run(argv, capture_output=True, timeout=p.timeout + 5, env=self.images.podman_env())
-            else:
-                res = net.run(["sh", "-c", '. "$0" && exec "$@"', str(self._workdir(oc.id, r["name"]) / f"{c.name}.env"),
-                               *p.command], timeout=p.timeout)
-            return res.returncode == 0
-        except (OSError, socket.timeout, subprocess.TimeoutExpired, ValueError):
-            return False
+        if row.runtime == "podman":
+            return probes.run(net, p, lambda cmd: ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *cmd],
+                              self.images.podman_env())
+        env_file = str(self._workdir(oc.id, r["name"]) / f"{c.name}.env")
+        return probes.run(net, p, lambda cmd: ["ip", "netns", "exec", box.handle, "sh", "-c", '. "$0" && exec "$@"',
+                                               env_file, *cmd])
 
     # -- launching -------------------------------------------------------------------
     def _workdir(self, overcloud_id: str, replica: str) -> Path:
         return self.root / overcloud_id / replica
 
     def _env(self, oc, row, d: Deployment, r: dict[str, Any], c, endpoints, box) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for name, eps in sorted(endpoints.items()):
-            if not eps:
-                continue
-            ep = _nearest(eps, box.name, box.site)
-            key = env_name(name)
-            env[f"{key}_SERVICE_HOST"] = ep["address"]
-            env[f"{key}_SERVICE_PORT"] = str(ep["ports"][0]["port"])
-            for port in ep["ports"]:
-                if port.get("name"):
-                    env[f"{key}_SERVICE_PORT_{env_name(port['name'])}"] = str(port["port"])
+        env = stitching.service_env(endpoints, box)
         env.update({"OVERCLOUD_ID": oc.id, "OVERCLOUD_BOX": box.name, "OVERCLOUD_SITE": box.site,
                     "OVERCLOUD_REPLICA": r["name"], "HOSTNAME": r["name"]})
         try:
@@ -646,18 +611,6 @@ class ServiceController:
         return True
 
     # -- stitching ------------------------------------------------------------------------
-    def _endpoints(self, rows, boxes) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            for s in row.spec["services"]:
-                eps = out.setdefault(s["name"], [])
-                for r in row.replicas:
-                    b = boxes.get(r["box"])
-                    if r["ready"] and b is not None and b.overlay_address:
-                        eps.append({"replica": r["name"], "box": b.name, "site": b.site, "address": b.overlay_address,
-                                    "site_address": b.address, "ports": s["ports"]})
-        return out
-
     def _stitch(self, overcloud_id: str) -> None:
         """Write every box's /etc/hosts: box names, then each Service's nearest ready endpoint."""
         from overcloud.components.post import hosts_entries
@@ -668,12 +621,9 @@ class ServiceController:
         if any(not b.overlay_address for b in boxes.values()):
             return
         base = hosts_entries([box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
-        endpoints = self._endpoints(self.repo.services(overcloud_id), boxes)
+        endpoints = stitching.endpoints(self.repo.services(overcloud_id), boxes)
         for b in oc.boxes:
-            entries = dict(base)
-            for name, eps in endpoints.items():
-                if eps:
-                    entries[name] = _nearest(eps, b.name, b.site)["address"]
+            entries = stitching.hosts(base, endpoints, b)
             if self._hosts.get(b.handle) == entries:
                 continue
             try:
@@ -683,21 +633,8 @@ class ServiceController:
                 logger.warning("hosts of %s: %s", b.name, exc)
 
     def scrape_targets(self, overcloud_id: str) -> list[dict[str, Any]]:
-        """Prometheus targets of ready replicas whose pods ask to be scraped (annotations)."""
         oc = self.repo.get(overcloud_id)
-        boxes = {b.name: b for b in oc.boxes}
-        out = []
-        for row in self.repo.services(overcloud_id):
-            scrape = row.spec["deployment"].get("scrape")
-            if not scrape:
-                continue
-            for r in row.replicas:
-                b = boxes.get(r["box"])
-                if r["ready"] and b is not None and b.overlay_address:
-                    out.append({"target": f"{b.overlay_address}:{scrape['port']}",
-                                "labels": {"box": b.name, "site": b.site, "role": b.role, "service": row.name,
-                                           "replica": r["name"], "__metrics_path__": scrape["path"]}})
-        return sorted(out, key=lambda t: t["labels"]["replica"])
+        return stitching.scrape_targets(self.repo.services(overcloud_id), {b.name: b for b in oc.boxes})
 
     def _rescrape(self, oc) -> None:
         """Regenerate the OverCloud's Prometheus config (and reload it) when the scraped
@@ -719,50 +656,10 @@ class ServiceController:
     # -- views -----------------------------------------------------------------------------
     def describe(self, overcloud_id: str, row, *, logs: int = 0) -> dict[str, Any]:
         oc = self.repo.get(overcloud_id)
-        boxes = {b.name: b for b in oc.boxes}
-        endpoints = self._endpoints(self.repo.services(overcloud_id), boxes)
-        d, services = deployment_of(row.spec)
-        replicas = []
-        for r in row.replicas:
-            b = boxes.get(r["box"])
-            item = {k: r.get(k) for k in ("name", "box", "site", "state", "ready", "restarts", "message", "started_at")}
-            item["address"] = b.overlay_address if b else None
-            item["site_address"] = b.address if b else None
-            if logs and b is not None:
-                item["logs"] = self._log_tail(b.handle, r["name"], d, logs)
-            replicas.append(item)
-        return {
-            "name": row.name, "status": row.status, "runtime": row.runtime, "pattern_id": row.pattern_id,
-            "replicas_ready": sum(1 for r in row.replicas if r["ready"]), "replicas_wanted": d.replicas,
-            "images": sorted(d.images), "depends_on": row.spec.get("depends_on", []),
-            "requests": {"cpu": d.cpu_request, "memory": d.memory_request},
-            "node_selector": d.node_selector,
-            "services": [{"name": s.name, "ports": [p.port for p in s.ports],
-                          "endpoints": [f"{e['address']}:{p.port}" for e in endpoints.get(s.name, []) for p in s.ports],
-                          "host_endpoints": [f"{e['site_address']}:{p.port}" for e in endpoints.get(s.name, []) for p in s.ports]}
-                         for s in services],
-            "replicas": replicas,
-            "created_at": row.created_at.isoformat() if row.created_at else None,
-            "ready_at": row.ready_at.isoformat() if row.ready_at else None,
-            "ready_seconds": round((row.ready_at - row.created_at).total_seconds(), 2) if row.ready_at and row.created_at else None,
-        }
-
-    def _log_tail(self, handle: str, replica: str, d: Deployment, lines: int) -> list[str]:
-        sup = self.tower.local.supervisor(handle)
-        out: list[str] = []
-        for c in d.containers:
-            for stream in ("out", "err"):
-                path = sup.log_dir / f"{rt.program_name(replica, c.name)}.{stream}.log"
-                out += [f"[{c.name}] {line}" for line in _tail(path, lines)]
-        return out[-lines:] if len(d.containers) == 1 else out
+        return views.describe(self.tower.local, oc, row, self.repo.services(overcloud_id), logs=logs)
 
     def workloads_by_box(self, overcloud_id: str) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        for row in self.repo.services(overcloud_id):
-            for r in row.replicas:
-                out.setdefault(r["box"], []).append({"replica": r["name"], "service": row.name, "state": r["state"],
-                                                    "ready": r["ready"], "restarts": r["restarts"]})
-        return out
+        return views.workloads_by_box(self.repo.services(overcloud_id))
 
 
 def _status(replicas: list[dict[str, Any]], current: str) -> str:
@@ -775,41 +672,9 @@ def _status(replicas: list[dict[str, Any]], current: str) -> str:
     return "STARTING"
 
 
-def _nearest(eps: list[dict[str, Any]], box: str, site: str) -> dict[str, Any]:
-    return min(eps, key=lambda e: (e["box"] != box, e["site"] != site, e["replica"]))
-
-
-def _listening_ports() -> set[int]:
-    """TCP ports in LISTEN state in the calling thread's network namespace."""
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/thread-self/net/{name}") as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[3] == "0A":
-                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-        except OSError:
-            continue
-    return ports
-
-
 def _start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line for line in data.splitlines() if line.strip()][-lines:]

@@ -198,7 +198,7 @@ class Images:
                 raise ImageError("mmdebstrap is not installed (`make install` installs it as root)")
             packages = ["python3", *packages_of(image_dir)]
             src = image_dir / "src"
-            hook = f'mkdir -p "$1/opt/app"' + (f' && cp -a {_q(src)}/. "$1/opt/app/"' if src.is_dir() else "")
+            hook = 'mkdir -p "$1/opt/app"' + (f' && cp -a {_q(src)}/. "$1/opt/app/"' if src.is_dir() else "")
             progress(f"{ref}: mmdebstrap {codename()} with {', '.join(packages)} (~30 s)")
             partial = tar.with_name(tar.stem + ".partial.tar")
             r = subprocess.run(

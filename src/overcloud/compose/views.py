@@ -1,0 +1,79 @@
+"""What the API shows of composed services: one service's replicas, endpoints and recent
+log lines, and the workloads per box for the Fabric topology."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from overcloud.compose import runtime as rt
+from overcloud.compose import stitching
+from overcloud.compose.pattern import Deployment, Pattern, Service
+
+
+def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
+    p = Pattern.from_dict({"deployments": [spec["deployment"]], "services": spec["services"], "configmaps": {},
+                           "documents": []})
+    return p.deployments[0], p.services
+
+
+def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, Any]:
+    boxes = {b.name: b for b in oc.boxes}
+    eps = stitching.endpoints(rows, boxes)
+    d, services = deployment_of(row.spec)
+    replicas = []
+    for r in row.replicas:
+        b = boxes.get(r["box"])
+        item = {k: r.get(k) for k in ("name", "box", "site", "state", "ready", "restarts", "message", "started_at")}
+        item["address"] = b.overlay_address if b else None
+        item["site_address"] = b.address if b else None
+        if logs and b is not None:
+            item["logs"] = log_tail(local.supervisor(b.handle), r["name"], d, logs)
+        replicas.append(item)
+    return {
+        "name": row.name, "status": row.status, "runtime": row.runtime, "pattern_id": row.pattern_id,
+        "replicas_ready": sum(1 for r in row.replicas if r["ready"]), "replicas_wanted": d.replicas,
+        "images": sorted(d.images), "depends_on": row.spec.get("depends_on", []),
+        "requests": {"cpu": d.cpu_request, "memory": d.memory_request},
+        "node_selector": d.node_selector,
+        "services": [{"name": s.name, "ports": [p.port for p in s.ports],
+                      "endpoints": [f"{e['address']}:{p.port}" for e in eps.get(s.name, []) for p in s.ports],
+                      "host_endpoints": [f"{e['site_address']}:{p.port}" for e in eps.get(s.name, []) for p in s.ports]}
+                     for s in services],
+        "replicas": replicas,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "ready_at": row.ready_at.isoformat() if row.ready_at else None,
+        "ready_seconds": round((row.ready_at - row.created_at).total_seconds(), 2) if row.ready_at and row.created_at else None,
+    }
+
+
+def log_tail(sup, replica: str, d: Deployment, lines: int) -> list[str]:
+    """The last lines of each container's stdout and stderr (supervisord's log files)."""
+    out: list[str] = []
+    for c in d.containers:
+        for stream in ("out", "err"):
+            path = sup.log_dir / f"{rt.program_name(replica, c.name)}.{stream}.log"
+            out += [f"[{c.name}] {line}" for line in tail(path, lines)]
+    return out[-lines:] if len(d.containers) == 1 else out
+
+
+def workloads_by_box(rows: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        for r in row.replicas:
+            out.setdefault(r["box"], []).append({"replica": r["name"], "service": row.name, "state": r["state"],
+                                                "ready": r["ready"], "restarts": r["restarts"]})
+    return out
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-lines:]
