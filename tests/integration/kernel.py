@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,8 +16,12 @@ def leftovers(overcloud_id: str, state_dir: Path | None = None) -> list[str]:
     left += [f"netns {n}" for n in netns if n.startswith(prefix)]
     links = subprocess.run(["ip", "-d", "-o", "link", "show"], capture_output=True, text=True).stdout
     left += [f"link {line.split(':')[1].strip()}" for line in links.splitlines() if overcloud_id in line]
-    for ctl in ("memory", "cpu", "cpuacct", "pids", "unified", ""):
-        left += [f"cgroup {p}" for p in glob.glob(f"/sys/fs/cgroup/{ctl}/overcloud/{prefix}*".replace("//", "/"))]
+    # every hierarchy: podman nests containers' groups under a box's, in cpuset, pids, ... too
+    left += [f"cgroup {p}" for p in glob.glob(f"/sys/fs/cgroup/*/overcloud/{prefix}*") + glob.glob(f"/sys/fs/cgroup/overcloud/{prefix}*")]
+    if shutil.which("podman"):
+        ps = subprocess.run(["podman", "ps", "-a", "--filter", f"label=overcloud.io/overcloud={overcloud_id}",
+                             "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+        left += [f"container {n}" for n in ps.split()]
     left += [f"/etc/netns/{p}" for p in os.listdir("/etc/netns")] if os.path.isdir("/etc/netns") else []
     left = [x for x in left if not x.startswith("/etc/netns/") or prefix in x]
     left += [f"socket {p}" for p in glob.glob(f"/run/overcloud/{prefix}*")]

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from towers import wait_for
 
 from overcloud.boxes.netns import NetnsTransport
 from overcloud.boxes.supervision import _rpc_proxy
@@ -26,17 +27,6 @@ def oc(tower):
     with tower.client() as c:
         c.delete(f"/overclouds/{d['overcloud_ID']}")
     tower.wait_status(d["overcloud_ID"], {"DELETED", "FAILED"}, timeout=300)
-
-
-def wait_for(fn, what: str, bound: float = 20.0):
-    """Poll a condition (bounded); the assertion is the condition, not the time it took."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not seen within {bound} s")
 
 
 def test_every_target_is_up_and_labelled_with_its_box(tower, oc):

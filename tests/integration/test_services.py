@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from towers import wait_for
 
 from overcloud.boxes.supervision import _rpc_proxy
 from overcloud.compose.pattern import MAX_PATTERN_BYTES
@@ -21,16 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SMART = ROOT / "patterns" / "smart_energy"
 PATTERN = (SMART / "smart-energy.yaml").read_text()
 IMAGE = "localhost/overcloud/smart-energy:latest"
-
-
-def wait_for(fn, what: str, bound: float = 20.0):
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not seen within {bound} s")
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +172,10 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
         creds["s3_endpoint"], creds["access_key"], creds["secret_key"], creds["buckets"][0])
     assert listing.returncode == 0, listing.stderr
     assert any(k.startswith(f"readings/device={device}/hour=") for k in listing.stdout.split()), listing.stdout
+    # the keys the containers got in their environment are shown nowhere
+    with tower.client() as c:
+        shown = c.get(f"/overclouds/{oid}/services").text + c.get(f"/overclouds/{oid}/services/collector?logs=200").text
+    assert creds["secret_key"] not in shown and creds["secret_key"] not in tower.log.read_text()
     # workloads show in the Fabric topology and the detail
     with tower.client() as c:
         topo = c.get(f"/overclouds/{oid}/topology").json()

@@ -130,3 +130,12 @@ def local_host(state_dir: Path, sites=TEST_SITES, overlay=TEST_OVERLAY):
     )
 
 
+def wait_for(fn, what: str, bound: float = 20.0):
+    """Poll a condition (bounded); the assertion is the condition, not the time it took."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not seen within {bound} s")

@@ -93,6 +93,7 @@ class ServiceController:
         self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
         self._hosts: dict[str, dict[str, str]] = {}  # box handle -> entries last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
+        self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -269,12 +270,7 @@ class ServiceController:
             if replicas > len(current):
                 nodes = self._nodes(oc, exclude=name)
                 existing = [pl.Assignment(d.name, r["index"], r["box"], r["site"]) for r in current]
-                for a in existing:
-                    n = next((n for n in nodes if n.name == a.box), None)
-                    if n is not None:
-                        n.used_cpu += d.cpu_request
-                        n.used_memory += d.memory_request
-                        n.ports |= pl.ports_of(d)
+                pl.charge(nodes, d, existing)
                 start = max((r["index"] for r in current), default=-1) + 1
                 d.replicas = replicas
                 added = pl.place_replicas(d, nodes, range(start, start + replicas - len(current)), existing=existing)
@@ -313,10 +309,7 @@ class ServiceController:
     def remove_all(self, overcloud_id: str) -> list[str]:
         """Every service of the OverCloud (the first step of its delete)."""
         names = []
-        rows = self.repo.services(overcloud_id)
-        self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for row in rows if row.runtime == "podman"
-                         for r in row.replicas for c in deployment_of(row.spec)[0].containers])
-        for row in rows:
+        for row in self.repo.services(overcloud_id):
             try:
                 self.remove(overcloud_id, row.name)
                 names.append(row.name)
@@ -326,13 +319,12 @@ class ServiceController:
         return names
 
     def _stop_replicas(self, overcloud_id: str, row, replicas: list[dict[str, Any]]) -> list[str]:
-        """Containers first (``podman rm -f -t 0``: a Python PID 1 ignores SIGTERM, so a graceful
-        stop would wait out podman's 10 s), then the programs, processes, logs and work dirs."""
+        """Programs first (so supervisord restarts nothing), then containers (``podman rm -f -t 0``:
+        a Python PID 1 ignores SIGTERM, a graceful stop would wait out podman's 10 s), then
+        leftover processes by PID, logs and work dirs."""
         oc = self.repo.get(overcloud_id)
         boxes = {b.name: b for b in oc.boxes}
         d, _ = deployment_of(row.spec)
-        if row.runtime == "podman":
-            self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for r in replicas for c in d.containers])
         removed = []
         for r in replicas:
             box = boxes.get(r["box"])
@@ -351,6 +343,8 @@ class ServiceController:
             self._kill_pids(r)
             shutil.rmtree(self._workdir(overcloud_id, r["name"]), ignore_errors=True)
             removed.append(f"{r['name']}@{r['box']}")
+        if row.runtime == "podman":
+            self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for r in replicas for c in d.containers])
         return removed
 
     def _podman_rm(self, names: list[str]) -> None:
@@ -408,7 +402,8 @@ class ServiceController:
                     self.repo.add_event(overcloud_id, "services", {"box_out_of_service": name,
                                                                    "reason": "its supervisord does not answer"})
         endpoints = stitching.endpoints(rows, boxes)
-        changed_any = False
+        changed_any = overcloud_id not in self._seen  # a restarted Tower writes hosts and targets once
+        self._seen.add(overcloud_id)
         for row in rows:
             d, _ = deployment_of(row.spec)
             replicas = [dict(r) for r in row.replicas]
@@ -579,7 +574,7 @@ class ServiceController:
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                            image_dir=self.images.process_dir(c.image))
             sup.add_program(launch.program, launch.command, directory=launch.directory, startsecs=1, startretries=3,
-                            environment=None)
+                            stopsignal=launch.stopsignal)
 
     # -- re-placement ------------------------------------------------------------------
     def _replace(self, oc, row, d: Deployment, r: dict[str, Any], replicas: list[dict[str, Any]]) -> bool:
@@ -590,12 +585,7 @@ class ServiceController:
         nodes = self._nodes(oc, exclude=row.name)
         others = [pl.Assignment(d.name, x["index"], x["box"], x["site"]) for x in replicas
                   if x is not r and x["box"] not in self._out.get(oc.id, set())]
-        for a in others:
-            n = next((n for n in nodes if n.name == a.box), None)
-            if n is not None:
-                n.used_cpu += d.cpu_request
-                n.used_memory += d.memory_request
-                n.ports |= pl.ports_of(d)
+        pl.charge(nodes, d, others)
         try:
             [a] = pl.place_replicas(d, nodes, [r["index"]], existing=others)
         except pl.PlacementError as exc:

@@ -123,6 +123,17 @@ def _refusal(d: Deployment, nodes: list[Node], index: int) -> str:
     return (f"{replica}: no single box {where} has both {format_memory(need_mem)} and {need_cpu:g} CPU free")
 
 
+def charge(nodes: list[Node], d: Deployment, placed: Iterable[Assignment]) -> None:
+    """Count already placed replicas of ``d`` against their nodes (requests and ports)."""
+    by_name = {n.name: n for n in nodes}
+    for a in placed:
+        n = by_name.get(a.box)
+        if n is not None:
+            n.used_cpu += d.cpu_request
+            n.used_memory += d.memory_request
+            n.ports |= ports_of(d)
+
+
 def place_replicas(d: Deployment, nodes: list[Node], indexes: Iterable[int],
                    existing: list[Assignment] = ()) -> list[Assignment]:
     """Place the given replica indexes of one Deployment onto ``nodes`` (whose ``used_*`` are

@@ -87,6 +87,9 @@ class Launch:
     command: list[str]
     directory: str
     cleanup: list[list[str]]  # commands that remove leftovers (a podman container)
+    # how supervisord stops it: a process gets SIGTERM; `podman run` gets SIGKILL, since the
+    # signal it forwards would go to a PID 1 that ignores it (the container is removed after)
+    stopsignal: str = "TERM"
 
 
 def write_env(path: Path, env: dict[str, str], shell: bool) -> None:
@@ -153,4 +156,5 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
     script = (f"{cgroup_mount_script()}\nexport CONTAINERS_CONF={shlex.quote(str(containers_conf))}\n"
               f"exec {shlex.join(run)}\n")
     cleanup = [["podman", "rm", "-f", "-t", "0", "--ignore", name]]
-    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script))], str(workdir), cleanup)
+    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script))], str(workdir), cleanup,
+                  stopsignal="KILL")

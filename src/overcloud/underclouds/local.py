@@ -33,6 +33,7 @@ from overcloud.boxes import netns as boxnetns
 from overcloud.boxes.cgroups import Cgroups
 from overcloud.boxes.netns import NetnsTransport
 from overcloud.boxes.supervision import ETC_NETNS, BoxSupervisor
+from overcloud.underclouds import local_containers as containers
 from overcloud.underclouds import local_net as net
 from overcloud.underclouds.base import (
     Box,
@@ -394,6 +395,7 @@ class LocalHost:
         for lease in self.leases.overlays():
             if overcloud_id is None or lease["overcloud_id"] == overcloud_id:
                 found.append(TaggedResource(lease["overcloud_id"], "lease", f"overlay lease {lease['overcloud_id']}"))
+        found += [TaggedResource(oc, "container", f"container {name}") for oc, name in containers.tagged(overcloud_id)]
         return found
 
     def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
@@ -408,6 +410,7 @@ class LocalHost:
             handles |= {
                 box_handle(o, n) for _, o, n, _ in net.host_tagged_links(self.bridges) if o == oc
             }
+            containers.remove([r.name.split(" ", 1)[1] for r in tagged if r.kind == "container"])
             errors = [e for _, _, e in _parallel(self.destroy_box, sorted(handles)) if e is not None]
             self.leases.delete_overlay(oc)
             if errors:
