@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kernel import leftovers
 from towers import wait_for
 
 from overcloud.boxes.supervision import _rpc_proxy
@@ -35,7 +36,8 @@ def oc(tower):
     yield d
     with tower.client() as c:
         c.delete(f"/overclouds/{d['overcloud_ID']}")
-    tower.wait_status(d["overcloud_ID"], {"DELETED", "FAILED"}, timeout=300)
+    assert tower.wait_status(d["overcloud_ID"], {"DELETED", "FAILED"}, timeout=300)["status"] == "DELETED"
+    assert leftovers(d["overcloud_ID"], tower.state_dir) == []  # containers and nested cgroups included
 
 
 def handle(oc, box: str) -> str:

@@ -144,7 +144,8 @@ class Images:
             info = index.get(ref) or {}
             if info.get("hash") != digest:
                 info = {"hash": digest, "runtimes": {}}
-            done = runtime in info["runtimes"] and (runtime != "podman" or self._podman_has(ref, digest))
+            done = runtime in info["runtimes"] and (runtime != "podman" or (
+                self._podman_has(ref, digest) and Path(info["runtimes"]["podman"].get("tar") or "/nonexistent").exists()))
             if done and not force:
                 progress(f"{ref}: up to date ({digest})")
                 return {"image": ref, "hash": digest, "runtime": runtime, "built": False}
@@ -190,9 +191,6 @@ class Images:
         cache = self.cache
         cache.mkdir(parents=True, exist_ok=True)
         tar = cache / f"{image_dir.name}-{digest}.tar"
-        if self._podman_has(ref, digest):  # Podman's store is host-wide: another state dir built it
-            progress(f"{ref}: already in Podman's store ({digest})")
-            return {"tar": str(tar) if tar.exists() else None}
         if not tar.exists():
             if shutil.which("mmdebstrap") is None:
                 raise ImageError("mmdebstrap is not installed (`make install` installs it as root)")
@@ -213,6 +211,9 @@ class Images:
             for old in cache.glob(f"{image_dir.name}-*.tar"):
                 if old != tar:
                     old.unlink()
+        if self._podman_has(ref, digest):  # Podman's store is host-wide: another state dir imported it
+            progress(f"{ref}: already in Podman's store ({digest})")
+            return {"tar": str(tar)}
         return self._import(tar, ref, digest, progress)
 
     def _import(self, tar: Path, ref: str, digest: str, progress) -> dict[str, Any]:
