@@ -580,7 +580,7 @@ def parse(documents: list[dict[str, Any]]) -> Pattern:
     for i, doc in enumerate(documents):
         kind = doc.get("kind")
         label = f"document {i + 1}"
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             raise PatternError(label, "kind", f"{kind!r} is not supported (supported: {', '.join(KINDS)})")
         raw_name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
         check = _Check(f"{kind}/{raw_name}" if isinstance(raw_name, str) else f"{kind} ({label})")

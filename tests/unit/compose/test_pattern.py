@@ -158,3 +158,42 @@ def test_prometheus_annotations_ask_for_a_scrape_of_a_declared_port():
     d[0]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "9999"
     err = refused(d)
     assert err.field == "spec.template.metadata.annotations.prometheus.io/port" and "not a containerPort" in err.reason
+
+
+# -- whatever arrives, the checker answers with a PatternError or a Pattern, never a crash ----
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.floats(allow_nan=False), st.text(max_size=12))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+                       max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_mutation_is_accepted_or_refused_cleanly(data):
+    d = docs()
+    node = d[data.draw(st.integers(0, 1))]
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+        if not keys:
+            break
+        key = data.draw(st.sampled_from(keys))
+        if data.draw(st.booleans()) or not isinstance(node[key], (dict, list)):
+            node[key] = data.draw(_values)
+            break
+        node = node[key]
+    try:
+        pat.parse(d)
+    except pat.PatternError as exc:
+        assert exc.manifest and exc.reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200)))
+def test_any_bytes_are_accepted_or_refused_cleanly(raw):
+    try:
+        pat.load(raw)
+    except pat.PatternError as exc:
+        assert exc.reason
