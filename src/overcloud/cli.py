@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from overcloud.config import DEFAULT_PORT, Settings
 
@@ -490,8 +491,8 @@ def logs(
             if old:  # print what follows the last line printed before
                 last = old[-1]
                 new = got[len(got) - got[::-1].index(last):] if last in got else got
-            for line in new:
-                out.print(f"[cyan]{r['name']}[/] {line}", highlight=False, markup=True)
+            for line in new:  # log lines are text, never markup: "[collector] ..." must print as is
+                out.print(Text.assemble((r["name"], "cyan"), " ", line), highlight=False, soft_wrap=True)
             seen[r["name"]] = got
         if not follow:
             return
@@ -560,7 +561,7 @@ def demo(
   logs           .venv/bin/overcloud logs {overcloud_id} analyzer -f
   inject a fault ip netns exec {handle} mosquitto_pub -h mqtt -t se/fault/all -m '{{"kind":"overheat"}}'
                  (then watch the dashboard: anomaly, power_save applied, notification)
-""", highlight=False)
+""", highlight=False, soft_wrap=True)
 
 
 @db_app.command("upgrade")
