@@ -506,8 +506,8 @@ def images_build(
     force: Annotated[bool, typer.Option("--force", help="rebuild even when up to date")] = False,
 ) -> None:
     """Build a pattern's images on this host (mmdebstrap + podman import, or a process image)."""
-    from overcloud.compose import images as img
-    from overcloud.compose import runtime as rt
+    from overcloud.composition import images as img
+    from overcloud.composition import runtime as rt
 
     try:
         chosen = rt.choose(runtime if runtime != "auto" else _settings().runtime)
@@ -524,7 +524,7 @@ def images_build(
 @images_app.command("list")
 def images_list() -> None:
     """Images this host has built, and for which runtimes."""
-    from overcloud.compose import images as img
+    from overcloud.composition import images as img
 
     rows = img.Images(_settings().state_dir).list()
     t = Table("image", "hash", "runtimes", "built_at")

@@ -79,7 +79,7 @@ class Tower:
         self._events: queue.Queue = queue.Queue()
         self._writer = threading.Thread(target=self._write_events, name="task-events", daemon=True)
         self._writer.start()
-        from overcloud.compose.controller import ServiceController
+        from overcloud.composition.controller import ServiceController
 
         self.services = ServiceController(self)
 

@@ -16,7 +16,7 @@ from kernel import leftovers
 from towers import wait_for
 
 from overcloud.boxes.supervision import _rpc_proxy
-from overcloud.compose.pattern import MAX_PATTERN_BYTES
+from overcloud.composition.pattern import MAX_PATTERN_BYTES
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

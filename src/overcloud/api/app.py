@@ -20,9 +20,9 @@ from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
 from overcloud.api.requests import RequestError, too_large
 from overcloud.api.routes import datalake, fabric, overclouds, services, system
-from overcloud.compose.controller import NotComposable, ServiceConflict, ServiceNotFound
-from overcloud.compose.pattern import MAX_PATTERN_BYTES, PatternError
-from overcloud.compose.placement import PlacementError
+from overcloud.composition.controller import NotComposable, ServiceConflict, ServiceNotFound
+from overcloud.composition.pattern import MAX_PATTERN_BYTES, PatternError
+from overcloud.composition.placement import PlacementError
 from overcloud.repository import InvalidTransition, NotFound
 from overcloud.tower import ArchiveNotFound, NoDataLake, NoFabric, QuotaExceeded, Tower
 from overcloud.underclouds.base import UnderCloudError

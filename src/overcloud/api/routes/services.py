@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from overcloud.api.deps import PrincipalDep, TowerDep
 from overcloud.api.requests import RequestError
 from overcloud.api.routes.overclouds import _visible
-from overcloud.compose import pattern as pat
-from overcloud.compose.controller import ServiceNotFound
+from overcloud.composition import pattern as pat
+from overcloud.composition.controller import ServiceNotFound
 
 router = APIRouter(prefix="/overclouds", tags=["services"])
 

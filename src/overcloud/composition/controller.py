@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from overcloud import states
-from overcloud.compose import images as img
-from overcloud.compose import placement as pl
-from overcloud.compose import probes, stitching, views
-from overcloud.compose import runtime as rt
-from overcloud.compose.pattern import Deployment, Pattern, PatternError, Probe
-from overcloud.compose.views import deployment_of
+from overcloud.composition import images as img
+from overcloud.composition import placement as pl
+from overcloud.composition import probes, stitching, views
+from overcloud.composition import runtime as rt
+from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe
+from overcloud.composition.views import deployment_of
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from overcloud.compose import pattern as pat
-from overcloud.compose import placement as pl
+from overcloud.composition import pattern as pat
+from overcloud.composition import placement as pl
 
 
 def box(name, site, role="cluster", cpus=0.5, memory_mb=512):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from overcloud.compose import pattern as pat
+from overcloud.composition import pattern as pat
 
 ROOT = Path(__file__).resolve().parents[3]
 SMART = ROOT / "patterns" / "smart_energy"

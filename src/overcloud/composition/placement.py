@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
-from overcloud.compose.pattern import Deployment, Pattern, format_memory
+from overcloud.composition.pattern import Deployment, Pattern, format_memory
 
 # What OverCloud's own programs on a cluster box take (volume server, node-exporter, flow
 # agent, supervisord, health responder), measured at ~120 MiB resident and a few % of a core.

@@ -8,9 +8,9 @@ import stat
 
 import yaml
 
-from overcloud.compose import images as img
-from overcloud.compose import pattern as pat
-from overcloud.compose import runtime as rt
+from overcloud.composition import images as img
+from overcloud.composition import pattern as pat
+from overcloud.composition import runtime as rt
 from test_pattern import DEPLOY
 
 MOUNTINFO_V1 = """\

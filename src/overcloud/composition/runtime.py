@@ -25,7 +25,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from overcloud.compose.pattern import Container
+from overcloud.composition.pattern import Container
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINERS_CONF = """\

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from overcloud.compose import runtime as rt
-from overcloud.compose import stitching
-from overcloud.compose.pattern import Deployment, Pattern, Service
+from overcloud.composition import runtime as rt
+from overcloud.composition import stitching
+from overcloud.composition.pattern import Deployment, Pattern, Service
 
 
 def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from overcloud.compose import runtime as rt
+from overcloud.composition import runtime as rt
 
 PREFIX = "localhost/overcloud/"
 HOST_CACHE = Path("/var/cache/overcloud/images")

@@ -7,7 +7,7 @@ import socket
 import subprocess
 from typing import Callable
 
-from overcloud.compose.pattern import Probe
+from overcloud.composition.pattern import Probe
 
 
 def run(net, p: Probe, exec_argv: Callable[[list[str]], list[str]], exec_env: dict[str, str] | None = None) -> bool:
