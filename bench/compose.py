@@ -8,6 +8,8 @@
 * sensor-to-action latency under 50 simulated devices at 1 reading/s: every device overheats
   at once; latency is from the anomalous reading's timestamp (on the device) to the device
   applying the power-save command (same host clock). p50 and p99 over all rounds.
+* recovery: a killed container back to READY, and the broker's box losing its supervisord
+  (kill -9) until every replica is READY on other boxes (target < 30 s).
 
 Usage (root): bench/compose.py [--rounds 3] [--runtime podman|process]
 """
@@ -59,6 +61,36 @@ def compose(c, oid: str, text: str, runtime: str) -> float:
 def remove_all(c, oid: str) -> None:
     for s in c.get(f"/overclouds/{oid}/services").json():
         c.delete(f"/overclouds/{oid}/services/{s['name']}")
+
+
+def _ready(c, oid: str, name: str, moved_from: str | None = None) -> bool:
+    s = {x["name"]: x for x in c.get(f"/overclouds/{oid}/services").json()}[name]
+    return s["status"] == "READY" and (moved_from is None or all(r["box"] != moved_from for r in s["replicas"]))
+
+
+def recovery(c, oid: str, runtime: str) -> None:
+    import signal
+
+    from overcloud.boxes.supervision import _rpc_proxy
+
+    svc = {s["name"]: s for s in c.get(f"/overclouds/{oid}/services").json()}
+    r = svc["notifier"]["replicas"][0]
+    sup = _rpc_proxy(f"/run/overcloud/oc-{oid[:8]}-{r['box']}.sock").supervisor
+    t0 = time.monotonic()
+    os.kill(sup.getProcessInfo("w-notifier-0-notifier")["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    while not _ready(c, oid, "notifier") and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    print(f"a killed {runtime} replica READY again in {time.monotonic() - t0:.2f} s (supervisord restart + readiness)")
+    box = svc["broker"]["replicas"][0]["box"]
+    sup = _rpc_proxy(f"/run/overcloud/oc-{oid[:8]}-{box}.sock").supervisor
+    t0 = time.monotonic()
+    os.kill(sup.getPID(), signal.SIGKILL)
+    while not all(_ready(c, oid, n, moved_from=box) for n in ("broker", "sensors")) and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    print(f"box {box}'s supervisord killed: broker and sensors READY on other boxes in {took:.1f} s "
+          f"(target < 30 s; ratio {took / 30:.2f}; 5 s of it is the grace before a box counts as out of service)")
 
 
 def main() -> None:
@@ -127,6 +159,7 @@ def main() -> None:
             p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
             print(f"sensor-to-action under 50 devices x 1 reading/s ({readings} readings analysed, {len(lat)} actions): "
                   f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms  (target p99 < 1 s; ratio p99/target {p99:.3f})")
+            recovery(c, oid, args.runtime)
         finally:
             c.delete(f"/overclouds/{oid}")
             for _ in range(600):
