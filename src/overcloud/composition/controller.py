@@ -457,7 +457,8 @@ class ServiceController:
         for cname, (pid, _) in pids.items():
             was = (old.get(cname) or [0])[0]
             if pid and was and pid != was:
-                r["restarts"] += 1  # supervisord started it again after an exit
+                r["restarts"] += 1  # supervisord started it again after an exit: not ready until probed again
+                r.update(state="STARTING", ready=False, message=f"{cname} restarted after an exit")
                 w.ready_ok = w.ready_fail = w.live_fail = 0
                 w.started = now
         r["pids"] = {k: v for k, v in pids.items() if v[0]} or old
@@ -478,8 +479,10 @@ class ServiceController:
                 w.retry_at = 0.0
                 w.started = now
             return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
-        if all(s == "RUNNING" for s in states_):
-            self._probe(oc, row, d, r, w, box, now)
+        if all(s in ("RUNNING", "STARTING") for s in states_):
+            # a readiness probe may pass before supervisord's startsecs have run out: probing
+            # STARTING replicas too saves a second per start wave
+            self._probe(oc, row, d, r, w, box, now, running=all(s == "RUNNING" for s in states_))
             if r["ready"] and now - w.started > 60:
                 w.backoff = 2.0  # a minute of health resets the back-off
         else:
@@ -487,11 +490,14 @@ class ServiceController:
                      message=", ".join(f"{c.name} {s}" for c, s in zip(d.containers, states_)))
         return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
 
-    def _probe(self, oc, row, d: Deployment, r: dict[str, Any], w: _Watch, box, now: float) -> None:
+    def _probe(self, oc, row, d: Deployment, r: dict[str, Any], w: _Watch, box, now: float, running: bool) -> None:
         readiness = [c.readiness for c in d.containers if c.readiness]
-        liveness = [(c, c.liveness) for c in d.containers if c.liveness]
+        liveness = [(c, c.liveness) for c in d.containers if c.liveness] if running else []
         if not readiness:
-            r.update(state="READY", ready=True, message="running")
+            if running:  # without a probe, ready once supervisord has held it up for startsecs
+                r.update(state="READY", ready=True, message="running")
+            else:
+                r.update(state="STARTING", ready=False, message="starting")
         elif now >= w.next_probe and now - w.started >= max(p.initial_delay for p in readiness):
             # until first ready, probe every tick: a replica is READY as soon as it answers
             w.next_probe = now + (min(p.period for p in readiness) if r["ready"] else TICK)
