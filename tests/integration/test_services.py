@@ -55,6 +55,11 @@ def http_json(oc, box: str, url: str):
     return json.loads(r.stdout)
 
 
+def get_text(oc, box: str, url: str) -> str | None:
+    r = in_box(oc, box, "python3", "-c", f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=3).read().decode())")
+    return r.stdout if r.returncode == 0 else None
+
+
 def post(tower, oc, body, **params):
     with tower.client() as c:
         return c.post(f"/overclouds/{oc['overcloud_ID']}/services", content=body, params=params,
@@ -81,8 +86,9 @@ spec:
         - name: web
           image: IMAGE
           imagePullPolicy: Never
-          command: [python3, -m, http.server, "8070"]
-          ports: [{containerPort: 8070}]
+          # answers with its replica's name, so a client can tell replicas apart
+          command: [python3, -c, "import http.server as h, os\\nclass H(h.BaseHTTPRequestHandler):\\n def do_GET(s):\\n  b = os.environ['OVERCLOUD_REPLICA'].encode(); s.send_response(200); s.send_header('Content-Length', str(len(b))); s.end_headers(); s.wfile.write(b)\\n def log_message(s, *a): pass\\nh.ThreadingHTTPServer(('0.0.0.0', 8070), H).serve_forever()"]
+          ports: [{containerPort: 8070, name: http}]
           resources: {requests: {cpu: 50m, memory: 32Mi}}
           readinessProbe: {httpGet: {path: /, port: 8070}, periodSeconds: 1}
           livenessProbe: {tcpSocket: {port: 8070}, periodSeconds: 1, failureThreshold: 2}
@@ -92,7 +98,7 @@ kind: Service
 metadata: {name: web}
 spec:
   selector: {app: web}
-  ports: [{port: 8070}]
+  ports: [{port: 80, targetPort: http}]
 """.replace("IMAGE", IMAGE)
 
 
@@ -183,6 +189,11 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
         topo = c.get(f"/overclouds/{oid}/topology").json()
         detail = c.get(f"/overclouds/{oid}").json()
     placed = {w["replica"] for s in topo["sites"] for b in s["boxes"] for w in b["workloads"]}
+
+    def flows_to_broker():  # clients' connections to the broker's VIP are named after the Service
+        with tower.client() as c:
+            return [f for f in c.get(f"/overclouds/{oid}/topology").json()["flows"] if f["dst"] == "svc/mqtt"]
+    assert {f["src"] for f in wait_for(flows_to_broker, "flows to svc/mqtt", bound=20)} >= {broker_box, cloud_box}
     assert {"broker-0", "sensors-0", "analyzer-0", "dashboard-0"} <= placed
     assert {s["name"] for s in detail["services"]} == set(svc)
     # the collector's own metrics reach the OverCloud's Prometheus (its config was regenerated
@@ -230,10 +241,10 @@ def test_process_runtime_stitching_restart_and_replacement(tower, oc):
     web = services(tower, oc)["web"]
     first = web["replicas"][0]
     assert first["site"] == "local-b" and web["runtime"] == "process"
-    # a client in the other site reaches the Service by name, over the overlay
-    got = in_box(oc, "c1", "python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://web:8070/', timeout=3).status)")
-    assert got.stdout.strip() == "200", got.stderr
-    assert in_box(oc, "c1", "getent", "hosts", "web").stdout.split()[0] == first["address"]
+    # a client in the other site reaches the Service by name: its VIP, port 80 -> replicas' 8070
+    vip = web["services"][0]["vip"]
+    assert vip.startswith("198.18.") and in_box(oc, "c1", "getent", "hosts", "web").stdout.split()[0] == vip
+    assert get_text(oc, "c1", "http://web/") == "web-0"
     # its process killed: supervisord starts it again, the restart is counted
     sup = _rpc_proxy(Path("/run/overcloud") / f"{handle(oc, first['box'])}.sock").supervisor
     pid = sup.getProcessInfo("w-web-0-web")["pid"]
@@ -246,9 +257,8 @@ def test_process_runtime_stitching_restart_and_replacement(tower, oc):
     two = wait_for(lambda: (lambda s: s if s["status"] == "READY" and len(s["replicas"]) == 2 else None)(
         services(tower, oc)["web"]), "two web replicas", bound=30)
     assert {x["box"] for x in two["replicas"]} == {"c3", "c4"}
-    # each box names the nearest replica: the edge boxes their own, the cloud box one of them
-    for x in two["replicas"]:
-        assert in_box(oc, x["box"], "getent", "hosts", "web").stdout.split()[0] == x["address"]
+    # requests to the one name are spread over both replicas
+    assert {get_text(oc, "c1", "http://web/") for _ in range(6)} == {"web-0", "web-1"}
     with tower.client() as c:
         r = c.patch(f"/overclouds/{oid}/services/web", json={"replicas": 3})
         assert r.status_code == 422 and "port 8070 is taken" in r.json()["message"], r.text
@@ -260,10 +270,8 @@ def test_process_runtime_stitching_restart_and_replacement(tower, oc):
         services(tower, oc)["web"]), "web re-placed", bound=30)
     new = moved["replicas"][0]
     assert new["site"] == "local-b"
-    assert wait_for(lambda: in_box(oc, "c1", "getent", "hosts", "web").stdout.split()[:1] == [new["address"]],
-                    "web's name follows it", bound=10)
-    got = in_box(oc, "c1", "python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://web:8070/', timeout=3).status)")
-    assert got.stdout.strip() == "200", got.stderr
+    assert in_box(oc, "c1", "getent", "hosts", "web").stdout.split()[0] == vip  # the name keeps its VIP
+    assert wait_for(lambda: get_text(oc, "c1", "http://web/") == "web-0", "the VIP leads to the moved replica", bound=10)
     with tower.client() as c:
         assert c.delete(f"/overclouds/{oid}/services/web").status_code == 200
         assert c.get(f"/overclouds/{oid}/services/web").status_code == 404

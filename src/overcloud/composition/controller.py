@@ -14,14 +14,16 @@ drives every replica towards READY and keeps it there:
   after a back-off (2, 4, ... 30 s); every restart is counted;
 * a box whose supervisord stops answering for ``BOX_GRACE`` seconds is out of service: its
   replicas' processes are killed by PID and the replicas placed again on other boxes;
-* every box's ``/etc/hosts`` names each Service with its nearest ready endpoint (same box,
-  then same site, then any), rewritten in place whenever endpoints change.
+* every Service has a virtual IP; in every box, ``/etc/hosts`` names it and an nft table
+  sends it to ready replicas (round-robin, the box's own site first), rewritten whenever
+  endpoints change (see stitching.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -189,11 +191,14 @@ class ServiceController:
             pattern_id = uuid.uuid4().hex
             now = dt.datetime.now(dt.timezone.utc)
             rows = []
+            vips = dict(zip([sv.name for sv in pattern.services], stitching.next_vips(
+                [sv.get("vip") for r in existing for sv in r.spec["services"]], len(pattern.services))))
             for d in pattern.deployments:
                 replicas = [{"name": f"{d.name}-{a.index}", "index": a.index, "box": a.box, "site": a.site,
                              "state": "PENDING", "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
                             for a in sorted(plan, key=lambda a: a.index) if a.deployment == d.name]
-                spec = {"deployment": dataclasses.asdict(d), "services": [dataclasses.asdict(s) for s in pattern.services_of(d)],
+                spec = {"deployment": dataclasses.asdict(d),
+                        "services": [{**dataclasses.asdict(s), "vip": vips[s.name]} for s in pattern.services_of(d)],
                         "depends_on": pattern.depends_on(d)}
                 rows.append({"overcloud_id": overcloud_id, "name": d.name, "pattern_id": pattern_id, "runtime": runtime,
                              "status": "STARTING" if replicas else "READY", "message": None, "spec": spec,
@@ -401,7 +406,7 @@ class ServiceController:
                     self._out.setdefault(overcloud_id, set()).add(name)
                     self.repo.add_event(overcloud_id, "services", {"box_out_of_service": name,
                                                                    "reason": "its supervisord does not answer"})
-        endpoints = stitching.endpoints(rows, boxes)
+        endpoints = stitching.services(rows, boxes)
         changed_any = overcloud_id not in self._seen  # a restarted Tower writes hosts and targets once
         self._seen.add(overcloud_id)
         for row in rows:
@@ -441,7 +446,7 @@ class ServiceController:
         programs = [rt.program_name(r["name"], c.name) for c in d.containers]
         present = [info.get(p) for p in programs]
         if r["state"] == "PENDING" or any(p is None for p in present):
-            waiting = [s for s in row.spec.get("depends_on", []) if not endpoints.get(s)]
+            waiting = [s for s in row.spec.get("depends_on", []) if not (endpoints.get(s) or {}).get("endpoints")]
             if waiting:
                 r["message"] = f"waiting for {', '.join(waiting)} to have a ready endpoint"
                 return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
@@ -549,7 +554,7 @@ class ServiceController:
         return self.root / overcloud_id / replica
 
     def _env(self, oc, row, d: Deployment, r: dict[str, Any], c, endpoints, box) -> dict[str, str]:
-        env = stitching.service_env(endpoints, box)
+        env = stitching.service_env(endpoints)
         env.update({"OVERCLOUD_ID": oc.id, "OVERCLOUD_BOX": box.name, "OVERCLOUD_SITE": box.site,
                     "OVERCLOUD_REPLICA": r["name"], "HOSTNAME": r["name"]})
         try:
@@ -608,7 +613,8 @@ class ServiceController:
 
     # -- stitching ------------------------------------------------------------------------
     def _stitch(self, overcloud_id: str) -> None:
-        """Write every box's /etc/hosts: box names, then each Service's nearest ready endpoint."""
+        """Every box: /etc/hosts (box names, Service VIPs), the nft table that sends each VIP to
+        ready replicas, and the Fabric's names for VIPs (flows to a Service show its name)."""
         from overcloud.components.post import hosts_entries
         from overcloud.tower import box_obj
 
@@ -617,16 +623,20 @@ class ServiceController:
         if any(not b.overlay_address for b in boxes.values()):
             return
         base = hosts_entries([box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
-        endpoints = stitching.endpoints(self.repo.services(overcloud_id), boxes)
+        svcs = stitching.services(self.repo.services(overcloud_id), boxes)
+        vip_names = {s["vip"]: f"svc/{name}" for name, s in svcs.items() if s["vip"]}
         for b in oc.boxes:
-            entries = stitching.hosts(base, endpoints, b)
-            if self._hosts.get(b.handle) == entries:
+            want = (stitching.hosts(base, svcs), stitching.nat_script(svcs, b.site), vip_names)
+            if self._hosts.get(b.handle) == want:
                 continue
             try:
-                self.tower.local.supervisor(b.handle).set_hosts(entries)
-                self._hosts[b.handle] = entries
-            except OSError as exc:
-                logger.warning("hosts of %s: %s", b.name, exc)
+                sup = self.tower.local.supervisor(b.handle)
+                sup.set_hosts(want[0])
+                self.tower.local.service_table(b.handle, want[1], stitching.VIP_CIDR)
+                _name_vips(sup, vip_names)
+                self._hosts[b.handle] = want
+            except (OSError, RuntimeError) as exc:
+                logger.warning("stitching %s: %s", b.name, exc)
 
     def scrape_targets(self, overcloud_id: str) -> list[dict[str, Any]]:
         oc = self.repo.get(overcloud_id)
@@ -666,6 +676,23 @@ def _status(replicas: list[dict[str, Any]], current: str) -> str:
     if current in ("READY", "DEGRADED"):
         return "DEGRADED"
     return "STARTING"
+
+
+def _name_vips(sup, vip_names: dict[str, str]) -> None:
+    """Add the Service VIPs to the box's Fabric names file (the flow agent re-reads it)."""
+    from overcloud.components.fabric import names_file
+
+    path = names_file(sup)
+    if not path.exists():
+        return
+    try:
+        names = {ip: n for ip, n in json.loads(path.read_text()).items() if not str(n).startswith("svc/")}
+    except ValueError:
+        return
+    names.update(vip_names)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(names))
+    os.replace(tmp, path)
 
 
 def _start_time(pid: int) -> int | None:

@@ -89,6 +89,7 @@ class Container:
     args: list[str]
     env: list[tuple[str, str]]  # resolved (ConfigMaps applied), in order
     ports: list[int]
+    port_names: dict[str, int]
     working_dir: str | None
     cpu_request: float
     memory_request: int
@@ -121,11 +122,23 @@ class Deployment:
     def images(self) -> set[str]:
         return {c.image for c in self.containers}
 
+    def named_ports(self) -> dict[str, int]:
+        return {name: port for c in self.containers for name, port in c.port_names.items()}
+
 
 @dataclasses.dataclass
 class ServicePort:
     name: str | None
-    port: int
+    port: int  # on the Service's virtual IP
+    target_port: int | str | None = None  # on the replicas: a number, a container port's name, or the same as port
+
+    def target(self, d: "Deployment") -> int:
+        """The replica port this Service port leads to, in Deployment ``d``."""
+        if self.target_port is None:
+            return self.port
+        if isinstance(self.target_port, int):
+            return self.target_port
+        return d.named_ports()[self.target_port]
 
 
 @dataclasses.dataclass
@@ -194,7 +207,7 @@ class Pattern:
         deployments = []
         for d in data["deployments"]:
             containers = [
-                Container(**{**c, "env": [tuple(e) for e in c["env"]], "readiness": probe(c["readiness"]),
+                Container(**{"port_names": {}, **c, "env": [tuple(e) for e in c["env"]], "readiness": probe(c["readiness"]),
                              "liveness": probe(c["liveness"])})
                 for c in d["containers"]
             ]
@@ -483,7 +496,7 @@ def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str
         raise check.fail(f"{field}.workingDir", "must be an absolute path")
     return Container(
         name=name, image=image, command=[expand(s) for s in command], args=[expand(s) for s in args], env=env,
-        ports=plain, working_dir=working_dir, cpu_request=cpu_req, memory_request=mem_req, cpu_limit=cpu_lim,
+        ports=plain, port_names=ports, working_dir=working_dir, cpu_request=cpu_req, memory_request=mem_req, cpu_limit=cpu_lim,
         memory_limit=mem_lim,
         readiness=_probe(check, c["readinessProbe"], f"{field}.readinessProbe", ports) if "readinessProbe" in c else None,
         liveness=_probe(check, c["livenessProbe"], f"{field}.livenessProbe", ports) if "livenessProbe" in c else None,
@@ -550,10 +563,13 @@ def _service(check: _Check, doc: dict[str, Any], name: str) -> Service:
         port = check.integer(p["port"], f"{f}.port", 1, 65535)
         if p.get("protocol", "TCP") != "TCP":
             raise check.fail(f"{f}.protocol", "only TCP is supported")
-        if "targetPort" in p and p["targetPort"] != port:
-            raise check.fail(f"{f}.targetPort", "must equal port: a Service name resolves straight to its replicas' "
-                             "overlay addresses (no proxy in between), so the port cannot be translated")
-        ports.append(ServicePort(name=p.get("name"), port=port))
+        target = p.get("targetPort")
+        if target is not None:
+            if isinstance(target, str) and not target.isdigit():
+                check.string(target, f"{f}.targetPort", DNS_LABEL, "port name")
+            else:
+                target = check.integer(int(target) if isinstance(target, str) else target, f"{f}.targetPort", 1, 65535)
+        ports.append(ServicePort(name=p.get("name"), port=port, target_port=target))
     return Service(name=name, selector=selector, ports=ports)
 
 
@@ -615,9 +631,13 @@ def parse(documents: list[dict[str, Any]]) -> Pattern:
             if s.selects(d):
                 listening = {p for c in d.containers for p in c.ports}
                 for j, p in enumerate(s.ports):
-                    if listening and p.port not in listening:
-                        raise PatternError(f"Service/{s.name}", f"spec.ports[{j}].port",
-                                           f"Deployment/{d.name} declares no containerPort {p.port}")
+                    field = f"spec.ports[{j}].targetPort" if p.target_port is not None else f"spec.ports[{j}].port"
+                    if isinstance(p.target_port, str) and p.target_port not in d.named_ports():
+                        raise PatternError(f"Service/{s.name}", field,
+                                           f"Deployment/{d.name} has no container port named {p.target_port!r}")
+                    if listening and p.target(d) not in listening:
+                        raise PatternError(f"Service/{s.name}", field,
+                                           f"Deployment/{d.name} declares no containerPort {p.target(d)}")
     pattern.start_order()  # raises on a cycle
     return pattern
 

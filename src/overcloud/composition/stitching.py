@@ -1,62 +1,123 @@
-"""Stitching: which replica answers for each Service name, as seen from each box.
+"""Stitching: how a Service name becomes a working connection from any box.
 
-Every box's ``/etc/hosts`` names every Service with its nearest ready replica (same box, then
-same site, then any); replicas started later also get Kubernetes' ``<NAME>_SERVICE_HOST/PORT``
-variables; and replicas that ask to be scraped become the Fabric's ``workloads`` targets.
-Pure functions of the repository's rows: the controller writes what they return.
+Every Service gets a virtual IP (``VIP_CIDR``, a range never routed anywhere) when it is
+composed. In every box of the OverCloud:
+
+* ``/etc/hosts`` names the Service with its VIP (and ``<NAME>_SERVICE_HOST/PORT`` carry it,
+  as Kubernetes does for pods started after the Service);
+* an nftables ``nat output`` chain rewrites ``VIP:port`` to a ready replica's overlay address
+  and target port, round-robin over the ready replicas of the box's own site when there are
+  any, else over all of them (kube-proxy's job, topology-aware);
+* a VIP with no ready replica answers a connection with a TCP reset at once, not a timeout.
+
+Pure functions of the repository's rows; the controller writes what they return.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Iterable
+
+VIP_CIDR = "198.18.0.0/15"  # RFC 2544's benchmarking range: never routed, free inside a box
+NFT_TABLE = "overcloud_svc"
 
 
 def env_name(service: str) -> str:
     return service.upper().replace("-", "_")
 
 
-def endpoints(rows: Iterable[Any], boxes: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Service name -> its ready replicas (box, site, overlay and site address, ports)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        for s in row.spec["services"]:
-            eps = out.setdefault(s["name"], [])
-            for r in row.replicas:
-                b = boxes.get(r["box"])
-                if r["ready"] and b is not None and b.overlay_address:
-                    eps.append({"replica": r["name"], "box": b.name, "site": b.site, "address": b.overlay_address,
-                                "site_address": b.address, "ports": s["ports"]})
+def vip(index: int) -> str:
+    return str(ipaddress.ip_network(VIP_CIDR).network_address + 1 + index)
+
+
+def next_vips(taken: Iterable[str], count: int) -> list[str]:
+    """The ``count`` lowest free VIPs (a Service keeps its VIP for as long as it exists)."""
+    used = set(taken)
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        v = vip(i)
+        if v not in used:
+            out.append(v)
+        i += 1
     return out
 
 
-def nearest(eps: list[dict[str, Any]], box: str, site: str) -> dict[str, Any]:
-    return min(eps, key=lambda e: (e["box"] != box, e["site"] != site, e["replica"]))
+def services(rows: Iterable[Any], boxes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Service name -> its VIP, ports, and ready endpoints (replica, box, site, addresses,
+    and the target port of each Service port on that replica)."""
+    from overcloud.composition.views import deployment_of
+
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        d, svcs = deployment_of(row.spec)
+        for s, raw in zip(svcs, row.spec["services"]):
+            entry = out.setdefault(s.name, {"vip": raw.get("vip"), "ports": [(p.name, p.port) for p in s.ports],
+                                            "endpoints": []})
+            for r in row.replicas:
+                b = boxes.get(r["box"])
+                if r["ready"] and b is not None and b.overlay_address:
+                    entry["endpoints"].append({
+                        "replica": r["name"], "box": b.name, "site": b.site, "address": b.overlay_address,
+                        "site_address": b.address, "targets": {p.port: p.target(d) for p in s.ports}})
+    return out
 
 
-def hosts(base: dict[str, str], eps: dict[str, list[dict[str, Any]]], box: Any) -> dict[str, str]:
-    """One box's hosts entries: the OverCloud's box names, then every Service's nearest replica."""
+def local_first(eps: list[dict[str, Any]], site: str) -> list[dict[str, Any]]:
+    same = [e for e in eps if e["site"] == site]
+    return sorted(same or eps, key=lambda e: e["replica"])
+
+
+def hosts(base: dict[str, str], svcs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """A box's hosts entries: the OverCloud's box names, then every Service's VIP."""
     entries = dict(base)
-    for name, found in eps.items():
-        if found:
-            entries[name] = nearest(found, box.name, box.site)["address"]
+    for name, s in svcs.items():
+        if s["vip"]:
+            entries[name] = s["vip"]
     return entries
 
 
-def service_env(eps: dict[str, list[dict[str, Any]]], box: Any) -> dict[str, str]:
+def service_env(svcs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """``<NAME>_SERVICE_HOST``, ``<NAME>_SERVICE_PORT`` and ``..._PORT_<PORTNAME>`` for every
     Service with a ready replica now (as Kubernetes gives a pod the Services that exist)."""
     env: dict[str, str] = {}
-    for name, found in sorted(eps.items()):
-        if not found:
+    for name, s in sorted(svcs.items()):
+        if not s["endpoints"] or not s["vip"]:
             continue
-        ep = nearest(found, box.name, box.site)
         key = env_name(name)
-        env[f"{key}_SERVICE_HOST"] = ep["address"]
-        env[f"{key}_SERVICE_PORT"] = str(ep["ports"][0]["port"])
-        for port in ep["ports"]:
-            if port.get("name"):
-                env[f"{key}_SERVICE_PORT_{env_name(port['name'])}"] = str(port["port"])
+        env[f"{key}_SERVICE_HOST"] = s["vip"]
+        env[f"{key}_SERVICE_PORT"] = str(s["ports"][0][1])
+        for pname, port in s["ports"]:
+            if pname:
+                env[f"{key}_SERVICE_PORT_{env_name(pname)}"] = str(port)
     return env
+
+
+def nat_script(svcs: dict[str, dict[str, Any]], site: str) -> str:
+    """The box's whole service table, replaced atomically by ``nft -f``."""
+    rules = []
+    for name, s in sorted(svcs.items()):
+        if not s["vip"] or not s["endpoints"]:
+            continue
+        eps = local_first(s["endpoints"], site)
+        for _, port in s["ports"]:
+            choices = ", ".join(f"{i} : {e['address']} . {e['targets'][port]}" for i, e in enumerate(eps))
+            rules.append(f"    ip daddr {s['vip']} tcp dport {port} dnat ip addr . port to numgen inc mod {len(eps)} "
+                         f"map {{ {choices} }} comment \"{name}\"")
+    body = "\n".join(rules)
+    return f"""table ip {NFT_TABLE}
+delete table ip {NFT_TABLE}
+table ip {NFT_TABLE} {{
+  chain services {{
+    type nat hook output priority -100; policy accept;
+{body}
+  }}
+  chain unserved {{
+    type filter hook output priority 0; policy accept;
+    ip daddr {VIP_CIDR} meta l4proto tcp reject with tcp reset
+  }}
+}}
+"""
 
 
 def scrape_targets(rows: Iterable[Any], boxes: dict[str, Any]) -> list[dict[str, Any]]:

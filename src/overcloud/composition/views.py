@@ -20,7 +20,7 @@ def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
 
 def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, Any]:
     boxes = {b.name: b for b in oc.boxes}
-    eps = stitching.endpoints(rows, boxes)
+    svcs = stitching.services(rows, boxes)
     d, services = deployment_of(row.spec)
     replicas = []
     for r in row.replicas:
@@ -37,9 +37,10 @@ def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str,
         "images": sorted(d.images), "depends_on": row.spec.get("depends_on", []),
         "requests": {"cpu": d.cpu_request, "memory": d.memory_request},
         "node_selector": d.node_selector,
-        "services": [{"name": s.name, "ports": [p.port for p in s.ports],
-                      "endpoints": [f"{e['address']}:{p.port}" for e in eps.get(s.name, []) for p in s.ports],
-                      "host_endpoints": [f"{e['site_address']}:{p.port}" for e in eps.get(s.name, []) for p in s.ports]}
+        "services": [{"name": s.name, "ports": [p.port for p in s.ports], "vip": svcs[s.name]["vip"],
+                      "endpoints": [f"{e['address']}:{e['targets'][p.port]}" for e in svcs[s.name]["endpoints"] for p in s.ports],
+                      "host_endpoints": [f"{e['site_address']}:{e['targets'][p.port]}" for e in svcs[s.name]["endpoints"]
+                                         for p in s.ports]}
                      for s in services],
         "replicas": replicas,
         "created_at": row.created_at.isoformat() if row.created_at else None,

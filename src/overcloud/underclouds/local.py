@@ -191,6 +191,10 @@ class LocalHost:
     def transport(self, box: Box) -> NetnsTransport:
         return NetnsTransport(box.handle)
 
+    def service_table(self, handle: str, script: str, vip_cidr: str) -> None:
+        """Install a box's Service VIP table (see composition.stitching)."""
+        net.service_table(handle, script, vip_cidr)
+
     def supervisor(self, box: Box | str) -> BoxSupervisor:
         handle = box if isinstance(box, str) else box.handle
         return BoxSupervisor(handle, self.boxes_dir / handle, self.cgroups)

@@ -279,3 +279,14 @@ def delete_vxlan(handle: str) -> None:
     run_in_netns(handle, inside)
 
 
+
+
+def service_table(handle: str, script: str, vip_cidr: str) -> None:
+    """A box's Service VIPs: a route for the VIP range over the overlay device (so the kernel
+    picks the box's overlay address as source before the nat hook rewrites the destination;
+    boxes have no default route), and the nft table that rewrites VIPs (replaced atomically)."""
+    r = subprocess.run(["ip", "-n", handle, "route", "replace", vip_cidr, "dev", VXLAN_DEV],
+                       capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(f"route for Service VIPs in {handle} failed: {r.stderr.strip()}")
+    nft(script, handle)

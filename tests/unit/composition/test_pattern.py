@@ -101,6 +101,9 @@ def test_service_problems():
     d[1]["spec"]["ports"][0]["targetPort"] = 9000
     err = refused(d)
     assert (err.manifest, err.field) == ("Service/web", "spec.ports[0].targetPort")
+    assert "declares no containerPort 9000" in err.reason
+    d[1]["spec"]["ports"][0]["targetPort"] = "nope"
+    assert "no container port named 'nope'" in refused(d).reason
     d = docs() + [docs()[1]]
     err = refused(d)
     assert err.field == "metadata.name" and "two Services" in err.reason
@@ -110,6 +113,13 @@ def test_service_problems():
     d = docs()
     d[1]["metadata"]["name"] = "Web_1"
     assert refused(d).field == "metadata.name"
+
+
+def test_a_service_port_leads_to_a_target_port_by_number_or_name():
+    d = docs()
+    d[1]["spec"]["ports"] = [{"port": 80, "targetPort": "http"}, {"port": 81, "targetPort": 8070}]
+    p = pat.parse(d)
+    assert [sp.target(p.deployments[0]) for sp in p.services[0].ports] == [8070, 8070]
 
 
 def test_a_dependency_cycle_is_refused():
