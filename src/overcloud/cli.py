@@ -266,8 +266,12 @@ def topology(overcloud_id: str) -> None:
         for b in site["boxes"]:
             bad = topo["degraded"].get(b["name"])
             extra = f"  [red]DEGRADED: {bad}[/]" if bad else ""
+            own = [p for p in b["processes"] if not p.startswith("w-")]  # workloads are listed below
             out.print(f"    {b['name']:<4} {b['role']:<8} {b['overlay_address'] or '':<15} "
-                      f"{', '.join(b['processes']) or '-'}{extra}", highlight=False)
+                      f"{', '.join(own) or '-'}{extra}", highlight=False)
+            if b.get("workloads"):
+                out.print("         workloads: " + ", ".join(f"{w['replica']} ({w['state']})" for w in b["workloads"]),
+                          highlight=False)
     out.print("  flows (bytes/s, connections):", highlight=False)
     for f in topo["flows"] or []:
         out.print(f"    {f['src']} -> {f['dst']}: {f['bytes_per_s']:.0f} B/s, {f['connections']} conn", highlight=False)
@@ -281,7 +285,8 @@ def _dot(topo: dict[str, Any]) -> str:
         name = site["site"].replace("-", "_")
         lines.append(f'  subgraph cluster_{name} {{ label="{site["site"]}";')
         for b in site["boxes"]:
-            lines.append(f'    "{b["name"]}" [label="{b["name"]}\n{b["role"]}\n{b["overlay_address"]}"];')
+            runs = "".join(f"\\n{w['replica']}" for w in b.get("workloads", []))
+            lines.append(f'    "{b["name"]}" [label="{b["name"]}\\n{b["role"]}\\n{b["overlay_address"]}{runs}"];')
         lines.append("  }")
     for f in topo["flows"]:
         lines.append(f'  "{f["src"]}" -> "{f["dst"]}" [label="{f["bytes_per_s"]:.0f} B/s"];')
