@@ -17,8 +17,7 @@ if [ -f "$STATE/tower.pid" ] && kill -0 "$(cat "$STATE/tower.pid")" 2>/dev/null;
   rm -f "$STATE/tower.pid"
 fi
 # the Tower's Construction DataLake runs under its own supervisord (it outlives Tower restarts)
-.venv/bin/python -c 'from overcloud.components.construction import ConstructionDataLake as C; from overcloud.config import Settings; C(Settings().state_dir).stop()' \
-  && echo "Construction DataLake stopped (its data stays in $STATE/construction)"
+"$OC" store stop
 # and the site bridges, their gateway addresses and the host firewall table (refused while boxes remain)
 .venv/bin/python - <<'PY'
 from overcloud.config import Settings

@@ -28,6 +28,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Repository schema.")
 app.add_typer(db_app, name="db")
 dl_app = typer.Typer(no_args_is_help=True, help="DataLakes: credentials, preserved archives.")
 app.add_typer(dl_app, name="datalake")
+store_app = typer.Typer(no_args_is_help=True, help="The Tower's Construction DataLake (it outlives the Tower).")
+app.add_typer(store_app, name="store")
 images_app = typer.Typer(no_args_is_help=True, help="Images built locally for service patterns (there is no registry).")
 app.add_typer(images_app, name="images")
 out = Console()
@@ -567,6 +569,22 @@ def demo(
   inject a fault ip netns exec {handle} mosquitto_pub -h mqtt -t se/fault/all -m '{{"kind":"overheat"}}'
                  (then watch the dashboard: anomaly, power_save applied, notification)
 """, highlight=False, soft_wrap=True)
+
+
+@store_app.command("stop")
+def store_stop() -> None:
+    """Stop this state dir's Construction DataLake (its data stays; `overcloud serve` starts it again)."""
+    from overcloud.components.construction import ConstructionDataLake
+
+    settings = _settings()
+    cdl = ConstructionDataLake(settings.state_dir)
+    pids = cdl.pids()
+    if not pids:
+        out.print(f"no Construction DataLake runs for {settings.state_dir}")
+        return
+    cdl.stop()
+    out.print(f"Construction DataLake of {settings.state_dir} stopped ({len(pids)} processes); "
+              f"its data stays in {settings.state_dir / 'construction'}")
 
 
 @db_app.command("upgrade")
