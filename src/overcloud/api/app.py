@@ -129,14 +129,6 @@ def create_app(tower: Tower) -> FastAPI:
     async def no_archive(_: Request, exc: ArchiveNotFound):
         return error(404, str(exc), "datalake.restore_from")
 
-    @app.exception_handler(NoDataLake)
-    async def no_datalake(_: Request, exc: NoDataLake):
-        return error(404, str(exc))
-
-    @app.exception_handler(NoFabric)
-    async def no_fabric(_: Request, exc: NoFabric):
-        return error(409, str(exc))
-
     from overcloud.fabric.prometheus import PromQLError
 
     @app.exception_handler(PromQLError)
@@ -155,25 +147,19 @@ def create_app(tower: Tower) -> FastAPI:
         return JSONResponse({"error": "unplaceable", "message": str(exc), "manifest": f"Deployment/{exc.deployment}",
                              "field": "spec.template.spec"}, status_code=422)
 
-    @app.exception_handler(ServiceConflict)
-    async def service_conflict(_: Request, exc: ServiceConflict):
-        return error(409, str(exc))
+    # errors whose own message says it all: only the status differs
+    def plain(status: int):
+        async def handler(_: Request, exc: Exception):
+            return error(status, str(exc))
+        return handler
 
-    @app.exception_handler(NotComposable)
-    async def not_composable(_: Request, exc: NotComposable):
-        return error(409, str(exc))
-
-    @app.exception_handler(ServiceNotFound)
-    async def no_service(_: Request, exc: ServiceNotFound):
-        return error(404, str(exc))
+    for exc_type, status in ((NoDataLake, 404), (NoFabric, 409), (ServiceNotFound, 404), (ServiceConflict, 409),
+                             (NotComposable, 409), (QuotaExceeded, 429)):
+        app.add_exception_handler(exc_type, plain(status))
 
     @app.exception_handler(UnderCloudError)
     async def undercloud_unavailable(_: Request, exc: UnderCloudError):
         return JSONResponse({"error": "unavailable", "message": str(exc)}, status_code=503)
-
-    @app.exception_handler(QuotaExceeded)
-    async def quota(_: Request, exc: QuotaExceeded):
-        return error(429, str(exc))
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception):
