@@ -32,7 +32,6 @@ import subprocess
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,6 @@ class ServiceController:
         self._hosts: dict[str, dict[str, str]] = {}  # box handle -> entries last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
-        self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -112,8 +110,11 @@ class ServiceController:
             except Exception:  # noqa: BLE001 - the controller never stops
                 logger.exception("service controller tick failed")
 
-    def close(self) -> None:
-        self._probes.shutdown(wait=False, cancel_futures=True)
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait for the loop to end (the Tower sets its closing event first): no tick is left
+        half-done writing hosts files or records."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     # -- compose ------------------------------------------------------------------
     def site_labels(self) -> dict[str, dict[str, str]]:
