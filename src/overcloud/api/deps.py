@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from overcloud.files import write_private
 from overcloud.tower import Tower
 
 bearer = HTTPBearer(auto_error=False, description="the admin token from <state-dir>/admin.token")
@@ -44,9 +45,7 @@ def ensure_admin_token(path: Path) -> str:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    write_private(path, token + "\n")
     os.chmod(path, 0o600)
     return token
 

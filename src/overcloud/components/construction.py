@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from overcloud.files import write_private
 from overcloud.boxes.supervision import HostSupervisor
 from overcloud.identity.secrets import SecretBox
 
@@ -104,9 +104,7 @@ class ConstructionDataLake:
             if not path.exists():
                 access, secret = seaweed.new_credentials()
                 self.dir.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(self.secrets.seal(json.dumps([access, secret])))
+                write_private(path, self.secrets.seal(json.dumps([access, secret])))
             access, secret = json.loads(self.secrets.open(path.read_text()))
         return access, secret
 
@@ -124,9 +122,7 @@ class ConstructionDataLake:
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.dir / "s3.json"
-        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(seaweed.s3_config(access, secret, admin_name="tower"), fh)
+        write_private(config, json.dumps(seaweed.s3_config(access, secret, admin_name="tower")))
         if not self.supervisor.is_running():
             self._choose_ports()
         self._guard()
@@ -227,9 +223,7 @@ table inet overcloud_cdl_{self.tag} {{
         sha = self.publish(path)
         url_dir.mkdir(parents=True, exist_ok=True)
         url_file = url_dir / f"{sha}.url"
-        fd = os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.artifact_url(sha))
+        write_private(url_file, self.artifact_url(sha))
         return [sys.executable, "-I", "-S", str(FETCH), f"@{url_file}", sha, str(self.cache_dir), "--", *args]
 
 

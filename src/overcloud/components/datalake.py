@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
+from overcloud.files import write_private
 from overcloud.components.post import find_post
 from overcloud.components.programs import remove_everywhere
 from overcloud.underclouds.base import Box
@@ -86,9 +86,7 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
     post_sup = tower.local.supervisor(post)
     post_dir = post_sup.box_dir
     s3_json = post_dir / "s3.json"
-    fd = os.open(s3_json, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(seaweed.s3_config(access, secret), fh)
+    write_private(s3_json, json.dumps(seaweed.s3_config(access, secret)))
     logs = str(post_sup.log_dir)
     post_net = tower.local.transport(post)
 

@@ -42,6 +42,8 @@ from overcloud.composition import probes, stitching, views
 from overcloud.composition import runtime as rt
 from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe
 from overcloud.composition.views import deployment_of
+from overcloud.files import write_atomic
+
 
 logger = logging.getLogger(__name__)
 
@@ -691,9 +693,7 @@ def _name_vips(sup, vip_names: dict[str, str]) -> None:
     except ValueError:
         return
     names.update(vip_names)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(names))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(names))
 
 
 def _start_time(pid: int) -> int | None:

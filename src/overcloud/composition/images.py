@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from overcloud.composition import runtime as rt
+from overcloud.files import write_atomic
+
 
 PREFIX = "localhost/overcloud/"
 HOST_CACHE = Path("/var/cache/overcloud/images")
@@ -92,9 +94,7 @@ class Images:
 
     def _save(self, index: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "index.json.tmp"
-        tmp.write_text(json.dumps(index, indent=1))
-        tmp.replace(self.dir / "index.json")
+        write_atomic(self.dir / "index.json", json.dumps(index, indent=1))
 
     def list(self) -> list[dict[str, Any]]:
         return [{"image": ref, **info} for ref, info in sorted(self._index().items())]

@@ -25,6 +25,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from overcloud.files import write_private
 from overcloud.composition.pattern import Container
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -98,9 +99,7 @@ def write_env(path: Path, env: dict[str, str], shell: bool) -> None:
         text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     else:
         text = "".join(f"{k}={v}\n" for k, v in env.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    write_private(path, text)
 
 
 def program_name(replica: str, container: str) -> str:
@@ -127,9 +126,7 @@ def _script(workdir: Path, name: str, text: str) -> Path:
     """The launch script of one container (supervisord's own command parsing cannot carry
     nested shell quoting, and a file keeps values off the command line)."""
     path = workdir / f"{name}.sh"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
-    with os.fdopen(fd, "w") as f:
-        f.write("# written by OverCloud\n" + text)
+    write_private(path, "# written by OverCloud\n" + text, mode=0o700)
     return path
 
 

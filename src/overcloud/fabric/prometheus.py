@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import yaml
 
+from overcloud.files import write_atomic
+
 logger = logging.getLogger(__name__)
 
 PROMETHEUS_DEBIAN = "/usr/bin/prometheus"
@@ -115,10 +117,7 @@ def scrape_config(interval_s: float, targets: dict[str, list[dict[str, Any]]]) -
 
 def write_config(path: str | Path, text: str) -> None:
     """Replace the config atomically (Prometheus must never read half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def reload(prom_url: str, timeout: float = 10.0) -> None:

@@ -14,11 +14,12 @@ import contextlib
 import fcntl
 import ipaddress
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from overcloud.files import write_atomic
 
 VNI_BASE = 4096
 
@@ -67,9 +68,7 @@ class LeaseStore:
 
     @staticmethod
     def _write(path: Path, data: dict[str, Any]) -> None:
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
     def box_path(self, handle: str) -> Path:
         return self.box_dir / f"{handle}.json"
