@@ -40,8 +40,7 @@ from overcloud.composition import images as img
 from overcloud.composition import placement as pl
 from overcloud.composition import probes, stitching, views
 from overcloud.composition import runtime as rt
-from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe
-from overcloud.composition.views import deployment_of
+from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe, deployment_of
 from overcloud.files import write_atomic
 
 
@@ -50,7 +49,6 @@ logger = logging.getLogger(__name__)
 TICK = 0.25
 BOX_GRACE = 5.0
 MAX_BACKOFF = 30.0
-LOG_LINES = 20
 
 
 class ServiceConflict(RuntimeError):
@@ -68,6 +66,17 @@ class NotComposable(RuntimeError):
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _pending(a: pl.Assignment) -> dict[str, Any]:
+    """A new replica's record: placed, not started."""
+    return {"name": f"{a.deployment}-{a.index}", "index": a.index, "box": a.box, "site": a.site, "state": "PENDING",
+            "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
+
+
+def _shown(r: dict[str, Any]) -> tuple:
+    """What of a replica's record the API shows changing (to tell whether a tick changed it)."""
+    return r["state"], r["ready"], r["restarts"], r.get("message")
 
 
 @dataclasses.dataclass
@@ -94,7 +103,7 @@ class ServiceController:
         self._watch: dict[tuple[str, str], _Watch] = {}
         self._down_since: dict[tuple[str, str], float] = {}  # (overcloud, box) -> first silent tick
         self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
-        self._hosts: dict[str, dict[str, str]] = {}  # box handle -> entries last written
+        self._stitched: dict[str, tuple] = {}  # box handle -> (hosts, nft table, VIP names) last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._changed = threading.Condition()
@@ -148,10 +157,14 @@ class ServiceController:
                 n.ports |= pl.ports_of(d)
         return nodes
 
-    def compose(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    def _ready_overcloud(self, overcloud_id: str):
         oc = self.repo.get(overcloud_id)
-        if oc.status not in (states.READY, states.DEGRADED):
+        if oc.status not in states.UP:
             raise NotComposable(f"OverCloud {overcloud_id} is {oc.status}; services are composed onto a READY OverCloud")
+        return oc
+
+    def compose(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        oc = self._ready_overcloud(overcloud_id)
         try:
             runtime = rt.choose(runtime)
         except RuntimeError as exc:
@@ -167,15 +180,16 @@ class ServiceController:
             for s in pattern.services:
                 if s.name in taken_s:
                     raise ServiceConflict(f"Service/{s.name}: the name {s.name!r} is already served on this OverCloud")
+            used = {c.image for d in pattern.deployments for c in d.containers}
             if runtime == "podman":
-                self._restore_images({c.image for d in pattern.deployments for c in d.containers})
+                self._restore_images(used)
+            missing = {m.split(" ", 1)[0]: m for m in self.images.missing(used, runtime)}
             for d in pattern.deployments:
                 for i, c in enumerate(d.containers):
-                    missing = self.images.missing({c.image}, runtime)
-                    if missing:
+                    if c.image in missing:
                         raise PatternError(f"Deployment/{d.name}", f"spec.template.spec.containers[{i}].image",
-                                           f"image {missing[0]} is not built; run `overcloud images build PATTERN_DIR "
-                                           f"--runtime {runtime}`")
+                                           f"image {missing[c.image]} is not built; run `overcloud images build "
+                                           f"PATTERN_DIR --runtime {runtime}`")
             nodes = self._nodes(oc)
             plan = pl.place(pattern, nodes)  # PlacementError: nothing recorded
             boxes = {b.name: b for b in oc.boxes}
@@ -197,9 +211,7 @@ class ServiceController:
             vips = dict(zip([sv.name for sv in pattern.services], stitching.next_vips(
                 [sv.get("vip") for r in existing for sv in r.spec["services"]], len(pattern.services))))
             for d in pattern.deployments:
-                replicas = [{"name": f"{d.name}-{a.index}", "index": a.index, "box": a.box, "site": a.site,
-                             "state": "PENDING", "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
-                            for a in sorted(plan, key=lambda a: a.index) if a.deployment == d.name]
+                replicas = [_pending(a) for a in sorted(plan, key=lambda a: a.index) if a.deployment == d.name]
                 spec = {"deployment": dataclasses.asdict(d),
                         "services": [{**dataclasses.asdict(s), "vip": vips[s.name]} for s in pattern.services_of(d)],
                         "depends_on": pattern.depends_on(d)}
@@ -228,7 +240,8 @@ class ServiceController:
     def _restore_images(self, refs: set[str]) -> None:
         """Images this host built that Podman's store lost come back from the local tar or the
         Construction DataLake before compose checks them."""
-        lost = [ref for ref in refs if self.images.missing({ref}, "podman") and ref in {i["image"] for i in self.images.list()}]
+        built = {i["image"] for i in self.images.list()}
+        lost = [m.split(" ", 1)[0] for m in self.images.missing(refs & built, "podman")]
         if not lost:
             return
         client, bucket = self._store()
@@ -264,9 +277,7 @@ class ServiceController:
         """Set a Deployment's replica count: new replicas are placed by the same rules (refused
         with PlacementError when they do not fit; nothing changes then), surplus ones — the
         highest numbered — are stopped and removed. Hosts files follow as readiness changes."""
-        oc = self.repo.get(overcloud_id)
-        if oc.status not in (states.READY, states.DEGRADED):
-            raise NotComposable(f"OverCloud {overcloud_id} is {oc.status}; services change on a READY OverCloud")
+        oc = self._ready_overcloud(overcloud_id)
         with self._lock:
             row = self.repo.service(overcloud_id, name)
             if row is None:
@@ -282,9 +293,7 @@ class ServiceController:
                 start = max((r["index"] for r in current), default=-1) + 1
                 d.replicas = replicas
                 added = pl.place_replicas(d, nodes, range(start, start + replicas - len(current)), existing=existing)
-                current += [{"name": f"{d.name}-{a.index}", "index": a.index, "box": a.box, "site": a.site,
-                             "state": "PENDING", "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
-                            for a in added]
+                current += [_pending(a) for a in added]
                 changed = [f"{a.deployment}-{a.index}@{a.box}" for a in added]
             else:
                 surplus = current[replicas:]
@@ -363,7 +372,7 @@ class ServiceController:
     @staticmethod
     def _kill_pids(replica: dict[str, Any]) -> None:
         """Kill the processes this replica ran (recorded by PID, checked by start time)."""
-        for pid, start in (replica.get("pids") or {}).values() if isinstance(replica.get("pids"), dict) else []:
+        for pid, start in (replica.get("pids") or {}).values():
             if pid and _start_time(pid) == start:
                 try:
                     os.killpg(pid, signal.SIGKILL)
@@ -375,10 +384,7 @@ class ServiceController:
 
     # -- the loop ------------------------------------------------------------------
     def tick(self) -> None:
-        by_oc: dict[str, list] = {}
-        for row in self.repo.services():
-            by_oc.setdefault(row.overcloud_id, []).append(row)
-        for overcloud_id, rows in by_oc.items():
+        for overcloud_id in {row.overcloud_id for row in self.repo.services()}:
             with self._lock:
                 try:
                     self._tick_overcloud(overcloud_id)
@@ -387,7 +393,7 @@ class ServiceController:
 
     def _tick_overcloud(self, overcloud_id: str) -> None:
         oc = self.repo.get(overcloud_id)
-        if oc.status not in (states.READY, states.DEGRADED):
+        if oc.status not in states.UP:
             return
         rows = self.repo.services(overcloud_id)
         boxes = {b.name: b for b in oc.boxes}
@@ -445,14 +451,14 @@ class ServiceController:
         key = (oc.id, r["name"])
         w = self._watch.setdefault(key, _Watch())
         now = time.monotonic()
-        before = (r["state"], r["ready"], r["restarts"], r.get("message"))
+        before = _shown(r)
         programs = [rt.program_name(r["name"], c.name) for c in d.containers]
         present = [info.get(p) for p in programs]
         if r["state"] == "PENDING" or any(p is None for p in present):
             waiting = [s for s in row.spec.get("depends_on", []) if not (endpoints.get(s) or {}).get("endpoints")]
             if waiting:
                 r["message"] = f"waiting for {', '.join(waiting)} to have a ready endpoint"
-                return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
+                return before != _shown(r)
             if r["state"] != "PENDING" and any(p is None for p in present):
                 r["restarts"] += 1  # its programs vanished (the box's supervisord was restarted)
             self._launch(oc, row, d, r, endpoints, box)
@@ -486,7 +492,7 @@ class ServiceController:
                 w.backoff = min(MAX_BACKOFF, w.backoff * 2)
                 w.retry_at = 0.0
                 w.started = now
-            return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
+            return before != _shown(r)
         if all(s in ("RUNNING", "STARTING") for s in states_):
             # a readiness probe may pass before supervisord's startsecs have run out: probing
             # STARTING replicas too saves a second per start wave
@@ -496,7 +502,7 @@ class ServiceController:
         else:
             r.update(state="STARTING" if any(s in ("STARTING", "BACKOFF") for s in states_) else "STOPPED", ready=False,
                      message=", ".join(f"{c.name} {s}" for c, s in zip(d.containers, states_)))
-        return before != (r["state"], r["ready"], r["restarts"], r.get("message"))
+        return before != _shown(r)
 
     def _probe(self, oc, row, d: Deployment, r: dict[str, Any], w: _Watch, box, now: float, running: bool) -> None:
         readiness = [c.readiness for c in d.containers if c.readiness]
@@ -574,13 +580,11 @@ class ServiceController:
     def _launch(self, oc, row, d: Deployment, r: dict[str, Any], endpoints, box) -> None:
         sup = self.tower.local.supervisor(box.handle)
         workdir = self._workdir(oc.id, r["name"])
+        cg = self.tower.local.cgroups
+        cgroup_parent = None if cg.v2 else f"/{cg.parent}/{box.handle}"  # containers nest under the box's limits
         for c in d.containers:
             env = self._env(oc, row, d, r, c, endpoints, box)
             if row.runtime == "podman":
-                cgroup_parent = None
-                cg = self.tower.local.cgroups
-                if not cg.v2:
-                    cgroup_parent = f"/{cg.parent}/{box.handle}"
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                           handle=box.handle, image_ref=c.image, hosts_file=sup.etc_dir / "hosts",
                                           cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf())
@@ -630,14 +634,14 @@ class ServiceController:
         vip_names = {s["vip"]: f"svc/{name}" for name, s in svcs.items() if s["vip"]}
         for b in oc.boxes:
             want = (stitching.hosts(base, svcs), stitching.nat_script(svcs, b.site), vip_names)
-            if self._hosts.get(b.handle) == want:
+            if self._stitched.get(b.handle) == want:
                 continue
             try:
                 sup = self.tower.local.supervisor(b.handle)
                 sup.set_hosts(want[0])
                 self.tower.local.service_table(b.handle, want[1], stitching.VIP_CIDR)
                 _name_vips(sup, vip_names)
-                self._hosts[b.handle] = want
+                self._stitched[b.handle] = want
             except (OSError, RuntimeError) as exc:
                 logger.warning("stitching %s: %s", b.name, exc)
 
@@ -648,7 +652,7 @@ class ServiceController:
     def _rescrape(self, oc) -> None:
         """Regenerate the OverCloud's Prometheus config (and reload it) when the scraped
         workloads changed: replicas became ready, moved, or went away."""
-        if not (oc.info or {}).get("fabric") or oc.status not in (states.READY, states.DEGRADED):
+        if not (oc.info or {}).get("fabric") or oc.status not in states.UP:
             return
         targets = self.scrape_targets(oc.id)
         if self._scraped.get(oc.id, []) == targets:

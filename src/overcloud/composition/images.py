@@ -45,6 +45,16 @@ def image_ref(name: str) -> str:
     return f"{PREFIX}{name}:latest"
 
 
+def image_name(ref: str) -> str:
+    """``localhost/overcloud/<name>:latest`` -> ``<name>``."""
+    return ref[len(PREFIX):].split(":")[0]
+
+
+def tar_name(name: str, digest: str) -> str:
+    """The rootfs tar of one build: the same name in the host cache and the Construction DataLake."""
+    return f"{name}-{digest}.tar"
+
+
 def codename() -> str:
     for line in Path("/etc/os-release").read_text().splitlines():
         if line.startswith("VERSION_CODENAME="):
@@ -173,7 +183,7 @@ class Images:
                                capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
             if r.returncode != 0:
                 raise ImageError(f"{ref}: apt-get install failed: {r.stderr.strip()[-500:]}")
-        target = self.dir / ref[len(PREFIX):].split(":")[0] / digest
+        target = self.dir / image_name(ref) / digest
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
@@ -190,7 +200,7 @@ class Images:
                              "(`--runtime process`) or run `make install` as root")
         cache = self.cache
         cache.mkdir(parents=True, exist_ok=True)
-        tar = cache / f"{image_dir.name}-{digest}.tar"
+        tar = cache / tar_name(image_dir.name, digest)
         if not tar.exists():
             if shutil.which("mmdebstrap") is None:
                 raise ImageError("mmdebstrap is not installed (`make install` installs it as root)")
@@ -229,7 +239,7 @@ class Images:
 
     # -- the Construction DataLake as the image cache ---------------------------------------
     def _cache_key(self, ref: str, digest: str) -> str:
-        return f"images/{ref[len(PREFIX):].split(':')[0]}-{digest}.tar"
+        return f"images/{tar_name(image_name(ref), digest)}"
 
     def publish(self, ref: str, client, bucket: str) -> bool:
         """Put the image's rootfs tar into the Construction DataLake once (by content hash);
@@ -263,7 +273,7 @@ class Images:
         if self._podman_has(ref, digest):
             return True
         self.cache.mkdir(parents=True, exist_ok=True)
-        tar = self.cache / f"{ref[len(PREFIX):].split(':')[0]}-{digest}.tar"
+        tar = self.cache / tar_name(image_name(ref), digest)
         if not tar.exists():
             if client is None:
                 return False

@@ -87,7 +87,6 @@ class Launch:
     program: str
     command: list[str]
     directory: str
-    cleanup: list[list[str]]  # commands that remove leftovers (a podman container)
     # how supervisord stops it: a process gets SIGTERM; `podman run` gets SIGKILL, since the
     # signal it forwards would go to a PID 1 that ignores it (the container is removed after)
     stopsignal: str = "TERM"
@@ -119,7 +118,7 @@ def process_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[s
     write_env(env_file, env, shell=True)
     cwd = c.working_dir if c.working_dir and Path(c.working_dir).is_dir() else str(workdir)
     script = f". {shlex.quote(str(env_file))}\nexec {shlex.join([*c.command, *c.args])}\n"
-    return Launch(program_name(replica, c.name), ["env", "-i", "sh", str(_script(workdir, c.name, script))], cwd, cleanup=[])
+    return Launch(program_name(replica, c.name), ["env", "-i", "sh", str(_script(workdir, c.name, script))], cwd)
 
 
 def _script(workdir: Path, name: str, text: str) -> Path:
@@ -152,6 +151,5 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
     run += [image_ref, *c.command, *c.args]
     script = (f"{cgroup_mount_script()}\nexport CONTAINERS_CONF={shlex.quote(str(containers_conf))}\n"
               f"exec {shlex.join(run)}\n")
-    cleanup = [["podman", "rm", "-f", "-t", "0", "--ignore", name]]
-    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script))], str(workdir), cleanup,
+    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script))], str(workdir),
                   stopsignal="KILL")
