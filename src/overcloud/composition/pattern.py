@@ -217,6 +217,13 @@ class Pattern:
         return cls(deployments, services, data["configmaps"], data["documents"])
 
 
+def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
+    """One composed Deployment and the Services that select it, from its stored record."""
+    p = Pattern.from_dict({"deployments": [spec["deployment"]], "services": spec["services"], "configmaps": {},
+                           "documents": []})
+    return p.deployments[0], p.services
+
+
 # -- loading ----------------------------------------------------------------
 def load_documents(source: str | bytes | Path) -> list[dict[str, Any]]:
     """Manifests from a directory, a YAML file, YAML text, or tar.gz bytes."""
@@ -326,11 +333,6 @@ class _Check:
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise self.fail(field, f"must be an integer from {low} to {high}")
         return value
-
-    def number(self, value: Any, field: str, low: float, high: float) -> float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-            raise self.fail(field, f"must be a number from {low} to {high}")
-        return float(value)
 
     def labels(self, value: Any, field: str) -> dict[str, str]:
         if not isinstance(value, dict):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable
 
+from overcloud.composition.pattern import deployment_of
+
 VIP_CIDR = "198.18.0.0/15"  # RFC 2544's benchmarking range: never routed, free inside a box
 NFT_TABLE = "overcloud_svc"
 
@@ -46,8 +48,6 @@ def next_vips(taken: Iterable[str], count: int) -> list[str]:
 def services(rows: Iterable[Any], boxes: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Service name -> its VIP, ports, and ready endpoints (replica, box, site, addresses,
     and the target port of each Service port on that replica)."""
-    from overcloud.composition.views import deployment_of
-
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         d, svcs = deployment_of(row.spec)

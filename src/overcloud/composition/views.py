@@ -9,13 +9,7 @@ from typing import Any, Iterable
 
 from overcloud.composition import runtime as rt
 from overcloud.composition import stitching
-from overcloud.composition.pattern import Deployment, Pattern, Service
-
-
-def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
-    p = Pattern.from_dict({"deployments": [spec["deployment"]], "services": spec["services"], "configmaps": {},
-                           "documents": []})
-    return p.deployments[0], p.services
+from overcloud.composition.pattern import Deployment, deployment_of
 
 
 def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, Any]:
