@@ -31,6 +31,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 #: statuses from which DELETE may start a delete workflow
 DELETABLE = frozenset(s for s, nxt in TRANSITIONS.items() if DELETING in nxt)
+#: statuses in which an OverCloud is up: its services run and its Fabric answers
+UP = frozenset({READY, DEGRADED})
 #: statuses in which an OverCloud still owns resources (the sweeper leaves them alone)
 LIVE = frozenset({CREATING, READY, DEGRADED, DELETING, FAILED})
 

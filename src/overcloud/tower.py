@@ -105,7 +105,7 @@ class Tower:
 
         while not self._closing.wait(self.settings.fabric_scrape_interval):
             for row in self.repo.list():
-                if row.status not in (states.READY, states.DEGRADED) or not (row.info or {}).get("fabric"):
+                if row.status not in states.UP or not (row.info or {}).get("fabric"):
                     continue
                 try:
                     problems = fabric.health(self, row)
@@ -374,7 +374,7 @@ class Tower:
         if not info:
             return None
         post = next((b for b in row.boxes if b.role == "post"), None)
-        if row.status in (states.READY, states.DEGRADED) and post is not None and self.local is not None:
+        if row.status in states.UP and post is not None and self.local is not None:
             try:
                 info["capacity"] = self.local.transport(box_obj(post)).call(
                     lambda: seaweed.cluster_status(info["master"], timeout=1.0))
@@ -411,7 +411,7 @@ class Tower:
         row = self.repo.get(overcloud_id)
         info = (row.info or {}).get("fabric")
         post = next((b for b in row.boxes if b.role == "post"), None)
-        if not info or post is None or row.status not in (states.READY, states.DEGRADED):
+        if not info or post is None or row.status not in states.UP:
             raise NoFabric(overcloud_id, row.status)
         return fabric, row, info, self.local.transport(box_obj(post))
 
