@@ -27,6 +27,18 @@ def too_large(limit: int) -> str:
     return f"the body is over {limit} bytes; OverCloud requests are small JSON documents"
 
 
+async def read_body(request, limit: int, too_big: str) -> bytes:
+    """The whole body, counted while it streams in: a chunked body (no Content-Length, so the
+    BodyLimit middleware could not refuse it up front) is a 413 once it passes ``limit``."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(too_big, status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Sites:
     """The configured sites: name -> kind, in configuration order."""
 

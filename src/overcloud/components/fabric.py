@@ -38,7 +38,6 @@ def prometheus_url(post_ip: str) -> str:
 def _targets(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     """Every scrape target of the OverCloud, labelled with its box and site."""
     from overcloud.components.datalake import METRICS
-
     from overcloud.components.datalake import settings_of as datalake_settings
 
     with_datalake = datalake_settings(tower, overcloud_id)["enabled"]
@@ -113,7 +112,7 @@ def apply_config(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str
     d = sup.box_dir / "prometheus"
     (d / "data").mkdir(parents=True, exist_ok=True)
     config = d / "prometheus.yml"
-    config.write_text(prom.scrape_config(tower.settings.fabric_scrape_interval, _targets(tower, overcloud_id, boxes, addr)))
+    prom.write_config(config, prom.scrape_config(tower.settings.fabric_scrape_interval, _targets(tower, overcloud_id, boxes, addr)))
     url = prometheus_url(addr[post.name])
     if "prometheus" in sup.program_states():
         tower.local.transport(post).call(lambda: prom.reload(url))

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from overcloud import states
 from overcloud.api.deps import PrincipalDep, TowerDep
-from overcloud.api.requests import RequestError, Sites, parse_create, too_large
+from overcloud.api.requests import RequestError, Sites, parse_create, read_body, too_large
 from overcloud.api.views import detail_view, iso, summary_view, workflow_view
 from overcloud.repository import NotFound
 from overcloud.repository.models import OverCloudRow
@@ -83,13 +83,7 @@ def _visible(tower, principal, overcloud_id: str) -> OverCloudRow:
 
 async def _json_body(request: Request) -> Any:
     limit = request.app.state.tower.settings.max_body_bytes
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(too_large(limit), status=413)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_body(request, limit, too_large(limit))
     if not raw.strip():
         raise RequestError("the body is empty; send JSON such as " + json.dumps(SEED_EXAMPLE))
     try:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from overcloud.api.deps import PrincipalDep, TowerDep
-from overcloud.api.requests import RequestError
+from overcloud.api.requests import RequestError, read_body
 from overcloud.api.routes.overclouds import _visible
 from overcloud.composition import pattern as pat
 from overcloud.composition.controller import ServiceNotFound
@@ -32,13 +32,7 @@ PATTERN_BODY = {
 
 
 async def _pattern_body(request: Request) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > pat.MAX_PATTERN_BYTES:
-            raise RequestError("the pattern is over 10 MiB", status=413)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_body(request, pat.MAX_PATTERN_BYTES, "the pattern is over 10 MiB")
     if not raw.strip():
         raise RequestError("the body is empty; send the pattern as multi-document YAML or a tar.gz of its directory",
                            status=400)
