@@ -19,14 +19,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def oc(tower):
-    with tower.client() as c:
-        d = c.post("/overclouds", json={"provider": "heterogeneous", "local-a": {"number": "1", "size": "small", "post": "yes"},
-                                        "local-b": {"number": "1", "size": "small"}}, params={"wait": "true"}, timeout=180).json()
-    assert d["status"] == "READY", d["error"]
+    d = tower.create_two_site(1, 1, timeout=180)
     yield d
-    with tower.client() as c:
-        c.delete(f"/overclouds/{d['overcloud_ID']}")
-    tower.wait_status(d["overcloud_ID"], {"DELETED", "FAILED"}, timeout=300)
+    tower.delete_and_wait(d["overcloud_ID"])
 
 
 def test_every_target_is_up_and_labelled_with_its_box(tower, oc):

@@ -29,14 +29,9 @@ IMAGE = "localhost/overcloud/smart-energy:latest"
 def oc(tower):
     for runtime in ("podman", "process"):
         tower.cli("images", "build", str(SMART), "--runtime", runtime, check=True, timeout=600)
-    with tower.client() as c:
-        d = c.post("/overclouds", json={"provider": "heterogeneous", "local-a": {"number": "2", "size": "small", "post": "yes"},
-                                        "local-b": {"number": "2", "size": "small"}}, params={"wait": "true"}, timeout=240).json()
-    assert d["status"] == "READY", d["error"]
+    d = tower.create_two_site(2, 2)
     yield d
-    with tower.client() as c:
-        c.delete(f"/overclouds/{d['overcloud_ID']}")
-    assert tower.wait_status(d["overcloud_ID"], {"DELETED", "FAILED"}, timeout=300)["status"] == "DELETED"
+    assert tower.delete_and_wait(d["overcloud_ID"])["status"] == "DELETED"
     assert leftovers(d["overcloud_ID"], tower.state_dir) == []  # containers and nested cgroups included
 
 

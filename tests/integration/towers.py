@@ -98,6 +98,23 @@ class TowerProcess:
                     raise AssertionError(f"{overcloud_id} still {d['status']} after {timeout} s: {d.get('error')}")
                 time.sleep(0.05)
 
+    def create_two_site(self, clusters_a: int, clusters_b: int, timeout: float = 240) -> dict:
+        """A READY OverCloud from the seed's heterogeneous body: the Post and ``clusters_a``
+        small clusters on local-a, ``clusters_b`` on local-b."""
+        with self.client() as c:
+            d = c.post("/overclouds", json={"provider": "heterogeneous",
+                                            "local-a": {"number": str(clusters_a), "size": "small", "post": "yes"},
+                                            "local-b": {"number": str(clusters_b), "size": "small"}},
+                       params={"wait": "true"}, timeout=timeout).json()
+        assert d["status"] == "READY", d["error"]
+        return d
+
+    def delete_and_wait(self, overcloud_id: str, timeout: float = 300) -> dict:
+        """Delete and wait for DELETED or FAILED; returns the final detail."""
+        with self.client() as c:
+            c.delete(f"/overclouds/{overcloud_id}")
+        return self.wait_status(overcloud_id, {"DELETED", "FAILED"}, timeout=timeout)
+
     def cleanup(self) -> None:
         """Delete every OverCloud left, stop, and remove the test sites; fail if anything remains."""
         if self.proc is not None and self.proc.poll() is None:
