@@ -21,7 +21,6 @@ import logging
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from overcloud.files import write_private
@@ -136,17 +135,10 @@ class ConstructionDataLake:
         )
         self.supervisor.add_program("weed-server", argv, startsecs=1, startretries=5)
         seaweed.wait_http(self.s3_endpoint, timeout)
-        client = self.client()
-        deadline = time.monotonic() + timeout
-        while True:  # the S3 gateway answers before the filer behind it is ready for buckets
-            try:
-                clients.ensure_bucket(client, ARTIFACTS)
-                clients.ensure_bucket(client, ARCHIVES)
-                return
-            except Exception as exc:  # noqa: BLE001 - retried until the deadline, then named
-                if time.monotonic() > deadline:
-                    raise ConstructionError(f"the Construction DataLake at {self.s3_endpoint} is not ready: {exc}") from exc
-                time.sleep(0.1)
+        try:
+            clients.ensure_buckets(self.client(), (ARTIFACTS, ARCHIVES), timeout)
+        except clients.S3Error as exc:
+            raise ConstructionError(f"the Construction DataLake at {self.s3_endpoint} is not ready: {exc}") from exc
 
     def _ports_free(self) -> bool:
         import socket

@@ -129,7 +129,10 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
 
     def prepare() -> dict[str, Any]:
         client = clients.s3_client(ep["s3"], access, secret)
-        _retry(lambda: clients.ensure_bucket(client, BUCKET), 30, "create bucket data")
+        try:
+            clients.ensure_buckets(client, (BUCKET,), 30)
+        except clients.S3Error as exc:
+            raise DataLakeError(f"create bucket {BUCKET}: {exc}") from exc
         if conf["restore_from"]:
             src = clients.s3_client(cdl.s3_endpoint, *cdl.credentials())
             return seaweed.restore(src, conf["restore_from"], client, ep["filer"])
@@ -175,17 +178,6 @@ def deploy_revert(ctx, result, overcloud_id: str, boxes: list[dict[str, Any]], *
 def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
     """Remove the SeaweedFS programs from every box, S3 first and master last."""
     return remove_everywhere(tower, boxes, PROGRAMS)
-
-
-def _retry(fn, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline, then named
-            if time.monotonic() > deadline:
-                raise DataLakeError(f"{what}: {exc}") from exc
-            time.sleep(0.1)
 
 
 @registry.action("datalake.preserve")

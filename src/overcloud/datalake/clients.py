@@ -67,6 +67,22 @@ def ensure_bucket(client, name: str) -> bool:
     return True
 
 
+def ensure_buckets(client, names: list[str] | tuple[str, ...], timeout: float = 30.0) -> None:
+    """:func:`ensure_bucket` for each of ``names``, retried for ``timeout`` seconds: a freshly
+    started S3 gateway answers HTTP before the filer behind it serves buckets, and until
+    then HeadBucket may get a 400 or a 5xx. Raises :class:`S3Error` naming the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for name in names:
+                ensure_bucket(client, name)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline, then named
+            if time.monotonic() > deadline:
+                raise S3Error(f"bucket(s) {', '.join(names)} not ready after {timeout:g} s: {exc}") from exc
+            time.sleep(0.1)
+
+
 # --- filer -----------------------------------------------------------------------------
 
 def _url(filer_url: str, path: str) -> str:

@@ -266,13 +266,13 @@ def cluster_status(master_url: str, *, timeout: float = 5.0) -> dict:
 
 # Everything a caller needs from one import (see the package docstring).
 from overcloud.datalake.clients import (  # noqa: E402
-    S3Error, ensure_bucket, filer_delete, filer_entries, filer_get, filer_put, filer_walk, round_trip_check, s3_client)
+    S3Error, ensure_bucket, ensure_buckets, filer_delete, filer_entries, filer_get, filer_put, filer_walk, round_trip_check, s3_client)
 from overcloud.datalake.archive import (  # noqa: E402
     ArchiveError, VerificationError, archive, list_archives, purge_archive, read_manifest, restore)
 
 __all__ = [
     "ArchiveError", "DEFAULT_VOLUME_SIZE_LIMIT_MB", "NotReadyError", "S3Error", "VerificationError",
-    "archive", "cluster_status", "ensure_bucket", "filer_argv", "filer_delete", "filer_entries", "filer_get",
+    "archive", "cluster_status", "ensure_bucket", "ensure_buckets", "filer_argv", "filer_delete", "filer_entries", "filer_get",
     "filer_put", "filer_walk", "list_archives", "master_argv", "new_credentials", "purge_archive",
     "read_manifest", "replication_for", "restore", "round_trip_check", "s3_argv", "s3_client",
     "s3_config", "server_argv", "volume_argv", "wait_http", "wait_master_leader",

@@ -128,7 +128,7 @@ class Distributed(Weeds):
         sw.wait_http(self.s3_url + "/", timeout)
         marks["s3_up_s"] = time.monotonic() - t0
         client = sw.s3_client(self.s3_url, *self.keys)
-        sw.ensure_bucket(client, "first-put")
+        sw.ensure_buckets(client, ["first-put"], timeout)
         client.put_object(Bucket="first-put", Key="hello", Body=b"hello")
         marks["first_put_s"] = time.monotonic() - t0
         return marks
@@ -158,7 +158,7 @@ class AllInOne(Weeds):
         sw.wait_http(self.s3_url + "/", timeout)
         marks = {"all_up_s": time.monotonic() - t0}
         client = sw.s3_client(self.s3_url, *self.keys)
-        sw.ensure_bucket(client, "first-put")
+        sw.ensure_buckets(client, ["first-put"], timeout)
         client.put_object(Bucket="first-put", Key="hello", Body=b"hello")
         marks["first_put_s"] = time.monotonic() - t0
         return marks
