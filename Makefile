@@ -27,7 +27,7 @@ $(DEB_STAMP): Makefile
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages: $$missing"; \
+	    echo "installing Debian packages:" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  fi; \
 	else echo "not root: skipping Debian packages ($(DEB_PACKAGES)); the local UnderCloud needs root"; fi

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -65,7 +66,18 @@ def _ignore_exists(fn, *args, **kwargs) -> None:
 
 
 # -- host side -----------------------------------------------------------
+def bridge_mac(bridge: str) -> str:
+    """A fixed, locally administered MAC address for a site bridge (from its name)."""
+    digest = hashlib.sha1(f"overcloud-bridge:{bridge}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def ensure_bridge(bridge: str, gateway: str, prefixlen: int, alias: str) -> None:
+    """The site bridge, up, with the gateway address. Its MAC address is set explicitly: a
+    bridge without one takes the lowest MAC among its ports and changes it as boxes come and
+    go, and every box's ARP entry for the gateway then points nowhere until it is resolved
+    again (seconds: connections from a box to the host timed out right after another box
+    on the same site was deleted)."""
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=bridge)
         if not found:
@@ -73,6 +85,10 @@ def ensure_bridge(bridge: str, gateway: str, prefixlen: int, alias: str) -> None
             found = ipr.link_lookup(ifname=bridge)
         idx = found[0]
         ipr.link("set", index=idx, ifalias=alias)
+        mac = bridge_mac(bridge)
+        if Path(f"/sys/class/net/{bridge}/addr_assign_type").read_text().strip() != "3" or \
+                ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS") != mac:  # 3: NET_ADDR_SET, chosen by us
+            ipr.link("set", index=idx, address=mac)
         _ignore_exists(ipr.addr, "add", index=idx, address=gateway, prefixlen=prefixlen)
         ipr.link("set", index=idx, state="up")
 

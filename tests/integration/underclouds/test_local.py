@@ -262,6 +262,22 @@ def test_idempotent_acquire(host, oc1):
     assert len([lease for lease in host.leases.boxes() if lease["overcloud_id"] == oc]) == 4
 
 
+def test_the_gateway_keeps_its_mac_as_boxes_come_and_go(host, oc1):
+    """A bridge left to itself takes its ports' lowest MAC: deleting one box then cut every
+    other box of the site off the host until ARP noticed (a preserve timed out)."""
+    oc, boxes, _ = oc1
+    mac = Path("/sys/class/net/octb/address").read_text().strip()
+    assert mac == net.bridge_mac("octb") and Path("/sys/class/net/octb/addr_assign_type").read_text().strip() == "3"
+    gateway, c2 = host.gateways["t-b"], boxes["c2"].handle
+    assert in_box(c2, "ping", "-c", "1", "-W", "1", gateway).returncode == 0
+    assert mac in in_box(c2, "ip", "neigh", "show", gateway).stdout  # c2 holds the gateway's MAC
+    for _ in range(3):  # a box with the lowest MAC on the bridge would have changed it, coming or going
+        extra = acquire_all(host, [spec(new_id(), "c9", "t-b")])
+        release_all(host, extra)
+        assert Path("/sys/class/net/octb/address").read_text().strip() == mac
+        assert in_box(c2, "ping", "-c", "1", "-W", "1", gateway).returncode == 0
+
+
 def test_release_leaves_nothing(host):
     oc = new_id()
     boxes = acquire_all(host, [spec(oc, "p0", "t-a", "post"), spec(oc, "c1", "t-b")])
