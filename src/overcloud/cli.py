@@ -398,7 +398,8 @@ def _replica_table(services: list[dict[str, Any]], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("service", "replica", "box", "site", "state", "restarts", "endpoints", "message"):
         t.add_column(col)
-    colors = {"READY": "green", "STARTING": "yellow", "PENDING": "white", "BACKOFF": "red", "UNPLACED": "red"}
+    colors = {"READY": "green", "STARTING": "yellow", "UPDATING": "yellow", "PENDING": "white", "BACKOFF": "red",
+              "UNPLACED": "red"}
     for s in services:
         eps = ", ".join(e for svc in s.get("services", []) for e in svc["endpoints"])
         for r in s.get("replicas", []):
@@ -409,56 +410,110 @@ def _replica_table(services: list[dict[str, Any]], title: str) -> Table:
     return t
 
 
+PatternPath = Annotated[Path, typer.Argument(help="a pattern directory, a multi-document YAML, or a tar.gz")]
+RuntimeOpt = Annotated[str, typer.Option(help="auto (podman where installed), podman or process")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="show replicas live until all are READY")]
+TimeoutOpt = Annotated[float, typer.Option(help="seconds to wait for READY")]
+
+
 @app.command()
 def compose(
     overcloud_id: str,
-    path: Annotated[Path, typer.Argument(help="a pattern directory, a multi-document YAML, or a tar.gz")],
+    path: PatternPath,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the placement and start order; start nothing")] = False,
-    runtime: Annotated[str, typer.Option(help="auto (podman where installed), podman or process")] = "auto",
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="show replicas live until all are READY")] = True,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 120,
+    runtime: RuntimeOpt = "auto",
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 120,
 ) -> None:
     """Compose a service pattern onto a READY OverCloud (placement, stitching, start in order)."""
+    _send_pattern("POST", overcloud_id, path, dry_run, runtime, wait, timeout)
+
+
+@app.command()
+def apply(
+    overcloud_id: str,
+    path: PatternPath,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what each Deployment would do; change nothing")] = False,
+    runtime: RuntimeOpt = "auto",
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 120,
+) -> None:
+    """Apply a changed pattern to a composed one (like kubectl apply): new Deployments are
+    created, changed pod templates rolled out one replica at a time, counts scaled."""
+    _send_pattern("PUT", overcloud_id, path, dry_run, runtime, wait, timeout)
+
+
+def _send_pattern(method: str, overcloud_id: str, path: Path, dry_run: bool, runtime: str, wait: bool,
+                  timeout: float) -> None:
     body, ctype = _pattern_bytes(path)
     client = Client()
-    result = client.call("POST", f"/overclouds/{overcloud_id}/services",
+    t0 = time.monotonic()
+    result = client.call(method, f"/overclouds/{overcloud_id}/services",
                          params={"dry_run": str(dry_run).lower(), "runtime": runtime}, content=body,
                          headers={"Content-Type": ctype})
+    actions = result.get("actions")
     if dry_run:
         t = Table("replica", "box", "site", "overlay address", title=f"placement ({result['runtime']} runtime)",
                   title_justify="left")
         for a in result["placement"]:
             t.add_row(a["replica"], a["box"], a["site"], a["address"] or "")
         if STATE["output"] == Output.table:
-            out.print(t)
-            out.print("start order: " + "  →  ".join(", ".join(w) for w in result["start_order"]))
+            if actions is not None:
+                out.print(_actions_table(actions))
+            if result["placement"]:
+                out.print(t)
+            if result["start_order"]:
+                out.print("start order: " + "  →  ".join(", ".join(w) for w in result["start_order"]))
         else:
             _emit(result)
         return
-    names = [d for wave in result["start_order"] for d in wave]
+    names = ([n for n, a in actions.items() if a["action"] != "unchanged"] if actions is not None
+             else [d for wave in result["start_order"] for d in wave])
     deadline = time.monotonic() + timeout
     live_view = STATE["output"] == Output.table and out.is_terminal and wait
     services: list[dict[str, Any]] = []
+    verb = "applying to" if actions is not None else "composing onto"
     with Live(console=out, refresh_per_second=8) if live_view else _Null() as live:
         while True:
             services = [s for s in client.call("GET", f"/overclouds/{overcloud_id}/services") if s["name"] in names]
             if live_view:
-                live.update(_replica_table(services, f"composing onto {overcloud_id}"))
+                live.update(_replica_table(services, f"{verb} {overcloud_id}"))
             if not wait or all(s["status"] == "READY" for s in services) or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
     if STATE["output"] == Output.json:
         _emit({**result, "services": services})
-    else:
-        if not live_view:
-            out.print(_replica_table(services, f"composed onto {overcloud_id}"))
-        if wait:
-            took = max((s.get("ready_seconds") or 0) for s in services) if services else 0
-            ready = all(s["status"] == "READY" for s in services)
-            out.print(f"all {sum(len(s['replicas']) for s in services)} replicas READY in {took:.1f} s" if ready
-                      else "[red]not every replica is READY yet[/]; `overcloud services ID` shows them")
-            if not ready:
-                raise typer.Exit(1)
+        return
+    if actions is not None:
+        out.print(_actions_table(actions))
+    if not live_view and services:
+        out.print(_replica_table(services, f"{verb} {overcloud_id}"))
+    if wait:
+        took = (max((s.get("ready_seconds") or 0) for s in services) if services else 0) if actions is None \
+            else time.monotonic() - t0
+        ready = all(s["status"] == "READY" for s in services)
+        out.print(f"all {sum(len(s['replicas']) for s in services)} replicas READY in {took:.1f} s" if ready
+                  else "[red]not every replica is READY yet[/]; `overcloud services ID` shows them")
+        if not ready:
+            raise typer.Exit(1)
+
+
+def _actions_table(actions: dict[str, dict[str, Any]]) -> Table:
+    t = Table("deployment", "action", "detail", title="apply", title_justify="left")
+    for name, a in sorted(actions.items()):
+        detail = {k: v for k, v in a.items() if k != "action"}
+        if a["action"] == "update":
+            text = f"generation {detail['generation']}: {', '.join(detail['changed'])}"
+        elif a["action"] == "scale":
+            text = f"{detail['from']} → {detail['to']} replicas"
+        elif a["action"] == "services":
+            text = ", ".join(detail["changed"])
+        elif a["action"] == "create":
+            text = f"{detail['replicas']} replicas"
+        else:
+            text = ""
+        t.add_row(name, a["action"], text)
+    return t
 
 
 @app.command()
@@ -579,10 +634,10 @@ def store_stop() -> None:
     settings = _settings()
     cdl = ConstructionDataLake(settings.state_dir)
     pids = cdl.pids()
+    cdl.stop()  # also when nothing runs: a store killed some other way leaves its firewall table
     if not pids:
         out.print(f"no Construction DataLake runs for {settings.state_dir}")
         return
-    cdl.stop()
     out.print(f"Construction DataLake of {settings.state_dir} stopped ({len(pids)} processes); "
               f"its data stays in {settings.state_dir / 'construction'}")
 

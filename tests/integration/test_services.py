@@ -1,6 +1,6 @@
 """Service composition on real OverClouds: bad input refused before anything starts, the
-smart-energy pattern end to end on Podman, and stitching, restart and re-placement on the
-process runtime."""
+smart-energy pattern end to end on Podman, a rolling update that keeps the Service answering,
+and stitching, restart and re-placement on the process runtime."""
 
 from __future__ import annotations
 
@@ -229,6 +229,103 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
         assert c.delete(f"/overclouds/{oid}/services/web").status_code == 200
 
 
+# A client in box c1 asking the Service by name every 20 ms until told to stop (a file) or
+# for at most 120 s / 6000 requests; prints what answered, in order, and every failure.
+CLIENT = """
+import json, os, sys, time, urllib.request
+stop, seen, failed, n = sys.argv[1], [], [], 0
+t0 = time.monotonic()
+while not os.path.exists(stop) and time.monotonic() - t0 < 120 and n < 6000:
+    n += 1
+    try:
+        who = urllib.request.urlopen("http://web/", timeout=2).read().decode()
+        if not seen or seen[-1] != who:
+            seen.append(who)
+    except Exception as exc:
+        failed.append(repr(exc))
+    time.sleep(0.02)
+print(json.dumps({"requests": n, "seen": seen, "failed": failed}))
+"""
+
+
+def put(tower, oc, body, **params):
+    with tower.client() as c:
+        return c.put(f"/overclouds/{oc['overcloud_ID']}/services", content=body, params=params,
+                     headers={"Content-Type": "application/yaml"}, timeout=180)
+
+
+def version(n: int, replicas: int = 1, command: str | None = None) -> str:
+    """WEB with env VERSION=n (a changed pod template), ``replicas``, and maybe another command."""
+    text = WEB.replace("replicas: 1", f"replicas: {replicas}").replace(
+        "imagePullPolicy: Never", f"imagePullPolicy: Never\n          env: [{{name: VERSION, value: '{n}'}}]")
+    if command:
+        text = "\n".join(f"          command: {command}" if line.strip().startswith("command:") else line
+                         for line in text.splitlines())
+    return text
+
+
+def test_apply_rolls_out_a_changed_template_without_losing_the_service(tower, oc, tmp_path):
+    oid = oc["overcloud_ID"]
+    assert put(tower, oc, version(1), runtime="process", wait="true", timeout="30").status_code == 200  # creates
+    assert services(tower, oc)["web"]["replicas"][0]["name"] == "web-0"
+    # the same pattern again changes nothing
+    same = put(tower, oc, version(1), runtime="process").json()
+    assert same["actions"]["web"]["action"] == "unchanged"
+    # the plan of a changed template: which fields, the next generation; nothing changes yet
+    path = tmp_path / "v2.yaml"
+    path.write_text(version(2))
+    plan = json.loads(tower.cli("-o", "json", "apply", oid, str(path), "--dry-run", check=True).stdout)
+    assert plan["actions"]["web"]["action"] == "update" and plan["actions"]["web"]["generation"] == 2
+    assert plan["actions"]["web"]["changed"] == ["containers[web].env"], plan["actions"]
+    assert [r["name"] for r in services(tower, oc)["web"]["replicas"]] == ["web-0"]
+
+    stop = tmp_path / "stop"
+    client = subprocess.Popen(["ip", "netns", "exec", handle(oc, "c1"), "python3", "-c", CLIENT, str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: get_text(oc, "c1", "http://web/") == "web-0", "the client's first answer", bound=10)
+        # v2, one replica: a second one starts beside it (the other edge box), then the old one stops
+        r = put(tower, oc, version(2), wait="true", timeout="60")
+        assert r.status_code == 200 and r.json()["services"][0]["status"] == "READY", r.text
+        web = services(tower, oc)["web"]
+        assert [(x["name"], x["generation"]) for x in web["replicas"]] == [("web-1", 2)] and web["generation"] == 2
+        assert web["replicas"][0]["box"] != "c1" and web["replicas"][0]["site"] == "local-b"
+        # v3 and two replicas: one more fits beside, the other needs an old one's box (port 8070)
+        r = put(tower, oc, version(3, replicas=2), wait="true", timeout="60")
+        assert r.json()["actions"]["web"]["action"] == "update", r.text
+        web = services(tower, oc)["web"]
+        assert web["status"] == "READY" and {x["generation"] for x in web["replicas"]} == {3}
+        assert {x["box"] for x in web["replicas"]} == {"c3", "c4"}
+    finally:
+        stop.touch()
+        out, _ = client.communicate(timeout=30)
+    seen = json.loads(out)
+    # every request was answered, first by the old replicas, then by the new ones
+    assert seen["failed"] == [] and seen["requests"] > 20, seen
+    assert seen["seen"][0] == "web-0" and "web-1" in seen["seen"] and set(seen["seen"][-2:]) <= {"web-2", "web-3"}, seen
+
+    # a template whose container exits: the rollout stops at the first new replica, the other
+    # old one keeps serving, and the service says what it waits for
+    broken = put(tower, oc, version(4, replicas=2, command='[sh, -c, "exit 3"]'))
+    assert broken.status_code == 202, broken.text
+    stuck = wait_for(lambda: (lambda s: s if s["status"] == "UPDATING" and any(
+        x["generation"] == 4 and x["restarts"] >= 1 for x in s["replicas"]) else None)(services(tower, oc)["web"]),
+        "the broken replica retried", bound=30)
+    assert "waiting for web-" in stuck["message"], stuck
+    [survivor] = [x["name"] for x in stuck["replicas"] if x["generation"] == 3]
+    assert {get_text(oc, "c1", "http://web/") for _ in range(3)} == {survivor}
+    # applying a good template again replaces the broken replica first
+    r = put(tower, oc, version(3, replicas=2), wait="true", timeout="60")
+    assert r.status_code == 200, r.text
+    web = services(tower, oc)["web"]
+    assert web["status"] == "READY" and web["generation"] == 5 and {x["generation"] for x in web["replicas"]} == {5}
+    with tower.client() as c:
+        stream = c.get(f"/overclouds/{oid}/events", timeout=30).text
+        assert c.delete(f"/overclouds/{oid}/services/web").status_code == 200
+    events = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
+    assert {e.get("rolled_out") for e in events if e.get("name") == "web"} >= {2, 3, 5}, events
+
+
 def test_process_runtime_stitching_restart_and_replacement(tower, oc):
     oid = oc["overcloud_ID"]
     r = post(tower, oc, WEB, runtime="process", wait="true", timeout="30")
@@ -271,3 +368,4 @@ def test_process_runtime_stitching_restart_and_replacement(tower, oc):
         assert c.delete(f"/overclouds/{oid}/services/web").status_code == 200
         assert c.get(f"/overclouds/{oid}/services/web").status_code == 404
     assert in_box(oc, "c1", "getent", "hosts", "web").returncode != 0
+

@@ -40,7 +40,7 @@ from overcloud.composition import images as img
 from overcloud.composition import placement as pl
 from overcloud.composition import probes, stitching, views
 from overcloud.composition import runtime as rt
-from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe, deployment_of
+from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe, deployment_of, generation_of
 from overcloud.files import write_atomic
 
 
@@ -68,10 +68,21 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def _pending(a: pl.Assignment) -> dict[str, Any]:
-    """A new replica's record: placed, not started."""
+def _pending(a: pl.Assignment, generation: int = 1) -> dict[str, Any]:
+    """A new replica's record: placed, not started, of template ``generation``."""
     return {"name": f"{a.deployment}-{a.index}", "index": a.index, "box": a.box, "site": a.site, "state": "PENDING",
-            "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start"}
+            "ready": False, "restarts": 0, "pids": {}, "message": "waiting to start", "generation": generation}
+
+
+def _template(row, r: dict[str, Any]) -> Deployment:
+    """The Deployment (pod template) replica ``r`` runs: during a rolling update, old replicas
+    run their own generation's."""
+    return deployment_of(row.spec, generation_of(r))[0]
+
+
+def _comparable(value: Any) -> Any:
+    """A spec as the repository gives it back (JSON: tuples become lists), for comparing."""
+    return json.loads(json.dumps(value))
 
 
 def _shown(r: dict[str, Any]) -> tuple:
@@ -105,6 +116,7 @@ class ServiceController:
         self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
         self._stitched: dict[str, tuple] = {}  # box handle -> (hosts, nft table, VIP names) last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
+        self._retry_at: dict[tuple[str, str], float] = {}  # (overcloud, service) -> next rollout placement try
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -144,11 +156,11 @@ class ServiceController:
         nodes = pl.nodes_from_boxes(oc_row.boxes, self.site_labels(), self._out.get(oc_row.id, set()), listening)
         by_name = {n.name: n for n in nodes}
         for row in self.repo.services(oc_row.id):
-            d, _ = deployment_of(row.spec)
             for r in row.replicas:
                 n = by_name.get(r["box"])
                 if n is None:
                     continue
+                d = _template(row, r)
                 if row.name == exclude:
                     n.ports -= pl.ports_of(d)  # its own replicas' ports are free for it again
                     continue
@@ -164,69 +176,139 @@ class ServiceController:
         return oc
 
     def compose(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Create every Deployment of the pattern; one already composed is a conflict."""
+        return self._apply(overcloud_id, pattern, runtime=runtime, dry_run=dry_run, update=False)
+
+    def apply(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """``kubectl apply``: create the Deployments that are new, roll out the ones whose pod
+        template changed (one new replica ready before an old one stops), scale the ones whose
+        replica count changed, update the Services of the rest. Deployments composed earlier
+        and not in the pattern are left alone. Everything is checked before anything changes."""
+        return self._apply(overcloud_id, pattern, runtime=runtime, dry_run=dry_run, update=True)
+
+    def _apply(self, overcloud_id: str, pattern: Pattern, *, runtime: str | None, dry_run: bool,
+               update: bool) -> dict[str, Any]:
         oc = self._ready_overcloud(overcloud_id)
         try:
             runtime = rt.choose(runtime)
         except RuntimeError as exc:
             raise PatternError("request", "runtime", str(exc)) from None
         with self._lock:
-            existing = self.repo.services(overcloud_id)
-            taken_d = {r.name for r in existing}
-            taken_s = {s["name"] for r in existing for s in r.spec["services"]}
-            for d in pattern.deployments:
-                if d.name in taken_d:
-                    raise ServiceConflict(f"Deployment/{d.name}: a service named {d.name!r} already runs on this "
-                                          f"OverCloud; delete it first (DELETE /overclouds/{overcloud_id}/services/{d.name})")
+            existing = {r.name: r for r in self.repo.services(overcloud_id)}
+            current = {d.name: existing[d.name] for d in pattern.deployments if d.name in existing}
+            if current and not update:
+                name = next(iter(current))
+                raise ServiceConflict(f"Deployment/{name}: a service named {name!r} already runs on this OverCloud; "
+                                      f"delete it first (DELETE /overclouds/{overcloud_id}/services/{name}), or "
+                                      f"apply the pattern (PUT /overclouds/{overcloud_id}/services) to update it")
+            served_elsewhere = {s["name"]: r.name for r in existing.values() if r.name not in current for s in r.spec["services"]}
             for s in pattern.services:
-                if s.name in taken_s:
-                    raise ServiceConflict(f"Service/{s.name}: the name {s.name!r} is already served on this OverCloud")
-            used = {c.image for d in pattern.deployments for c in d.containers}
+                if s.name in served_elsewhere:
+                    raise ServiceConflict(f"Service/{s.name}: the name {s.name!r} is already served on this OverCloud "
+                                          f"(by Deployment {served_elsewhere[s.name]})")
+            vips = {s["name"]: s["vip"] for r in current.values() for s in r.spec["services"] if s.get("vip")}
+            fresh = [sv.name for sv in pattern.services if sv.name not in vips]
+            vips.update(zip(fresh, stitching.next_vips(
+                [sv.get("vip") for r in existing.values() for sv in r.spec["services"]], len(fresh))))
+            specs = {d.name: {"deployment": _comparable(dataclasses.asdict(d)),
+                              "services": _comparable([{**dataclasses.asdict(s), "vip": vips[s.name]} for s in pattern.services_of(d)]),
+                              "depends_on": pattern.depends_on(d)} for d in pattern.deployments}
+            actions = {d.name: _action(current.get(d.name), specs[d.name]) for d in pattern.deployments}
+            runtimes = {d.name: current[d.name].runtime if d.name in current else runtime for d in pattern.deployments}
+            self._check_images([(d, runtimes[d.name]) for d in pattern.deployments if actions[d.name] in ("create", "update")])
+            created = [d for d in pattern.deployments if actions[d.name] == "create"]
+            nodes = self._nodes(oc)
+            scaled = {d.name: self._plan_scale(oc, current[d.name], d.replicas, nodes)
+                      for d in pattern.deployments if actions[d.name] == "scale" and not _rolling(current[d.name])}
+            plan = pl.place(dataclasses.replace(pattern, deployments=created), nodes) if created else []
+            rollouts = {}
+            for d in pattern.deployments:
+                if actions[d.name] == "update":  # the new template must fit once the old replicas are gone
+                    rollouts[d.name] = pl.place_replicas(d, self._nodes(oc, exclude=d.name), range(d.replicas))
+            boxes = {b.name: b for b in oc.boxes}
+            result = {
+                "overcloud_ID": overcloud_id, "runtime": runtime, "dry_run": dry_run,
+                "start_order": [[n for n in wave if actions[n] == "create"] for wave in pattern.start_order()],
+                "placement": [{"replica": f"{a.deployment}-{a.index}", "deployment": a.deployment, "box": a.box,
+                               "site": a.site, "address": boxes[a.box].overlay_address} for a in
+                              sorted(plan, key=lambda a: (a.deployment, a.index))],
+                "services": [{"name": s.name, "ports": [p.port for p in s.ports], "vip": vips[s.name],
+                              "deployments": [d.name for d in pattern.deployments if s.selects(d)]} for s in pattern.services],
+            }
+            result["start_order"] = [wave for wave in result["start_order"] if wave]
+            if update:
+                result["actions"] = {name: {"action": a, **_action_detail(a, current.get(name), specs[name], rollouts.get(name))}
+                                     for name, a in actions.items()}
+                result["untouched"] = sorted(set(existing) - set(actions))
+            if not dry_run:
+                result["pattern_id"] = self._commit(overcloud_id, pattern, runtime, created, plan, specs, actions, current,
+                                                    scaled, update)
+        if runtime == "podman" and not dry_run:
+            refs = sorted({c.image for d in pattern.deployments for c in d.containers if runtimes[d.name] == "podman"
+                           and actions[d.name] in ("create", "update")})
+            if refs:
+                threading.Thread(target=self._publish_images, args=(refs,), name="publish-images", daemon=True).start()
+        return result
+
+    def _check_images(self, wanted: list[tuple[Deployment, str]]) -> None:
+        """Every image a started replica will need is built for its runtime (Podman images lost
+        from the store are restored first); else a PatternError naming the container."""
+        for runtime in {r for _, r in wanted}:
+            ds = [d for d, r in wanted if r == runtime]
+            used = {c.image for d in ds for c in d.containers}
             if runtime == "podman":
                 self._restore_images(used)
             missing = {m.split(" ", 1)[0]: m for m in self.images.missing(used, runtime)}
-            for d in pattern.deployments:
+            for d in ds:
                 for i, c in enumerate(d.containers):
                     if c.image in missing:
                         raise PatternError(f"Deployment/{d.name}", f"spec.template.spec.containers[{i}].image",
                                            f"image {missing[c.image]} is not built; run `overcloud images build "
                                            f"PATTERN_DIR --runtime {runtime}`")
-            nodes = self._nodes(oc)
-            plan = pl.place(pattern, nodes)  # PlacementError: nothing recorded
-            boxes = {b.name: b for b in oc.boxes}
-            waves = pattern.start_order()
-            result = {
-                "overcloud_ID": overcloud_id, "runtime": runtime, "dry_run": dry_run,
-                "start_order": waves,
-                "placement": [{"replica": f"{a.deployment}-{a.index}", "deployment": a.deployment, "box": a.box,
-                               "site": a.site, "address": boxes[a.box].overlay_address} for a in
-                              sorted(plan, key=lambda a: (a.deployment, a.index))],
-                "services": [{"name": s.name, "ports": [p.port for p in s.ports],
-                              "deployments": [d.name for d in pattern.deployments if s.selects(d)]} for s in pattern.services],
-            }
-            if dry_run:
-                return result
-            pattern_id = uuid.uuid4().hex
-            now = dt.datetime.now(dt.timezone.utc)
-            rows = []
-            vips = dict(zip([sv.name for sv in pattern.services], stitching.next_vips(
-                [sv.get("vip") for r in existing for sv in r.spec["services"]], len(pattern.services))))
-            for d in pattern.deployments:
-                replicas = [_pending(a) for a in sorted(plan, key=lambda a: a.index) if a.deployment == d.name]
-                spec = {"deployment": dataclasses.asdict(d),
-                        "services": [{**dataclasses.asdict(s), "vip": vips[s.name]} for s in pattern.services_of(d)],
-                        "depends_on": pattern.depends_on(d)}
-                rows.append({"overcloud_id": overcloud_id, "name": d.name, "pattern_id": pattern_id, "runtime": runtime,
-                             "status": "STARTING" if replicas else "READY", "message": None, "spec": spec,
-                             "replicas": replicas, "created_at": now, "updated_at": now,
-                             "ready_at": None if replicas else now})
+
+    def _commit(self, overcloud_id: str, pattern: Pattern, runtime: str, created: list[Deployment],
+                plan: list[pl.Assignment], specs: dict[str, dict[str, Any]], actions: dict[str, str],
+                current: dict[str, Any], scaled: dict[str, tuple], update: bool) -> str:
+        """Write what ``_apply`` decided (it checked everything first)."""
+        pattern_id = uuid.uuid4().hex
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = []
+        for d in created:
+            replicas = [_pending(a) for a in sorted(plan, key=lambda a: a.index) if a.deployment == d.name]
+            rows.append({"overcloud_id": overcloud_id, "name": d.name, "pattern_id": pattern_id, "runtime": runtime,
+                         "status": "STARTING" if replicas else "READY", "message": None, "spec": specs[d.name],
+                         "replicas": replicas, "created_at": now, "updated_at": now,
+                         "ready_at": None if replicas else now})
+        if rows:
             self.repo.add_services(rows)
-            self.repo.add_event(overcloud_id, "services", {"composed": [d.name for d in pattern.deployments],
-                                                           "pattern_id": pattern_id, "runtime": runtime})
-        if runtime == "podman":
-            refs = sorted({c.image for d in pattern.deployments for c in d.containers})
-            threading.Thread(target=self._publish_images, args=(refs,), name="publish-images", daemon=True).start()
-        result["pattern_id"] = pattern_id
-        return result
+        for name, action in actions.items():
+            row = current.get(name)
+            if action == "update":
+                self._start_rollout(overcloud_id, row, specs[name])
+            elif action in ("scale", "services"):
+                if name in scaled:
+                    self._commit_scale(overcloud_id, row, *scaled[name])
+                self.repo.update_service(overcloud_id, name, spec={**specs[name], **_rollout_state(row.spec)})
+        self.repo.add_event(overcloud_id, "services", {
+            **({"applied": {n: a for n, a in actions.items() if a != "unchanged"}} if update else
+               {"composed": [d.name for d in pattern.deployments]}),
+            "pattern_id": pattern_id, "runtime": runtime})
+        if update:
+            self._stitch(overcloud_id)
+            self._rescrape(self.repo.get(overcloud_id))
+        return pattern_id
+
+    def _start_rollout(self, overcloud_id: str, row, spec: dict[str, Any]) -> None:
+        """Record the new template as the next generation; the loop replaces the replicas one by
+        one (see ``_roll``). Templates of generations that still have replicas are kept."""
+        gen = generation_of(row.spec)
+        keep = {str(generation_of(r)) for r in row.replicas}
+        templates = {k: v for k, v in (row.spec.get("templates") or {}).items() if k in keep}
+        if str(gen) in keep:
+            templates[str(gen)] = row.spec["deployment"]
+        new = {**spec, "generation": gen + 1, "templates": templates}
+        self.repo.update_service(overcloud_id, row.name, spec=new, status="UPDATING", message=None)
+        self.repo.add_event(overcloud_id, "service", {"name": row.name, "rollout": gen + 1})
 
     def _store(self):
         from overcloud.components.construction import ARTIFACTS
@@ -276,37 +358,48 @@ class ServiceController:
     def scale(self, overcloud_id: str, name: str, replicas: int) -> dict[str, Any]:
         """Set a Deployment's replica count: new replicas are placed by the same rules (refused
         with PlacementError when they do not fit; nothing changes then), surplus ones — the
-        highest numbered — are stopped and removed. Hosts files follow as readiness changes."""
+        highest numbered — are stopped and removed. Hosts files follow as readiness changes.
+        During a rolling update the count is recorded and the rollout reaches it."""
         oc = self._ready_overcloud(overcloud_id)
         with self._lock:
             row = self.repo.service(overcloud_id, name)
             if row is None:
                 raise ServiceNotFound(overcloud_id, name)
-            d, _ = deployment_of(row.spec)
-            current = sorted((dict(r) for r in row.replicas), key=lambda r: r["index"])
             spec = dict(row.spec)
             spec["deployment"] = {**spec["deployment"], "replicas": replicas}
-            if replicas > len(current):
-                nodes = self._nodes(oc, exclude=name)
-                existing = [pl.Assignment(d.name, r["index"], r["box"], r["site"]) for r in current]
-                pl.charge(nodes, d, existing)
-                start = max((r["index"] for r in current), default=-1) + 1
-                d.replicas = replicas
-                added = pl.place_replicas(d, nodes, range(start, start + replicas - len(current)), existing=existing)
-                current += [_pending(a) for a in added]
-                changed = [f"{a.deployment}-{a.index}@{a.box}" for a in added]
-            else:
-                surplus = current[replicas:]
-                changed = self._stop_replicas(overcloud_id, row, surplus)
-                for r in surplus:
-                    self._watch.pop((overcloud_id, r["name"]), None)
-                current = current[:replicas]
-            self.repo.update_service(overcloud_id, name, spec=spec, replicas=current,
-                                     status=_status(current, "STARTING"))
-            self.repo.add_event(overcloud_id, "service", {"name": name, "scaled": replicas})
-            self._stitch(overcloud_id)
-            self._rescrape(self.repo.get(overcloud_id))
-        return {"name": name, "replicas": replicas, "added" if replicas > len(row.replicas) else "removed": changed}
+            if _rolling(row):
+                self.repo.update_service(overcloud_id, name, spec=spec)
+                self.repo.add_event(overcloud_id, "service", {"name": name, "scaled": replicas, "during": "rollout"})
+                return {"name": name, "replicas": replicas, "rolling": True}
+            kept, added, surplus = self._plan_scale(oc, row, replicas, self._nodes(oc))
+            changed = self._commit_scale(overcloud_id, row, kept, added, surplus)
+            self.repo.update_service(overcloud_id, name, spec=spec)
+        return {"name": name, "replicas": replicas, "added" if added else "removed": changed}
+
+    def _plan_scale(self, oc, row, replicas: int, nodes: list[pl.Node]) -> tuple[list, list, list]:
+        """(replicas kept, new ones placed, surplus ones to stop) for ``replicas`` wanted; new
+        ones are charged to ``nodes``, where its own replicas are already counted (``_nodes``).
+        PlacementError when they do not fit."""
+        d, _ = deployment_of(row.spec)
+        current = sorted((dict(r) for r in row.replicas), key=lambda r: r["index"])
+        if replicas <= len(current):
+            return current[:replicas], [], current[replicas:]
+        existing = [pl.Assignment(d.name, r["index"], r["box"], r["site"]) for r in current]
+        start = max((r["index"] for r in current), default=-1) + 1
+        d.replicas = replicas
+        added = pl.place_replicas(d, nodes, range(start, start + replicas - len(current)), existing=existing)
+        return current, [_pending(a, generation_of(row.spec)) for a in added], []
+
+    def _commit_scale(self, overcloud_id: str, row, kept: list, added: list, surplus: list) -> list[str]:
+        changed = self._stop_replicas(overcloud_id, row, surplus)
+        for r in surplus:
+            self._watch.pop((overcloud_id, r["name"]), None)
+        replicas = kept + added
+        self.repo.update_service(overcloud_id, row.name, replicas=replicas, status=_status(replicas, "STARTING"))
+        self.repo.add_event(overcloud_id, "service", {"name": row.name, "scaled": len(replicas)})
+        self._stitch(overcloud_id)
+        self._rescrape(self.repo.get(overcloud_id))
+        return [f"{r['name']}@{r['box']}" for r in added] or changed
 
     # -- remove --------------------------------------------------------------------
     def remove(self, overcloud_id: str, name: str) -> dict[str, Any]:
@@ -316,6 +409,7 @@ class ServiceController:
                 raise ServiceNotFound(overcloud_id, name)
             removed = self._stop_replicas(overcloud_id, row, row.replicas)
             self.repo.delete_service(overcloud_id, name)
+            self._retry_at.pop((overcloud_id, name), None)
             for r in row.replicas:
                 self._watch.pop((overcloud_id, r["name"]), None)
             self.repo.add_event(overcloud_id, "services", {"removed": name})
@@ -341,11 +435,10 @@ class ServiceController:
         leftover processes by PID, logs and work dirs."""
         oc = self.repo.get(overcloud_id)
         boxes = {b.name: b for b in oc.boxes}
-        d, _ = deployment_of(row.spec)
         removed = []
         for r in replicas:
             box = boxes.get(r["box"])
-            programs = [rt.program_name(r["name"], c.name) for c in d.containers]
+            programs = [rt.program_name(r["name"], c.name) for c in _template(row, r).containers]
             if box is not None:
                 sup = self.tower.local.supervisor(box.handle)
                 try:
@@ -361,7 +454,8 @@ class ServiceController:
             shutil.rmtree(self._workdir(overcloud_id, r["name"]), ignore_errors=True)
             removed.append(f"{r['name']}@{r['box']}")
         if row.runtime == "podman":
-            self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for r in replicas for c in d.containers])
+            self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for r in replicas
+                             for c in _template(row, r).containers])
         return removed
 
     def _podman_rm(self, names: list[str]) -> None:
@@ -418,11 +512,12 @@ class ServiceController:
         endpoints = stitching.services(rows, boxes)
         changed_any = overcloud_id not in self._seen  # a restarted Tower writes hosts and targets once
         self._seen.add(overcloud_id)
+        to_stop: list[tuple[Any, list[dict[str, Any]]]] = []
         for row in rows:
-            d, _ = deployment_of(row.spec)
             replicas = [dict(r) for r in row.replicas]
             changed = False
             for r in replicas:
+                d = _template(row, r)
                 if r["box"] in self._out.get(overcloud_id, set()):
                     changed |= self._replace(oc, row, d, r, replicas)
                     continue
@@ -430,9 +525,19 @@ class ServiceController:
                 if info is None:
                     continue
                 changed |= self._drive(oc, row, d, r, info, endpoints, boxes[r["box"]])
-            status = _status(replicas, row.status)
-            if changed or status != row.status:
-                fields: dict[str, Any] = {"replicas": replicas, "status": status}
+            fields: dict[str, Any] = {}
+            if row.spec.get("templates") is not None:  # a rollout: one step per tick
+                step, stop, spec, message = self._roll(oc, row, replicas)
+                changed |= step
+                if stop:
+                    to_stop.append((row, stop))
+                if spec is not None:
+                    fields["spec"] = spec
+                if message != row.message:
+                    fields["message"] = message
+            status = _status(replicas, row.status, rolling="templates" in fields.get("spec", row.spec))
+            if changed or fields or status != row.status:
+                fields.update(replicas=replicas, status=status)
                 if status == "READY" and row.ready_at is None:
                     fields["ready_at"] = dt.datetime.now(dt.timezone.utc)
                 self.repo.update_service(overcloud_id, row.name, **fields)
@@ -440,10 +545,70 @@ class ServiceController:
                     self.repo.add_event(overcloud_id, "service", {"name": row.name, "status": status})
                 changed_any = True
         if changed_any:
-            self._stitch(overcloud_id)
+            self._stitch(overcloud_id)  # replicas being stopped leave the Service's endpoints first
+            for row, stop in to_stop:
+                self._stop_replicas(overcloud_id, row, stop)
+                for r in stop:
+                    self._watch.pop((overcloud_id, r["name"]), None)
             self._rescrape(oc)
             with self._changed:
                 self._changed.notify_all()
+
+    def _roll(self, oc, row, replicas: list[dict[str, Any]]) -> tuple[bool, list[dict[str, Any]], dict | None, str | None]:
+        """One step of a rolling update, at most one replica started or stopped per tick (like a
+        Deployment's maxSurge 1, maxUnavailable 0): while every new-generation replica is
+        ready, stop an old one (not ready ones first) if more run than wanted, else start one
+        more new one until there are as many as wanted. When there is no room for an extra
+        replica, an old one is stopped first. Returns (whether ``replicas`` changed, replicas
+        to stop, the spec to store when the rollout is done, the row's message)."""
+        gen = generation_of(row.spec)
+        d_new, _ = deployment_of(row.spec)
+        want = d_new.replicas
+        new = [r for r in replicas if generation_of(r) == gen]
+        old = [r for r in replicas if generation_of(r) != gen]
+
+        def stop(r: dict[str, Any]):
+            replicas.remove(r)
+            return True, [r], None, f"rolling out generation {gen}: {len(new)}/{want} new, stopping {r['name']}"
+
+        def done(message: str | None = None):
+            self.repo.add_event(oc.id, "service", {"name": row.name, "rolled_out": gen})
+            return False, [], {k: v for k, v in row.spec.items() if k != "templates"}, message
+
+        def oldest():
+            return next((r for r in old if not r["ready"]), None) or max(old, key=lambda r: r["index"])
+
+        if len(new) > want:  # scaled down during the rollout
+            return stop(max(new, key=lambda r: r["index"]))
+        waiting = [r for r in new if not r["ready"]]
+        if waiting:
+            r = waiting[0]
+            return False, [], None, f"rolling out generation {gen}: waiting for {r['name']} ({r['state']}: {r.get('message')})"
+        if old and len(replicas) > want:
+            return stop(oldest())
+        if len(new) == want:
+            return done()
+        if time.monotonic() < self._retry_at.get((oc.id, row.name), 0.0):
+            return False, [], None, row.message
+        nodes = self._nodes(oc, exclude=row.name)
+        for g in {generation_of(r) for r in replicas}:
+            pl.charge(nodes, deployment_of(row.spec, g)[0], [pl.Assignment(row.name, r["index"], r["box"], r["site"])
+                                                             for r in replicas if generation_of(r) == g])
+        index = max((r["index"] for r in replicas), default=-1) + 1
+        try:
+            [a] = pl.place_replicas(d_new, nodes, [index],
+                                    existing=[pl.Assignment(row.name, r["index"], r["box"], r["site"]) for r in new])
+        except pl.PlacementError as exc:
+            if old and len(replicas) >= want:
+                logger.info("rollout of %s: no room for an extra replica (%s); stopping an old one first", row.name,
+                            exc.reason)
+                return stop(oldest())
+            # one replica is already missing (e.g. the port of one stopped a moment ago is still
+            # open): stop nothing more, try again in a second
+            self._retry_at[(oc.id, row.name)] = time.monotonic() + 1.0
+            return False, [], None, f"rolling out generation {gen}: {len(new)} of {want} placed; {exc.reason}"
+        replicas.append(_pending(a, gen))
+        return True, [], None, f"rolling out generation {gen}: starting {a.deployment}-{a.index} on {a.box}"
 
     def _drive(self, oc, row, d: Deployment, r: dict[str, Any], info: dict[str, dict[str, Any]],
                endpoints: dict[str, list[dict[str, Any]]], box) -> bool:
@@ -675,7 +840,9 @@ class ServiceController:
         return views.workloads_by_box(self.repo.services(overcloud_id))
 
 
-def _status(replicas: list[dict[str, Any]], current: str) -> str:
+def _status(replicas: list[dict[str, Any]], current: str, rolling: bool = False) -> str:
+    if rolling:
+        return "UPDATING"
     if not replicas:
         return "READY"
     if all(r["ready"] for r in replicas):
@@ -706,3 +873,63 @@ def _start_time(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _rolling(row) -> bool:
+    """Whether a rollout is in progress: it keeps the older templates until it is done (the
+    old replicas are gone and as many new ones as wanted are placed)."""
+    return "templates" in row.spec
+
+
+def _rollout_state(spec: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a stored spec that belong to rolling updates (kept when the rest changes)."""
+    return {k: spec[k] for k in ("generation", "templates") if k in spec}
+
+
+def _without_replicas(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in deployment.items() if k != "replicas"}
+
+
+def _action(row, spec: dict[str, Any]) -> str:
+    """What applying ``spec`` to the composed Deployment ``row`` (None: not composed) does."""
+    if row is None:
+        return "create"
+    old = row.spec
+    if _without_replicas(old["deployment"]) != _without_replicas(spec["deployment"]):
+        return "update"
+    if old["deployment"]["replicas"] != spec["deployment"]["replicas"]:
+        return "scale"
+    if old["services"] != spec["services"] or old.get("depends_on") != spec["depends_on"]:
+        return "services"
+    return "unchanged"
+
+
+def _action_detail(action: str, row, spec: dict[str, Any], rollout: list[pl.Assignment] | None) -> dict[str, Any]:
+    new = spec["deployment"]
+    if action == "create":
+        return {"replicas": new["replicas"]}
+    if action == "update":
+        gen = generation_of(row.spec)
+        return {"generation": gen + 1, "changed": _diff(_without_replicas(row.spec["deployment"]), _without_replicas(new)),
+                "replicas": new["replicas"], "strategy": "one new replica ready, then one old one stopped",
+                "boxes": [a.box for a in rollout or []]}
+    if action == "scale":
+        return {"from": row.spec["deployment"]["replicas"], "to": new["replicas"]}
+    if action == "services":
+        return {"changed": _diff({"services": row.spec["services"], "depends_on": row.spec.get("depends_on")},
+                                 {"services": spec["services"], "depends_on": spec["depends_on"]})}
+    return {}
+
+
+def _diff(old: Any, new: Any, path: str = "", depth: int = 4) -> list[str]:
+    """Paths where two specs differ (containers are named by their name), for people."""
+    if old == new:
+        return []
+    if depth and isinstance(old, dict) and isinstance(new, dict):
+        return [p for k in sorted(set(old) | set(new), key=str)
+                for p in _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k), depth - 1)]
+    if (depth and isinstance(old, list) and isinstance(new, list) and old and new
+            and all(isinstance(x, dict) and "name" in x for x in old + new)):
+        a, b = {x["name"]: x for x in old}, {x["name"]: x for x in new}
+        return [p for k in sorted(set(a) | set(b)) for p in _diff(a.get(k), b.get(k), f"{path}[{k}]", depth - 1)]
+    return [path or "."]

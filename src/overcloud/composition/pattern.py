@@ -217,9 +217,19 @@ class Pattern:
         return cls(deployments, services, data["configmaps"], data["documents"])
 
 
-def deployment_of(spec: dict[str, Any]) -> tuple[Deployment, list[Service]]:
-    """One composed Deployment and the Services that select it, from its stored record."""
-    p = Pattern.from_dict({"deployments": [spec["deployment"]], "services": spec["services"], "configmaps": {},
+def generation_of(record: dict[str, Any]) -> int:
+    """The template generation of a stored Deployment spec or replica (1 before any update)."""
+    return int(record.get("generation", 1))
+
+
+def deployment_of(spec: dict[str, Any], generation: int | None = None) -> tuple[Deployment, list[Service]]:
+    """One composed Deployment and the Services that select it, from its stored record. With
+    ``generation``, the pod template of that generation: during a rolling update the old
+    replicas still run the template they were started from (kept in ``spec["templates"]``)."""
+    template = spec["deployment"]
+    if generation is not None and generation != generation_of(spec):
+        template = {**spec["templates"][str(generation)], "replicas": template["replicas"]}
+    p = Pattern.from_dict({"deployments": [template], "services": spec["services"], "configmaps": {},
                            "documents": []})
     return p.deployments[0], p.services
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable
 
-from overcloud.composition.pattern import deployment_of
+from overcloud.composition.pattern import deployment_of, generation_of
 
 VIP_CIDR = "198.18.0.0/15"  # RFC 2544's benchmarking range: never routed, free inside a box
 NFT_TABLE = "overcloud_svc"
@@ -50,13 +50,15 @@ def services(rows: Iterable[Any], boxes: dict[str, Any]) -> dict[str, dict[str, 
     and the target port of each Service port on that replica)."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
-        d, svcs = deployment_of(row.spec)
+        _, svcs = deployment_of(row.spec)
+        templates = {g: deployment_of(row.spec, g)[0] for g in {generation_of(r) for r in row.replicas}}
         for s, raw in zip(svcs, row.spec["services"]):
             entry = out.setdefault(s.name, {"vip": raw.get("vip"), "ports": [(p.name, p.port) for p in s.ports],
                                             "endpoints": []})
             for r in row.replicas:
                 b = boxes.get(r["box"])
                 if r["ready"] and b is not None and b.overlay_address:
+                    d = templates[generation_of(r)]  # during a rolling update, a named port may differ
                     entry["endpoints"].append({
                         "replica": r["name"], "box": b.name, "site": b.site, "address": b.overlay_address,
                         "site_address": b.address, "targets": {p.port: p.target(d) for p in s.ports}})
@@ -124,12 +126,10 @@ def scrape_targets(rows: Iterable[Any], boxes: dict[str, Any]) -> list[dict[str,
     """Prometheus targets of ready replicas whose pods ask to be scraped (annotations)."""
     out = []
     for row in rows:
-        scrape = row.spec["deployment"].get("scrape")
-        if not scrape:
-            continue
         for r in row.replicas:
+            scrape = deployment_of(row.spec, generation_of(r))[0].scrape
             b = boxes.get(r["box"])
-            if r["ready"] and b is not None and b.overlay_address:
+            if scrape and r["ready"] and b is not None and b.overlay_address:
                 out.append({"target": f"{b.overlay_address}:{scrape['port']}",
                             "labels": {"box": b.name, "site": b.site, "role": b.role, "service": row.name,
                                        "replica": r["name"], "__metrics_path__": scrape["path"]}})

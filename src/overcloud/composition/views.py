@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from overcloud.composition import runtime as rt
 from overcloud.composition import stitching
-from overcloud.composition.pattern import Deployment, deployment_of
+from overcloud.composition.pattern import Deployment, deployment_of, generation_of
 
 
 def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, Any]:
@@ -20,13 +20,15 @@ def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str,
     for r in row.replicas:
         b = boxes.get(r["box"])
         item = {k: r.get(k) for k in ("name", "box", "site", "state", "ready", "restarts", "message", "started_at")}
+        item["generation"] = generation_of(r)
         item["address"] = b.overlay_address if b else None
         item["site_address"] = b.address if b else None
         if logs and b is not None:
-            item["logs"] = log_tail(local.supervisor(b.handle), r["name"], d, logs)
+            item["logs"] = log_tail(local.supervisor(b.handle), r["name"], deployment_of(row.spec, generation_of(r))[0], logs)
         replicas.append(item)
     return {
-        "name": row.name, "status": row.status, "runtime": row.runtime, "pattern_id": row.pattern_id,
+        "name": row.name, "status": row.status, "message": row.message, "runtime": row.runtime,
+        "pattern_id": row.pattern_id, "generation": generation_of(row.spec),
         "replicas_ready": sum(1 for r in row.replicas if r["ready"]), "replicas_wanted": d.replicas,
         "images": sorted(d.images), "depends_on": row.spec.get("depends_on", []),
         "requests": {"cpu": d.cpu_request, "memory": d.memory_request},

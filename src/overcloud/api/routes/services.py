@@ -3,7 +3,9 @@
 The body of a POST is the pattern itself: multi-document YAML (``application/yaml`` or any
 text type) or a tar.gz of a pattern directory (``application/gzip``), up to 10 MiB. It is
 checked entirely — manifests, names, images, placement — before anything starts; a problem is
-a 4xx naming the manifest and the field."""
+a 4xx naming the manifest and the field. A PUT applies a pattern to what is composed already
+(kubectl apply): changed pod templates are rolled out, one new replica ready before an old one
+stops."""
 
 from __future__ import annotations
 
@@ -46,6 +48,30 @@ def _row(tower, overcloud_id: str, name: str):
     return row
 
 
+async def _compose_or_apply(overcloud_id: str, request: Request, tower, principal, *, update: bool,
+                            dry_run: bool, runtime: str, wait: bool, timeout: float) -> JSONResponse:
+    _visible(tower, principal, overcloud_id)
+    raw = await _pattern_body(request)
+    pattern = await run_in_threadpool(pat.load, raw)
+    runtime = tower.settings.runtime if runtime == "auto" else runtime
+    act = tower.services.apply if update else tower.services.compose
+    result = await run_in_threadpool(act, overcloud_id, pattern, runtime=runtime, dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(result, status_code=200)
+    if wait:
+        names = [d.name for d in pattern.deployments]
+        ready = await run_in_threadpool(tower.services.wait_ready, overcloud_id, names, timeout)
+        result["services"] = [await run_in_threadpool(tower.services.describe, overcloud_id, _row(tower, overcloud_id, n))
+                              for n in names]
+        return JSONResponse(result, status_code=201 if ready and not update else 200)
+    return JSONResponse(result, status_code=202)
+
+
+DryRun = Annotated[bool, Query(description="place and explain, start nothing")]
+Runtime = Annotated[str, Query(pattern="^(auto|podman|process)$")]
+Timeout = Annotated[float, Query(gt=0, le=600)]
+
+
 @router.post(
     "/{overcloud_id}/services",
     status_code=202,
@@ -54,30 +80,24 @@ def _row(tower, overcloud_id: str, name: str):
     responses={200: {"description": "the plan (dry_run), or not all READY within the wait"},
                201: {"description": "every replica READY (with ?wait=true)"}},
 )
-async def compose(
-    overcloud_id: str,
-    request: Request,
-    tower: TowerDep,
-    principal: PrincipalDep,
-    dry_run: Annotated[bool, Query(description="place and explain, start nothing")] = False,
-    runtime: Annotated[str, Query(pattern="^(auto|podman|process)$")] = "auto",
-    wait: bool = False,
-    timeout: Annotated[float, Query(gt=0, le=600)] = 120,
-) -> Any:
-    _visible(tower, principal, overcloud_id)
-    raw = await _pattern_body(request)
-    pattern = await run_in_threadpool(pat.load, raw)
-    runtime = tower.settings.runtime if runtime == "auto" else runtime
-    result = await run_in_threadpool(tower.services.compose, overcloud_id, pattern, runtime=runtime, dry_run=dry_run)
-    if dry_run:
-        return JSONResponse(result, status_code=200)
-    if wait:
-        names = [d.name for d in pattern.deployments]
-        ready = await run_in_threadpool(tower.services.wait_ready, overcloud_id, names, timeout)
-        result["services"] = [await run_in_threadpool(tower.services.describe, overcloud_id, _row(tower, overcloud_id, n))
-                              for n in names]
-        return JSONResponse(result, status_code=201 if ready else 200)
-    return JSONResponse(result, status_code=202)
+async def compose(overcloud_id: str, request: Request, tower: TowerDep, principal: PrincipalDep,
+                  dry_run: DryRun = False, runtime: Runtime = "auto", wait: bool = False, timeout: Timeout = 120) -> Any:
+    return await _compose_or_apply(overcloud_id, request, tower, principal, update=False, dry_run=dry_run,
+                                   runtime=runtime, wait=wait, timeout=timeout)
+
+
+@router.put(
+    "/{overcloud_id}/services",
+    status_code=202,
+    summary="Apply a pattern (like kubectl apply): create new Deployments, roll out changed pod templates "
+            "one replica at a time, scale changed replica counts; others are left alone",
+    openapi_extra={"requestBody": PATTERN_BODY},
+    responses={200: {"description": "the plan with each Deployment's action (dry_run), or the result after ?wait=true"}},
+)
+async def apply(overcloud_id: str, request: Request, tower: TowerDep, principal: PrincipalDep,
+                dry_run: DryRun = False, runtime: Runtime = "auto", wait: bool = False, timeout: Timeout = 120) -> Any:
+    return await _compose_or_apply(overcloud_id, request, tower, principal, update=True, dry_run=dry_run,
+                                   runtime=runtime, wait=wait, timeout=timeout)
 
 
 @router.get("/{overcloud_id}/services", summary="The services composed onto the OverCloud")
