@@ -8,6 +8,10 @@
 * sensor-to-action latency under 50 simulated devices at 1 reading/s: every device overheats
   at once; latency is from the anomalous reading's timestamp (on the device) to the device
   applying the power-save command (same host clock). p50 and p99 over all rounds.
+* rolling update: the `mqtt` ConfigMap changed and applied (PUT), which rolls out the four
+  Deployments that read it (5 replicas), while a client asks the dashboard Service every 20 ms:
+  time to READY and failed requests. Baseline: the same change by delete + compose, the way
+  before `apply` existed, with the same client.
 * recovery: a killed container back to READY, and the broker's box losing its supervisord
   (kill -9) until every replica is READY on other boxes (target < 30 s).
 
@@ -56,6 +60,75 @@ def compose(c, oid: str, text: str, runtime: str) -> float:
                   for x in s.get("replicas", []) if not x["ready"]]
         raise SystemExit(f"compose: {r.status_code} {body.get('message') or states}")
     return max(s["ready_seconds"] for s in r.json()["services"])
+
+
+# asks URL every 20 ms until the file STOP exists (at most 180 s / 9000 requests); prints counts
+CLIENT = """
+import json, os, sys, time, urllib.request
+url, stop = sys.argv[1], sys.argv[2]
+n, failed, t0 = 0, 0, time.monotonic()
+while not os.path.exists(stop) and time.monotonic() - t0 < 180 and n < 9000:
+    n += 1
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+    except Exception:
+        failed += 1
+    time.sleep(0.02)
+print(json.dumps({"requests": n, "failed": failed}))
+"""
+
+
+def with_client(handle: str, url: str, work) -> tuple[float, dict]:
+    """Run ``work()`` while a client in box ``handle`` asks ``url``; (seconds work took, counts)."""
+    import tempfile
+
+    stop = Path(tempfile.mkdtemp(prefix="oc-bench-")) / "stop"
+    client = subprocess.Popen(["ip", "netns", "exec", handle, "python3", "-c", CLIENT, url, str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # the client is asking before the change starts
+        t0 = time.monotonic()
+        work()
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+    finally:
+        stop.touch()
+        out, _ = client.communicate(timeout=30)
+        stop.unlink()
+        stop.parent.rmdir()
+    return took, json.loads(out)
+
+
+def rolling_update(c, oid: str, pattern: str, runtime: str) -> None:
+    changed = pattern.replace('  MQTT_PORT: "1883"\n', '  MQTT_PORT: "1883"\n  ROLLOUT: "2"\n', 1)
+    assert changed != pattern
+    compose(c, oid, pattern, runtime)
+    svc = {s["name"]: s for s in c.get(f"/overclouds/{oid}/services").json()}
+    client_box = f"oc-{oid[:8]}-{svc['analyzer']['replicas'][0]['box']}"
+    url = "http://dashboard:8050/healthz"
+
+    rolled: list[str] = []
+
+    def apply():
+        r = c.put(f"/overclouds/{oid}/services", content=changed, params={"wait": "true", "timeout": "120"},
+                  headers={"Content-Type": "application/yaml"})
+        if r.status_code != 200 or any(s["status"] != "READY" for s in r.json()["services"]):
+            raise SystemExit(f"apply: {r.status_code} {r.text[:500]}")
+        rolled.extend(n for n, a in r.json()["actions"].items() if a["action"] == "update")
+
+    def recreate():
+        remove_all(c, oid)
+        compose(c, oid, changed, runtime)
+
+    took, seen = with_client(client_box, url, apply)
+    remove_all(c, oid)
+    compose(c, oid, pattern, runtime)
+    base, base_seen = with_client(client_box, url, recreate)
+    remove_all(c, oid)
+    print(f"rolling update of {len(rolled)} Deployments ({', '.join(sorted(rolled))}): READY in {took:.2f} s, "
+          f"{seen['failed']} of {seen['requests']} dashboard requests failed")
+    print(f"  baseline: delete + compose {base:.2f} s, {base_seen['failed']} of {base_seen['requests']} requests failed; "
+          f"time ratio {took / base:.2f}")
 
 
 def remove_all(c, oid: str) -> None:
@@ -169,6 +242,9 @@ def main() -> None:
             p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
             print(f"sensor-to-action under 50 devices x 1 reading/s ({readings} readings analysed, {len(lat)} actions): "
                   f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms  (target p99 < 1 s; ratio p99/target {p99:.3f})")
+            remove_all(c, oid)
+            rolling_update(c, oid, pattern, args.runtime)
+            compose(c, oid, pattern, args.runtime)
             recovery(c, oid, args.runtime)
         finally:
             c.delete(f"/overclouds/{oid}")

@@ -276,7 +276,9 @@ def topology(overcloud_id: str) -> None:
                           highlight=False)
     out.print("  flows (bytes/s, connections):", highlight=False)
     for f in topo["flows"] or []:
-        out.print(f"    {f['src']} -> {f['dst']}: {f['bytes_per_s']:.0f} B/s, {f['connections']} conn", highlight=False)
+        served = ", ".join(f"{p['replica'] or p['service']}:{p['port']}" for p in f.get("ports", []) if p["service"])
+        out.print(f"    {f['src']} -> {f['dst']}: {f['bytes_per_s']:.0f} B/s, {f['connections']} conn"
+                  + (f"  [{served}]" if served else ""), highlight=False)
     if not topo["flows"]:
         out.print("    none yet", highlight=False)
 
@@ -329,7 +331,8 @@ def top(
                 t.add_row(b["name"], site["site"], f"{v.get('cpu', 0):.3f}", _bytes(v.get("memory", 0)),
                           _bytes(v.get("rx", 0)) + "/s", _bytes(v.get("tx", 0)) + "/s")
         for f in topo["flows"][:5]:
-            t.add_row(f"{f['src']}→{f['dst']}", "flow", "", "", _bytes(f["bytes_per_s"]) + "/s", f"{f['connections']} conn")
+            served = ", ".join(p["replica"] or p["service"] for p in f.get("ports", [])[:2] if p["service"])
+            t.add_row(f"{f['src']}→{f['dst']}", "flow", served, "", _bytes(f["bytes_per_s"]) + "/s", f"{f['connections']} conn")
         return t
 
     if STATE["output"] == Output.json or count == 1:

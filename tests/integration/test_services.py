@@ -188,7 +188,15 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
     def flows_to_broker():  # clients' connections to the broker's VIP are named after the Service
         with tower.client() as c:
             return [f for f in c.get(f"/overclouds/{oid}/topology").json()["flows"] if f["dst"] == "svc/mqtt"]
-    assert {f["src"] for f in wait_for(flows_to_broker, "flows to svc/mqtt", bound=20)} >= {broker_box, cloud_box}
+    to_broker = wait_for(flows_to_broker, "flows to svc/mqtt", bound=20)
+    assert {f["src"] for f in to_broker} >= {broker_box, cloud_box}
+    assert {(p["service"], p["port"]) for f in to_broker for p in f["ports"]} == {("mqtt", 1883)}, to_broker
+
+    def served_by_broker():  # the broker's own box names the replica serving port 1883
+        with tower.client() as c:
+            return [p for f in c.get(f"/overclouds/{oid}/topology").json()["flows"] if f["src"] == broker_box
+                    for p in f["ports"] if p["replica"] == "broker-0" and p["port"] == 1883 and p["server"] == broker_box]
+    wait_for(served_by_broker, "flows from the broker's box named after broker-0", bound=20)
     assert {"broker-0", "sensors-0", "analyzer-0", "dashboard-0"} <= placed
     assert {s["name"] for s in detail["services"]} == set(svc)
     # the collector's own metrics reach the OverCloud's Prometheus (its config was regenerated

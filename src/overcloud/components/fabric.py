@@ -170,8 +170,19 @@ def health(tower, row) -> dict[str, str]:
     return problems
 
 
-FLOW_RATE = 'sum by (src_box, dst_box) (irate(overcloud_flow_bytes_sent_total[5s]))'
+FLOW_RATE = 'sum by (src_box, dst_box, port, listener) (irate(overcloud_flow_bytes_sent_total[5s]))'
 FLOW_CONNS = 'sum by (src_box, dst_box) (overcloud_flow_connections)'
+
+
+def _serving(workloads: dict[str, list[dict[str, Any]]], box: str, port: int) -> dict[str, Any]:
+    """The service (and replica) listening on ``port`` in ``box``; a Service's VIP (``svc/x``,
+    as a client sees it) names the Service."""
+    if box.startswith("svc/"):
+        return {"service": box[4:], "replica": None}
+    for w in workloads.get(box, []):
+        if port in w.get("ports", ()):
+            return {"service": w["service"], "replica": w["replica"]}
+    return {"service": None, "replica": None}
 
 
 def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
@@ -199,16 +210,23 @@ def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
     rates, conns = net.call(ask)
     edges: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rates.get("result", []):
-        key = (r["metric"].get("src_box", "?"), r["metric"].get("dst_box", "?"))
-        edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0})
-        edges[key]["bytes_per_s"] = round(float(r["value"][1]), 1)
+        m = r["metric"]
+        key = (m.get("src_box", "?"), m.get("dst_box", "?"))
+        e = edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0, "ports": []})
+        rate = float(r["value"][1])
+        e["bytes_per_s"] = round(e["bytes_per_s"] + rate, 1)
+        if m.get("port"):  # the service port and which end serves it: name the workload listening there
+            server = key[0] if m.get("listener") == "src" else key[1]
+            e["ports"].append({"port": int(m["port"]), "server": server, **_serving(workloads, server, int(m["port"])),
+                               "bytes_per_s": round(rate, 1)})
     for r in conns.get("result", []):
         key = (r["metric"].get("src_box", "?"), r["metric"].get("dst_box", "?"))
-        edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0})
+        edges.setdefault(key, {"src": key[0], "dst": key[1], "bytes_per_s": 0.0, "connections": 0, "ports": []})
         edges[key]["connections"] = int(float(r["value"][1]))
     for e in edges.values():  # which workloads each end of a flow runs
         e["src_workloads"] = sorted({w["service"] for w in workloads.get(e["src"], [])})
         e["dst_workloads"] = sorted({w["service"] for w in workloads.get(e["dst"], [])})
+        e["ports"].sort(key=lambda p: -p["bytes_per_s"])
     flows = sorted(edges.values(), key=lambda e: -e["bytes_per_s"])
     return {"overcloud_ID": row.id, "status": row.status, "sites": list(sites.values()), "flows": flows,
             "degraded": (row.info or {}).get("degraded") or {}}

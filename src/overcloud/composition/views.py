@@ -59,8 +59,10 @@ def workloads_by_box(rows: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         for r in row.replicas:
+            d = deployment_of(row.spec, generation_of(r))[0]
             out.setdefault(r["box"], []).append({"replica": r["name"], "service": row.name, "state": r["state"],
-                                                "ready": r["ready"], "restarts": r["restarts"]})
+                                                "ready": r["ready"], "restarts": r["restarts"],
+                                                "ports": sorted({p for c in d.containers for p in c.ports})})
     return out
 
 

@@ -6,9 +6,12 @@ and answers ``GET /metrics`` only. What it promises:
 - The kernel is the source of truth: sock_diag over netlink (``tcp_info`` of every TCP socket,
   ``bytes_acked`` / ``bytes_received``), no subprocess, no /proc parsing, no conntrack.
 - ``overcloud_flow_bytes_{sent,received}_total`` are monotonic per (local address, remote
-  address) even when connections close: each socket's last seen values are kept by its
-  sock_diag cookie, and when the socket goes away its final values are folded into a per-pair
-  accumulator. The kernel also broadcasts a socket's final ``tcp_info`` when it is destroyed
+  address, service port) even when connections close: each socket's last seen values are kept
+  by its sock_diag cookie, and when the socket goes away its final values are folded into a
+  per-flow accumulator. The service port is the listening end's port (``port``), and
+  ``listener`` says which end listens: ``src`` when this box serves (its local port is one it
+  listens on), ``dst`` when it is the client. So a flow names the service it is for, not an
+  ephemeral port, and the Tower can tell which workload serves it. The kernel also broadcasts a socket's final ``tcp_info`` when it is destroyed
   (``SKNLGRP_INET_TCP_DESTROY``); the agent listens for it (a blocked thread, no cost at idle)
   so that bytes sent after the last scan, or by a connection that lived between two scans,
   are counted too. Without CAP_NET_ADMIN it falls back to scans only.
@@ -54,6 +57,15 @@ RETIRED_KEEP_S = 300.0  # how long a retired cookie is remembered, to merge a la
 RETIRED_MAX = 50_000
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """This network namespace's range of ports for outgoing connections."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def _addr(raw: str) -> str:
     """Plain IPv4 for v4-mapped IPv6 (a listener on ``::`` sees v4 peers as ``::ffff:a.b.c.d``)."""
     ip = ipaddress.ip_address(raw)
@@ -62,9 +74,12 @@ def _addr(raw: str) -> str:
     return str(ip)
 
 
+Flow = tuple[str, str, int, str]  # (local address, remote address, service port, listener: "src" | "dst")
+
+
 @dataclass
 class _Sock:
-    pair: tuple[str, str]  # (local address, remote address)
+    flow: Flow
     sent: int
     received: int
     established: bool
@@ -72,18 +87,18 @@ class _Sock:
 
 @dataclass
 class FlowTable:
-    """Per-socket last values + per-pair accumulators. Thread-safe; no I/O of its own."""
+    """Per-socket last values + per-flow accumulators. Thread-safe; no I/O of its own."""
 
     live: dict[int, _Sock] = field(default_factory=dict)
-    closed: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    closed: dict[Flow, list[int]] = field(default_factory=dict)
     retired: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # cookie -> sent, received, when
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _retire(self, cookie: int, pair: tuple[str, str], sent: int, received: int) -> None:
-        """Fold a gone socket's bytes into its pair, counting only what was not folded already
+    def _retire(self, cookie: int, flow: Flow, sent: int, received: int) -> None:
+        """Fold a gone socket's bytes into its flow, counting only what was not folded already
         (a scan may retire a socket with its last seen values, the destroy event with its final)."""
         prev_sent, prev_recv, _ = self.retired.get(cookie, (0, 0, 0.0))
-        acc = self.closed.setdefault(pair, [0, 0])
+        acc = self.closed.setdefault(flow, [0, 0])
         acc[0] += max(0, sent - prev_sent)
         acc[1] += max(0, received - prev_recv)
         self.retired[cookie] = (max(sent, prev_sent), max(received, prev_recv), time.monotonic())
@@ -95,7 +110,7 @@ class FlowTable:
         with self.lock:
             for cookie, old in self.live.items():
                 if cookie not in seen:
-                    self._retire(cookie, old.pair, old.sent, old.received)
+                    self._retire(cookie, old.flow, old.sent, old.received)
             for cookie, new in seen.items():
                 if cookie in self.retired:  # destroyed between the dump and now: already folded
                     continue
@@ -109,24 +124,24 @@ class FlowTable:
         horizon = time.monotonic() - RETIRED_KEEP_S
         self.retired = {c: v for c, v in self.retired.items() if v[2] >= horizon}
 
-    def destroyed(self, cookie: int, pair: tuple[str, str], sent: int, received: int) -> None:
+    def destroyed(self, cookie: int, flow: Flow, sent: int, received: int) -> None:
         with self.lock:
             old = self.live.pop(cookie, None)
             if old is not None:
                 sent, received = max(sent, old.sent), max(received, old.received)
-            self._retire(cookie, pair, sent, received)
+            self._retire(cookie, flow, sent, received)
 
-    def totals(self) -> tuple[dict[tuple[str, str], list[int]], dict[tuple[str, str], int], int]:
-        """(bytes per pair [sent, received], established connections per pair, live sockets)."""
+    def totals(self) -> tuple[dict[Flow, list[int]], dict[Flow, int], int]:
+        """(bytes per flow [sent, received], established connections per flow, live sockets)."""
         with self.lock:
-            sums = {pair: list(acc) for pair, acc in self.closed.items()}
+            sums = {flow: list(acc) for flow, acc in self.closed.items()}
             conns: dict[tuple[str, str], int] = {}
             for s in self.live.values():
-                acc = sums.setdefault(s.pair, [0, 0])
+                acc = sums.setdefault(s.flow, [0, 0])
                 acc[0] += s.sent
                 acc[1] += s.received
                 if s.established:
-                    conns[s.pair] = conns.get(s.pair, 0) + 1
+                    conns[s.flow] = conns.get(s.flow, 0) + 1
             return sums, conns, len(self.live)
 
 
@@ -160,6 +175,8 @@ class FlowAgent:
         self.interval = interval
         self.subnet = ipaddress.ip_network(subnet) if subnet else None
         self.table = FlowTable()
+        self.listening: set[int] = set()  # TCP ports this box listens on, as of the last scan
+        self.ephemeral = _ephemeral_ports()
         self._scan_lock = threading.Lock()
         self._last_scan = float("-inf")
         self._scan_seconds = 0.0
@@ -183,7 +200,10 @@ class FlowAgent:
         local, remote = _addr(msg["idiag_src"]), _addr(msg["idiag_dst"])
         if not self.wanted(local, remote, names):
             return None
-        sock = _Sock((local, remote), int(info["tcpi_bytes_acked"]), int(info["tcpi_bytes_received"]),
+        sport, dport = int(msg["idiag_sport"]), int(msg["idiag_dport"])
+        side = self.listener(sport, dport)
+        flow = (local, remote, sport if side == "src" else dport, side)
+        sock = _Sock(flow, int(info["tcpi_bytes_acked"]), int(info["tcpi_bytes_received"]),
                      msg["idiag_state"] == TCP_ESTABLISHED)
         return int(msg["idiag_cookie"]), sock
 
@@ -194,6 +214,7 @@ class FlowAgent:
             if now - self._last_scan < self.interval:
                 return
             names = self.names.refresh()
+            self._read_listening()
             seen: dict[int, _Sock] = {}
             for family in (socket.AF_INET, socket.AF_INET6):
                 for msg in self._diag.get_sock_stats(family=family, states=SCAN_STATES,
@@ -204,6 +225,24 @@ class FlowAgent:
             self.table.update(seen)
             self._last_scan = time.monotonic()
             self._scan_seconds = self._last_scan - now
+
+    def _read_listening(self) -> None:
+        """The ports this box listens on (a dump of LISTEN sockets only: cheap). Caller holds
+        the scan lock (one netlink socket, one user at a time)."""
+        self.listening = {int(m["idiag_sport"]) for family in (socket.AF_INET, socket.AF_INET6)
+                          for m in self._diag.get_sock_stats(family=family, states=1 << SS_LISTEN)}
+
+    def listener(self, sport: int, dport: int) -> str:
+        """Which end of a socket listens: ``src`` (this box) when its local port is one this box
+        listened on at the last scan. A listener started since (a connection that lived and
+        died between two scans) is told by the ports: the client's is the one in the
+        ephemeral range."""
+        if sport in self.listening:
+            return "src"
+        lo, hi = self.ephemeral
+        if not lo <= sport <= hi and lo <= dport <= hi:
+            return "src"
+        return "dst"
 
     def watch_destroyed(self, timeout: float = 5.0) -> bool:
         """Start the thread that folds final tcp_info of destroyed sockets; False if not allowed.
@@ -230,7 +269,7 @@ class FlowAgent:
                         parsed = self._parse(msg, self.names.names)
                         if parsed is not None:
                             cookie, sock = parsed
-                            self.table.destroyed(cookie, sock.pair, sock.sent, sock.received)
+                            self.table.destroyed(cookie, sock.flow, sock.sent, sock.received)
                 except Exception:  # one bad message must not end the watch
                     logger.exception("socket-destroy event")
                     time.sleep(0.1)
@@ -245,22 +284,23 @@ class FlowAgent:
         sums, conns, nsocks = self.table.totals()
         box = lambda addr: names.get(addr, addr)  # noqa: E731
         out = [
-            "# HELP overcloud_flow_bytes_sent_total TCP bytes sent (acked) from src_addr to dst_addr.",
+            "# HELP overcloud_flow_bytes_sent_total TCP bytes sent (acked) from src_addr to dst_addr, by the "
+            "service port (port) and the end listening on it (listener: src or dst).",
             "# TYPE overcloud_flow_bytes_sent_total counter",
         ]
-        pairs = sorted(sums)
-        for (a, b) in pairs:
-            out.append(f"overcloud_flow_bytes_sent_total{_labels(box(a), box(b), a, b)} {sums[(a, b)][0]}")
+        flows = sorted(sums)
+        for f in flows:
+            out.append(f"overcloud_flow_bytes_sent_total{_labels(box(f[0]), box(f[1]), *f)} {sums[f][0]}")
         out += [
             "# HELP overcloud_flow_bytes_received_total TCP bytes received by src_addr from dst_addr.",
             "# TYPE overcloud_flow_bytes_received_total counter",
         ]
-        for (a, b) in pairs:
-            out.append(f"overcloud_flow_bytes_received_total{_labels(box(a), box(b), a, b)} {sums[(a, b)][1]}")
+        for f in flows:
+            out.append(f"overcloud_flow_bytes_received_total{_labels(box(f[0]), box(f[1]), *f)} {sums[f][1]}")
         per_box: dict[tuple[str, str], int] = {}
-        for (a, b) in pairs:  # every box pair ever seen, so the gauge goes back to 0 rather than vanish
-            key = (box(a), box(b))
-            per_box[key] = per_box.get(key, 0) + conns.get((a, b), 0)
+        for f in flows:  # every box pair ever seen, so the gauge goes back to 0 rather than vanish
+            key = (box(f[0]), box(f[1]))
+            per_box[key] = per_box.get(key, 0) + conns.get(f, 0)
         out += [
             "# HELP overcloud_flow_connections Established TCP connections from src_box to dst_box.",
             "# TYPE overcloud_flow_connections gauge",
@@ -347,9 +387,9 @@ def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _labels(src_box: str, dst_box: str, src_addr: str, dst_addr: str) -> str:
+def _labels(src_box: str, dst_box: str, src_addr: str, dst_addr: str, port: int, listener: str) -> str:
     return (f'{{src_box="{_esc(src_box)}",dst_box="{_esc(dst_box)}",'
-            f'src_addr="{_esc(src_addr)}",dst_addr="{_esc(dst_addr)}"}}')
+            f'src_addr="{_esc(src_addr)}",dst_addr="{_esc(dst_addr)}",port="{port}",listener="{listener}"}}')
 
 
 def make_server(agent: FlowAgent, host: str, port: int) -> ThreadingHTTPServer:

@@ -61,7 +61,9 @@ def netns_pair():
 
 
 def _pair(metric: str, src="a", dst="b", sa=ADDR_A, da=ADDR_B) -> str:
-    return f'{metric}{{src_box="{src}",dst_box="{dst}",src_addr="{sa}",dst_addr="{da}"}}'
+    """A's flows to B's sink: labelled with the sink's port, which the far end (dst) listens on."""
+    return (f'{metric}{{src_box="{src}",dst_box="{dst}",src_addr="{sa}",dst_addr="{da}",'
+            f'port="{SINK_PORT}",listener="dst"}}')
 
 
 SENT = _pair("overcloud_flow_bytes_sent_total")
@@ -108,6 +110,15 @@ def test_flow_agent_counts_bytes_between_namespaces(netns_pair, procs, tmp_path)
     relabelled = wait_for(lambda: (m := scrape_in_ns(NS_A, url)).get(_pair("overcloud_flow_bytes_sent_total", dst=ADDR_B))
                           and m, 5, "relabelled")
     assert relabelled[_pair("overcloud_flow_bytes_sent_total", dst=ADDR_B)] >= final[SENT]
+
+    # This box serving: a client in B sends to a sink in A. The flow is named by A's port, and
+    # A is the end that listens (listener="src"), whatever ephemeral port B's client used.
+    procs.start(["ip", "netns", "exec", NS_A, PYTHON, "-c", SINK, ADDR_A, str(SINK_PORT)])
+    wait_for(lambda: sh("ip", "netns", "exec", NS_B, PYTHON, "-c", SENDER, ADDR_A, str(SINK_PORT), str(short), "close",
+                        check=False).returncode == 0, 10, "sink in A answering")
+    served = (f'overcloud_flow_bytes_received_total{{src_box="a",dst_box="{ADDR_B}",src_addr="{ADDR_A}",'
+              f'dst_addr="{ADDR_B}",port="{SINK_PORT}",listener="src"}}')
+    assert wait_for(lambda: scrape_in_ns(NS_A, url).get(served, 0) >= short, 10, "bytes served by A counted")
     assert agent.poll() is None
 
 
