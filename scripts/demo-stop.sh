@@ -26,6 +26,10 @@ from overcloud.underclouds.local import LocalHost, LocalSiteConfig
 s = Settings()
 sites = [LocalSiteConfig(name=x.name, bridge=x.bridge, cidr=x.cidr) for x in s.sites if x.kind == "local"]
 if sites:
-    LocalHost(s.state_dir / "local", sites=sites, overlay_cidr=s.overlay_cidr).teardown_sites()
+    from overcloud.underclouds.base import UnderCloudError
+    try:
+        LocalHost(s.state_dir / "local", sites=sites, overlay_cidr=s.overlay_cidr).teardown_sites()
+    except UnderCloudError as exc:
+        raise SystemExit(f"site bridges left in place: {exc}")
     print("site bridges removed:", ", ".join(x.bridge for x in sites))
 PY

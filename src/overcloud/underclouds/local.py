@@ -172,6 +172,13 @@ class LocalHost:
         left += [h for h in self._kernel_handles() if h not in left]
         if left:
             raise UnderCloudError(f"cannot tear down local sites: boxes remain: {', '.join(sorted(left))}")
+        # boxes of another state dir (another Tower configured with the same bridges) would lose
+        # their network, and their forwarding guard, with the bridges: leave everything to it
+        busy = {c.bridge: ports for c in self.configs if (ports := net.bridge_ports(c.bridge))}
+        if busy:
+            raise UnderCloudError("cannot tear down local sites: " + "; ".join(
+                f"bridge {b} still carries {', '.join(p)}" for b, p in busy.items())
+                + " (boxes this state dir does not know: another Tower with the same bridges?)")
         with self.leases.lock():
             table_gone = net.remove_host_guard([c.bridge for c in self.configs])
             for c in self.configs:
@@ -339,8 +346,7 @@ class LocalHost:
 
     # -- finding -------------------------------------------------------
     def _kernel_handles(self) -> set[str]:
-        """Handles of boxes that are ours by lease, state dir or a veth on
-        one of our bridges."""
+        """Handles of boxes that are ours by lease or state dir."""
         ours = {lease["handle"] for lease in self.leases.boxes()}
         ours |= {p.name for p in self.boxes_dir.iterdir() if p.is_dir()}
         return ours

@@ -93,6 +93,14 @@ def ensure_bridge(bridge: str, gateway: str, prefixlen: int, alias: str) -> None
         ipr.link("set", index=idx, state="up")
 
 
+def bridge_ports(bridge: str) -> list[str]:
+    """The interfaces enslaved to ``bridge`` (empty when it has none or does not exist)."""
+    try:
+        return sorted(p.name for p in Path(f"/sys/class/net/{bridge}/brif").iterdir())
+    except OSError:
+        return []
+
+
 def delete_link(ifname: str) -> None:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)

@@ -278,6 +278,18 @@ def test_the_gateway_keeps_its_mac_as_boxes_come_and_go(host, oc1):
         assert in_box(c2, "ping", "-c", "1", "-W", "1", gateway).returncode == 0
 
 
+def test_a_second_state_dir_on_the_same_bridges_leaves_them_alone(host, oc1, tmp_path):
+    """Another Tower configured with the same bridges knows none of oc1's boxes: tearing its
+    sites down would cut them off. It refuses, and everything stays."""
+    oc, boxes, _ = oc1
+    other = LocalHost(tmp_path / "other", SITES, OVERLAY, max_boxes=40)
+    with pytest.raises(UnderCloudError, match="bridge octa still carries ocv"):
+        other.teardown_sites()
+    assert net.link_exists("octa") and net.link_exists("octb")
+    assert in_box(boxes["c2"].handle, "ping", "-c", "1", "-W", "1", host.gateways["t-b"]).returncode == 0
+    assert "fwd_" in subprocess.run(["nft", "list", "table", "inet", net.HOST_TABLE], capture_output=True, text=True).stdout
+
+
 def test_release_leaves_nothing(host):
     oc = new_id()
     boxes = acquire_all(host, [spec(oc, "p0", "t-a", "post"), spec(oc, "c1", "t-b")])
