@@ -18,6 +18,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -276,11 +277,16 @@ def topology(overcloud_id: str) -> None:
                           highlight=False)
     out.print("  flows (bytes/s, connections):", highlight=False)
     for f in topo["flows"] or []:
-        served = ", ".join(f"{p['replica'] or p['service']}:{p['port']}" for p in f.get("ports", []) if p["service"])
+        served = ", ".join(f"{_server_name(p)}:{p['port']}" for p in f.get("ports", []) if _server_name(p))
         out.print(f"    {f['src']} -> {f['dst']}: {f['bytes_per_s']:.0f} B/s, {f['connections']} conn"
-                  + (f"  [{served}]" if served else ""), highlight=False)
+                  + (f"  ({served})" if served else ""), highlight=False, markup=False)
     if not topo["flows"]:
         out.print("    none yet", highlight=False)
+
+
+def _server_name(port: dict[str, Any]) -> str | None:
+    """What serves one port of a flow: a replica, a Service (its VIP), or an OverCloud program."""
+    return port.get("replica") or port.get("service") or port.get("program")
 
 
 def _dot(topo: dict[str, Any]) -> str:
@@ -331,7 +337,7 @@ def top(
                 t.add_row(b["name"], site["site"], f"{v.get('cpu', 0):.3f}", _bytes(v.get("memory", 0)),
                           _bytes(v.get("rx", 0)) + "/s", _bytes(v.get("tx", 0)) + "/s")
         for f in topo["flows"][:5]:
-            served = ", ".join(p["replica"] or p["service"] for p in f.get("ports", [])[:2] if p["service"])
+            served = ", ".join(n for p in f.get("ports", [])[:2] if (n := _server_name(p)))
             t.add_row(f"{f['src']}→{f['dst']}", "flow", served, "", _bytes(f["bytes_per_s"]) + "/s", f"{f['connections']} conn")
         return t
 
@@ -408,7 +414,7 @@ def _replica_table(services: list[dict[str, Any]], title: str) -> Table:
         for r in s.get("replicas", []):
             c = colors.get(r["state"], "magenta")
             t.add_row(s["name"], r["name"], r["box"], r["site"], f"[{c}]{r['state']}[/]", str(r["restarts"]), eps,
-                      r.get("message") or "")
+                      escape(r.get("message") or ""))
             eps = ""
     return t
 
@@ -515,7 +521,7 @@ def _actions_table(actions: dict[str, dict[str, Any]]) -> Table:
             text = f"{detail['replicas']} replicas"
         else:
             text = ""
-        t.add_row(name, a["action"], text)
+        t.add_row(name, a["action"], escape(text))  # field paths carry [container] names: not markup
     return t
 
 

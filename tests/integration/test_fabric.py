@@ -71,6 +71,16 @@ def test_a_tcp_transfer_between_two_cluster_boxes_shows_as_an_edge(tower, oc):
 
         found = wait_for(edge, "edge c1 -> c2 with a rate")
         assert found["connections"] >= 1
+        # the edge names the port it is for, served by c2 (nothing OverCloud knows listens on 7200)
+        assert {"port": 7200, "server": "c2", "service": None, "replica": None, "program": None} in [
+            {k: v for k, v in p.items() if k != "bytes_per_s"} for p in found["ports"]], found
+
+        def scraped_by_prometheus():  # the Post's Prometheus scraping c2: named after the program serving it
+            with tower.client() as c:
+                flows = c.get(f"/overclouds/{oc['overcloud_ID']}/topology").json()["flows"]
+            return [p for f in flows if f["src"] == "c2" and f["dst"] == "p0" for p in f["ports"]
+                    if p["program"] == "node-exporter" and p["server"] == "c2" and p["port"] == 9100]
+        wait_for(scraped_by_prometheus, "flows c2 -> p0 named after node-exporter")
     finally:
         stop.set()
         t.join()

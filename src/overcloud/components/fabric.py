@@ -174,15 +174,28 @@ FLOW_RATE = 'sum by (src_box, dst_box, port, listener) (irate(overcloud_flow_byt
 FLOW_CONNS = 'sum by (src_box, dst_box) (overcloud_flow_connections)'
 
 
+def own_ports() -> dict[int, str]:
+    """The ports OverCloud's own programs listen on in a box (SeaweedFS's gRPC ports are each
+    HTTP port + 10000)."""
+    from overcloud.boxes.supervision import HEALTH_PORT
+    from overcloud.components import datalake as dl
+
+    ports = {NODE: "node-exporter", FLOW: "flow-agent", PROM: "prometheus", HEALTH_PORT: "overcloud-health"}
+    for port, name in ((dl.MASTER, "weed-master"), (dl.VOLUME, "weed-volume"), (dl.FILER, "weed-filer"), (dl.S3, "weed-s3")):
+        ports[port] = ports[port + 10000] = name
+    ports.update({port: name for name, port in dl.METRICS.items()})
+    return ports
+
+
 def _serving(workloads: dict[str, list[dict[str, Any]]], box: str, port: int) -> dict[str, Any]:
-    """The service (and replica) listening on ``port`` in ``box``; a Service's VIP (``svc/x``,
-    as a client sees it) names the Service."""
+    """Who listens on ``port`` in ``box``: a replica of a composed service, or one of
+    OverCloud's own programs; a Service's VIP (``svc/x``, as a client sees it) names the Service."""
     if box.startswith("svc/"):
-        return {"service": box[4:], "replica": None}
+        return {"service": box[4:], "replica": None, "program": None}
     for w in workloads.get(box, []):
         if port in w.get("ports", ()):
-            return {"service": w["service"], "replica": w["replica"]}
-    return {"service": None, "replica": None}
+            return {"service": w["service"], "replica": w["replica"], "program": None}
+    return {"service": None, "replica": None, "program": own_ports().get(port)}
 
 
 def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
