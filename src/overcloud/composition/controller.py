@@ -38,7 +38,7 @@ from typing import Any
 from overcloud import states
 from overcloud.composition import images as img
 from overcloud.composition import placement as pl
-from overcloud.composition import probes, stitching, views
+from overcloud.composition import probes, rollout, stitching, views
 from overcloud.composition import runtime as rt
 from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe, deployment_of, generation_of
 from overcloud.files import write_atomic
@@ -78,11 +78,6 @@ def _template(row, r: dict[str, Any]) -> Deployment:
     """The Deployment (pod template) replica ``r`` runs: during a rolling update, old replicas
     run their own generation's."""
     return deployment_of(row.spec, generation_of(r))[0]
-
-
-def _comparable(value: Any) -> Any:
-    """A spec as the repository gives it back (JSON: tuples become lists), for comparing."""
-    return json.loads(json.dumps(value))
 
 
 def _shown(r: dict[str, Any]) -> tuple:
@@ -210,16 +205,18 @@ class ServiceController:
             fresh = [sv.name for sv in pattern.services if sv.name not in vips]
             vips.update(zip(fresh, stitching.next_vips(
                 [sv.get("vip") for r in existing.values() for sv in r.spec["services"]], len(fresh))))
-            specs = {d.name: {"deployment": _comparable(dataclasses.asdict(d)),
-                              "services": _comparable([{**dataclasses.asdict(s), "vip": vips[s.name]} for s in pattern.services_of(d)]),
+            specs = {d.name: {"deployment": rollout.comparable(dataclasses.asdict(d)),
+                              "services": rollout.comparable([{**dataclasses.asdict(s), "vip": vips[s.name]}
+                                                              for s in pattern.services_of(d)]),
                               "depends_on": pattern.depends_on(d)} for d in pattern.deployments}
-            actions = {d.name: _action(current.get(d.name), specs[d.name]) for d in pattern.deployments}
+            old = {name: row.spec for name, row in current.items()}
+            actions = {d.name: rollout.action(old.get(d.name), specs[d.name]) for d in pattern.deployments}
             runtimes = {d.name: current[d.name].runtime if d.name in current else runtime for d in pattern.deployments}
             self._check_images([(d, runtimes[d.name]) for d in pattern.deployments if actions[d.name] in ("create", "update")])
             created = [d for d in pattern.deployments if actions[d.name] == "create"]
             nodes = self._nodes(oc)
             scaled = {d.name: self._plan_scale(oc, current[d.name], d.replicas, nodes)
-                      for d in pattern.deployments if actions[d.name] == "scale" and not _rolling(current[d.name])}
+                      for d in pattern.deployments if actions[d.name] == "scale" and not rollout.rolling(old[d.name])}
             plan = pl.place(dataclasses.replace(pattern, deployments=created), nodes) if created else []
             rollouts = {}
             for d in pattern.deployments:
@@ -237,13 +234,13 @@ class ServiceController:
             }
             result["start_order"] = [wave for wave in result["start_order"] if wave]
             if update:
-                result["actions"] = {name: {"action": a, **_action_detail(a, current.get(name), specs[name], rollouts.get(name))}
+                result["actions"] = {name: {"action": a, **rollout.action_detail(a, old.get(name), specs[name], rollouts.get(name))}
                                      for name, a in actions.items()}
                 result["untouched"] = sorted(set(existing) - set(actions))
             if not dry_run:
                 result["pattern_id"] = self._commit(overcloud_id, pattern, runtime, created, plan, specs, actions, current,
                                                     scaled, update)
-        if runtime == "podman" and not dry_run:
+        if not dry_run:
             refs = sorted({c.image for d in pattern.deployments for c in d.containers if runtimes[d.name] == "podman"
                            and actions[d.name] in ("create", "update")})
             if refs:
@@ -288,7 +285,7 @@ class ServiceController:
             elif action in ("scale", "services"):
                 if name in scaled:
                     self._commit_scale(overcloud_id, row, *scaled[name])
-                self.repo.update_service(overcloud_id, name, spec={**specs[name], **_rollout_state(row.spec)})
+                self.repo.update_service(overcloud_id, name, spec={**specs[name], **rollout.rollout_state(row.spec)})
         self.repo.add_event(overcloud_id, "services", {
             **({"applied": {n: a for n, a in actions.items() if a != "unchanged"}} if update else
                {"composed": [d.name for d in pattern.deployments]}),
@@ -301,14 +298,9 @@ class ServiceController:
     def _start_rollout(self, overcloud_id: str, row, spec: dict[str, Any]) -> None:
         """Record the new template as the next generation; the loop replaces the replicas one by
         one (see ``_roll``). Templates of generations that still have replicas are kept."""
-        gen = generation_of(row.spec)
-        keep = {str(generation_of(r)) for r in row.replicas}
-        templates = {k: v for k, v in (row.spec.get("templates") or {}).items() if k in keep}
-        if str(gen) in keep:
-            templates[str(gen)] = row.spec["deployment"]
-        new = {**spec, "generation": gen + 1, "templates": templates}
+        new = rollout.started(row.spec, row.replicas, spec)
         self.repo.update_service(overcloud_id, row.name, spec=new, status="UPDATING", message=None)
-        self.repo.add_event(overcloud_id, "service", {"name": row.name, "rollout": gen + 1})
+        self.repo.add_event(overcloud_id, "service", {"name": row.name, "rollout": new["generation"]})
 
     def _store(self):
         from overcloud.components.construction import ARTIFACTS
@@ -367,7 +359,7 @@ class ServiceController:
                 raise ServiceNotFound(overcloud_id, name)
             spec = dict(row.spec)
             spec["deployment"] = {**spec["deployment"], "replicas": replicas}
-            if _rolling(row):
+            if rollout.rolling(row.spec):
                 self.repo.update_service(overcloud_id, name, spec=spec)
                 self.repo.add_event(overcloud_id, "service", {"name": name, "scaled": replicas, "during": "rollout"})
                 return {"name": name, "replicas": replicas, "rolling": True}
@@ -535,7 +527,7 @@ class ServiceController:
                     fields["spec"] = spec
                 if message != row.message:
                     fields["message"] = message
-            status = _status(replicas, row.status, rolling="templates" in fields.get("spec", row.spec))
+            status = _status(replicas, row.status, rolling=rollout.rolling(fields.get("spec", row.spec)))
             if changed or fields or status != row.status:
                 fields.update(replicas=replicas, status=status)
                 if status == "READY" and row.ready_at is None:
@@ -555,60 +547,37 @@ class ServiceController:
                 self._changed.notify_all()
 
     def _roll(self, oc, row, replicas: list[dict[str, Any]]) -> tuple[bool, list[dict[str, Any]], dict | None, str | None]:
-        """One step of a rolling update, at most one replica started or stopped per tick (like a
-        Deployment's maxSurge 1, maxUnavailable 0): while every new-generation replica is
-        ready, stop an old one (not ready ones first) if more run than wanted, else start one
-        more new one until there are as many as wanted. When there is no room for an extra
-        replica, an old one is stopped first. Returns (whether ``replicas`` changed, replicas
-        to stop, the spec to store when the rollout is done, the row's message)."""
-        gen = generation_of(row.spec)
+        """One step of a rolling update (see rollout.step), at most one replica started or
+        stopped per tick. Returns (whether ``replicas`` changed, replicas to stop, the spec to
+        store when the rollout is done, the row's message)."""
+        key, gen = (oc.id, row.name), generation_of(row.spec)
         d_new, _ = deployment_of(row.spec)
-        want = d_new.replicas
-        new = [r for r in replicas if generation_of(r) == gen]
-        old = [r for r in replicas if generation_of(r) != gen]
 
-        def stop(r: dict[str, Any]):
-            replicas.remove(r)
-            return True, [r], None, f"rolling out generation {gen}: {len(new)}/{want} new, stopping {r['name']}"
+        def place(index: int, new: list[dict[str, Any]]) -> pl.Assignment | None:
+            if time.monotonic() < self._retry_at.get(key, 0.0):
+                return None
+            nodes = self._nodes(oc, exclude=row.name)
+            for g in {generation_of(r) for r in replicas}:
+                pl.charge(nodes, deployment_of(row.spec, g)[0], [pl.Assignment(row.name, r["index"], r["box"], r["site"])
+                                                                 for r in replicas if generation_of(r) == g])
+            return pl.place_replicas(d_new, nodes, [index],
+                                     existing=[pl.Assignment(row.name, r["index"], r["box"], r["site"]) for r in new])[0]
 
-        def done(message: str | None = None):
-            self.repo.add_event(oc.id, "service", {"name": row.name, "rolled_out": gen})
-            return False, [], {k: v for k, v in row.spec.items() if k != "templates"}, message
-
-        def oldest():
-            return next((r for r in old if not r["ready"]), None) or max(old, key=lambda r: r["index"])
-
-        if len(new) > want:  # scaled down during the rollout
-            return stop(max(new, key=lambda r: r["index"]))
-        waiting = [r for r in new if not r["ready"]]
-        if waiting:
-            r = waiting[0]
-            return False, [], None, f"rolling out generation {gen}: waiting for {r['name']} ({r['state']}: {r.get('message')})"
-        if old and len(replicas) > want:
-            return stop(oldest())
-        if len(new) == want:
-            return done()
-        if time.monotonic() < self._retry_at.get((oc.id, row.name), 0.0):
+        s = rollout.step(row.spec, replicas, place)
+        if s.hold:
             return False, [], None, row.message
-        nodes = self._nodes(oc, exclude=row.name)
-        for g in {generation_of(r) for r in replicas}:
-            pl.charge(nodes, deployment_of(row.spec, g)[0], [pl.Assignment(row.name, r["index"], r["box"], r["site"])
-                                                             for r in replicas if generation_of(r) == g])
-        index = max((r["index"] for r in replicas), default=-1) + 1
-        try:
-            [a] = pl.place_replicas(d_new, nodes, [index],
-                                    existing=[pl.Assignment(row.name, r["index"], r["box"], r["site"]) for r in new])
-        except pl.PlacementError as exc:
-            if old and len(replicas) >= want:
-                logger.info("rollout of %s: no room for an extra replica (%s); stopping an old one first", row.name,
-                            exc.reason)
-                return stop(oldest())
-            # one replica is already missing (e.g. the port of one stopped a moment ago is still
-            # open): stop nothing more, try again in a second
-            self._retry_at[(oc.id, row.name)] = time.monotonic() + 1.0
-            return False, [], None, f"rolling out generation {gen}: {len(new)} of {want} placed; {exc.reason}"
-        replicas.append(_pending(a, gen))
-        return True, [], None, f"rolling out generation {gen}: starting {a.deployment}-{a.index} on {a.box}"
+        if s.retry:  # e.g. the port of a replica stopped a moment ago is still open
+            self._retry_at[key] = time.monotonic() + 1.0
+        if s.done:
+            self.repo.add_event(oc.id, "service", {"name": row.name, "rolled_out": gen})
+            return False, [], rollout.finished(row.spec), None
+        if s.stop is not None:
+            replicas.remove(s.stop)
+            return True, [s.stop], None, s.message
+        if s.start is not None:
+            replicas.append(_pending(s.start, gen))
+            return True, [], None, s.message
+        return False, [], None, s.message
 
     def _drive(self, oc, row, d: Deployment, r: dict[str, Any], info: dict[str, dict[str, Any]],
                endpoints: dict[str, list[dict[str, Any]]], box) -> bool:
@@ -874,62 +843,3 @@ def _start_time(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
 
-
-def _rolling(row) -> bool:
-    """Whether a rollout is in progress: it keeps the older templates until it is done (the
-    old replicas are gone and as many new ones as wanted are placed)."""
-    return "templates" in row.spec
-
-
-def _rollout_state(spec: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a stored spec that belong to rolling updates (kept when the rest changes)."""
-    return {k: spec[k] for k in ("generation", "templates") if k in spec}
-
-
-def _without_replicas(deployment: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in deployment.items() if k != "replicas"}
-
-
-def _action(row, spec: dict[str, Any]) -> str:
-    """What applying ``spec`` to the composed Deployment ``row`` (None: not composed) does."""
-    if row is None:
-        return "create"
-    old = row.spec
-    if _without_replicas(old["deployment"]) != _without_replicas(spec["deployment"]):
-        return "update"
-    if old["deployment"]["replicas"] != spec["deployment"]["replicas"]:
-        return "scale"
-    if old["services"] != spec["services"] or old.get("depends_on") != spec["depends_on"]:
-        return "services"
-    return "unchanged"
-
-
-def _action_detail(action: str, row, spec: dict[str, Any], rollout: list[pl.Assignment] | None) -> dict[str, Any]:
-    new = spec["deployment"]
-    if action == "create":
-        return {"replicas": new["replicas"]}
-    if action == "update":
-        gen = generation_of(row.spec)
-        return {"generation": gen + 1, "changed": _diff(_without_replicas(row.spec["deployment"]), _without_replicas(new)),
-                "replicas": new["replicas"], "strategy": "one new replica ready, then one old one stopped",
-                "boxes": [a.box for a in rollout or []]}
-    if action == "scale":
-        return {"from": row.spec["deployment"]["replicas"], "to": new["replicas"]}
-    if action == "services":
-        return {"changed": _diff({"services": row.spec["services"], "depends_on": row.spec.get("depends_on")},
-                                 {"services": spec["services"], "depends_on": spec["depends_on"]})}
-    return {}
-
-
-def _diff(old: Any, new: Any, path: str = "", depth: int = 4) -> list[str]:
-    """Paths where two specs differ (containers are named by their name), for people."""
-    if old == new:
-        return []
-    if depth and isinstance(old, dict) and isinstance(new, dict):
-        return [p for k in sorted(set(old) | set(new), key=str)
-                for p in _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k), depth - 1)]
-    if (depth and isinstance(old, list) and isinstance(new, list) and old and new
-            and all(isinstance(x, dict) and "name" in x for x in old + new)):
-        a, b = {x["name"]: x for x in old}, {x["name"]: x for x in new}
-        return [p for k in sorted(set(a) | set(b)) for p in _diff(a.get(k), b.get(k), f"{path}[{k}]", depth - 1)]
-    return [path or "."]
