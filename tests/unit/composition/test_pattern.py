@@ -180,9 +180,8 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_siz
                        max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None)
-@given(data=st.data())
-def test_any_mutation_is_accepted_or_refused_cleanly(data):
+def mutated(data) -> list[dict]:
+    """DEPLOY's two manifests with one value somewhere replaced by anything."""
     d = docs()
     node = d[data.draw(st.integers(0, 1))]
     while True:
@@ -194,6 +193,13 @@ def test_any_mutation_is_accepted_or_refused_cleanly(data):
             node[key] = data.draw(_values)
             break
         node = node[key]
+    return d
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_mutation_is_accepted_or_refused_cleanly(data):
+    d = mutated(data)
     try:
         pat.parse(d)
     except pat.PatternError as exc:
@@ -207,3 +213,95 @@ def test_any_bytes_are_accepted_or_refused_cleanly(raw):
         pat.load(raw)
     except pat.PatternError as exc:
         assert exc.reason
+
+
+# -- what the checker accepts is valid Kubernetes (its OpenAPI schemas, strict: no unknown field) --
+import kubernetes_validate  # noqa: E402
+
+K8S = kubernetes_validate.latest_version()  # the newest schemas it carries; apps/v1 and v1 are stable since 1.9
+
+
+def k8s_errors(documents) -> list[str]:
+    errors = []
+    for d in documents:
+        try:
+            kubernetes_validate.validate(d, K8S, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.InvalidSchemaError) as exc:
+            errors.append(f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}: {exc}")
+    return errors
+
+
+def test_the_shipped_pattern_is_valid_kubernetes():
+    documents = pat.load_documents(SMART)
+    assert len(documents) == 13 and k8s_errors(documents) == []
+    assert k8s_errors(docs()) == []
+
+
+def _mostly(good, bad):
+    """Right values most of the time: enough get through the checker to test its verdicts."""
+    return st.sampled_from([True, True, True, True, False]).flatmap(lambda right: good if right else bad)
+
+
+_name = st.from_regex(r"[a-z]([-a-z0-9]{0,8}[a-z0-9])?", fullmatch=True)
+_port = _mostly(st.integers(1, 65535), st.sampled_from([-1, 0, 65536, "80", 80.5]))
+_cpu = _mostly(st.sampled_from(["100m", "0.5", "1", "1500m", 1, 0.25]), st.sampled_from(["abc", "-1", "0", "1e9"]))
+_memory = _mostly(st.sampled_from(["64Mi", "1Gi", "128974848", 64, "0.5Gi", "64M"]), st.sampled_from(["12x", "1e3", "-1Mi"]))
+_seconds = _mostly(st.integers(1, 30), st.sampled_from([-1, 0, 0.5, 4000]))
+
+
+def _probe(port_names):
+    port = st.one_of(_port, st.sampled_from(port_names + ["nope"]))
+    handler = st.one_of(
+        st.fixed_dictionaries({"httpGet": st.fixed_dictionaries({"port": port}, optional={"path": st.sampled_from(["/", "/healthz", "x"])})}),
+        st.fixed_dictionaries({"tcpSocket": st.fixed_dictionaries({"port": port})}),
+        st.fixed_dictionaries({"exec": st.fixed_dictionaries({"command": st.lists(st.text(max_size=5), max_size=3)})}))
+    return handler.flatmap(lambda h: st.fixed_dictionaries(h and {k: st.just(v) for k, v in h.items()}, optional={
+        "periodSeconds": _seconds, "initialDelaySeconds": _seconds, "timeoutSeconds": _seconds,
+        "failureThreshold": _seconds, "successThreshold": _seconds}))
+
+
+@st.composite
+def manifests(draw):
+    """A Deployment and a Service drawn from the fields the checker knows, with values both
+    right and wrong: some are accepted, most are not."""
+    app = draw(_name)
+    port_names = draw(st.lists(_name, max_size=2, unique=True))
+    ports = [{"containerPort": draw(_port), **({"name": n} if n else {})} for n in port_names or [None]]
+    resources = draw(st.fixed_dictionaries({}, optional={
+        "requests": st.fixed_dictionaries({}, optional={"cpu": _cpu, "memory": _memory}),
+        "limits": st.fixed_dictionaries({}, optional={"cpu": _cpu, "memory": _memory})}))
+    container = {"name": draw(_name), "image": draw(_mostly(st.just("localhost/overcloud/x:latest"), st.sampled_from(["x", ""]))),
+                 "imagePullPolicy": draw(_mostly(st.just("Never"), st.sampled_from(["IfNotPresent", "Sometimes"]))),
+                 "command": draw(st.lists(st.text(max_size=6), min_size=1, max_size=3)),
+                 "ports": ports, "resources": resources,
+                 "env": draw(st.lists(st.fixed_dictionaries({"name": st.from_regex(r"[A-Z][A-Z_]{0,6}", fullmatch=True),
+                                                            "value": _mostly(st.text(max_size=6), st.integers())}),
+                                      max_size=2))}
+    for probe in ("readinessProbe", "livenessProbe"):
+        if draw(st.booleans()):
+            container[probe] = draw(_probe(port_names))
+    spec = {"containers": [container]}
+    if draw(st.booleans()):
+        spec["nodeSelector"] = draw(st.dictionaries(st.sampled_from(["overcloud.io/tier", "disk"]),
+                                                    _mostly(_name, st.integers()), max_size=2))
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": app},
+                  "spec": {"replicas": draw(_mostly(st.integers(0, 4), st.sampled_from([-1, 101, "2"]))),
+                           "selector": {"matchLabels": {"app": app}},
+                           "template": {"metadata": {"labels": {"app": app}}, "spec": spec}}}
+    service_port = draw(st.fixed_dictionaries({"port": _port}, optional={
+        "targetPort": st.one_of(_port, st.sampled_from(port_names + ["nope"])), "name": _name,
+        "protocol": _mostly(st.just("TCP"), st.just("UDP"))}))
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": draw(_name)},
+               "spec": {"selector": {"app": app}, "ports": [service_port],
+                        **draw(st.fixed_dictionaries({}, optional={"type": _mostly(st.just("ClusterIP"), st.just("NodePort"))}))}}
+    return [deployment, service]
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents=manifests())
+def test_whatever_the_checker_accepts_applies_to_kubernetes(documents):
+    try:
+        pat.parse(documents)
+    except pat.PatternError:
+        return
+    assert k8s_errors(documents) == [], documents
