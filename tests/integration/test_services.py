@@ -334,6 +334,42 @@ def test_apply_rolls_out_a_changed_template_without_losing_the_service(tower, oc
     assert {e.get("rolled_out") for e in events if e.get("name") == "web"} >= {2, 3, 5}, events
 
 
+HANG = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hang}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hang}}
+  template:
+    metadata: {labels: {app: hang}}
+    spec:
+      containers:
+        - name: hang
+          image: IMAGE
+          imagePullPolicy: Never
+          # accepts connections and never answers: its HTTP probe waits out timeoutSeconds
+          command: [python3, -c, "import socket\\ns = socket.create_server(('0.0.0.0', 8090))\\nheld = []\\nwhile True: held.append(s.accept()[0])"]
+          ports: [{containerPort: 8090}]
+          readinessProbe: {httpGet: {path: /, port: 8090}, periodSeconds: 1, timeoutSeconds: 30}
+""".replace("IMAGE", IMAGE)
+
+
+def test_a_hanging_probe_does_not_hold_up_other_services(tower, oc):
+    """Probes run beside the controller: one waiting out a 30 s timeout does not delay the
+    readiness of anything else."""
+    oid = oc["overcloud_ID"]
+    assert post(tower, oc, HANG, runtime="process").status_code == 202
+    wait_for(lambda: services(tower, oc)["hang"]["replicas"][0]["state"] == "STARTING", "hang started", bound=20)
+    r = post(tower, oc, WEB, runtime="process", wait="true", timeout="15")
+    assert r.status_code == 201, r.text  # READY while hang's probe is still waiting
+    hang = services(tower, oc)["hang"]
+    assert hang["status"] == "STARTING" and not hang["replicas"][0]["ready"]
+    with tower.client() as c:
+        for name in ("web", "hang"):
+            assert c.delete(f"/overclouds/{oid}/services/{name}").status_code == 200
+
+
 def test_process_runtime_stitching_restart_and_replacement(tower, oc):
     oid = oc["overcloud_ID"]
     r = post(tower, oc, WEB, runtime="process", wait="true", timeout="30")

@@ -21,6 +21,7 @@ drives every replica towards READY and keeps it there:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 TICK = 0.25
 BOX_GRACE = 5.0
 MAX_BACKOFF = 30.0
+PROBE_WAIT = 0.05  # a probe's answer is awaited this long in the tick; a slower one is collected later
+PROBE_THREADS = 8
 
 
 class ServiceConflict(RuntimeError):
@@ -97,6 +100,12 @@ class _Watch:
     next_live: float = 0.0
     retry_at: float = 0.0
     backoff: float = 2.0
+    pending: dict[str, concurrent.futures.Future] = dataclasses.field(default_factory=dict)  # probes running
+
+    def restart(self, now: float) -> None:
+        """Its processes started (again): probes count from here; answers of earlier ones are void."""
+        self.started, self.ready_ok, self.ready_fail, self.live_fail = now, 0, 0, 0
+        self.pending.clear()
 
 
 class ServiceController:
@@ -115,6 +124,8 @@ class ServiceController:
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        # probes run here, so that one hanging for its timeoutSeconds does not hold up the tick
+        self._probes = probes.Pool(PROBE_THREADS)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -596,7 +607,7 @@ class ServiceController:
             if r["state"] != "PENDING" and any(p is None for p in present):
                 r["restarts"] += 1  # its programs vanished (the box's supervisord was restarted)
             self._launch(oc, row, d, r, endpoints, box)
-            w.started, w.ready_ok, w.ready_fail, w.live_fail = now, 0, 0, 0
+            w.restart(now)
             r.update(state="STARTING", ready=False, message=f"started on {box.name} ({row.runtime})", started_at=_now())
             return True
         states_ = [p["statename"] for p in present]
@@ -607,8 +618,7 @@ class ServiceController:
             if pid and was and pid != was:
                 r["restarts"] += 1  # supervisord started it again after an exit: not ready until probed again
                 r.update(state="STARTING", ready=False, message=f"{cname} restarted after an exit")
-                w.ready_ok = w.ready_fail = w.live_fail = 0
-                w.started = now
+                w.restart(now)
         r["pids"] = {k: v for k, v in pids.items() if v[0]} or old
         if any(s == "FATAL" for s in states_):
             if w.retry_at == 0.0:
@@ -625,7 +635,7 @@ class ServiceController:
                 r["restarts"] += 1
                 w.backoff = min(MAX_BACKOFF, w.backoff * 2)
                 w.retry_at = 0.0
-                w.started = now
+                w.restart(now)
             return before != _shown(r)
         if all(s in ("RUNNING", "STARTING") for s in states_):
             # a readiness probe may pass before supervisord's startsecs have run out: probing
@@ -647,24 +657,15 @@ class ServiceController:
             else:
                 r.update(state="STARTING", ready=False, message="starting")
         elif now >= w.next_probe and now - w.started >= max(p.initial_delay for p in readiness):
-            # until first ready, probe every tick: a replica is READY as soon as it answers
-            w.next_probe = now + (min(p.period for p in readiness) if r["ready"] else TICK)
-            ok = all(self._run_probe(oc, row, r, box, c, c.readiness) for c in d.containers if c.readiness)
-            if ok:
-                w.ready_ok, w.ready_fail = w.ready_ok + 1, 0
-                if w.ready_ok >= max(p.success_threshold for p in readiness):
-                    r.update(state="READY", ready=True, message="readiness probe passes")
-            else:
-                w.ready_fail, w.ready_ok = w.ready_fail + 1, 0
-                if not r["ready"]:
-                    r.update(state="STARTING", message="readiness probe does not pass yet")
-                elif w.ready_fail >= max(p.failure_threshold for p in readiness):
-                    r.update(state="NOT_READY", ready=False, message="readiness probe fails")
+            self._readiness(oc, row, d, r, w, box, now, readiness)
         for c, p in liveness:
             if now < w.next_live or now - w.started < p.initial_delay:
                 continue
+            alive = self._check(w, f"live:{c.name}", lambda c=c, p=p: self._run_probe(oc, row, r, box, c, p))
+            if alive is None:
+                continue
             w.next_live = now + p.period
-            if self._run_probe(oc, row, r, box, c, p):
+            if alive:
                 w.live_fail = 0
                 continue
             w.live_fail += 1
@@ -679,9 +680,49 @@ class ServiceController:
                 r["restarts"] += 1
                 r.update(state="STARTING", ready=False, message=f"liveness probe failed {w.live_fail} times; restarted")
                 self.repo.add_event(oc.id, "service", {"name": row.name, "replica": r["name"], "restarted": "liveness"})
-                w.live_fail = w.ready_ok = 0
-                w.started = time.monotonic()
+                w.restart(time.monotonic())
                 r["pids"] = {}
+
+    def _readiness(self, oc, row, d: Deployment, r: dict[str, Any], w: _Watch, box, now: float,
+                   readiness: list[Probe]) -> None:
+        ok = self._check(w, "ready", lambda: all(self._run_probe(oc, row, r, box, c, c.readiness)
+                                                 for c in d.containers if c.readiness))
+        if ok is None:
+            return  # still running: looked at again next tick
+        # until first ready, probe every tick: a replica is READY as soon as it answers
+        w.next_probe = now + (min(p.period for p in readiness) if r["ready"] else TICK)
+        if ok:
+            w.ready_ok, w.ready_fail = w.ready_ok + 1, 0
+            if w.ready_ok >= max(p.success_threshold for p in readiness):
+                r.update(state="READY", ready=True, message="readiness probe passes")
+        else:
+            w.ready_fail, w.ready_ok = w.ready_fail + 1, 0
+            if not r["ready"]:
+                r.update(state="STARTING", message="readiness probe does not pass yet")
+            elif w.ready_fail >= max(p.failure_threshold for p in readiness):
+                r.update(state="NOT_READY", ready=False, message="readiness probe fails")
+
+    def _check(self, w: _Watch, key: str, probe) -> bool | None:
+        """A probe's answer, or None while it runs. It runs in the probe pool: a quick one answers
+        within PROBE_WAIT, in this tick; a slow one (up to its timeoutSeconds) is collected on a
+        later tick, while the controller goes on with everything else."""
+        fut = w.pending.get(key)
+        if fut is None:
+            fut = w.pending[key] = self._probes.submit(probe)
+            try:
+                fut.result(timeout=PROBE_WAIT)
+            except concurrent.futures.TimeoutError:
+                return None
+            except Exception:  # noqa: BLE001 - a probe that cannot run fails
+                pass
+        elif not fut.done():
+            return None
+        del w.pending[key]
+        try:
+            return bool(fut.result())
+        except Exception as exc:  # noqa: BLE001 - a probe that cannot run fails
+            logger.warning("probe %s: %s", key, exc)
+            return False
 
     def _run_probe(self, oc, row, r: dict[str, Any], box, c, p: Probe) -> bool:
         net = self.tower.local.transport(box)

@@ -3,11 +3,40 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import queue
 import socket
 import subprocess
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 from overcloud.composition.pattern import Probe
+
+
+class Pool:
+    """Daemon threads that run probes, so that one waiting out its timeoutSeconds holds up
+    neither the service controller nor the Tower's exit (a ThreadPoolExecutor's threads are
+    joined when the interpreter exits)."""
+
+    def __init__(self, threads: int):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(threads):
+            threading.Thread(target=self._work, name=f"probe-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fut, fn))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            fut, fn = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                fut.set_exception(exc)
 
 
 def run(net, p: Probe, exec_argv: Callable[[list[str]], list[str]], exec_env: dict[str, str] | None = None) -> bool:
