@@ -9,6 +9,7 @@ itself reports every target UP.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -174,6 +175,7 @@ FLOW_RATE = 'sum by (src_box, dst_box, port, listener) (irate(overcloud_flow_byt
 FLOW_CONNS = 'sum by (src_box, dst_box) (overcloud_flow_connections)'
 
 
+@functools.cache
 def own_ports() -> dict[int, str]:
     """The ports OverCloud's own programs listen on in a box (SeaweedFS's gRPC ports are each
     HTTP port + 10000)."""

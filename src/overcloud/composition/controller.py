@@ -41,7 +41,8 @@ from overcloud.composition import images as img
 from overcloud.composition import placement as pl
 from overcloud.composition import probes, rollout, stitching, views
 from overcloud.composition import runtime as rt
-from overcloud.composition.pattern import Deployment, Pattern, PatternError, Probe, deployment_of, generation_of
+from overcloud.composition.pattern import (Deployment, Pattern, PatternError, Probe, deployment_of, generation_of,
+                                          templates_of)
 from overcloud.files import write_atomic
 
 
@@ -518,9 +519,10 @@ class ServiceController:
         to_stop: list[tuple[Any, list[dict[str, Any]]]] = []
         for row in rows:
             replicas = [dict(r) for r in row.replicas]
+            templates = templates_of(row.spec, replicas)
             changed = False
             for r in replicas:
-                d = _template(row, r)
+                d = templates[generation_of(r)]
                 if r["box"] in self._out.get(overcloud_id, set()):
                     changed |= self._replace(oc, row, d, r, replicas)
                     continue
@@ -567,11 +569,8 @@ class ServiceController:
         def place(index: int, new: list[dict[str, Any]]) -> pl.Assignment | None:
             if time.monotonic() < self._retry_at.get(key, 0.0):
                 return None
-            nodes = self._nodes(oc, exclude=row.name)
-            for g in {generation_of(r) for r in replicas}:
-                pl.charge(nodes, deployment_of(row.spec, g)[0], [pl.Assignment(row.name, r["index"], r["box"], r["site"])
-                                                                 for r in replicas if generation_of(r) == g])
-            return pl.place_replicas(d_new, nodes, [index],
+            # _nodes counts every replica with its own generation's requests and ports
+            return pl.place_replicas(d_new, self._nodes(oc), [index],
                                      existing=[pl.Assignment(row.name, r["index"], r["box"], r["site"]) for r in new])[0]
 
         s = rollout.step(row.spec, replicas, place)
@@ -709,13 +708,8 @@ class ServiceController:
         fut = w.pending.get(key)
         if fut is None:
             fut = w.pending[key] = self._probes.submit(probe)
-            try:
-                fut.result(timeout=PROBE_WAIT)
-            except concurrent.futures.TimeoutError:
-                return None
-            except Exception:  # noqa: BLE001 - a probe that cannot run fails
-                pass
-        elif not fut.done():
+            concurrent.futures.wait([fut], timeout=PROBE_WAIT)
+        if not fut.done():
             return None
         del w.pending[key]
         try:

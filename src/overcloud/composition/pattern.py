@@ -234,6 +234,12 @@ def deployment_of(spec: dict[str, Any], generation: int | None = None) -> tuple[
     return p.deployments[0], p.services
 
 
+def templates_of(spec: dict[str, Any], replicas: list[dict[str, Any]]) -> dict[int, Deployment]:
+    """The template of every generation ``replicas`` run (one parse per generation, not per
+    replica)."""
+    return {g: deployment_of(spec, g)[0] for g in {generation_of(r) for r in replicas}}
+
+
 # -- loading ----------------------------------------------------------------
 def load_documents(source: str | bytes | Path) -> list[dict[str, Any]]:
     """Manifests from a directory, a YAML file, YAML text, or tar.gz bytes."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable
 
-from overcloud.composition.pattern import deployment_of, generation_of
+from overcloud.composition.pattern import deployment_of, generation_of, templates_of
 
 VIP_CIDR = "198.18.0.0/15"  # RFC 2544's benchmarking range: never routed, free inside a box
 NFT_TABLE = "overcloud_svc"
@@ -51,7 +51,7 @@ def services(rows: Iterable[Any], boxes: dict[str, Any]) -> dict[str, dict[str, 
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         _, svcs = deployment_of(row.spec)
-        templates = {g: deployment_of(row.spec, g)[0] for g in {generation_of(r) for r in row.replicas}}
+        templates = templates_of(row.spec, row.replicas)
         for s, raw in zip(svcs, row.spec["services"]):
             entry = out.setdefault(s.name, {"vip": raw.get("vip"), "ports": [(p.name, p.port) for p in s.ports],
                                             "endpoints": []})
