@@ -13,7 +13,7 @@ DEB_STAMP := $(VENV)/.debs
 # and the smart-energy pattern's packages (mosquitto, paho-mqtt, boto3, prometheus-client) serve
 # the process runtime on the host; mosquitto-clients lets a person publish a fault from a box.
 DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv prometheus prometheus-node-exporter \
-	podman runc mmdebstrap util-linux mosquitto mosquitto-clients python3-paho-mqtt python3-boto3 python3-prometheus-client
+	podman runc mmdebstrap util-linux mosquitto mosquitto-clients python3-paho-mqtt python3-boto3 python3-prometheus-client bubblewrap
 PORT ?= 6125
 
 .PHONY: install debs demo demo-stop test bench
