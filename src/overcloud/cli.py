@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -223,10 +224,13 @@ def workflow(overcloud_id: str) -> None:
 def delete(
     overcloud_id: str,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="watch until DELETED")] = False,
+    force: Annotated[bool, typer.Option("--force", help="delete without preserving the DataLake (when its Post is gone)")] = False,
 ) -> None:
     """Delete an OverCloud and everything it has."""
     client = Client()
-    res = client.call("DELETE", f"/overclouds/{overcloud_id}")
+    res = client.call("DELETE", f"/overclouds/{overcloud_id}" + ("?preserve=false" if force else ""))
+    if res.get("not_kept") and STATE["output"] != Output.json:
+        err.print(f"not kept: {res['not_kept']}", highlight=False, soft_wrap=True)
     if not wait:
         _emit(res) if STATE["output"] == Output.json else out.print(f"{overcloud_id} {res['status']}")
         return
@@ -672,6 +676,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the Tower: API, workflow engine, repository and UnderCloud drivers."""
+    # everything the Tower writes (databases, keys, box state, logs) is root's alone; files that
+    # boxes must read (their /etc/hosts) are opened up one by one
+    os.umask(0o077)
     if state_dir is not None:
         STATE["state_dir"] = state_dir
     import uvicorn

@@ -24,3 +24,22 @@ def write_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def restrict(directory: str | Path) -> None:
+    """The Tower's state dir belongs to root alone: the directory 0700 and every file directly in
+    it without group or other bits (databases made before ``serve`` ran with umask 077, and
+    SQLite's -wal/-shm files, which copy the database's mode)."""
+    directory = Path(directory)
+    os.chmod(directory, 0o700)
+    for entry in directory.iterdir():
+        try:
+            st = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            os.chmod(entry, st.st_mode & 0o700)
+        elif st.st_mode & 0o077:
+            os.chmod(entry, st.st_mode & 0o700)

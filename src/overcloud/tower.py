@@ -20,6 +20,7 @@ from typing import Any
 from overcloud import states
 from overcloud.components.construction import ConstructionDataLake
 from overcloud.config import Settings
+from overcloud.files import restrict
 from overcloud.identity.secrets import SecretBox, load_key
 from overcloud.metrics import TowerMetrics
 from overcloud.plan import CreatePlan
@@ -60,7 +61,8 @@ class Tower:
         import overcloud.components  # noqa: F401  (registers the actions)
 
         self.settings = settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        restrict(settings.state_dir)
         self.repo = Repository(settings.db_url)
         self.secrets = SecretBox(load_key(settings.state_dir, settings.secret_key))
         self.construction: ConstructionDataLake | None = None
@@ -86,6 +88,7 @@ class Tower:
     # -- lifecycle --------------------------------------------------------
     def start(self, *, resume: bool = True) -> None:
         self.repo.upgrade()
+        restrict(self.settings.state_dir)  # the databases exist now
         self._make_drivers()
         self.engine = WorkflowEngine(
             self.settings.workflow_db_url, registry=wf_actions.registry, services=self, max_workers=self.settings.workers
@@ -211,8 +214,11 @@ class Tower:
         return total
 
     # -- delete -----------------------------------------------------------
-    def delete(self, overcloud_id: str) -> str:
-        """Start deleting; returns the status after the call. Idempotent while DELETING."""
+    def delete(self, overcloud_id: str, *, preserve: bool = True) -> str:
+        """Start deleting; returns the status after the call. Idempotent while DELETING.
+
+        ``preserve=False`` deletes without copying the DataLake into the Construction DataLake:
+        the way out for an OverCloud whose Post is gone (its delete FAILED at preserve)."""
         row = self.repo.get(overcloud_id)
         if row.status in (states.DELETING, states.DELETED):
             return row.status
@@ -223,13 +229,13 @@ class Tower:
             if row.status in (states.DELETING, states.DELETED):
                 return row.status
             raise
-        self._submit_delete(overcloud_id)
+        self._submit_delete(overcloud_id, preserve=preserve)
         return states.DELETING
 
-    def _submit_delete(self, overcloud_id: str) -> None:
+    def _submit_delete(self, overcloud_id: str, *, preserve: bool = True) -> None:
         boxes = [box_dict(b) for b in self.repo.get(overcloud_id).boxes]
         self.repo.set_boxes_state(overcloud_id, "DELETING")
-        self._submit(overcloud_id, DELETE, {"overcloud_id": overcloud_id, "boxes": boxes})
+        self._submit(overcloud_id, DELETE, {"overcloud_id": overcloud_id, "boxes": boxes, "preserve": preserve})
 
     # -- running workflows ------------------------------------------------
     def _submit(self, overcloud_id: str, workflow: str, inputs: dict[str, Any], seeded: bool = False) -> None:

@@ -123,7 +123,10 @@ class TowerProcess:
                     if oc["status"] in ("READY", "FAILED", "DEGRADED"):
                         c.delete(f"/overclouds/{oc['overcloud_ID']}")
                     if oc["status"] != "DELETED":
-                        self.wait_status(oc["overcloud_ID"], {"DELETED", "FAILED"}, timeout=120)
+                        d = self.wait_status(oc["overcloud_ID"], {"DELETED", "FAILED"}, timeout=120)
+                        if d["status"] == "FAILED":  # e.g. its Post is gone: delete is still possible
+                            c.delete(f"/overclouds/{oc['overcloud_ID']}", params={"preserve": "false"})
+                            self.wait_status(oc["overcloud_ID"], {"DELETED", "FAILED"}, timeout=120)
         self.stop()
         from overcloud.components.construction import ConstructionDataLake
 

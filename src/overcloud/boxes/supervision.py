@@ -155,11 +155,16 @@ files={self.programs_dir}/*.conf
         """supervisord.conf and /etc/netns/<handle>/{hosts,resolv.conf}."""
         self._write_conf(f"box {self.handle}")
         self.etc_dir.mkdir(parents=True, exist_ok=True)
+        # world-readable on purpose, whatever the Tower's umask (077): every process of the box,
+        # sandboxed workloads under their own uid included, resolves names through them
+        os.chmod(self.etc_dir, 0o755)
         (self.etc_dir / "resolv.conf").write_text(RESOLV_CONF)
         if not (self.etc_dir / "hosts").exists():
             (self.etc_dir / "hosts").write_text(_hosts_text(hosts))
         else:
             self.set_hosts(hosts)
+        for name in ("resolv.conf", "hosts"):
+            os.chmod(self.etc_dir / name, 0o644)
 
     def set_hosts(self, entries: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
         """Rewrite the box's /etc/hosts (name -> address) in place, keeping

@@ -181,9 +181,12 @@ def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
 
 
 @registry.action("datalake.preserve")
-def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, Any]:
+def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]], keep: bool = True) -> dict[str, Any]:
     """Copy every object and file into the Construction DataLake, checksums verified, before
-    anything is destroyed. Idempotent: a resumed preserve skips what is already there."""
+    anything is destroyed. Idempotent: a resumed preserve skips what is already there.
+
+    ``keep=False`` is the forced delete (``DELETE ?preserve=false``): nothing is copied, and the
+    result names what is lost, so an OverCloud whose Post is gone can still be deleted."""
     from overcloud.datalake import clients, seaweed
 
     tower = ctx.services
@@ -192,6 +195,10 @@ def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, A
     conf = settings_of(tower, overcloud_id)
     if not info:
         return {"skipped": True, "message": "no DataLake was deployed: nothing to preserve"}
+    if not keep:
+        return {"skipped": True, "lost": {"s3_endpoint": info.get("s3_endpoint"), "filer_endpoint": info.get("filer_endpoint")},
+                "message": "deleted with preserve=false: the DataLake's objects and files were not kept "
+                           "(no archive was made; an earlier archive of this OverCloud, if any, is untouched)"}
     if not conf["preserve"]:
         return {"skipped": True, "message": "preserve: false was asked at create: the DataLake is not kept"}
     cdl = tower.construction_datalake(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Annotated, Any
 
@@ -191,13 +192,20 @@ async def events(
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _delete(overcloud_id: str, tower, principal, wait: bool) -> JSONResponse:
+NOT_KEPT = ("preserve=false: the DataLake's objects and files are deleted without an archive "
+            "(an earlier archive of this OverCloud, if any, is untouched)")
+
+
+async def _delete(overcloud_id: str, tower, principal, wait: bool, preserve: bool = True) -> JSONResponse:
     _visible(tower, principal, overcloud_id)
-    status = await run_in_threadpool(tower.delete, overcloud_id)
+    status = await run_in_threadpool(functools.partial(tower.delete, overcloud_id, preserve=preserve))
     if wait:
         await run_in_threadpool(tower.wait, overcloud_id)
         status = tower.repo.get(overcloud_id).status
-    return JSONResponse({"overcloud_ID": overcloud_id, "status": status}, status_code=200 if status == states.DELETED else 202)
+    body = {"overcloud_ID": overcloud_id, "status": status}
+    if not preserve:
+        body["not_kept"] = NOT_KEPT
+    return JSONResponse(body, status_code=200 if status == states.DELETED else 202)
 
 
 @router.delete(
@@ -205,12 +213,14 @@ async def _delete(overcloud_id: str, tower, principal, wait: bool) -> JSONRespon
     status_code=202,
     summary="Delete an OverCloud",
     description="202 and DELETING at once; a second DELETE while DELETING is also 202 (idempotent); "
-    "409 while CREATING; 200 once DELETED.",
+    "409 while CREATING; 200 once DELETED. `preserve=false` deletes without archiving the DataLake "
+    "(the way out when the Post is gone and a normal delete FAILED at preserve); the answer says what "
+    "was not kept.",
 )
 async def delete_overcloud(
-    overcloud_id: str, tower: TowerDep, principal: PrincipalDep, wait: bool = False
+    overcloud_id: str, tower: TowerDep, principal: PrincipalDep, wait: bool = False, preserve: bool = True
 ) -> JSONResponse:
-    return await _delete(overcloud_id, tower, principal, wait)
+    return await _delete(overcloud_id, tower, principal, wait, preserve)
 
 
 @router.delete(
