@@ -53,8 +53,10 @@ def tower(sites: list[dict], overlay: str) -> Iterator[httpx.Client]:
         from overcloud.underclouds.local import LocalHost, LocalSiteConfig
 
         ConstructionDataLake(state).stop()
+        from overcloud.config import tower_identity
+
         host = LocalHost(state / "local", sites=[LocalSiteConfig(s["name"], s["bridge"], s["cidr"]) for s in sites],
-                         overlay_cidr=overlay)
+                         overlay_cidr=overlay, tower_id=tower_identity(state))
         left = host.list_tagged()
         if left:
             host.sweep({r.overcloud_id for r in left})

@@ -6,6 +6,7 @@ Precedence: explicit arguments (CLI flags) > environment > ``<state-dir>/overclo
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,46 @@ DEFAULT_PORT = 6125
 def default_state_dir() -> Path:
     """A per-user data dir (``/root/.local/share/overcloud`` for root)."""
     return Path(platformdirs.user_data_dir("overcloud", appauthor=False))
+
+
+TOWER_ID_FILE = "tower.id"
+
+
+def tower_identity(state_dir: Path) -> str:
+    """This state dir's Tower id: 16 random hex digits, made on first use and kept in
+    ``<state-dir>/tower.id`` (0600). Everything the Tower makes on a host carries it beside the
+    OverCloud id, so a Tower finds, sweeps and cleans only what it made itself."""
+    state_dir = Path(state_dir)
+    path = state_dir / TOWER_ID_FILE
+
+    def read() -> str | None:
+        try:
+            found = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if len(found) != 16 or any(c not in "0123456789abcdef" for c in found):
+            raise RuntimeError(f"{path} does not hold a Tower id (16 hex digits); it names what this Tower "
+                               "made on the host, so fix or restore it rather than removing it")
+        return found
+
+    found = read()
+    if found is not None:
+        return found
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # written whole beside it, then linked into place: never a half-written id, and of two
+    # processes starting on one state dir the first link wins and both read it
+    tmp = state_dir / f".{TOWER_ID_FILE}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(8) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return read()
+
 
 
 class SiteSettings(BaseModel):
@@ -70,6 +111,12 @@ class Settings(BaseSettings):
     max_clusters: int = 30  # per OverCloud
     max_boxes: int = 200  # per Tower (local quota)
     max_body_bytes: int = 1024 * 1024
+    # many or slow clients (see docs/architecture.md, "Many or slow clients")
+    max_streams: int = 512  # event streams open at once, all callers together; 429 beyond
+    max_streams_per_token: int = 256  # event streams open at once with one token; 429 beyond
+    header_timeout: float = 5.0  # seconds to send a request's whole head; the connection is closed after
+    body_timeout: float = 30.0  # seconds to send a request's body once its head is in
+    max_connections: int = 2048  # open connections; uvicorn answers 503 beyond (limit_concurrency)
     workers: int = 16  # task executor threads
     fabric_scrape_interval: float = 1.0  # seconds; DEGRADED after 3 intervals without a scrape
     fabric_retention: str = "24h"  # the OverCloud Datastore's retention (Prometheus syntax)

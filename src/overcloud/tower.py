@@ -19,7 +19,7 @@ from typing import Any
 
 from overcloud import states
 from overcloud.components.construction import ConstructionDataLake
-from overcloud.config import Settings
+from overcloud.config import Settings, tower_identity
 from overcloud.files import restrict
 from overcloud.identity.secrets import SecretBox, load_key
 from overcloud.metrics import TowerMetrics
@@ -65,6 +65,8 @@ class Tower:
         restrict(settings.state_dir)
         self.repo = Repository(settings.db_url)
         self.secrets = SecretBox(load_key(settings.state_dir, settings.secret_key))
+        # this Tower's identity on the host: everything it makes carries it (see LocalHost)
+        self.id = tower_identity(settings.state_dir)
         self.construction: ConstructionDataLake | None = None
         self._cdl_ready = threading.Event()
         self._cdl_error: BaseException | None = None
@@ -161,6 +163,7 @@ class Tower:
                 sites=[LocalSiteConfig(name=s.name, bridge=s.bridge, cidr=s.cidr) for s in local_sites],
                 overlay_cidr=self.settings.overlay_cidr,
                 max_boxes=self.settings.max_boxes,
+                tower_id=self.id,
             )
             self.local.ensure_sites()
             self.drivers.update(self.local.sites)

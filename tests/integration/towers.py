@@ -141,12 +141,14 @@ class TowerProcess:
 
 def local_host(state_dir: Path, sites=TEST_SITES, overlay=TEST_OVERLAY):
     """The same LocalHost the Tower in ``state_dir`` uses (to look at or sweep what it made)."""
+    from overcloud.config import tower_identity
     from overcloud.underclouds.local import LocalHost, LocalSiteConfig
 
     return LocalHost(
         state_dir / "local",
         sites=[LocalSiteConfig(name=s["name"], bridge=s["bridge"], cidr=s["cidr"]) for s in sites],
         overlay_cidr=overlay,
+        tower_id=tower_identity(state_dir),  # the Tower's own: it sees (and sweeps) what that Tower made
     )
 
 

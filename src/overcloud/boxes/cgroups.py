@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "overcloud"
 CFS_PERIOD_US = 100_000
+TAG_XATTR = "trusted.overcloud.tag"  # whose box a cgroup is, and which Tower made it
 _MIB = 1024 * 1024
 
 
@@ -67,14 +68,17 @@ class Cgroups:
             if missing:
                 (level / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
 
-    def create(self, handle: str, cpus: float, memory_mb: int) -> None:
-        """Make (or re-limit) the box's cgroups. Idempotent."""
+    def create(self, handle: str, cpus: float, memory_mb: int, tag: str | None = None) -> None:
+        """Make (or re-limit) the box's cgroups. Idempotent. ``tag`` (the box's
+        ``overcloud:<overcloud>:<box>:<tower>``) is kept in an extended attribute of each
+        directory, so the groups say who made them even when no lease does."""
         quota = max(1000, int(round(cpus * CFS_PERIOD_US)))
         memory = int(memory_mb) * _MIB
         if self.v2:
             self._ensure_parent_v2()
             d = self.root / self.parent / handle
             d.mkdir(exist_ok=True)
+            self._set_tag(d, tag)
             (d / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
             (d / "memory.max").write_text(str(memory))
             return
@@ -82,9 +86,28 @@ class Cgroups:
         cpu, mem = dirs[0], dirs[1]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
+            self._set_tag(d, tag)
         (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
         (cpu / "cpu.cfs_quota_us").write_text(str(quota))
         (mem / "memory.limit_in_bytes").write_text(str(memory))
+
+    @staticmethod
+    def _set_tag(d: Path, tag: str | None) -> None:
+        if tag is None:
+            return
+        try:
+            os.setxattr(d, TAG_XATTR, tag.encode())
+        except OSError as exc:  # a kernel without xattrs on cgroupfs: the lease still says whose it is
+            logger.debug("cannot tag cgroup %s: %s", d, exc)
+
+    def tag(self, handle: str) -> str | None:
+        """The tag ``create`` gave the box's cgroups, or None (untagged, or gone)."""
+        for d in self.dirs(handle):
+            try:
+                return os.getxattr(d, TAG_XATTR).decode()
+            except OSError:
+                continue
+        return None
 
     def attach(self, handle: str, pid: int) -> None:
         for f in self.procs_files(handle):

@@ -756,7 +756,8 @@ class ServiceController:
             if row.runtime == "podman":
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                           handle=box.handle, image_ref=c.image, hosts_file=sup.etc_dir / "hosts",
-                                          cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf())
+                                          cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf(),
+                                          tower_id=self.tower.local.tower_id)
             else:
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                            image_dir=self.images.process_dir(c.image))

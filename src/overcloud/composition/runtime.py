@@ -131,7 +131,7 @@ def _script(workdir: Path, name: str, text: str) -> Path:
 
 def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
                   handle: str, image_ref: str, hosts_file: Path, cgroup_parent: str | None,
-                  containers_conf: Path) -> Launch:
+                  containers_conf: Path, tower_id: str | None = None) -> Launch:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
     env = {"PYTHONUNBUFFERED": "1", **env}
@@ -142,6 +142,8 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
            "--env-file", str(env_file), "-v", f"{hosts_file}:/etc/hosts:ro", "--hostname", replica,
            "--pull", "never", "--log-driver", "none", "--label", f"overcloud.io/overcloud={overcloud_id}",
            "--workdir", c.working_dir or "/tmp"]
+    if tower_id:  # which Tower's: a sweep of another Tower on this host leaves it alone
+        run += ["--label", f"overcloud.io/tower={tower_id}"]
     if cgroup_parent:
         run += ["--cgroup-parent", cgroup_parent]
     if c.memory_limit:

@@ -44,7 +44,7 @@ from overcloud.underclouds.base import (
     UnderCloudDriver,
     UnderCloudError,
 )
-from overcloud.underclouds.local_leases import LeaseStore
+from overcloud.underclouds.local_leases import HostLeases, LeaseStore
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,12 @@ class LocalHost:
         sites: list[LocalSiteConfig] | None = None,
         overlay_cidr: str = "10.250.0.0/16",
         max_boxes: int = 200,
+        tower_id: str | None = None,
+        host_leases: Path | None = None,
     ):
+        """``tower_id``: the identity every resource made here carries (the Tower passes its
+        own; without one, ``<state_dir>/tower.id``). ``host_leases``: where the claims every
+        Tower on this host shares live (default ``/var/lib/overcloud/leases``)."""
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.boxes_dir = self.state_dir / "boxes"
@@ -116,7 +121,12 @@ class LocalHost:
         self.configs = list(sites or DEFAULT_SITES)
         self.overlay_cidr = overlay_cidr
         self.max_boxes = max_boxes
-        self.leases = LeaseStore(self.state_dir)
+        if tower_id is None:
+            from overcloud.config import tower_identity
+
+            tower_id = tower_identity(self.state_dir)
+        self.tower_id = tower_id
+        self.leases = LeaseStore(self.state_dir, HostLeases(host_leases) if host_leases else None, tower_id)
         self.cgroups = Cgroups()
         nets = [ipaddress.ip_network(c.cidr) for c in self.configs]
         self.supernet = str(self._supernet(nets))
@@ -164,6 +174,8 @@ class LocalHost:
             old = net.set_ip_forward(1)
             if not self._host_state.exists():
                 self._host_state.write_text(json.dumps({"ip_forward_before": old}))
+        for c in self.configs:  # boxes leased before host-wide claims existed
+            self.leases.claim_boxes(c.bridge)
 
     def teardown_sites(self) -> None:
         """Remove our bridges and guard chain; restore ip_forward when the
@@ -188,6 +200,10 @@ class LocalHost:
                 if table_gone and before == 0:
                     net.set_ip_forward(0)
                 self._host_state.unlink()
+
+    def tag(self, overcloud_id: str, box_name: str) -> str:
+        """The tag of one box's links, namespace and cgroups: its OverCloud and this Tower."""
+        return net.tag(overcloud_id, box_name, self.tower_id)
 
     def site(self, name: str) -> LocalSite:
         try:
@@ -223,7 +239,7 @@ class LocalHost:
                 net.box_firewall(box.handle, gateways, peers)
                 net.ensure_vxlan(
                     box.handle, lease["vni"], box.address, addr, subnet.prefixlen, peers,
-                    net.tag(overcloud_id, box.name),
+                    self.tag(overcloud_id, box.name),
                 )
                 sup = self.supervisor(box)
                 sup.set_hosts(hosts)
@@ -284,12 +300,12 @@ class LocalHost:
         try:
             gateway = self.gateways[site.name]
             net.create_box_network(
-                handle, net.tag(spec.overcloud_id, spec.name), site.config.bridge,
+                handle, self.tag(spec.overcloud_id, spec.name), site.config.bridge,
                 lease["address"], lease["prefixlen"], gateway, self.supernet,
             )
             overlay = lease.get("overlay") or {}
             net.box_firewall(handle, self.gateways.values(), overlay.get("peers", []))
-            self.cgroups.create(handle, spec.flavor.cpus, spec.flavor.memory_mb)
+            self.cgroups.create(handle, spec.flavor.cpus, spec.flavor.memory_mb, self.tag(spec.overcloud_id, spec.name))
             sup = self.supervisor(handle)
             sup.write_files({spec.name: lease["address"]})
             sup.start()
@@ -345,35 +361,49 @@ class LocalHost:
         return left
 
     # -- finding -------------------------------------------------------
-    def _kernel_handles(self) -> set[str]:
-        """Handles of boxes that are ours by lease or state dir."""
-        ours = {lease["handle"] for lease in self.leases.boxes()}
-        ours |= {p.name for p in self.boxes_dir.iterdir() if p.is_dir()}
+    def _mine(self, alias: str | None) -> tuple[str, str] | None:
+        """(overcloud id, box name) when ``alias`` is a tag this Tower made, else None."""
+        parsed = net.parse_tag(alias)
+        if parsed is None or parsed[2] is None or parsed[2] != self.tower_id:
+            return None
+        return parsed[0], parsed[1]
+
+    def _kernel_handles(self, prefix: str = HANDLE_PREFIX) -> dict[str, str]:
+        """Handles of boxes that are ours, with their OverCloud id (or its 8 hex digits): by
+        lease, by state dir, or by the tag of the namespace (its loopback) or cgroups.
+
+        Only what carries this Tower's id counts: the kernel, the bridges and Podman are the
+        host's, and another Tower's boxes, with the same handle prefix, live beside ours."""
+        ours = {lease["handle"]: lease["overcloud_id"] for lease in self.leases.boxes()}
+        for p in self.boxes_dir.iterdir():
+            if p.is_dir():
+                ours.setdefault(p.name, p.name[len(HANDLE_PREFIX):].split("-")[0])
+        for h in boxnetns.list_netns():
+            if h.startswith(prefix) and h not in ours and (tagged := self._mine(net.netns_alias(h))):
+                ours[h] = tagged[0]
+        for h in self.cgroups.list_handles():
+            if h.startswith(prefix) and h not in ours and (tagged := self._mine(self.cgroups.tag(h))):
+                ours[h] = tagged[0]
         return ours
 
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
-        """Everything we made, found from the kernel and the lease files.
+        """Everything this Tower made, found from the kernel, Podman and the lease files.
 
-        Without an id: resources of boxes this host knows (lease, state dir,
-        tagged veth). With an id: also any namespace, cgroup or /etc/netns
-        entry whose handle carries that id's prefix, even with no lease.
+        A box is ours by its lease or state dir here, or by this Tower's id in the tag of its
+        host veth, namespace or cgroups; a container by its ``overcloud.io/tower`` label. Boxes,
+        links and containers of other Towers on the host (same bridges, same Podman) are never
+        listed, so never swept. With an id, only that OverCloud's.
         """
-        owner: dict[str, str] = {}  # handle -> full overcloud id
-        for lease in self.leases.boxes():
-            owner[lease["handle"]] = lease["overcloud_id"]
-        veths = net.host_tagged_links(self.bridges)
-        for _, oc, name, _ in veths:
-            owner.setdefault(box_handle(oc, name), oc)
-        for h in self._kernel_handles():
-            owner.setdefault(h, h[len(HANDLE_PREFIX):].split("-")[0])
+        owner = self._kernel_handles(_handle_prefix(overcloud_id) if overcloud_id else HANDLE_PREFIX)
+        links = net.host_tagged_links(self.bridges)
+        veths = []
+        for ifname, oc, name, kind, tower in links:
+            h = box_handle(oc, name)
+            # a tag without a Tower id predates them: ours only when the lease says so
+            if tower == self.tower_id or (tower is None and h in owner):
+                owner.setdefault(h, oc)
+                veths.append((ifname, oc, name, kind))
         if overcloud_id is not None:
-            prefix = _handle_prefix(overcloud_id)
-            candidates = set(boxnetns.list_netns()) | set(self.cgroups.list_handles())
-            if ETC_NETNS.exists():
-                candidates |= {p.name for p in ETC_NETNS.iterdir()}
-            for h in candidates:
-                if h.startswith(prefix):
-                    owner.setdefault(h, overcloud_id)
             owner = {h: oc for h, oc in owner.items() if oc == overcloud_id or oc == overcloud_id[:8]}
 
         found: list[TaggedResource] = []
@@ -405,20 +435,23 @@ class LocalHost:
         for lease in self.leases.overlays():
             if overcloud_id is None or lease["overcloud_id"] == overcloud_id:
                 found.append(TaggedResource(lease["overcloud_id"], "lease", f"overlay lease {lease['overcloud_id']}"))
-        found += [TaggedResource(oc, "container", f"container {name}") for oc, name in containers.tagged(overcloud_id)]
+        found += [TaggedResource(oc, "container", f"container {name}")
+                  for oc, name in containers.tagged(overcloud_id, self.tower_id)]
         return found
 
     def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
-        """Remove everything tagged with these OverCloud ids; returns it."""
+        """Remove everything of these OverCloud ids that this Tower made (``list_tagged``);
+        returns it. Another Tower's boxes and containers are left alone, whatever their id."""
         removed: list[TaggedResource] = []
         for oc in sorted(overcloud_ids):
             tagged = self.list_tagged(oc)
-            handles = {
-                r.name.split()[-1] for r in tagged if r.kind in ("netns", "cgroup") or r.name.startswith("lease ")
+            handles = {  # "netns <h>", "cgroup overcloud/<h>", "lease <h>", "/etc/netns/<h>", "<boxes>/<h>"
+                Path(r.name.split()[-1]).name for r in tagged
+                if r.kind in ("netns", "cgroup", "statedir") or r.name.startswith("lease ")
             }
-            handles |= {Path(r.name).name for r in tagged if r.kind == "statedir"}
             handles |= {
-                box_handle(o, n) for _, o, n, _ in net.host_tagged_links(self.bridges) if o == oc
+                box_handle(o, n) for _, o, n, _, t in net.host_tagged_links(self.bridges)
+                if o == oc and t == self.tower_id
             }
             containers.remove([r.name.split(" ", 1)[1] for r in tagged if r.kind == "container"])
             errors = [e for _, _, e in _parallel(self.destroy_box, sorted(handles)) if e is not None]

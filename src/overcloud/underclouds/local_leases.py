@@ -6,6 +6,14 @@ an overlay's VNI, subnet and per-box addresses. A lease is written
 *before* anything is made in the kernel, so a box left half-made by a
 crash is still found by its lease. Allocation scans the lease files under
 a lock that holds across threads and processes (``fcntl.flock``).
+
+A bridge is the host's, not one Tower's: two Towers (two state dirs) configured with the
+same sites put their boxes on the same bridges. So every site address, and every overlay's
+VNI and subnet, is also claimed host-wide (:class:`HostLeases`, under
+``/var/lib/overcloud/leases``): a claim names the Tower's own lease file, and is honoured
+while that file still holds it. A Tower that released (or whose state dir is gone) leaves
+nothing that blocks the others; a crash between the two writes leaves a claim nobody owns,
+which the next allocation drops.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import contextlib
 import fcntl
 import ipaddress
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +30,93 @@ from typing import Any
 
 from overcloud.files import write_atomic
 
+logger = logging.getLogger(__name__)
+
 VNI_BASE = 4096
+HOST_LEASES = Path("/var/lib/overcloud/leases")
 
 
 class LeaseError(Exception):
     pass
 
 
+class HostLeases:
+    """Claims every Tower on this host shares, one JSON file per claimed key in a space
+    (``bridge-<name>/<address>.json``, ``overlay/<index>.json``), each space under its own
+    ``flock``. A claim is ``{"owner": <path of a lease file>, "tower": <id>, "holds": {...}}``
+    and is live while the owner file exists and holds those fields; a dead claim is dropped
+    when an allocation meets it."""
+
+    def __init__(self, root: Path = HOST_LEASES):
+        self.root = Path(root)
+
+    def _space(self, space: str) -> Path:
+        d = self.root / space
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d
+
+    @contextlib.contextmanager
+    def lock(self, space: str) -> Iterator[None]:
+        with open(self._space(space) / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _live(claim: dict[str, Any] | None) -> bool:
+        if not claim or not claim.get("owner"):
+            return False
+        held = LeaseStore._read(Path(claim["owner"]))
+        return held is not None and all(held.get(k) == v for k, v in (claim.get("holds") or {}).items())
+
+    def taken(self, space: str) -> dict[str, dict[str, Any]]:
+        """Live claims of a space by key; drops dead ones. Call under ``lock(space)``."""
+        found = {}
+        for p in sorted(self._space(space).glob("*.json")):
+            try:
+                claim = json.loads(p.read_text())
+            except (OSError, ValueError):
+                claim = None
+            if self._live(claim):
+                found[p.stem] = claim
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        return found
+
+    def claim(self, space: str, key: str, owner: Path, tower: str | None, holds: dict[str, Any]) -> None:
+        """Claim ``key`` for ``owner`` (call under ``lock(space)``, after ``taken`` said it is free)."""
+        write_atomic(self._space(space) / f"{key}.json",
+                     json.dumps({"owner": str(owner), "tower": tower, "holds": holds}, sort_keys=True))
+
+    def release(self, space: str, key: str, owner: Path) -> None:
+        """Drop ``owner``'s claim of ``key`` (another owner's claim stays)."""
+        path = self._space(space) / f"{key}.json"
+        with self.lock(space):
+            try:
+                claim = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return
+            if claim.get("owner") == str(owner):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def bridge_space(bridge: str) -> str:
+    return f"bridge-{bridge}"
+
+
+OVERLAY_SPACE = "overlay"
+
+
 class LeaseStore:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, host: HostLeases | None = None, tower_id: str | None = None):
+        """``host``: the host-wide claims (default :data:`HOST_LEASES`); ``tower_id`` is
+        written into every lease and claim."""
+        self.host = host or HostLeases()
+        self.tower_id = tower_id
         self.state_dir = Path(state_dir)
         self.box_dir = self.state_dir / "leases"
         self.overlay_dir = self.state_dir / "overlays"
@@ -92,8 +179,11 @@ class LeaseStore:
                 self._write(self.box_path(handle), data)
 
     def delete_box(self, handle: str) -> None:
+        lease = self.box(handle)
         with contextlib.suppress(FileNotFoundError):
             self.box_path(handle).unlink()
+        if lease and lease.get("bridge") and lease.get("address"):
+            self.host.release(bridge_space(lease["bridge"]), lease["address"], self.box_path(handle))
         for tmp in self.box_dir.glob(f"{handle}.tmp*"):  # a writer killed mid-write
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -108,16 +198,44 @@ class LeaseStore:
         return [d for p in sorted(self.overlay_dir.glob("*.json")) if (d := self._read(p)) is not None]
 
     def delete_overlay(self, overcloud_id: str) -> None:
+        lease = self.overlay(overcloud_id)
         with contextlib.suppress(FileNotFoundError):
             self.overlay_path(overcloud_id).unlink()
+        if lease and "index" in lease:
+            self.host.release(OVERLAY_SPACE, str(lease["index"]), self.overlay_path(overcloud_id))
         for tmp in self.overlay_dir.glob(f"{overcloud_id}.tmp*"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
     # -- allocation ----------------------------------------------------
+    def _claim_own(self, space: str, taken: dict[str, dict[str, Any]], own: dict[str, tuple[Path, dict[str, Any]]]) -> None:
+        """Claim host-wide what this state dir leased without a claim (leases made before claims
+        existed, or a claim lost with ``/var/lib``). A key another owner holds is a collision
+        already made: said loudly, never taken from it."""
+        for key, (path, holds) in own.items():
+            claim = taken.get(key)
+            if claim is None:
+                self.host.claim(space, key, path, self.tower_id, holds)
+                taken[key] = {"owner": str(path), "holds": holds}
+            elif claim.get("owner") != str(path):
+                logger.error("%s holds %s of %s, which %s holds too", path, key, space, claim.get("owner"))
+
+    def claim_boxes(self, bridge: str) -> None:
+        """Claim this state dir's box addresses on ``bridge`` host-wide (at start)."""
+        with self.lock(), self.host.lock(bridge_space(bridge)):
+            self._claim_own(bridge_space(bridge), self.host.taken(bridge_space(bridge)), self._own_addresses(bridge))
+
+    def _own_addresses(self, bridge: str) -> dict[str, tuple[Path, dict[str, Any]]]:
+        return {b["address"]: (self.box_path(b["handle"]), {"handle": b["handle"], "address": b["address"]})
+                for b in self.boxes() if b.get("bridge") == bridge and b.get("address") and b.get("handle")}
+
     def reserve_box(self, handle: str, record: dict[str, Any], cidr: str) -> tuple[dict[str, Any], bool]:
         """The box's lease, made with the lowest free address of ``cidr``
-        (``.1`` is the gateway) when there is none. Returns (lease, new)."""
+        (``.1`` is the gateway) when there is none. Returns (lease, new).
+
+        With ``record["bridge"]`` the address is free host-wide: not leased by any Tower on
+        this host that puts boxes on the same bridge."""
+        bridge = record.get("bridge")
         with self.lock():
             existing = self.box(handle)
             if existing is not None:
@@ -128,37 +246,59 @@ class LeaseStore:
                 return existing, False
             net = ipaddress.ip_network(cidr)
             used = {b.get("address") for b in self.boxes()}
-            hosts = list(net.hosts())[1:]  # hosts()[0] is the gateway
-            for addr in hosts:
-                if str(addr) not in used:
-                    break
-            else:
-                raise LeaseError(f"no free address left in {cidr}")
-            lease = dict(record, handle=handle, address=str(addr), prefixlen=net.prefixlen)
-            self._write(self.box_path(handle), lease)
+            space = bridge_space(bridge) if bridge else None
+            with self.host.lock(space) if space else contextlib.nullcontext():
+                if space:
+                    taken = self.host.taken(space)
+                    self._claim_own(space, taken, self._own_addresses(bridge))
+                    used |= set(taken)
+                hosts = list(net.hosts())[1:]  # hosts()[0] is the gateway
+                for addr in hosts:
+                    if str(addr) not in used:
+                        break
+                else:
+                    raise LeaseError(f"no free address left in {cidr}" + (f" on bridge {bridge} (host-wide)" if bridge else ""))
+                lease = dict(record, handle=handle, address=str(addr), prefixlen=net.prefixlen, tower=self.tower_id)
+                if space:  # claimed first: no other Tower can see the claim before the lease exists (lock)
+                    self.host.claim(space, str(addr), self.box_path(handle), self.tower_id,
+                                    {"handle": handle, "address": str(addr)})
+                self._write(self.box_path(handle), lease)
             return lease, True
 
     def reserve_overlay(self, overcloud_id: str, overlay_cidr: str, names: list[str]) -> dict[str, Any]:
         """The OverCloud's overlay lease (VNI, /24 subnet, an address per box
-        name), extended with any new names. Idempotent."""
+        name), extended with any new names. Idempotent.
+
+        The index (VNI and subnet) is free host-wide: no two OverClouds of any Towers on this
+        host share a VNI, nor (with the same overlay range) a subnet."""
         with self.lock():
             lease = self.overlay(overcloud_id)
             if lease is None:
-                pool = ipaddress.ip_network(overlay_cidr)
-                taken = {o["index"] for o in self.overlays()}
-                subnets = list(pool.subnets(new_prefix=24)) if pool.prefixlen <= 24 else [pool]
-                for index, subnet in enumerate(subnets):
-                    if index not in taken:
-                        break
-                else:
-                    raise LeaseError(f"no free overlay subnet left in {overlay_cidr}")
-                lease = {
-                    "overcloud_id": overcloud_id,
-                    "index": index,
-                    "vni": VNI_BASE + index,
-                    "subnet": str(subnet),
-                    "addresses": {},
-                }
+                with self.host.lock(OVERLAY_SPACE):
+                    host_taken = self.host.taken(OVERLAY_SPACE)
+                    self._claim_own(OVERLAY_SPACE, host_taken, {
+                        str(o["index"]): (self.overlay_path(o["overcloud_id"]),
+                                          {"overcloud_id": o["overcloud_id"], "index": o["index"]})
+                        for o in self.overlays() if "index" in o})
+                    taken = {o["index"] for o in self.overlays()} | {int(k) for k in host_taken if k.isdigit()}
+                    pool = ipaddress.ip_network(overlay_cidr)
+                    subnets = list(pool.subnets(new_prefix=24)) if pool.prefixlen <= 24 else [pool]
+                    for index, subnet in enumerate(subnets):
+                        if index not in taken:
+                            break
+                    else:
+                        raise LeaseError(f"no free overlay subnet left in {overlay_cidr} (host-wide)")
+                    lease = {
+                        "overcloud_id": overcloud_id,
+                        "index": index,
+                        "vni": VNI_BASE + index,
+                        "subnet": str(subnet),
+                        "addresses": {},
+                        "tower": self.tower_id,
+                    }
+                    self.host.claim(OVERLAY_SPACE, str(index), self.overlay_path(overcloud_id), self.tower_id,
+                                    {"overcloud_id": overcloud_id, "index": index})
+                    self._write(self.overlay_path(overcloud_id), lease)
             subnet = ipaddress.ip_network(lease["subnet"])
             used = set(lease["addresses"].values())
             free = (str(a) for a in subnet.hosts() if str(a) not in used)

@@ -30,17 +30,22 @@ VXLAN_DEV = "vx0"
 VXLAN_PORT = 4789
 
 
-def tag(overcloud_id: str, box_name: str) -> str:
-    return f"{TAG_PREFIX}{overcloud_id}:{box_name}"
+def tag(overcloud_id: str, box_name: str, tower_id: str | None = None) -> str:
+    """``overcloud:<overcloud id>:<box>:<tower id>``: whose box, and which Tower made it."""
+    return f"{TAG_PREFIX}{overcloud_id}:{box_name}" + (f":{tower_id}" if tower_id else "")
 
 
-def parse_tag(alias: str | None) -> tuple[str, str] | None:
+def parse_tag(alias: str | None) -> tuple[str, str, str | None] | None:
+    """(overcloud id, box name, tower id); the tower id is None in tags made before Towers
+    had one (and in a site bridge's ``overcloud:site:<name>``)."""
     if not alias or not alias.startswith(TAG_PREFIX):
         return None
     parts = alias.split(":")
-    if len(parts) != 3:
-        return None
-    return parts[1], parts[2]
+    if len(parts) == 3:
+        return parts[1], parts[2], None
+    if len(parts) == 4:
+        return parts[1], parts[2], parts[3]
+    return None
 
 
 def host_veth_name(handle: str) -> str:
@@ -117,8 +122,8 @@ def link_exists(ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
-def host_tagged_links(bridges: Iterable[str] | None = None) -> list[tuple[str, str, str, str]]:
-    """Host links carrying our tag: (ifname, overcloud_id, box name, kind).
+def host_tagged_links(bridges: Iterable[str] | None = None) -> list[tuple[str, str, str, str, str | None]]:
+    """Host links carrying our tag: (ifname, overcloud_id, box name, kind, tower id or None).
 
     With ``bridges``, only links enslaved to one of them, or to none (a box made
     half-way): another Tower's boxes on its own bridges are not ours to sweep."""
@@ -136,7 +141,7 @@ def host_tagged_links(bridges: Iterable[str] | None = None) -> list[tuple[str, s
                 continue
             if parsed and parsed[0] != "site":
                 kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "link"
-                found.append((link.get("ifname"), parsed[0], parsed[1], kind))
+                found.append((link.get("ifname"), parsed[0], parsed[1], kind, parsed[2]))
     return found
 
 
@@ -207,7 +212,8 @@ def create_box_network(
             eth0 = ns.link_lookup(ifname="eth0")[0]
             _ignore_exists(ns.addr, "add", index=eth0, address=address, prefixlen=prefixlen)
             ns.link("set", index=eth0, state="up")
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            # the namespace's own tag: its loopback carries the box's alias (whose box, which Tower)
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up", ifalias=alias)
             _ignore_exists(
                 ns.route, "add", dst=str(net.network_address), dst_len=net.prefixlen, gateway=gateway, oif=eth0
             )
@@ -282,6 +288,20 @@ def box_vxlan_alias(handle: str) -> str | None:
     def inside() -> str | None:
         with IPRoute() as ns:
             found = ns.link_lookup(ifname=VXLAN_DEV)
+            return ns.get_links(found[0])[0].get("ifalias") if found else None
+
+    try:
+        return run_in_netns(handle, inside)
+    except OSError:
+        return None
+
+
+def netns_alias(handle: str) -> str | None:
+    """The tag a box's namespace carries (its loopback's ifalias), or None."""
+
+    def inside() -> str | None:
+        with IPRoute() as ns:
+            found = ns.link_lookup(ifname="lo")
             return ns.get_links(found[0])[0].get("ifalias") if found else None
 
     try:

@@ -328,15 +328,23 @@ def test_half_made_box_is_found_and_swept(host):
     )
     net.create_box_network(handle, net.tag(oc, "c1"), "octa", lease["address"], 24, "10.213.200.1", "10.213.200.0/23")
     host.cgroups.create(handle, 0.5, 256)
-    stray = f"oc-{oc[:8]}-zz"  # a namespace with no lease at all
+    stray = f"oc-{oc[:8]}-zz"  # a namespace with no lease at all, tagged by this Tower
     subprocess.run(["ip", "netns", "add", stray], check=True)
-    kinds = {r.kind for r in host.list_tagged(oc)}
-    assert {"lease", "netns", "veth", "cgroup"} <= kinds
-    assert any(r.name == f"netns {stray}" for r in host.list_tagged(oc))
-    removed = host.sweep({oc})
-    assert any(r.kind == "veth" for r in removed)
-    assert host.list_tagged(oc) == []
-    assert stray not in boxnetns.list_netns() and handle not in boxnetns.list_netns()
+    subprocess.run(["ip", "-n", stray, "link", "set", "lo", "alias", host.tag(oc, "zz")], check=True)
+    foreign = f"oc-{oc[:8]}-zy"  # the same prefix, no lease, no tag of ours: not this Tower's
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        kinds = {r.kind for r in host.list_tagged(oc)}
+        assert {"lease", "netns", "veth", "cgroup"} <= kinds
+        assert any(r.name == f"netns {stray}" for r in host.list_tagged(oc))
+        assert not any(foreign in r.name for r in host.list_tagged(oc))
+        removed = host.sweep({oc})
+        assert any(r.kind == "veth" for r in removed)
+        assert host.list_tagged(oc) == []
+        assert stray not in boxnetns.list_netns() and handle not in boxnetns.list_netns()
+        assert foreign in boxnetns.list_netns()
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], capture_output=True)
 
 
 def test_concurrent_acquires_get_distinct_addresses(host):
