@@ -166,10 +166,11 @@ def _prefix(archive_id: str) -> str:
 # --- archive ---------------------------------------------------------------------------
 
 def archive(src_s3_client, src_filer_url: str, dst_s3_client, archive_id: str, owner: str, *,
-            dst_bucket: str = ARCHIVE_BUCKET, workers: int = 8) -> dict:
+            dst_bucket: str = ARCHIVE_BUCKET, workers: int = 8, filer_auth: httpx.Auth | None = None) -> dict:
     """Copy every object of every bucket and every filer file of the source into the
     archive store, then write the manifest. Returns the manifest plus ``transfer``
-    (copied, skipped, bytes copied, seconds) which is not stored."""
+    (copied, skipped, bytes copied, seconds) which is not stored. ``filer_auth`` signs the
+    source filer calls (:class:`~overcloud.datalake.clients.FilerJwt`)."""
     prefix, started = _prefix(archive_id), time.monotonic()
     ensure_bucket(dst_s3_client, dst_bucket)
     previous = read_manifest(dst_s3_client, archive_id, bucket=dst_bucket, missing_ok=True)
@@ -183,10 +184,10 @@ def archive(src_s3_client, src_filer_url: str, dst_s3_client, archive_id: str, o
                 jobs.append((f"s3://{bucket}/{obj['Key']}",
                              _object_job(archive_id, src_s3_client, dst_s3_client, dst_bucket, prefix, have,
                                          bucket, obj["Key"], obj["Size"], _etag(obj))))
-    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False, auth=filer_auth) as http:
         for path, size, md5 in filer_entries(src_filer_url, client=http):
             jobs.append((f"filer:{path}", _file_job(archive_id, src_filer_url, dst_s3_client, dst_bucket,
-                                                     prefix, have, path, size, md5)))
+                                                     prefix, have, path, size, md5, filer_auth)))
         results = _run(archive_id, workers, jobs, "archive")
 
     objects = sorted((r for r in results if "bucket" in r), key=lambda r: (r["bucket"], r["key"]))
@@ -239,12 +240,12 @@ def _object_job(archive_id, src, dst, dst_bucket, prefix, have, bucket, key, siz
     return job
 
 
-def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, have, path, size, listed_md5):
+def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, have, path, size, listed_md5, filer_auth=None):
     def job():
         dst_key = f"{prefix}files/{path.lstrip('/')}"
         if listed_md5 and have.get(dst_key) == (listed_md5, size):
             return {"path": path, "size": size, "md5": listed_md5, "copied": False}
-        with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+        with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False, auth=filer_auth) as http:
             got_size, md5 = filer_download(filer_url, path, fh, client=http)
             if listed_md5 and listed_md5 != md5:
                 raise VerificationError(archive_id, f"source filer {path}", listed_md5, md5)
@@ -258,16 +259,17 @@ def _file_job(archive_id, filer_url, dst, dst_bucket, prefix, have, path, size, 
 # --- restore ---------------------------------------------------------------------------
 
 def restore(src_s3_client, archive_id: str, dst_s3_client, dst_filer_url: str, *,
-            src_bucket: str = ARCHIVE_BUCKET, workers: int = 8) -> dict:
+            src_bucket: str = ARCHIVE_BUCKET, workers: int = 8, filer_auth: httpx.Auth | None = None) -> dict:
     """Recreate the archived buckets, objects and filer files in the destination, each
-    checked against the manifest's MD5. Returns counts, bytes, copied/skipped, seconds."""
+    checked against the manifest's MD5. Returns counts, bytes, copied/skipped, seconds.
+    ``filer_auth`` signs the destination filer calls."""
     prefix, started = _prefix(archive_id), time.monotonic()
     manifest = read_manifest(src_s3_client, archive_id, bucket=src_bucket)
     have: dict[tuple[str, str], tuple[str, int]] = {}
     for bucket in manifest.get("buckets") or sorted({o["bucket"] for o in manifest["objects"]}):
         ensure_bucket(dst_s3_client, bucket)
         have.update({(bucket, key): found for key, found in _listing(dst_s3_client, bucket).items()})
-    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False, auth=filer_auth) as http:
         have_files = {path: (md5, size) for path, size, md5 in filer_entries(dst_filer_url, client=http)}
 
     def object_job(obj):
@@ -287,7 +289,7 @@ def restore(src_s3_client, archive_id: str, dst_s3_client, dst_filer_url: str, *
             path = entry["path"]
             if have_files.get(path) == (entry["md5"], entry["size"]):
                 return (entry["size"], False)
-            with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+            with _spool() as fh, httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False, auth=filer_auth) as http:
                 size, md5, _ = _download(src_s3_client, src_bucket, f"{prefix}files/{path.lstrip('/')}", fh)
                 if md5 != entry["md5"]:
                     raise VerificationError(archive_id, f"archived file {path}", entry["md5"], md5)

@@ -1,14 +1,17 @@
 """Clients for one SeaweedFS: S3 through boto3, the filer through httpx, and a round-trip check.
 
 All calls are in-process from the calling thread (network namespaces: see the package
-docstring). The filer has no authentication; its URL is ``http://host:port`` without a
-trailing slash.
+docstring). The filer's URL is ``http://host:port`` without a trailing slash. A filer with
+JWT keys in its ``security.toml`` answers 401 to unsigned calls: pass ``auth=FilerJwt(...)``
+(each request is then signed, reads with the read key, everything else with the write key).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import json
 import logging
 import secrets
 import time
@@ -29,6 +32,45 @@ _FILER_TIMEOUT = httpx.Timeout(connect=2.0, read=60.0, write=60.0, pool=5.0)
 
 class S3Error(RuntimeError):
     """A check against a SeaweedFS instance failed; the message says which step."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_jwt(key: str, seconds: int = 60, **claims) -> str:
+    """An HS256 JSON Web Token expiring in ``seconds``, as SeaweedFS checks it."""
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = _b64(json.dumps({"exp": int(time.time()) + seconds, **claims}, separators=(",", ":")).encode())
+    mac = hmac.new(key.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{_b64(mac)}"
+
+
+class FilerJwt(httpx.Auth):
+    """Signs every filer request with a fresh JWT (``jwt.filer_signing`` keys of the filer's
+    ``security.toml``): GET and HEAD with the read key, PUT/POST/DELETE with the write key.
+    Its repr never shows a key."""
+
+    def __init__(self, write_key: str, read_key: str):
+        self._write, self._read = write_key, read_key
+
+    @classmethod
+    def of(cls, sec: dict[str, str] | None) -> "FilerJwt | None":
+        """From :func:`overcloud.datalake.seaweed.new_security`'s dict; None for None."""
+        return None if sec is None else cls(sec["jwt_filer"], sec["jwt_filer_read"])
+
+    def __repr__(self) -> str:
+        return "FilerJwt(<keys hidden>)"
+
+    def auth_flow(self, request: httpx.Request):
+        key = self._read if request.method in ("GET", "HEAD") else self._write
+        request.headers["Authorization"] = f"Bearer {sign_jwt(key)}"
+        yield request
+
+
+def filer_http(auth: httpx.Auth | None = None) -> httpx.Client:
+    """An httpx client for a filer: its timeouts, no proxies from the environment, ``auth``."""
+    return httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False, auth=auth)
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str, *, max_pool_connections: int = 32):
@@ -91,12 +133,13 @@ def _url(filer_url: str, path: str) -> str:
     return filer_url.rstrip("/") + quote(path)
 
 
-def filer_put(filer_url: str, path: str, data: bytes | IO[bytes], *, client: httpx.Client | None = None) -> int:
+def filer_put(filer_url: str, path: str, data: bytes | IO[bytes], *, client: httpx.Client | None = None,
+              auth: httpx.Auth | None = None) -> int:
     """Write ``data`` (bytes or a binary file object, streamed) at ``path``, creating parent
     directories; returns the size the filer reports."""
     body = data if isinstance(data, bytes) else iter(lambda: data.read(1 << 20), b"")
     owned = client is None
-    http = client or httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False)
+    http = client or filer_http(auth)
     try:
         resp = http.put(_url(filer_url, path), content=body)
         resp.raise_for_status()
@@ -106,9 +149,9 @@ def filer_put(filer_url: str, path: str, data: bytes | IO[bytes], *, client: htt
             http.close()
 
 
-def filer_get(filer_url: str, path: str) -> bytes:
+def filer_get(filer_url: str, path: str, *, auth: httpx.Auth | None = None) -> bytes:
     """The whole content of the file at ``path`` (raises httpx.HTTPStatusError on 404)."""
-    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+    with filer_http(auth) as http:
         return http.get(_url(filer_url, path)).raise_for_status().content
 
 
@@ -126,22 +169,23 @@ def filer_download(filer_url: str, path: str, out: IO[bytes] | None, *, client: 
     return size, md5.hexdigest()
 
 
-def filer_delete(filer_url: str, path: str, *, recursive: bool = False) -> None:
+def filer_delete(filer_url: str, path: str, *, recursive: bool = False, auth: httpx.Auth | None = None) -> None:
     """Delete the file (or, with ``recursive``, the directory) at ``path``; absent is fine."""
     params = {"recursive": "true"} if recursive else None
-    with httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False) as http:
+    with filer_http(auth) as http:
         resp = http.delete(_url(filer_url, path), params=params)
         if resp.status_code != 404:
             resp.raise_for_status()
 
 
 def filer_entries(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER_EXCLUDE,
-                  *, client: httpx.Client | None = None) -> Iterator[tuple[str, int, str | None]]:
+                  *, client: httpx.Client | None = None, auth: httpx.Auth | None = None
+                  ) -> Iterator[tuple[str, int, str | None]]:
     """Every file under ``root`` as (path, size, md5 hex or None when the filer has none),
     depth first, skipping the ``exclude`` directories and everything below them. Pages
     through the filer's JSON listing with ``lastFileName``; a directory that vanishes
     mid-walk is skipped."""
-    http = client or httpx.Client(timeout=_FILER_TIMEOUT, trust_env=False)
+    http = client or filer_http(auth)
     try:
         stack = [root.rstrip("/") or "/"]
         while stack:
@@ -171,17 +215,17 @@ def filer_entries(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FI
             http.close()
 
 
-def filer_walk(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER_EXCLUDE
-               ) -> Iterator[tuple[str, int]]:
+def filer_walk(filer_url: str, root: str = "/", exclude: tuple[str, ...] = FILER_EXCLUDE,
+               *, auth: httpx.Auth | None = None) -> Iterator[tuple[str, int]]:
     """Every file under ``root`` as (path, size); see :func:`filer_entries`."""
-    for path, size, _ in filer_entries(filer_url, root, exclude):
+    for path, size, _ in filer_entries(filer_url, root, exclude, auth=auth):
         yield path, size
 
 
 # --- round trip ------------------------------------------------------------------------
 
 def round_trip_check(s3_endpoint: str, filer_url: str, keys: tuple[str, str], bucket: str,
-                     *, size: int = 64 * 1024) -> dict:
+                     *, size: int = 64 * 1024, filer_auth: httpx.Auth | None = None) -> dict:
     """A real S3 put/get/delete of a probe object in ``bucket`` (created if missing) and a
     filer write/read/delete of a probe file, contents compared. Returns milliseconds per
     step; raises :class:`S3Error` naming the step that failed."""
@@ -206,10 +250,10 @@ def round_trip_check(s3_endpoint: str, filer_url: str, keys: tuple[str, str], bu
         raise S3Error(f"round trip: S3 object {bucket}/{name} read back {len(got)} bytes differing from the {size} written")
     step("s3_delete", lambda: client.delete_object(Bucket=bucket, Key=name))
     path = f"/.overcloud-probe/{name}"
-    step("filer_put", lambda: filer_put(filer_url, path, probe))
-    got = step("filer_get", lambda: filer_get(filer_url, path))
+    step("filer_put", lambda: filer_put(filer_url, path, probe, auth=filer_auth))
+    got = step("filer_get", lambda: filer_get(filer_url, path, auth=filer_auth))
     if got != probe:
         raise S3Error(f"round trip: filer file {path} read back {len(got)} bytes differing from the {size} written")
-    step("filer_delete", lambda: filer_delete(filer_url, "/.overcloud-probe", recursive=True))
+    step("filer_delete", lambda: filer_delete(filer_url, "/.overcloud-probe", recursive=True, auth=filer_auth))
     timings["total_ms"] = round(sum(timings.values()), 1)
     return timings

@@ -93,11 +93,19 @@ def _opt(flag: str, value: Any) -> list[str]:
     return [] if value is None else [f"-{flag}={value}"]
 
 
+def _head(weed: Path | str, logdir: Path | str, config_dir: Path | str | None) -> list[str]:
+    """``weed`` and its global flags: ``-config_dir`` is where it reads ``security.toml``
+    first (before ``.``, ``$HOME/.seaweedfs`` and ``/etc/seaweedfs``)."""
+    return [str(weed), *_opt("config_dir", config_dir), f"-logdir={logdir}"]
+
+
 def master_argv(weed: Path | str, ip: str, port: int, mdir: Path | str, logdir: Path | str,
                 replication: str, *, volume_size_limit_mb: int = DEFAULT_VOLUME_SIZE_LIMIT_MB,
-                metrics_port: int | None = None, grpc_port: int | None = None) -> list[str]:
-    """``weed master`` bound to ``ip``; gRPC on ``port + 10000`` unless ``grpc_port``."""
-    return [str(weed), f"-logdir={logdir}", "master", f"-ip={ip}", f"-ip.bind={ip}", f"-port={port}",
+                metrics_port: int | None = None, grpc_port: int | None = None,
+                config_dir: Path | str | None = None) -> list[str]:
+    """``weed master`` bound to ``ip``; gRPC on ``port + 10000`` unless ``grpc_port``;
+    ``config_dir`` holds its ``security.toml`` (:func:`write_security`)."""
+    return [*_head(weed, logdir, config_dir), "master", f"-ip={ip}", f"-ip.bind={ip}", f"-port={port}",
             *_opt("port.grpc", grpc_port), f"-mdir={mdir}", f"-defaultReplication={replication}",
             f"-volumeSizeLimitMB={volume_size_limit_mb}", *_opt("metricsPort", metrics_port),
             "-telemetry=false"]
@@ -105,9 +113,10 @@ def master_argv(weed: Path | str, ip: str, port: int, mdir: Path | str, logdir: 
 
 def volume_argv(weed: Path | str, ip: str, port: int, master: str, data_dir: Path | str,
                 logdir: Path | str, *, max_volumes: int = 0, metrics_port: int | None = None,
-                pre_stop_seconds: int = 1, grpc_port: int | None = None) -> list[str]:
+                pre_stop_seconds: int = 1, grpc_port: int | None = None,
+                config_dir: Path | str | None = None) -> list[str]:
     """``weed volume``; ``master`` is ``host:port``. ``max_volumes=0``: slots from free disk."""
-    return [str(weed), f"-logdir={logdir}", "volume", f"-ip={ip}", f"-ip.bind={ip}", f"-port={port}",
+    return [*_head(weed, logdir, config_dir), "volume", f"-ip={ip}", f"-ip.bind={ip}", f"-port={port}",
             *_opt("port.grpc", grpc_port), f"-mserver={master}", f"-dir={data_dir}",
             f"-max={max_volumes}", f"-preStopSeconds={pre_stop_seconds}",
             *_opt("metricsPort", metrics_port)]
@@ -115,20 +124,20 @@ def volume_argv(weed: Path | str, ip: str, port: int, master: str, data_dir: Pat
 
 def filer_argv(weed: Path | str, ip: str, port: int, master: str, store_dir: Path | str,
                logdir: Path | str, *, metrics_port: int | None = None,
-               grpc_port: int | None = None) -> list[str]:
-    """``weed filer`` with its default (leveldb) store in ``store_dir``. No authentication:
-    keep its port reachable only from inside the OverCloud."""
-    return [str(weed), f"-logdir={logdir}", "filer", f"-ip={ip}", f"-ip.bind={ip}", f"-port={port}",
+               grpc_port: int | None = None, config_dir: Path | str | None = None) -> list[str]:
+    """``weed filer`` with its default (leveldb) store in ``store_dir``. Without a
+    ``security.toml`` in ``config_dir`` it has no authentication at all."""
+    return [*_head(weed, logdir, config_dir), "filer", f"-ip={ip}", f"-ip.bind={ip}", f"-port={port}",
             *_opt("port.grpc", grpc_port), f"-master={master}", f"-defaultStoreDir={store_dir}",
             *_opt("metricsPort", metrics_port)]
 
 
 def s3_argv(weed: Path | str, bind_ip: str, port: int, filer: str, config_path: Path | str,
             logdir: Path | str, *, metrics_port: int | None = None,
-            grpc_port: int | None = None) -> list[str]:
+            grpc_port: int | None = None, config_dir: Path | str | None = None) -> list[str]:
     """``weed s3`` against ``filer`` (``host:port``), identities from ``config_path``
     (:func:`s3_config`); the Iceberg and Lance side ports are turned off."""
-    return [str(weed), f"-logdir={logdir}", "s3", f"-ip.bind={bind_ip}", f"-port={port}",
+    return [*_head(weed, logdir, config_dir), "s3", f"-ip.bind={bind_ip}", f"-port={port}",
             *_opt("port.grpc", grpc_port), f"-filer={filer}", f"-config={config_path}",
             *_opt("metricsPort", metrics_port), "-port.iceberg=0", "-port.lance=0"]
 
@@ -137,10 +146,11 @@ def server_argv(weed: Path | str, ip: str, data_dir: Path | str, logdir: Path | 
                 master_port: int, volume_port: int, filer_port: int, s3_port: int,
                 s3_config_path: Path | str, replication: str = "000",
                 volume_size_limit_mb: int = DEFAULT_VOLUME_SIZE_LIMIT_MB, max_volumes: int = 0,
-                pre_stop_seconds: int = 1, metrics_port: int | None = None) -> list[str]:
+                pre_stop_seconds: int = 1, metrics_port: int | None = None,
+                config_dir: Path | str | None = None) -> list[str]:
     """All-in-one ``weed server -filer -s3`` (the Tower's Construction DataLake): one
     process, one volume server, so replication ``000``. gRPC ports are each port + 10000."""
-    return [str(weed), f"-logdir={logdir}", "server", f"-ip={ip}", f"-ip.bind={ip}", f"-dir={data_dir}",
+    return [*_head(weed, logdir, config_dir), "server", f"-ip={ip}", f"-ip.bind={ip}", f"-dir={data_dir}",
             f"-master.port={master_port}", f"-master.defaultReplication={replication}",
             f"-master.volumeSizeLimitMB={volume_size_limit_mb}", "-master.telemetry=false",
             f"-volume.port={volume_port}", f"-volume.max={max_volumes}",
@@ -148,6 +158,120 @@ def server_argv(weed: Path | str, ip: str, data_dir: Path | str, logdir: Path | 
             "-filer", f"-filer.port={filer_port}",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={s3_config_path}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", *_opt("metricsPort", metrics_port)]
+
+
+# --- security.toml ---------------------------------------------------------------------
+#
+# SeaweedFS's own access control (docs/seaweedfs.md, "Security"). What each part of it holds:
+# - jwt.signing (write) / jwt.signing.read: a volume server writes, deletes and reads a file
+#   only with a JWT for that file id, minted by the master (or filer) holding the same key.
+# - jwt.filer_signing (write) / .read: the filer's HTTP API (list, read, write, delete) only
+#   with a JWT signed by that key; the S3 gateway signs its own calls.
+# - [grpc] mutual TLS: master, volume, filer and S3 gRPC serve and dial only peers presenting a
+#   certificate of the store's own CA. Without it the filer's gRPC lists, reads metadata and
+#   deletes freely, and the master's gRPC hands out write JWTs (Assign, LookupVolume).
+# - guard.white_list: the master's HTTP API (/dir/assign, /dir/lookup -- which answer with
+#   write JWTs --, /vol/grow, /col/delete, /vol/vacuum, /dir/status, /vol/status, /submit)
+#   only from these addresses. /cluster/status, / (the UI) and /healthz stay open: read-only.
+
+#: gRPC sections given the store's certificate: each part serves with its own section and
+#: dials with it too; ``grpc.client`` is what ``weed shell`` and other clients use.
+_GRPC_SECTIONS = ("master", "volume", "filer", "s3", "client")
+#: The CA's lifetime; a store is rebuilt long before (an OverCloud, or a Tower's state dir).
+_CERT_DAYS = 3650
+
+
+def new_security(name: str = "overcloud-seaweedfs") -> dict[str, str]:
+    """Fresh secrets for one SeaweedFS: four random JWT keys (256 bits each) and a mutual-TLS
+    identity -- a self-signed CA and one certificate it signed (EC P-256, server and client
+    auth), shared by every part. The CA's private key is not kept: nothing else may ever be
+    signed. JSON-serialisable; seal it before storing."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=_CERT_DAYS)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now).not_valid_after(until)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return {
+        "jwt_signing": secrets.token_urlsafe(32),
+        "jwt_signing_read": secrets.token_urlsafe(32),
+        "jwt_filer": secrets.token_urlsafe(32),
+        "jwt_filer_read": secrets.token_urlsafe(32),
+        "ca_pem": ca.public_bytes(pem).decode(),
+        "cert_pem": cert.public_bytes(pem).decode(),
+        "key_pem": key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode(),
+    }
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def security_toml(sec: dict[str, str], config_dir: Path | str, *, filer_keys: bool = True,
+                  white_list: list[str] | tuple[str, ...] = ()) -> str:
+    """The text of ``security.toml`` for parts whose PEM files are in ``config_dir``.
+    ``filer_keys=False`` leaves the filer's keys out (a box with only a volume server needs
+    the volume keys alone). ``white_list``: addresses allowed the master's HTTP API (empty:
+    every address, JWT checks only)."""
+    d = Path(config_dir)
+    lines = [
+        "# written by OverCloud: SeaweedFS access control for this store (docs/seaweedfs.md)",
+        "[jwt.signing]", f"key = {_toml_str(sec['jwt_signing'])}", "expires_after_seconds = 10",
+        "[jwt.signing.read]", f"key = {_toml_str(sec['jwt_signing_read'])}", "expires_after_seconds = 60",
+    ]
+    if filer_keys:
+        lines += [
+            "[jwt.filer_signing]", f"key = {_toml_str(sec['jwt_filer'])}", "expires_after_seconds = 10",
+            "[jwt.filer_signing.read]", f"key = {_toml_str(sec['jwt_filer_read'])}", "expires_after_seconds = 60",
+        ]
+    lines += ["[access]", "ui = false",
+              "[guard]", f"white_list = {_toml_str(','.join(white_list))}",
+              "[grpc]", f"ca = {_toml_str(str(d / 'ca.pem'))}"]
+    for part in _GRPC_SECTIONS:
+        lines += [f"[grpc.{part}]", f"cert = {_toml_str(str(d / 'cert.pem'))}", f"key = {_toml_str(str(d / 'key.pem'))}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_security(config_dir: Path | str, sec: dict[str, str], *, filer_keys: bool = True,
+                   white_list: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write ``security.toml`` and the PEM files into ``config_dir`` (made 0700, files 0600,
+    rewritten every time) for ``weed -config_dir=<config_dir>``; returns the toml's path."""
+    from overcloud.files import write_private
+
+    d = Path(config_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    for name, key in (("ca.pem", "ca_pem"), ("cert.pem", "cert_pem"), ("key.pem", "key_pem")):
+        write_private(d / name, sec[key])
+        os.chmod(d / name, 0o600)
+    path = d / "security.toml"
+    write_private(path, security_toml(sec, d, filer_keys=filer_keys, white_list=white_list))
+    os.chmod(path, 0o600)
+    return path
 
 
 # --- S3 identities ---------------------------------------------------------------------
@@ -266,13 +390,13 @@ def cluster_status(master_url: str, *, timeout: float = 5.0) -> dict:
 
 # Everything a caller needs from one import (see the package docstring).
 from overcloud.datalake.clients import (  # noqa: E402
-    S3Error, ensure_bucket, ensure_buckets, filer_delete, filer_entries, filer_get, filer_put, filer_walk, round_trip_check, s3_client)
+    FilerJwt, S3Error, ensure_bucket, ensure_buckets, filer_delete, filer_entries, filer_get, filer_put, filer_walk, round_trip_check, s3_client)
 from overcloud.datalake.archive import (  # noqa: E402
     ArchiveError, VerificationError, archive, list_archives, purge_archive, read_manifest, restore)
 
 __all__ = [
     "ArchiveError", "DEFAULT_VOLUME_SIZE_LIMIT_MB", "NotReadyError", "S3Error", "VerificationError",
-    "archive", "cluster_status", "ensure_bucket", "ensure_buckets", "filer_argv", "filer_delete", "filer_entries", "filer_get",
+    "archive", "cluster_status", "FilerJwt", "new_security", "security_toml", "write_security", "ensure_bucket", "ensure_buckets", "filer_argv", "filer_delete", "filer_entries", "filer_get",
     "filer_put", "filer_walk", "list_archives", "master_argv", "new_credentials", "purge_archive",
     "read_manifest", "replication_for", "restore", "round_trip_check", "s3_argv", "s3_client",
     "s3_config", "server_argv", "volume_argv", "wait_http", "wait_master_leader",

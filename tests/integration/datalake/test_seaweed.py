@@ -99,11 +99,11 @@ def test_s3_rejects_wrong_unknown_and_anonymous(lake_a):
 
 
 def test_round_trip_check(lake_a):
-    timings = sw.round_trip_check(lake_a.s3_url, lake_a.filer_url, lake_a.keys, "probe")
+    timings = sw.round_trip_check(lake_a.s3_url, lake_a.filer_url, lake_a.keys, "probe", filer_auth=lake_a.filer_auth)
     assert {"s3_put_ms", "s3_get_ms", "filer_put_ms", "filer_get_ms", "total_ms"} <= set(timings)
     TIMINGS["A.round_trip_ms"] = timings["total_ms"]
     with pytest.raises(sw.S3Error, match="s3_bucket failed"):
-        sw.round_trip_check(lake_a.s3_url, lake_a.filer_url, (lake_a.keys[0], "wrong" * 8), "probe")
+        sw.round_trip_check(lake_a.s3_url, lake_a.filer_url, (lake_a.keys[0], "wrong" * 8), "probe", filer_auth=lake_a.filer_auth)
 
 
 def test_populate_a(lake_a):
@@ -138,11 +138,11 @@ def test_populate_a(lake_a):
     expected[BIG_KEY] = (md5.hexdigest(), BIG_SIZE)
     expected[("first-put", "hello")] = (hashlib.md5(b"hello").hexdigest(), 5)
     for path, body in FILES.items():
-        sw.filer_put(lake_a.filer_url, path, body)
-    assert sw.filer_get(lake_a.filer_url, "/home/user1/notes/1.txt") == FILES["/home/user1/notes/1.txt"]
-    walked = dict(sw.filer_walk(lake_a.filer_url))
+        sw.filer_put(lake_a.filer_url, path, body, auth=lake_a.filer_auth)
+    assert sw.filer_get(lake_a.filer_url, "/home/user1/notes/1.txt", auth=lake_a.filer_auth) == FILES["/home/user1/notes/1.txt"]
+    walked = dict(sw.filer_walk(lake_a.filer_url, auth=lake_a.filer_auth))
     assert walked == {p: len(b) for p, b in FILES.items()}  # /buckets, /etc, /topics excluded
-    assert any(p.startswith("/buckets/") for p, _ in sw.filer_walk(lake_a.filer_url, exclude=()))
+    assert any(p.startswith("/buckets/") for p, _ in sw.filer_walk(lake_a.filer_url, exclude=(), auth=lake_a.filer_auth))
     STATE["expected"] = expected
 
 
@@ -151,7 +151,7 @@ def test_populate_a(lake_a):
 def test_archive_a_to_b(lake_a, lake_b):
     src = sw.s3_client(lake_a.s3_url, *lake_a.keys)
     dst = sw.s3_client(lake_b.s3_url, *lake_b.keys)
-    manifest = sw.archive(src, lake_a.filer_url, dst, "oc-1", "owner:alice")
+    manifest = sw.archive(src, lake_a.filer_url, dst, "oc-1", "owner:alice", filer_auth=lake_a.filer_auth)
     expected = STATE["expected"]
     objects = {(o["bucket"], o["key"]): (o["md5"], o["size"]) for o in manifest["objects"]}
     assert objects == expected
@@ -173,7 +173,7 @@ def test_archive_a_to_b(lake_a, lake_b):
 def test_archive_again_is_a_noop_and_resumes(lake_a, lake_b):
     src = sw.s3_client(lake_a.s3_url, *lake_a.keys)
     dst = sw.s3_client(lake_b.s3_url, *lake_b.keys)
-    again = sw.archive(src, lake_a.filer_url, dst, "oc-1", "owner:alice")
+    again = sw.archive(src, lake_a.filer_url, dst, "oc-1", "owner:alice", filer_auth=lake_a.filer_auth)
     assert again["transfer"]["copied"] == 0 and again["transfer"]["skipped"] == len(STATE["expected"]) + len(FILES)
     TIMINGS["archive_noop.seconds"] = again["transfer"]["seconds"]
     # a preserve that crashed: no manifest yet, a few copies missing -> only those are copied
@@ -181,7 +181,7 @@ def test_archive_again_is_a_noop_and_resumes(lake_a, lake_b):
     dst.delete_object(Bucket="overcloud-archives", Key="oc-1/objects/beta/dir1/obj-0001.bin")
     dst.delete_object(Bucket="overcloud-archives", Key="oc-1/files/home/user0/notes/0.txt")
     assert sw.list_archives(dst) == [{"archive_id": "oc-1", "complete": False}]
-    resumed = sw.archive(src, lake_a.filer_url, dst, "oc-1", "owner:alice")
+    resumed = sw.archive(src, lake_a.filer_url, dst, "oc-1", "owner:alice", filer_auth=lake_a.filer_auth)
     assert resumed["transfer"]["copied"] == 2
     assert resumed["objects"] == again["objects"] and resumed["files"] == again["files"]
 
@@ -189,7 +189,7 @@ def test_archive_again_is_a_noop_and_resumes(lake_a, lake_b):
 def test_restore_b_to_c(lake_b, lake_c):
     archive_store = sw.s3_client(lake_b.s3_url, *lake_b.keys)
     dst = sw.s3_client(lake_c.s3_url, *lake_c.keys)
-    result = sw.restore(archive_store, "oc-1", dst, lake_c.filer_url)
+    result = sw.restore(archive_store, "oc-1", dst, lake_c.filer_url, filer_auth=lake_c.filer_auth)
     expected = STATE["expected"]
     assert result["objects"] == len(expected) and result["files"] == len(FILES)
     assert result["copied"] == len(expected) + len(FILES) - 1  # first-put/hello already in C
@@ -207,8 +207,8 @@ def test_restore_b_to_c(lake_b, lake_c):
     for block in body.iter_chunks(1 << 20):
         digest.update(block)
     assert digest.hexdigest() == expected[BIG_KEY][0]
-    assert {p: sw.filer_get(lake_c.filer_url, p) for p in FILES} == FILES
-    assert sw.restore(archive_store, "oc-1", dst, lake_c.filer_url)["skipped"] >= len(expected)
+    assert {p: sw.filer_get(lake_c.filer_url, p, auth=lake_c.filer_auth) for p in FILES} == FILES
+    assert sw.restore(archive_store, "oc-1", dst, lake_c.filer_url, filer_auth=lake_c.filer_auth)["skipped"] >= len(expected)
 
 
 def test_restore_detects_a_corrupted_archive_and_archive_repairs_it(lake_a, lake_b, lake_c):
@@ -218,12 +218,12 @@ def test_restore_detects_a_corrupted_archive_and_archive_repairs_it(lake_a, lake
     store.put_object(Bucket="overcloud-archives", Key="oc-1/objects/beta/dir1/obj-0001.bin", Body=b"tampered")
     dst.delete_object(Bucket="beta", Key="dir1/obj-0001.bin")
     with pytest.raises(sw.ArchiveError) as info:
-        sw.restore(store, "oc-1", dst, lake_c.filer_url)
+        sw.restore(store, "oc-1", dst, lake_c.filer_url, filer_auth=lake_c.filer_auth)
     assert [label for label, _ in info.value.failures] == ["s3://beta/dir1/obj-0001.bin"]
     assert "VerificationError" in info.value.failures[0][1]
     # the tampered copy lost its metadata, so archiving again copies exactly that one
-    assert sw.archive(src, lake_a.filer_url, store, "oc-1", "owner:alice")["transfer"]["copied"] == 1
-    assert sw.restore(store, "oc-1", dst, lake_c.filer_url)["copied"] == 1
+    assert sw.archive(src, lake_a.filer_url, store, "oc-1", "owner:alice", filer_auth=lake_a.filer_auth)["transfer"]["copied"] == 1
+    assert sw.restore(store, "oc-1", dst, lake_c.filer_url, filer_auth=lake_c.filer_auth)["copied"] == 1
 
 
 def test_list_and_purge(lake_b):
@@ -266,5 +266,5 @@ def test_kill_one_volume_server_loses_nothing(lake_a):
     with ThreadPoolExecutor(8) as pool:
         bad = [r for r in pool.map(check, STATE["expected"].items()) if r]
     assert bad == []
-    assert {p: sw.filer_get(lake_a.filer_url, p) for p in FILES} == FILES
+    assert {p: sw.filer_get(lake_a.filer_url, p, auth=lake_a.filer_auth) for p in FILES} == FILES
     TIMINGS["A.read_all_after_kill_s"] = round(time.monotonic() - t0, 2)

@@ -1,7 +1,9 @@
 """Real SeaweedFS instances on 127.0.0.1 for the DataLake tests (used by conftest.py).
 
 Each process is started with Popen from the argv builders under test, in its own temp
-dir, and stopped by PID (SIGTERM, then SIGKILL after a bounded wait) in the order
+dir, with the instance's own ``security.toml`` (JWT keys, gRPC mutual TLS, the master's HTTP
+API for 127.0.0.1 only -- and ``@``, unix-socket peers: ``weed server``'s own parts --, so
+tests reach it from 127.0.0.2 to be refused), and stopped by PID (SIGTERM, then SIGKILL after a bounded wait) in the order
 s3 -> filer -> volumes -> master. Loopback only.
 """
 
@@ -58,6 +60,9 @@ class Weeds:
         self.keys = sw.new_credentials()
         self.s3_config = self.dir / "s3.json"
         self.s3_config.write_text(json.dumps(sw.s3_config(*self.keys)))
+        self.sec = sw.new_security()
+        self.config_dir = sw.write_security(self.dir / "security", self.sec, white_list=[LOOPBACK, "@"]).parent
+        self.filer_auth = sw.FilerJwt.of(self.sec)
 
     def start(self, role: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.dir / f"{role}.out", "wb")
@@ -111,20 +116,20 @@ class Distributed(Weeds):
         for sub in ("m", "f", *[f"v{i}" for i in range(self.n_volumes)]):
             (self.dir / sub).mkdir()
         self.start("master", sw.master_argv(self.weed, LOOPBACK, self.master_port, self.dir / "m", self.logdir,
-                                            sw.replication_for(self.n_volumes)))
+                                            sw.replication_for(self.n_volumes), config_dir=self.config_dir))
         sw.wait_master_leader(self.master_url, timeout)
         marks["master_leader_s"] = time.monotonic() - t0
         for i, port in enumerate(self.volume_ports):
             self.start(f"volume{i}", sw.volume_argv(self.weed, LOOPBACK, port, self.master, self.dir / f"v{i}",
-                                                    self.logdir))
+                                                    self.logdir, config_dir=self.config_dir))
         sw.wait_volume_servers(self.master_url, self.n_volumes, timeout)
         marks["volumes_registered_s"] = time.monotonic() - t0
         self.start("filer", sw.filer_argv(self.weed, LOOPBACK, self.filer_port, self.master, self.dir / "f",
-                                          self.logdir))
+                                          self.logdir, config_dir=self.config_dir))
         sw.wait_http(self.filer_url + "/", timeout)
         marks["filer_up_s"] = time.monotonic() - t0
         self.start("s3", sw.s3_argv(self.weed, LOOPBACK, self.s3_port, f"{LOOPBACK}:{self.filer_port}",
-                                    self.s3_config, self.logdir))
+                                    self.s3_config, self.logdir, config_dir=self.config_dir))
         sw.wait_http(self.s3_url + "/", timeout)
         marks["s3_up_s"] = time.monotonic() - t0
         client = sw.s3_client(self.s3_url, *self.keys)
@@ -151,7 +156,7 @@ class AllInOne(Weeds):
         self.start("server", sw.server_argv(
             self.weed, LOOPBACK, self.dir / "data", self.logdir, master_port=self.master_port,
             volume_port=self.volume_port, filer_port=self.filer_port, s3_port=self.s3_port,
-            s3_config_path=self.s3_config))
+            s3_config_path=self.s3_config, config_dir=self.config_dir))
         sw.wait_master_leader(self.master_url, timeout)
         sw.wait_volume_servers(self.master_url, 1, timeout)
         sw.wait_http(self.filer_url + "/", timeout)
