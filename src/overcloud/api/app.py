@@ -10,10 +10,11 @@ import logging
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from overcloud import __version__
@@ -23,6 +24,7 @@ from overcloud.api.routes import datalake, fabric, overclouds, services, system
 from overcloud.composition.controller import NotComposable, ServiceConflict, ServiceNotFound
 from overcloud.composition.pattern import MAX_PATTERN_BYTES, PatternError
 from overcloud.composition.placement import PlacementError
+from overcloud.limits import ECHO_CHARS, clip, shown
 from overcloud.repository import InvalidTransition, NotFound
 from overcloud.tower import ArchiveNotFound, NoDataLake, NoFabric, QuotaExceeded, Tower
 from overcloud.underclouds.base import UnderCloudError
@@ -34,9 +36,10 @@ CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_fo
 
 
 def error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": CODES.get(status, "error"), "message": message}
+    # a message may echo what was sent (a path, a key): never more than a few hundred characters of it
+    body: dict[str, Any] = {"error": CODES.get(status, "error"), "message": clip(message, 4 * ECHO_CHARS)}
     if field:
-        body["field"] = field
+        body["field"] = clip(field)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -101,16 +104,16 @@ def create_app(tower: Tower) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=tower.settings.max_body_bytes)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # Starlette's own too: FastAPI raises them for 404, 405, bad bodies
+    async def http_error(_: Request, exc: StarletteHTTPException):
         return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
         errs = exc.errors()
         first = errs[0] if errs else {}
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field)
+        field = clip(".".join(str(p) for p in first.get("loc", ())[1:])) or None  # a key of the body, maybe
+        return error(422, f"{field or 'request'}: {clip(str(first.get('msg', 'invalid')))}", field)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError):
@@ -118,7 +121,7 @@ def create_app(tower: Tower) -> FastAPI:
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound):
-        return error(404, f"no OverCloud with id {exc.overcloud_id!r}; `GET /overclouds` lists them")
+        return error(404, f"no OverCloud with id {shown(exc.overcloud_id)}; `GET /overclouds` lists them")
 
     @app.exception_handler(InvalidTransition)
     async def conflict(_: Request, exc: InvalidTransition):

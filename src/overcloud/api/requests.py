@@ -1,14 +1,16 @@
 """Turn the three create bodies (seed, seed heterogeneous, native) into a :class:`CreatePlan`.
 
 Every refusal is a :class:`RequestError` with a message a person can act on:
-it names the field, what was given and what would be accepted.
+it names the field, what was given (at most ~200 characters of it) and what would be accepted.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+from overcloud.limits import ECHO_CHARS, clip, shown
 from overcloud.plan import CreatePlan, SitePlan
 from overcloud.underclouds.base import known_sizes, resolve_flavor
 
@@ -19,6 +21,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 class RequestError(Exception):
     def __init__(self, message: str, *, field: str | None = None, status: int = 422):
+        # fields and messages may carry what was sent: never more than a few hundred characters of it
+        message, field = clip(message, 4 * ECHO_CHARS), (clip(field) if field else field)
         super().__init__(message)
         self.message, self.field, self.status = message, field, status
 
@@ -37,6 +41,19 @@ async def read_body(request, limit: int, too_big: str) -> bytes:
             raise RequestError(too_big, status=413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def parse_json(raw: bytes, example: str) -> Any:
+    """A JSON body, or a 400 that says why: not JSON, nested too deep for the parser, or a
+    number too long for Python (over 4300 digits) are the caller's mistakes, not the Tower's."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError(f"the body nests too deeply to read; send e.g. {example}", status=400) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the body is not valid JSON ({exc}); send e.g. {example}", status=400) from None
+    except ValueError:  # int() refused a number of more than sys.get_int_max_str_digits() digits
+        raise RequestError(f"the body holds a number too long to read; send e.g. {example}", status=400) from None
 
 
 class Sites:
@@ -61,22 +78,22 @@ class Sites:
             if kind is not None and k == kind:
                 return name
         raise RequestError(
-            f"{field} {provider!r} is not a configured UnderCloud; configured: {self.describe()}", field=field
+            f"{field} {shown(provider)} is not a configured UnderCloud; configured: {self.describe()}", field=field
         )
 
 
 def parse_number(value: Any, field: str, maximum: int) -> int:
     """The seed sent counts as strings ("3"); accept those and plain integers, nothing else."""
     if isinstance(value, bool) or value is None:
-        raise RequestError(f"{field} must be a whole number from 1 to {maximum}, got {value!r}", field=field)
+        raise RequestError(f"{field} must be a whole number from 1 to {maximum}, got {shown(value)}", field=field)
     if isinstance(value, int):
         n = value
     elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,6}\s*", value):
         n = int(value)
     else:
-        raise RequestError(f"{field} must be a whole number from 1 to {maximum}, got {value!r}", field=field)
+        raise RequestError(f"{field} must be a whole number from 1 to {maximum}, got {shown(value)}", field=field)
     if not 1 <= n <= maximum:
-        raise RequestError(f"{field} must be from 1 to {maximum} (the configured maximum), got {n}", field=field)
+        raise RequestError(f"{field} must be from 1 to {maximum} (the configured maximum), got {shown(n)}", field=field)
     return n
 
 
@@ -87,7 +104,7 @@ def parse_size(value: Any, field: str) -> str:
             return value.strip()
         except KeyError:
             pass
-    raise RequestError(f"{field} {value!r} is not a known size; known: {', '.join(known_sizes())}", field=field)
+    raise RequestError(f"{field} {shown(value)} is not a known size; known: {', '.join(known_sizes())}", field=field)
 
 
 def _flag(value: Any, field: str) -> bool:
@@ -95,14 +112,14 @@ def _flag(value: Any, field: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("yes", "true", "1", "no", "false", "0"):
         return value.strip().lower() in ("yes", "true", "1")
-    raise RequestError(f"{field} must be yes/no or true/false, got {value!r}", field=field)
+    raise RequestError(f"{field} must be yes/no or true/false, got {shown(value)}", field=field)
 
 
 def _no_extra(body: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(body) - allowed)
     if extra:
         raise RequestError(
-            f"unknown field {where}{extra[0]!r}; allowed here: {', '.join(sorted(allowed))}", field=f"{where}{extra[0]}"
+            f"unknown field {where}{shown(extra[0])}; allowed here: {', '.join(sorted(allowed))}", field=f"{where}{extra[0]}"
         )
 
 
@@ -150,9 +167,9 @@ def _parse_heterogeneous(body: dict[str, Any], sites: Sites, max_clusters: int) 
         raise RequestError("a heterogeneous body names at least one provider, e.g. \"local-a\": {\"number\": \"2\", \"size\": \"m1.small\", \"post\": \"yes\"}")
     plans, post_site, seen = [], None, set()
     for key, entry in entries.items():
-        site = sites.resolve(key, f"{key}")
+        site = sites.resolve(key, clip(key, 60))  # a key names a site: past here it is a short one
         if site in seen:
-            raise RequestError(f"{key!r} names site {site} a second time", field=key)
+            raise RequestError(f"{shown(key)} names site {site} a second time", field=key)
         seen.add(site)
         if not isinstance(entry, dict):
             raise RequestError(f"{key} must be an object with number, size and post", field=key)

@@ -14,15 +14,20 @@ tar.gz of such a directory.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import re
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import yaml
+import yaml.cyaml
 
-MAX_PATTERN_BYTES = 10 * 1024 * 1024
+from overcloud import limits
+from overcloud.limits import MAX_PATTERN_BYTES, clip, shown
+
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Service name (RFC 1035 label)
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -37,6 +42,8 @@ class PatternError(ValueError):
     """One problem in a pattern: which manifest, which field, and why."""
 
     def __init__(self, manifest: str, field: str | None, reason: str):
+        # names and paths come from the pattern: a message echoes at most ~200 characters of it
+        manifest, field, reason = clip(manifest), (clip(field) if field else field), clip(reason, 4 * limits.ECHO_CHARS)
         self.manifest, self.field, self.reason = manifest, field, reason
         where = f"{manifest}: {field}" if field else manifest
         super().__init__(f"{where}: {reason}")
@@ -50,7 +57,7 @@ def parse_memory(value: Any) -> int:
     """A Kubernetes memory quantity ("128Mi", "1G", 1048576) in bytes; ValueError otherwise."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(value).strip())
     if not m:
-        raise ValueError(f"{value!r} is not a memory quantity (like 128Mi or 1Gi)")
+        raise ValueError(f"{shown(value)} is not a memory quantity (like 128Mi or 1Gi)")
     return int(float(m.group(1)) * _MEM_SUFFIX[m.group(2) or ""])
 
 
@@ -58,7 +65,7 @@ def parse_cpu(value: Any) -> float:
     """A Kubernetes CPU quantity ("250m", "0.5", 1) in cores; ValueError otherwise."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(m)?", str(value).strip())
     if not m:
-        raise ValueError(f"{value!r} is not a CPU quantity (like 250m or 0.5)")
+        raise ValueError(f"{shown(value)} is not a CPU quantity (like 250m or 0.5)")
     cores = float(m.group(1))
     return cores / 1000 if m.group(2) else cores
 
@@ -242,7 +249,10 @@ def templates_of(spec: dict[str, Any], replicas: list[dict[str, Any]]) -> dict[i
 
 # -- loading ----------------------------------------------------------------
 def load_documents(source: str | bytes | Path) -> list[dict[str, Any]]:
-    """Manifests from a directory, a YAML file, YAML text, or tar.gz bytes."""
+    """Manifests from a directory, a YAML file, YAML text, or tar.gz bytes. Every source is
+    held to the same caps (bytes, YAML nodes, nesting; members and unpacked bytes of a tar.gz),
+    checked while it is read, so that a small input never costs the Tower much."""
+    budget = _YamlBudget()
     if isinstance(source, Path):
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
@@ -253,30 +263,60 @@ def load_documents(source: str | bytes | Path) -> list[dict[str, Any]]:
                 raise PatternError(str(source), None, f"the manifests are {size} bytes; a pattern is at most 10 MiB")
             docs: list[dict[str, Any]] = []
             for p in files:
-                docs += _parse_yaml(p.read_text(), p.name)
+                docs += _parse_yaml(p.read_text(), p.name, budget)
             return docs
-        return _parse_yaml(source.read_text(), source.name)
+        if source.stat().st_size > MAX_PATTERN_BYTES:
+            raise PatternError(str(source), None, "the pattern is over 10 MiB")
+        return _parse_yaml(source.read_text(), source.name, budget)
     if isinstance(source, bytes):
         if len(source) > MAX_PATTERN_BYTES:
             raise PatternError("pattern", None, f"the pattern is {len(source)} bytes; at most 10 MiB")
         if source[:2] == b"\x1f\x8b":
-            return _from_tar(source)
+            return _from_tar(source, budget)
         try:
-            source = source.decode()
+            text = source.decode()
         except UnicodeDecodeError:
             raise PatternError("pattern", None, "neither UTF-8 YAML nor a tar.gz") from None
+        return _parse_yaml(text, "pattern", budget)
     if len(source.encode()) > MAX_PATTERN_BYTES:
         raise PatternError("pattern", None, "the pattern is over 10 MiB")
-    return _parse_yaml(source, "pattern")
+    return _parse_yaml(source, "pattern", budget)
 
 
-def _from_tar(data: bytes) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
+class _Unpacked(io.RawIOBase):
+    """The decompressed stream of a gzip, refused once it passes ``MAX_TAR_BYTES``: tarfile
+    reads every member through it, skipped ones included, so nothing unpacks past the cap."""
+
+    def __init__(self, data: bytes):
+        self._gz = gzip.GzipFile(fileobj=io.BytesIO(data))
+        self.left = limits.MAX_TAR_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._gz.readinto(memoryview(buf)[: self.left + 1])
+        self.left -= n
+        if self.left < 0:
+            raise PatternError("pattern", None, f"the tar.gz unpacks to over {limits.MAX_TAR_BYTES // 2**20} MiB "
+                               "(a pattern directory is its manifests and images/ sources)")
+        return n
+
+
+def _from_tar(data: bytes, budget: "_YamlBudget") -> list[dict[str, Any]]:
+    """The top-level manifests of a tar.gz of a pattern directory, read as one stream: member
+    by member (never extracted to disk), at most MAX_TAR_MEMBERS members and MAX_TAR_BYTES
+    unpacked bytes."""
+    texts: list[tuple[str, str]] = []
     total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
-            for m in members:
+        with tarfile.open(fileobj=io.BufferedReader(_Unpacked(data)), mode="r|") as tar:
+            for count, m in enumerate(tar, 1):
+                if count > limits.MAX_TAR_MEMBERS:
+                    raise PatternError("pattern", None, f"the tar.gz has over {limits.MAX_TAR_MEMBERS} members; "
+                                       "a pattern directory holds its manifests and images/ sources")
+                if not m.isfile():
+                    continue
                 parts = Path(m.name).parts
                 parts = parts[1:] if len(parts) > 1 and parts[0] == "." else parts
                 # like a directory: top-level manifests only (one optional leading folder)
@@ -286,21 +326,100 @@ def _from_tar(data: bytes) -> list[dict[str, Any]]:
                 if total > MAX_PATTERN_BYTES:
                     raise PatternError("pattern", None, "the unpacked manifests are over 10 MiB")
                 f = tar.extractfile(m)
-                docs += _parse_yaml(f.read().decode(), m.name)
-    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
+                texts.append((m.name, f.read().decode()))
+    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise PatternError("pattern", None, f"not a readable tar.gz of YAML manifests: {exc}") from None
+    docs: list[dict[str, Any]] = []
+    for name, text in sorted(texts):
+        docs += _parse_yaml(text, name, budget)
     if not docs:
         raise PatternError("pattern", None, "the tar.gz holds no *.yaml or *.yml manifests")
     return docs
 
 
-def _parse_yaml(text: str, source: str) -> list[dict[str, Any]]:
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a pattern may not use (aliases), or over a cap."""
+
+
+@dataclasses.dataclass
+class _YamlBudget:
+    nodes: int = limits.MAX_YAML_NODES  # left for the rest of the pattern
+
+
+class _SafeConstructor(yaml.constructor.SafeConstructor):
+    def construct_yaml_int(self, node):
+        if len(node.value) > limits.MAX_YAML_INT_CHARS:
+            raise _Refused(None, None, f"an integer of {len(node.value)} characters; at most "
+                           f"{limits.MAX_YAML_INT_CHARS} (quote it if it is a string)", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_SafeConstructor.add_constructor("tag:yaml.org,2002:int", _SafeConstructor.construct_yaml_int)
+
+
+# libyaml's parser where PyYAML has it (~5x faster), else PyYAML's own reader, scanner and parser
+_PARSER = (yaml.cyaml.CParser,) if yaml.__with_libyaml__ else (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _Loader(yaml.composer.Composer, *_PARSER, _SafeConstructor, yaml.resolver.Resolver):
+    """PyYAML's safe loader (libyaml's parser where there is one) with Python's composer, which
+    refuses aliases and counts nodes and nesting as it goes: a 500-byte pattern of nested
+    aliases once expanded to 72 MB, and 10 MiB of tiny nodes took 1.3 GB and 80 s to load."""
+
+    def __init__(self, text: str, budget: _YamlBudget):
+        if yaml.__with_libyaml__:
+            yaml.cyaml.CParser.__init__(self, text)
+        else:
+            yaml.reader.Reader.__init__(self, text)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        _SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self.budget, self.depth = budget, 0
+
+    def resolve(self, kind, value, implicit):
+        # a long unquoted scalar that looks like a number stays a string: PyYAML's number
+        # patterns backtrack on it (2 MB of "1:1:1..." took 250 MB and 0.5 s to resolve)
+        if kind is yaml.ScalarNode and implicit[0] and len(value) > limits.MAX_YAML_INT_CHARS \
+                and value[:1] in "+-.0123456789":
+            return self.DEFAULT_SCALAR_TAG
+        return super().resolve(kind, value, implicit)
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(None, None, f"YAML aliases (*{clip(str(event.anchor), 60)}) are not supported; "
+                           "write the value out in full", event.start_mark)
+        self.budget.nodes -= 1
+        if self.budget.nodes < 0:
+            raise _Refused(None, None, f"over {limits.MAX_YAML_NODES} YAML nodes in the pattern", event.start_mark)
+        self.depth += 1
+        try:
+            if self.depth > limits.MAX_YAML_DEPTH:
+                raise _Refused(None, None, f"nested over {limits.MAX_YAML_DEPTH} levels deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _parse_yaml(text: str, source: str, budget: _YamlBudget | None = None) -> list[dict[str, Any]]:
+    loader = _Loader(text, budget or _YamlBudget())
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = []
+        while loader.check_data():
+            d = loader.get_data()
+            if d is not None:
+                docs.append(d)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise PatternError(source, None, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        what = "" if isinstance(exc, _Refused) else "not valid YAML"
+        raise PatternError(source, None, f"{what}{where}: {getattr(exc, 'problem', exc)}".lstrip()) from None
+    except (ValueError, RecursionError) as exc:  # e.g. a date out of range; nesting is capped above
+        raise PatternError(source, None, f"not valid YAML: {clip(str(exc))}") from None
+    finally:
+        loader.dispose()
     for i, d in enumerate(docs):
         if not isinstance(d, dict):
             raise PatternError(f"{source} document {i + 1}", None, "a manifest must be a mapping with apiVersion and kind")
@@ -312,14 +431,33 @@ def _parse_yaml(text: str, source: str) -> list[dict[str, Any]]:
 
 
 # -- checking ---------------------------------------------------------------
+@dataclasses.dataclass
+class _Budget:
+    chars: int = limits.MAX_SPEC_CHARS  # of the normalised pattern, left for the rest of it
+
+
+SPEC_TOO_BIG = (f"the normalised pattern (commands, arguments and environments after ConfigMaps and $(VAR) "
+                f"expansion, probes, labels: what the Tower stores and writes into every replica's launch script "
+                f"and env file) is over {limits.MAX_SPEC_CHARS // 1024} Ki characters; keep large configuration "
+                f"out of commands and environments (in the image, or in the DataLake)")
+
+
 class _Check:
     """Field-by-field walk of one manifest against the whitelist."""
 
-    def __init__(self, manifest: str):
+    def __init__(self, manifest: str, budget: _Budget | None = None):
         self.manifest = manifest
+        self.budget = budget or _Budget()
 
     def fail(self, field: str | None, reason: str) -> PatternError:
         return PatternError(self.manifest, field, reason)
+
+    def charge(self, chars: int, field: str | None) -> None:
+        """Count ``chars`` of normalised output against the pattern's MAX_SPEC_CHARS, before
+        they are made: ConfigMaps and $(VAR) expand, so a small pattern could make a large one."""
+        self.budget.chars -= chars
+        if self.budget.chars < 0:
+            raise self.fail(field, SPEC_TOO_BIG)
 
     def mapping(self, value: Any, field: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -337,7 +475,7 @@ class _Check:
         if not isinstance(value, str) or not value:
             raise self.fail(field, "must be a non-empty string")
         if pattern is not None and not pattern.match(value):
-            raise self.fail(field, f"{value!r} is not a valid {what or 'value'}")
+            raise self.fail(field, f"{shown(value)} is not a valid {what or 'value'}")
         return value
 
     def strings(self, value: Any, field: str) -> list[str]:
@@ -357,7 +495,7 @@ class _Check:
             if not isinstance(k, str) or not LABEL_KEY.match(k):
                 raise self.fail(f"{field}.{k}", "is not a valid label key")
             if not isinstance(v, str) or not LABEL_VALUE.match(v):
-                raise self.fail(f"{field}.{k}", f"{v!r} is not a valid label value (a string; quote numbers and booleans)")
+                raise self.fail(f"{field}.{k}", f"{shown(v)} is not a valid label value (a string; quote numbers and booleans)")
         return dict(value)
 
 
@@ -412,6 +550,14 @@ def _probe(check: _Check, value: Any, field: str, ports: dict[str, int]) -> Prob
     return probe
 
 
+def _expand(check: _Check, field: str, text: str, values: dict[str, str]) -> str:
+    """``text`` with each $(VAR) replaced by its value, as Kubernetes does; the result's length
+    is charged before it is built (one short value can name a long one many times)."""
+    refs = [m for m in VAR_REF.finditer(text) if m.group(1) in values]
+    check.charge(len(text) + sum(len(values[m.group(1)]) - len(m.group(0)) for m in refs), field)
+    return VAR_REF.sub(lambda m: values.get(m.group(1), m.group(0)), text) if refs else text
+
+
 def _resources(check: _Check, value: Any, field: str) -> tuple[float, int, float | None, int | None]:
     r = check.mapping(value or {}, field, {"requests", "limits"})
     out: dict[str, dict[str, float | int]] = {}
@@ -444,9 +590,11 @@ def _env(check: _Check, c: dict[str, Any], field: str, configmaps: dict[str, dic
         if cm is None:
             if ref.get("optional"):
                 continue
-            raise check.fail(f"{f}.configMapRef.name", f"no ConfigMap {ref['name']!r} in this pattern")
+            raise check.fail(f"{f}.configMapRef.name", f"no ConfigMap {shown(ref['name'])} in this pattern")
+        prefix = str(s.get("prefix", ""))
         for k, v in cm.items():
-            env[str(s.get("prefix", "")) + k] = v
+            check.charge(len(prefix) + len(k) + len(v), f)
+            env[prefix + k] = v
     if not isinstance(c.get("env", []), list):
         raise check.fail(f"{field}.env", "must be a list")
     for i, item in enumerate(c.get("env") or []):
@@ -460,14 +608,14 @@ def _env(check: _Check, c: dict[str, Any], field: str, configmaps: dict[str, dic
             if cm is None or ref["key"] not in cm:
                 if ref.get("optional"):
                     continue
-                raise check.fail(f"{f}.valueFrom.configMapKeyRef", f"no key {ref['key']!r} in ConfigMap {ref['name']!r}")
+                raise check.fail(f"{f}.valueFrom.configMapKeyRef", f"no key {shown(ref['key'])} in ConfigMap {shown(ref['name'])}")
             value = cm[ref["key"]]
         else:
             value = e.get("value", "")
             if not isinstance(value, str):
                 raise check.fail(f"{f}.value", "must be a string (quote numbers and booleans)")
         # $(VAR) refers to a variable defined earlier, as in Kubernetes
-        env[name] = VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), value)
+        env[name] = _expand(check, f, value, env)
     return list(env.items())
 
 
@@ -506,7 +654,7 @@ def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str
     values = dict(env)
 
     def expand(s: str) -> str:
-        return VAR_REF.sub(lambda m: values.get(m.group(1), m.group(0)), s)
+        return _expand(check, field, s, values)
 
     cpu_req, mem_req, cpu_lim, mem_lim = _resources(check, c.get("resources"), f"{field}.resources")
     working_dir = c.get("workingDir")
@@ -611,13 +759,14 @@ def parse(documents: list[dict[str, Any]]) -> Pattern:
     named: dict[tuple[str, str], int] = {}
     configmaps: dict[str, dict[str, str]] = {}
     pending: list[tuple[_Check, dict[str, Any], str, str]] = []
+    budget = _Budget()  # one for the whole pattern
     for i, doc in enumerate(documents):
         kind = doc.get("kind")
         label = f"document {i + 1}"
         if not isinstance(kind, str) or kind not in KINDS:
-            raise PatternError(label, "kind", f"{kind!r} is not supported (supported: {', '.join(KINDS)})")
+            raise PatternError(label, "kind", f"{shown(kind)} is not supported (supported: {', '.join(KINDS)})")
         raw_name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
-        check = _Check(f"{kind}/{raw_name}" if isinstance(raw_name, str) else f"{kind} ({label})")
+        check = _Check(f"{kind}/{raw_name}" if isinstance(raw_name, str) else f"{kind} ({label})", budget)
         if doc.get("apiVersion") != KINDS[kind]:
             raise check.fail("apiVersion", f"a {kind} is apiVersion {KINDS[kind]!r}")
         check.mapping(doc, "", {"apiVersion", "kind", "metadata", "spec", "data"})
@@ -657,7 +806,22 @@ def parse(documents: list[dict[str, Any]]) -> Pattern:
                         raise PatternError(f"Service/{s.name}", field,
                                            f"Deployment/{d.name} declares no containerPort {p.target(d)}")
     pattern.start_order()  # raises on a cycle
+    if sum(map(_chars, deployments)) + sum(map(_chars, services)) > limits.MAX_SPEC_CHARS:
+        raise PatternError("pattern", None, SPEC_TOO_BIG)
     return pattern
+
+
+def _chars(value: Any) -> int:
+    """About how many characters ``value`` takes in the normalised pattern as stored."""
+    if isinstance(value, str):
+        return len(value)
+    if dataclasses.is_dataclass(value):
+        return sum(_chars(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, dict):
+        return sum(_chars(k) + _chars(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(map(_chars, value))
+    return 4  # a number, a flag, null
 
 
 def load(source: str | bytes | Path) -> Pattern:

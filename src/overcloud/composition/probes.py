@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
+import selectors
 import socket
 import subprocess
 import threading
+import time
 from typing import Any, Callable
 
 from overcloud.composition.pattern import Probe
+from overcloud.limits import PROBE_OUTPUT_BYTES
 
 
 class Pool:
@@ -55,10 +59,40 @@ def run(net, p: Probe, exec_argv: Callable[[list[str]], list[str]], exec_env: di
                 sock.close()
             parts = head.split()
             return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
-        res = subprocess.run(exec_argv(p.command), capture_output=True, timeout=p.timeout + 5, env=exec_env)
-        return res.returncode == 0
-    except (OSError, socket.timeout, subprocess.TimeoutExpired, ValueError):
+        code, _ = run_bounded(exec_argv(p.command), timeout=p.timeout + 5, env=exec_env)
+        return code == 0
+    except (OSError, socket.timeout, ValueError):
         return False
+
+
+def run_bounded(argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
+                keep: int = PROBE_OUTPUT_BYTES) -> tuple[int | None, bytes]:
+    """Run ``argv`` (a workload's command: its output is the workload's to choose) and read its
+    stdout and stderr as they come, keeping the first ``keep`` bytes and dropping the rest: a
+    probe that printed 400 MB once grew the Tower by 700 MB when it was all captured. The exit
+    code is None when ``timeout`` passed first (the command is killed)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    head = bytearray()
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if not sel.select(left):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:  # every writer has closed it
+                    return proc.wait(max(0.0, deadline - time.monotonic())), bytes(head)
+                if len(head) < keep:
+                    head += chunk[: keep - len(head)]
+        return None, bytes(head)
+    except subprocess.TimeoutExpired:
+        return None, bytes(head)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def listening_ports() -> set[int]:

@@ -305,3 +305,120 @@ def test_whatever_the_checker_accepts_applies_to_kubernetes(documents):
     except pat.PatternError:
         return
     assert k8s_errors(documents) == [], documents
+
+
+# -- no input amplifies: every cap is met while reading, with a message that names it ---------
+import zlib  # noqa: E402
+
+from overcloud import limits  # noqa: E402
+
+
+def laughs(levels: int = 9) -> str:
+    """The 500-byte "billion laughs": nine levels of nine aliases, 9**9 strings once expanded."""
+    lines = ['a0: &a0 "lol"'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_are_refused_before_anything_expands():
+    err = refused_loading(laughs())
+    assert "aliases" in err.reason and "line 2" in err.reason and len(str(err)) < 300
+    merge = DEPLOY.replace("metadata: {name: web}\nspec:", "metadata: &m {name: web}\nspec:\n  x: *m", 1)
+    assert "aliases (*m)" in refused_loading(merge).reason
+    anchored = DEPLOY.replace("selector: {matchLabels: {app: web}}", "selector: &s {matchLabels: {app: web}}", 1)
+    assert pat.load(anchored).deployments[0].name == "web"  # an anchor alone expands nothing
+
+
+def refused_loading(source) -> pat.PatternError:
+    with pytest.raises(pat.PatternError) as info:
+        pat.load(source)
+    return info.value
+
+
+def test_yaml_nodes_nesting_and_integers_are_capped():
+    many = "a: [" + ",".join(["1"] * (limits.MAX_YAML_NODES + 1)) + "]\n"
+    assert f"over {limits.MAX_YAML_NODES} YAML nodes" in refused_loading(many).reason
+    deep = "a:\n" + "".join("  " * i + "- \n" for i in range(1, 200))
+    assert f"nested over {limits.MAX_YAML_DEPTH} levels" in refused_loading(deep).reason
+    assert "maximum nesting depth" in refused_loading("[" * 200_000 + "]" * 200_000).reason  # flow: libyaml's own cap
+    # !!int of 5,000 digits: Python would refuse it with a ValueError (a 500 before)
+    assert "an integer of 5000 characters" in refused_loading("a: !!int " + "1" * 5000 + "\n").reason
+    # a long unquoted number stays a string, so the checker refuses it as any other wrong value:
+    # resolving 2 MB of "1:1:1..." (a base-60 integer) took 250 MB before
+    text = DEPLOY.replace("replicas: 2", "replicas: 1" + ":1" * 1_000_000, 1)
+    assert refused_loading(text).field == "spec.replicas"
+    assert "not valid YAML" in refused_loading("a: 2001-13-45\n").reason  # a ValueError (a 500 before)
+
+
+def tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_tar_gz_is_read_as_a_stream_with_caps_on_members_and_unpacked_bytes():
+    ok = tar_gz([("p/images/x/a.py", b"print(1)\n"), ("p/web.yaml", DEPLOY.encode())])
+    assert [d["kind"] for d in pat.load_documents(ok)] == ["Deployment", "Service"]
+    crowd = tar_gz([(f"p/images/x/{i}", b"") for i in range(limits.MAX_TAR_MEMBERS + 1)] + [("p/web.yaml", DEPLOY.encode())])
+    assert f"over {limits.MAX_TAR_MEMBERS} members" in refused_loading(crowd).reason
+    # a gzip that unpacks to 1 GiB of zeros (1 MB on the wire): refused at the cap, not unpacked
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    info = tarfile.TarInfo("p/images/zero.bin")
+    info.size = 2**30
+    parts = [z.compress(info.tobuf(format=tarfile.GNU_FORMAT))] + [z.compress(bytes(2**20)) for _ in range(1024)]
+    bomb = b"".join(parts) + z.flush()
+    assert len(bomb) < 2 * 2**20
+    assert f"unpacks to over {limits.MAX_TAR_BYTES // 2**20} MiB" in refused_loading(bomb).reason
+
+
+def with_env(env: list[dict], containers: int = 1) -> list[dict]:
+    d = docs()
+    c = d[0]["spec"]["template"]["spec"]["containers"][0]
+    c["env"] = env
+    del c["readinessProbe"]
+    d[0]["spec"]["template"]["spec"]["containers"] = [
+        {**c, "name": f"c{i}", "ports": [{"containerPort": 8070 + i}]} for i in range(containers)]
+    d[1]["spec"]["ports"] = [{"port": 8070}]
+    return d
+
+
+def test_the_normalised_pattern_is_capped_before_it_is_built():
+    # $(VAR) names a 100 KB value 1,000 times: 100 MB once expanded (Kubernetes expands it too)
+    big = "x" * 100_000
+    err = refused(with_env([{"name": "A", "value": big}, {"name": "B", "value": "$(A)" * 1000}]))
+    assert err.field == "spec.template.spec.containers[0].env[1]" and f"{limits.MAX_SPEC_CHARS // 1024} Ki" in err.reason
+    # a ConfigMap poured into many containers by envFrom
+    d = with_env([], containers=20)
+    for c in d[0]["spec"]["template"]["spec"]["containers"]:
+        c["envFrom"] = [{"configMapRef": {"name": "big"}}]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"V": "x" * 100_000}}
+    assert "normalised pattern" in refused([cm] + d).reason
+    # and the same, plainly written out: commands and labels count too
+    d = docs()
+    d[0]["spec"]["template"]["spec"]["containers"][0]["args"] = ["y" * 1000] * 1100
+    assert refused(d).field == "spec.template.spec.containers[0]"
+    d = docs()
+    d[0]["spec"]["template"]["metadata"]["labels"].update({f"k{i}": "v" * 60 for i in range(20_000)})
+    err = refused(d)
+    assert err.manifest == "pattern" and "normalised pattern" in err.reason
+    # what fits is accepted, expanded as before
+    p = pat.parse(with_env([{"name": "A", "value": "ab"}, {"name": "B", "value": "$(A)-$(A)-$(NOPE)"}]))
+    assert dict(p.deployments[0].containers[0].env)["B"] == "ab-ab-$(NOPE)"
+
+
+def test_refusals_echo_at_most_about_200_characters_of_the_input():
+    long = "Q" * 100_000
+    d = docs()
+    d[0]["metadata"]["name"] = long
+    d[0]["spec"]["template"]["spec"]["containers"][0][long] = 1
+    d[1]["kind"] = long
+    for documents in (d, d[:1], [{**docs()[0], long: 1}]):
+        err = refused(documents)
+        assert len(str(err)) < 1200 and len(err.manifest) < 260 and len(err.field or "") < 260, str(err)[:300]
+    c = docs()
+    c[0]["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": long}}
+    assert len(str(refused(c))) < 600
+    assert len(str(refused_loading(f"a: [{long}"))) < 1200

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from overcloud import states
 from overcloud.api.deps import PrincipalDep, TowerDep
-from overcloud.api.requests import RequestError, Sites, parse_create, read_body, too_large
+from overcloud.api.requests import RequestError, Sites, parse_create, parse_json, read_body, too_large
 from overcloud.api.views import detail_view, iso, summary_view, workflow_view
 from overcloud.repository import NotFound
 from overcloud.repository.models import OverCloudRow
@@ -87,10 +87,7 @@ async def _json_body(request: Request) -> Any:
     raw = await read_body(request, limit, too_large(limit))
     if not raw.strip():
         raise RequestError("the body is empty; send JSON such as " + json.dumps(SEED_EXAMPLE))
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"the body is not valid JSON ({exc}); send e.g. " + json.dumps(SEED_EXAMPLE), status=400) from None
+    return parse_json(raw, json.dumps(SEED_EXAMPLE))
 
 
 @router.post(

@@ -1,0 +1,61 @@
+"""Caps on what a request can make the Tower do, so that no input amplifies: a small body
+never becomes a large answer, a large row, a large file or a long computation.
+
+Each cap is named here with the reason for its size; docs/services.md ("Limits on input")
+lists them for users. Everything over a cap is refused with a 4xx that names the cap.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+#: an error message shows at most this many characters of what the caller sent
+ECHO_CHARS = 200
+
+#: a pattern body (YAML, or a tar.gz of a pattern directory), and the YAML it holds
+MAX_PATTERN_BYTES = 10 * 1024 * 1024
+#: YAML nodes in a whole pattern: the smart-energy pattern has ~450; a node costs the Tower
+#: ~1 KiB and ~10 µs while it is checked, so this bounds both (~50 MB, ~0.5 s)
+MAX_YAML_NODES = 50_000
+#: nesting of YAML collections (a Kubernetes manifest needs ~12)
+MAX_YAML_DEPTH = 64
+#: characters of a YAML integer (Kubernetes' are int64: 19 digits). Longer ones are refused
+#: before Python converts them (quadratic for 1:2:3... base-60 integers; over 4300 digits
+#: Python refuses).
+MAX_YAML_INT_CHARS = 64
+#: members of a tar.gz pattern (a directory's manifests and its images/ sources), and the
+#: bytes the gzip stream may unpack to, headers and skipped members included
+MAX_TAR_MEMBERS = 2_000
+MAX_TAR_BYTES = 4 * MAX_PATTERN_BYTES
+
+#: the normalised pattern (every Deployment's containers, commands, environment after
+#: ConfigMaps and $(VAR) expansion, probes; its Services): what the Tower stores per service
+#: and writes into each replica's launch script and env file. Linux itself refuses to start
+#: a process whose arguments and environment pass 2 MiB (a quarter of the 8 MiB stack).
+MAX_SPEC_CHARS = 1024 * 1024
+
+#: bytes of an exec probe's stdout+stderr the Tower keeps; the rest is read and dropped
+PROBE_OUTPUT_BYTES = 64 * 1024
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def shown(value: Any, limit: int = ECHO_CHARS) -> str:
+    """A value the caller sent, for an error message: a repr of at most ``limit`` characters,
+    never building the whole repr of a huge string or container first."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    return clip(_REPR.repr(value), limit)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = ECHO_CHARS
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 8, 8
