@@ -681,8 +681,7 @@ def serve(
     os.umask(0o077)
     if state_dir is not None:
         STATE["state_dir"] = state_dir
-    import uvicorn
-
+    from overcloud.api import server
     from overcloud.api.app import create_app
     from overcloud.tower import Tower
 
@@ -695,7 +694,7 @@ def serve(
     api = create_app(tower)
     logging.getLogger(__name__).info("Tower on http://%s:%s, state in %s", host, port, settings.state_dir)
     try:
-        uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=False)
+        server.run(api, settings, host=host, port=port, log_level=log_level.lower())
     finally:
         tower.close()
 

@@ -21,6 +21,7 @@ from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
 from overcloud.api.requests import RequestError, too_large
 from overcloud.api.routes import datalake, fabric, overclouds, services, system
+from overcloud.api.streams import EventHub
 from overcloud.composition.controller import NotComposable, ServiceConflict, ServiceNotFound
 from overcloud.composition.pattern import MAX_PATTERN_BYTES, PatternError
 from overcloud.composition.placement import PlacementError
@@ -74,6 +75,8 @@ def create_app(tower: Tower) -> FastAPI:
     )
     app.state.tower = tower
     app.state.admin_token = ensure_admin_token(tower.settings.token_path)
+    app.state.streams = EventHub(tower.repo, tower.is_running, max_total=tower.settings.max_streams,
+                                 max_per_token=tower.settings.max_streams_per_token)
     tower.metrics.watch_status(tower.repo.count_by_status)
 
     auth = [Depends(get_principal)]

@@ -307,6 +307,16 @@ class Repository:
         with self.session() as s:
             return list(s.scalars(q))
 
+    def events_since(self, after_id: int, limit: int = 1000) -> list[EventRow]:
+        """Every OverCloud's events after ``after_id``, oldest first (the API's one event watcher)."""
+        q = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    def last_event_id(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.max(EventRow.id))) or 0
+
     # -- secrets (ciphertext only: sealing and opening is the caller's) ----
     def put_secret(self, overcloud_id: str, name: str, ciphertext: str) -> None:
         """Store a secret once; a second put of the same name keeps the first (idempotent actions)."""

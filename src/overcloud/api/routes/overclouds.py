@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from overcloud import states
 from overcloud.api.deps import PrincipalDep, TowerDep
 from overcloud.api.requests import RequestError, Sites, parse_create, parse_json, read_body, too_large
-from overcloud.api.views import detail_view, iso, summary_view, workflow_view
+from overcloud.api.streams import EventHub, EventStream, TooManyStreams
+from overcloud.api.views import detail_view, summary_view, workflow_view
 from overcloud.repository import NotFound
 from overcloud.repository.models import OverCloudRow
 
@@ -144,19 +144,19 @@ def get_workflow(overcloud_id: str, tower: TowerDep, principal: PrincipalDep) ->
     return workflow_view(row, tower.repo.tasks(overcloud_id))
 
 
-RESTING = {states.READY, states.FAILED, states.DELETED, states.DEGRADED}
-
-
 @router.get(
     "/{overcloud_id}/events",
     summary="Server-sent events of status and task changes",
     description="Streams until the OverCloud rests (READY, FAILED, DELETED) unless follow=true. "
-    "Resume with the Last-Event-ID header or ?after=<id>.",
+    "Resume with the Last-Event-ID header or ?after=<id>. A Tower serves a limited number of streams "
+    "at once, in all and per token (429 beyond); a stream that falls far behind is closed (resume it).",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}},
+               429: {"description": "too many event streams open (in all, or with this token)"}},
 )
 async def events(
     overcloud_id: str,
+    request: Request,
     tower: TowerDep,
     principal: PrincipalDep,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
@@ -166,27 +166,13 @@ async def events(
     _visible(tower, principal, overcloud_id)
     if last_event_id and last_event_id.isdigit():
         after = int(last_event_id)
-
-    async def stream():
-        last, idle = after, 0.0
-        while True:
-            rows = await run_in_threadpool(tower.repo.events_after, overcloud_id, last)
-            for ev in rows:
-                last = ev.id
-                data = {**ev.data, "at": iso(ev.at), "overcloud_ID": overcloud_id}
-                yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(data)}\n\n"
-            if not rows:
-                status = (await run_in_threadpool(tower.repo.get, overcloud_id)).status
-                running = tower.is_running(overcloud_id)
-                if not follow and status in RESTING and not running:
-                    return
-                await asyncio.sleep(0.2)
-                idle += 0.2
-                if idle >= 15:
-                    idle = 0.0
-                    yield ": keep-alive\n\n"
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    hub: EventHub = request.app.state.streams
+    token = request.headers.get("authorization", "").partition(" ")[2]  # authenticated above
+    try:
+        sub = await hub.subscribe(overcloud_id, token, follow)
+    except TooManyStreams as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": "5"}) from None
+    return EventStream(hub, sub, after)
 
 
 NOT_KEPT = ("preserve=false: the DataLake's objects and files are deleted without an archive "
