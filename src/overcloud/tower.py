@@ -136,6 +136,8 @@ class Tower:
 
         try:
             self.construction.ensure_running()
+            # boxes reach nothing on the host but this store's S3 port (issue 10)
+            self.local.allow_host_services([(self.construction.bind_ip, self.construction.s3_port)])
             self.construction.publish(seaweed.weed_binary())
         except BaseException as exc:  # noqa: BLE001 - handed to whoever needs it
             logger.error("the Construction DataLake did not start: %s", exc)

@@ -133,6 +133,7 @@ class LocalHost:
         self.gateways = {c.name: str(next(ipaddress.ip_network(c.cidr).hosts())) for c in self.configs}
         self.sites: dict[str, LocalSite] = {c.name: LocalSite(self, c) for c in self.configs}
         self.bridges = [c.bridge for c in self.configs]
+        self.pin_table = net.pin_table(self.bridges)
 
     @staticmethod
     def _supernet(nets: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
@@ -163,19 +164,50 @@ class LocalHost:
         return self.state_dir / "host.json"
 
     def ensure_sites(self) -> None:
-        """Bridges up with their gateway address, ip_forward=1 and the host
-        forwarding guard (``table inet overcloud_host``). Idempotent."""
+        """Bridges up with their gateway address, ip_forward=1, the host guard
+        (``table inet overcloud_host``: forwarding, and input from the bridges) and the
+        bridge pins (``table bridge overcloud_pin_<hash>``), re-pinning the boxes this state
+        dir already has (boxes made before pins existed get them here). Idempotent."""
         self.check_privileges()
         with self.leases.lock():
             for c in self.configs:
                 prefix = ipaddress.ip_network(c.cidr).prefixlen
                 net.ensure_bridge(c.bridge, self.gateways[c.name], prefix, f"{net.TAG_PREFIX}site:{c.name}")
             net.install_host_guard([c.bridge for c in self.configs])
+            net.ensure_pin_table(self.pin_table)
             old = net.set_ip_forward(1)
             if not self._host_state.exists():
                 self._host_state.write_text(json.dumps({"ip_forward_before": old}))
         for c in self.configs:  # boxes leased before host-wide claims existed
             self.leases.claim_boxes(c.bridge)
+        for lease in self.leases.boxes():
+            if lease.get("address") and net.link_exists(net.host_veth_name(lease["handle"])):
+                try:
+                    self._pin(lease)
+                except Exception as exc:  # noqa: BLE001 - one broken box does not stop the sites
+                    logger.error("pinning box %s to its address failed: %s", lease["handle"], exc)
+
+    def allow_host_services(self, services: list[tuple[str, int]]) -> None:
+        """The (host address, TCP port) pairs boxes may connect to on the host — the
+        Construction DataLake's S3 endpoint; everything else on the host is dropped for them
+        (see ``local_net.install_host_guard``). Replaces what this state dir allowed before."""
+        state = json.loads(self._host_state.read_text()) if self._host_state.exists() else {}
+        before = [tuple(x) for x in state.get("host_services", [])]
+        wanted = [(str(ip), int(port)) for ip, port in services]
+        net.allow_host_services(self.bridges, wanted, [x for x in before if x not in wanted])
+        state["host_services"] = wanted
+        self._host_state.write_text(json.dumps(state))
+
+    def _pin(self, lease: dict[str, Any]) -> str:
+        """Pin the box's bridge port to its eth0 MAC and leased address; returns the MAC."""
+        handle = lease["handle"]
+        mac = lease.get("mac")
+        if not mac:
+            mac = net.box_eth0_mac(handle)
+            self.leases.update_box(handle, mac=mac)
+        net.pin_port(self.pin_table, net.host_veth_name(handle), mac, lease["address"],
+                     self.tag(lease["overcloud_id"], lease["name"]))
+        return mac
 
     def teardown_sites(self) -> None:
         """Remove our bridges and guard chain; restore ip_forward when the
@@ -193,6 +225,7 @@ class LocalHost:
                 + " (boxes this state dir does not know: another Tower with the same bridges?)")
         with self.leases.lock():
             table_gone = net.remove_host_guard([c.bridge for c in self.configs])
+            net.remove_pin_table(self.pin_table)
             for c in self.configs:
                 net.delete_link(c.bridge)
             if self._host_state.exists():
@@ -299,10 +332,14 @@ class LocalHost:
         lease, new = self.leases.reserve_box(handle, record, site.config.cidr)
         try:
             gateway = self.gateways[site.name]
-            net.create_box_network(
+            mac = net.create_box_network(
                 handle, self.tag(spec.overcloud_id, spec.name), site.config.bridge,
-                lease["address"], lease["prefixlen"], gateway, self.supernet,
+                lease["address"], lease["prefixlen"], gateway, self.supernet, mac=net.box_mac(handle),
             )
+            if lease.get("mac") != mac:
+                self.leases.update_box(handle, mac=mac)
+                lease = dict(lease, mac=mac)
+            self._pin(lease)  # before anything runs in the box
             overlay = lease.get("overlay") or {}
             net.box_firewall(handle, self.gateways.values(), overlay.get("peers", []))
             self.cgroups.create(handle, spec.flavor.cpus, spec.flavor.memory_mb, self.tag(spec.overcloud_id, spec.name))
@@ -334,6 +371,7 @@ class LocalHost:
         sup.stop_box()
         self.cgroups.remove(handle)
         net.delete_vxlan(handle)
+        net.unpin_port(self.pin_table, net.host_veth_name(handle))
         net.delete_link(net.host_veth_name(handle))
         net.remove_netns(handle)
         shutil.rmtree(ETC_NETNS / handle, ignore_errors=True)
@@ -350,6 +388,8 @@ class LocalHost:
             left.append(f"netns {handle}")
         if net.link_exists(net.host_veth_name(handle)):
             left.append(f"veth {net.host_veth_name(handle)}")
+        if net.port_pinned(self.pin_table, net.host_veth_name(handle)):
+            left.append(f"bridge pin {net.host_veth_name(handle)} in {self.pin_table}")
         if self.cgroups.exists(handle):
             left.append(f"cgroup overcloud/{handle}")
         if (ETC_NETNS / handle).exists():
@@ -432,6 +472,10 @@ class LocalHost:
         for ifname, oc, name, kind in veths:
             if box_handle(oc, name) in owner and kind == "veth":
                 found.append(TaggedResource(oc, "veth", f"veth {ifname}"))
+        pins = net.pinned_ports(self.pin_table)
+        for h, oc in sorted(owner.items()):
+            if net.host_veth_name(h) in pins:
+                found.append(TaggedResource(oc, "nftables", f"bridge pin {net.host_veth_name(h)} of {h}"))
         for lease in self.leases.overlays():
             if overcloud_id is None or lease["overcloud_id"] == overcloud_id:
                 found.append(TaggedResource(lease["overcloud_id"], "lease", f"overlay lease {lease['overcloud_id']}"))

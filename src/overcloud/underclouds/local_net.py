@@ -1,5 +1,7 @@
 """Kernel plumbing of the local UnderCloud: site bridges, the host's
-forwarding guard, box namespaces, VXLAN overlays and box firewalls.
+guard (forwarding and input from the bridges), the bridge pins (each box's
+port admits only its own MAC and address), box namespaces, VXLAN overlays
+and box firewalls.
 
 Netlink through pyroute2; inside a box, the netlink socket is opened by a
 thread that has ``setns``-ed into the box (no helper process). nftables
@@ -11,7 +13,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import json
 import logging
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 TAG_PREFIX = "overcloud:"
 HOST_TABLE = "overcloud_host"
+PIN_TABLE_PREFIX = "overcloud_pin_"
 BOX_TABLE = "overcloud"
 VXLAN_DEV = "vx0"
 VXLAN_PORT = 4789
@@ -156,13 +161,30 @@ def set_ip_forward(value: int) -> int:
     return old
 
 
+def _bridges_hash(bridges: Iterable[str]) -> str:
+    return hashlib.sha1(",".join(sorted(bridges)).encode()).hexdigest()[:8]
+
+
 def host_guard_chain(bridges: Iterable[str]) -> str:
-    return "fwd_" + hashlib.sha1(",".join(sorted(bridges)).encode()).hexdigest()[:8]
+    return "fwd_" + _bridges_hash(bridges)
+
+
+def host_input_chain(bridges: Iterable[str]) -> str:
+    return "in_" + _bridges_hash(bridges)
+
+
+def host_allow_set(bridges: Iterable[str]) -> str:
+    return "allow_" + _bridges_hash(bridges)
 
 
 def install_host_guard(bridges: list[str]) -> None:
-    """Forward only between our bridges; drop our bridges <-> anything else."""
-    chain = host_guard_chain(bridges)
+    """Forward only between our bridges; drop our bridges <-> anything else. Input from our
+    bridges to the host itself (any local address: every bridge's gateway, another Tower's,
+    the host's own): established/related traffic and the services in the allow set (the
+    Construction DataLake's S3 port, see :func:`allow_host_services`) only. The allow set is
+    kept as it is (``add set`` leaves its elements), so a restart does not cut boxes off the
+    store until it is up again."""
+    chain, inp, allow = host_guard_chain(bridges), host_input_chain(bridges), host_allow_set(bridges)
     names = ", ".join(f'"{b}"' for b in sorted(bridges))
     nft(
         f"add table inet {HOST_TABLE}\n"
@@ -171,18 +193,45 @@ def install_host_guard(bridges: list[str]) -> None:
         f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} oifname {{ {names} }} accept\n"
         f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} drop\n"
         f"add rule inet {HOST_TABLE} {chain} oifname {{ {names} }} drop\n"
+        f"add set inet {HOST_TABLE} {allow} {{ type ipv4_addr . inet_service; }}\n"
+        f"add chain inet {HOST_TABLE} {inp} {{ type filter hook input priority 0; policy accept; }}\n"
+        f"flush chain inet {HOST_TABLE} {inp}\n"
+        f"add rule inet {HOST_TABLE} {inp} iifname {{ {names} }} ct state established,related accept\n"
+        f"add rule inet {HOST_TABLE} {inp} iifname {{ {names} }} ip daddr . tcp dport @{allow} accept\n"
+        f"add rule inet {HOST_TABLE} {inp} iifname {{ {names} }} drop\n"
     )
 
 
+def allow_host_services(bridges: list[str], add: Iterable[tuple[str, int]],
+                        remove: Iterable[tuple[str, int]] = ()) -> None:
+    """Let boxes on ``bridges`` open TCP connections to these (host address, port) pairs;
+    drop ``remove`` from the allow set first (missing ones are fine). One transaction."""
+    allow = host_allow_set(bridges)
+    lines = [f"add set inet {HOST_TABLE} {allow} {{ type ipv4_addr . inet_service; }}"]
+    for ip, port in remove:
+        element = f"{ipaddress.IPv4Address(ip)} . {int(port)}"
+        # add-then-delete: deleting an element that is not there would fail the transaction
+        lines += [f"add element inet {HOST_TABLE} {allow} {{ {element} }}",
+                  f"delete element inet {HOST_TABLE} {allow} {{ {element} }}"]
+    for ip, port in add:
+        lines.append(f"add element inet {HOST_TABLE} {allow} {{ {ipaddress.IPv4Address(ip)} . {int(port)} }}")
+    nft("\n".join(lines) + "\n")
+
+
 def remove_host_guard(bridges: list[str]) -> bool:
-    """Delete our chain, and the table once no other host's chain is in it.
+    """Delete our chains and allow set, and the table once no other host's chain is in it.
     Returns True when the table is gone."""
-    chain = host_guard_chain(bridges)
     listing = subprocess.run(["nft", "list", "table", "inet", HOST_TABLE], capture_output=True, text=True)
     if listing.returncode != 0:
         return True  # no table
-    if f"chain {chain} " in listing.stdout:
-        nft(f"delete chain inet {HOST_TABLE} {chain}\n")
+    script = ""
+    for chain in (host_guard_chain(bridges), host_input_chain(bridges)):
+        if f"chain {chain} " in listing.stdout:
+            script += f"delete chain inet {HOST_TABLE} {chain}\n"
+    if f"set {host_allow_set(bridges)} " in listing.stdout:
+        script += f"delete set inet {HOST_TABLE} {host_allow_set(bridges)}\n"
+    if script:
+        nft(script)
     listing = subprocess.run(["nft", "list", "table", "inet", HOST_TABLE], capture_output=True, text=True)
     if "chain " not in listing.stdout:
         nft(f"delete table inet {HOST_TABLE}\n")
@@ -190,17 +239,115 @@ def remove_host_guard(bridges: list[str]) -> bool:
     return False
 
 
+# -- bridge pins: a box's port admits only its own MAC and address --------
+def pin_table(bridges: Iterable[str]) -> str:
+    """``table bridge overcloud_pin_<hash of the bridges>``: one per set of site bridges (so
+    per Tower; Towers sharing bridges share it, each adding and removing only its own boxes'
+    ports)."""
+    return PIN_TABLE_PREFIX + _bridges_hash(bridges)
+
+
+def box_mac(handle: str) -> str:
+    """A fixed, locally administered unicast MAC address for a box's eth0 (from its handle)."""
+    digest = hashlib.sha1(f"overcloud-box:{handle}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _pin_chain(veth: str) -> str:
+    return f"box_{veth}"
+
+
+def ensure_pin_table(table: str) -> None:
+    """The table, its port map and the prerouting chain that sends each pinned port's frames
+    to the port's own chain (frames from other ports pass). Idempotent; pins are kept."""
+    nft(
+        f"add table bridge {table}\n"
+        f"add map bridge {table} ports {{ type ifname : verdict; }}\n"
+        f"add chain bridge {table} prerouting {{ type filter hook prerouting priority -200; policy accept; }}\n"
+        f"flush chain bridge {table} prerouting\n"
+        f"add rule bridge {table} prerouting iifname vmap @ports\n"
+    )
+
+
+def pin_port(table: str, veth: str, mac: str, address: str, comment: str) -> None:
+    """Frames entering the bridge from ``veth`` must come from ``mac``; of those, only ARP
+    whose sender is (``mac``, ``address``) and IPv4 from ``address`` pass; anything else
+    (other sources, other ARP, IPv6, VLAN tags) is dropped before the bridge learns the
+    source MAC. One transaction; replaces the port's rules when they were there."""
+    mac = mac.lower()
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    ip = ipaddress.IPv4Address(address)
+    chain = _pin_chain(veth)
+    comment = comment.replace('"', "")
+    nft(
+        f"add chain bridge {table} {chain}\n"
+        f"flush chain bridge {table} {chain}\n"
+        f"add rule bridge {table} {chain} ether saddr != {mac} drop\n"
+        f"add rule bridge {table} {chain} ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 "
+        f"arp saddr ether {mac} arp saddr ip {ip} accept\n"
+        f"add rule bridge {table} {chain} ether type ip ip saddr {ip} accept\n"
+        f"add rule bridge {table} {chain} counter drop\n"
+        f'add element bridge {table} ports {{ "{veth}" comment "{comment}" : jump {chain} }}\n'
+    )
+
+
+def unpin_port(table: str, veth: str) -> None:
+    """Remove a port's pin (its map element and chain). Idempotent."""
+    if not port_pinned(table, veth):
+        return
+    chain = _pin_chain(veth)
+    nft(  # add-then-delete: each step also holds when a concurrent unpin got there first
+        f"add chain bridge {table} {chain}\n"
+        f'add element bridge {table} ports {{ "{veth}" : jump {chain} }}\n'
+        f'delete element bridge {table} ports {{ "{veth}" }}\n'
+        f"delete chain bridge {table} {chain}\n"
+    )
+
+
+def port_pinned(table: str, veth: str) -> bool:
+    r = subprocess.run(["nft", "list", "chain", "bridge", table, _pin_chain(veth)], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def pinned_ports(table: str) -> dict[str, str]:
+    """{veth: comment} of every pinned port (the comment is the box's tag)."""
+    r = subprocess.run(["nft", "-j", "list", "map", "bridge", table, "ports"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return {}
+    found: dict[str, str] = {}
+    for item in json.loads(r.stdout).get("nftables", []):
+        for elem in (item.get("map") or {}).get("elem", []):
+            key = elem[0] if isinstance(elem, list) else elem
+            comment = ""
+            if isinstance(key, dict) and "elem" in key:
+                comment = key["elem"].get("comment", "")
+                key = key["elem"].get("val")
+            if isinstance(key, str):
+                found[key] = comment
+    return found
+
+
+def remove_pin_table(table: str) -> None:
+    subprocess.run(["nft", "delete", "table", "bridge", table], capture_output=True, text=True)
+
+
 # -- a box ---------------------------------------------------------------
 def create_box_network(
-    handle: str, alias: str, bridge: str, address: str, prefixlen: int, gateway: str, supernet: str
-) -> None:
-    """Namespace + veth (eth0 inside) + address + one route. Idempotent."""
+    handle: str, alias: str, bridge: str, address: str, prefixlen: int, gateway: str, supernet: str,
+    mac: str | None = None,
+) -> str:
+    """Namespace + veth (eth0 inside, with ``mac`` when it is made here) + address + one
+    route. Idempotent. Returns eth0's MAC address (an existing box keeps its own)."""
     if not netns_exists(handle):
         create_netns(handle)
     veth = host_veth_name(handle)
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=veth):
-            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": handle})
+            peer = {"ifname": "eth0", "net_ns_fd": handle}
+            if mac:
+                peer["address"] = mac
+            ipr.link("add", ifname=veth, kind="veth", peer=peer)
         idx = ipr.link_lookup(ifname=veth)[0]
         master = ipr.link_lookup(ifname=bridge)[0]
         ipr.link("set", index=idx, ifalias=alias, master=master, state="up")
@@ -219,6 +366,16 @@ def create_box_network(
             )
 
     run_in_netns(handle, inside)
+
+
+def box_eth0_mac(handle: str) -> str:
+    """The MAC address of a box's eth0."""
+
+    def inside() -> str:
+        with IPRoute() as ns:
+            return ns.get_links(ns.link_lookup(ifname="eth0")[0])[0].get_attr("IFLA_ADDRESS")
+
+    return run_in_netns(handle, inside)
 
 
 def box_firewall(handle: str, gateways: Iterable[str], peers: Iterable[str]) -> None:
