@@ -15,8 +15,8 @@ ECHO_CHARS = 200
 
 #: a pattern body (YAML, or a tar.gz of a pattern directory), and the YAML it holds
 MAX_PATTERN_BYTES = 10 * 1024 * 1024
-#: YAML nodes in a whole pattern: the smart-energy pattern has ~450; a node costs the Tower
-#: ~1 KiB and ~10 µs while it is checked, so this bounds both (~50 MB, ~0.5 s)
+#: YAML nodes in a whole pattern: the smart-energy pattern has ~730; a node costs the
+#: Tower ~0.4 KiB and ~5 µs while it is loaded, so this bounds both (~20 MB, ~0.25 s)
 MAX_YAML_NODES = 50_000
 #: nesting of YAML collections (a Kubernetes manifest needs ~12)
 MAX_YAML_DEPTH = 64
