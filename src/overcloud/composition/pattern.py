@@ -582,11 +582,13 @@ def _resources(check: _Check, value: Any, field: str) -> tuple[float, int, float
 
 def _env(check: _Check, c: dict[str, Any], field: str, configmaps: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
     env: dict[str, str] = {}
+    if not isinstance(c.get("envFrom", []), list):
+        raise check.fail(f"{field}.envFrom", "must be a list")
     for i, src in enumerate(c.get("envFrom") or []):
         f = f"{field}.envFrom[{i}]"
         s = check.mapping(src, f, {"configMapRef", "prefix"}, {"configMapRef"})
         ref = check.mapping(s["configMapRef"], f"{f}.configMapRef", {"name", "optional"}, {"name"})
-        cm = configmaps.get(ref["name"])
+        cm = configmaps.get(check.string(ref["name"], f"{f}.configMapRef.name"))
         if cm is None:
             if ref.get("optional"):
                 continue
@@ -604,8 +606,8 @@ def _env(check: _Check, c: dict[str, Any], field: str, configmaps: dict[str, dic
         if "valueFrom" in e:
             vf = check.mapping(e["valueFrom"], f"{f}.valueFrom", {"configMapKeyRef"}, {"configMapKeyRef"})
             ref = check.mapping(vf["configMapKeyRef"], f"{f}.valueFrom.configMapKeyRef", {"name", "key", "optional"}, {"name", "key"})
-            cm = configmaps.get(ref["name"])
-            if cm is None or ref["key"] not in cm:
+            cm = configmaps.get(check.string(ref["name"], f"{f}.valueFrom.configMapKeyRef.name"))
+            if cm is None or check.string(ref["key"], f"{f}.valueFrom.configMapKeyRef.key") not in cm:
                 if ref.get("optional"):
                     continue
                 raise check.fail(f"{f}.valueFrom.configMapKeyRef", f"no key {shown(ref['key'])} in ConfigMap {shown(ref['name'])}")

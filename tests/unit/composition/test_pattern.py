@@ -422,3 +422,18 @@ def test_refusals_echo_at_most_about_200_characters_of_the_input():
     c[0]["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": long}}
     assert len(str(refused(c))) < 600
     assert len(str(refused_loading(f"a: [{long}"))) < 1200
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda c: c.update(envFrom=[{"configMapRef": {"name": [1]}}]), "envFrom[0].configMapRef.name"),
+    (lambda c: c.update(envFrom=5), "envFrom"),
+    (lambda c: c.update(env=[{"name": "A", "valueFrom": {"configMapKeyRef": {"name": [1], "key": "k"}}}]),
+     "env[0].valueFrom.configMapKeyRef.name"),
+    (lambda c: c.update(env=[{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": {"a": 1}}}}]),
+     "env[0].valueFrom.configMapKeyRef.key"),
+])
+def test_configmap_references_of_the_wrong_type_are_refused_not_a_crash(edit, field):
+    d = docs()
+    edit(d[0]["spec"]["template"]["spec"]["containers"][0])
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}}
+    assert refused([cm] + d).field == f"spec.template.spec.containers[0].{field}"  # a TypeError (500) before
