@@ -3,8 +3,9 @@ Datastore — Prometheus on the DevOps Post — scraping them, the DataLake's Se
 and itself. Everything listens on overlay addresses only.
 
 The scrape configuration is generated from the repository (the boxes and what runs on them)
-and applied with a reload, never a restart. The fabric task is done only when Prometheus
-itself reports every target UP.
+and applied with a reload (SIGHUP through the Post's supervisord), never a restart:
+Prometheus' HTTP lifecycle endpoints are off, so no workload can reload or stop it. The fabric
+task is done only when Prometheus itself reports every target UP.
 """
 
 from __future__ import annotations
@@ -113,10 +114,13 @@ def apply_config(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str
     d = sup.box_dir / "prometheus"
     (d / "data").mkdir(parents=True, exist_ok=True)
     config = d / "prometheus.yml"
-    prom.write_config(config, prom.scrape_config(tower.settings.fabric_scrape_interval, _targets(tower, overcloud_id, boxes, addr)))
+    text = prom.scrape_config(tower.settings.fabric_scrape_interval, _targets(tower, overcloud_id, boxes, addr))
+    prom.write_config(config, text)
     url = prometheus_url(addr[post.name])
     if "prometheus" in sup.program_states():
-        tower.local.transport(post).call(lambda: prom.reload(url))
+        # SIGHUP through the box's supervisord (its socket is root-only): the only way to reload
+        hup = lambda: sup.rpc().supervisor.signalProcess("prometheus", "HUP")  # noqa: E731
+        tower.local.transport(post).call(lambda: prom.reload(url, hup, text))
     elif start:
         sup.add_program("prometheus", prom.prometheus_argv(str(config), str(d / "data"), f"{addr[post.name]}:{PROM}",
                                                              tower.settings.fabric_retention), startsecs=0, startretries=10,

@@ -4,10 +4,16 @@ Everything here is argv builders, a config generator and httpx calls, so a calle
 a thread that entered a box's network namespace (sockets are created in the caller's netns).
 
 Config choice: the whole ``prometheus.yml`` is regenerated (``scrape_config``) and applied with
-``POST /-/reload`` (``--web.enable-lifecycle``). The reload answers only once the config is
-applied, or with HTTP 500 and the old config kept, so the caller knows at once whether the
-targets it wrote are live; file_sd targets files would be picked up silently, with errors only
-in Prometheus' log, and a new job (seaweedfs, say) still needs prometheus.yml rewritten.
+SIGHUP, sent by the caller (the box's supervisord: ``signalProcess``). Prometheus runs WITHOUT
+``--web.enable-lifecycle``: its ``/-/reload`` and ``/-/quit`` answer 403, so a workload that
+reaches Prometheus' port cannot stop it or make it re-read its config; only whoever can signal
+the process (the Tower, through the box's root-only supervisord socket) reloads it.
+:func:`reload` then waits until Prometheus serves the written jobs and targets
+(``/api/v1/status/config``), or reports that it refused the file
+(``prometheus_config_last_reload_successful`` fell to 0; the old config stays in force), so the
+caller still knows whether the targets it wrote are live. file_sd targets files would be picked
+up silently, with errors only in Prometheus' log, and a new job still needs prometheus.yml
+rewritten.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ def prometheus_argv(config_path: str | Path, data_dir: str | Path, listen: str, 
         f"--storage.tsdb.path={data_dir}",
         f"--storage.tsdb.retention.time={retention}",
         f"--web.listen-address={listen}",
-        "--web.enable-lifecycle",
+        # no --web.enable-lifecycle (nor --web.enable-admin-api): reloads come by SIGHUP
     ]
 
 
@@ -120,11 +126,57 @@ def write_config(path: str | Path, text: str) -> None:
     write_atomic(path, text)
 
 
-def reload(prom_url: str, timeout: float = 10.0) -> None:
-    """Apply the config on disk; raises RuntimeError with Prometheus' reason if it refused it."""
-    r = httpx.post(f"{prom_url.rstrip('/')}/-/reload", timeout=timeout)
-    if r.status_code != 200:
-        raise RuntimeError(f"Prometheus refused the reload ({r.status_code}): {r.text.strip()}")
+def _jobs(doc: Any) -> dict[str, list[tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]]:
+    """The scrape jobs of a config: job name -> its static targets and labels, order-free."""
+    jobs = {}
+    for job in (doc or {}).get("scrape_configs") or []:
+        static = [(tuple(sorted(str(t) for t in sc.get("targets") or [])),
+                   tuple(sorted((str(k), str(v)) for k, v in (sc.get("labels") or {}).items())))
+                  for sc in job.get("static_configs") or []]
+        jobs[str(job.get("job_name"))] = sorted(static)
+    return jobs
+
+
+def _reload_ok(http: httpx.Client, prom_url: str) -> float | None:
+    """``prometheus_config_last_reload_successful`` (1 or 0), None when not readable."""
+    try:
+        for line in http.get(f"{prom_url}/metrics").text.splitlines():
+            if line.startswith("prometheus_config_last_reload_successful "):
+                return float(line.split()[1])
+    except (httpx.HTTPError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reload(prom_url: str, signal_hup, config_text: str, timeout: float = 10.0) -> float:
+    """Apply ``config_text`` (already written to Prometheus' config file): ``signal_hup()``
+    sends Prometheus SIGHUP, then this waits until Prometheus serves exactly the jobs and
+    targets of ``config_text``. Returns the seconds waited. RuntimeError when Prometheus
+    refused the file (it keeps running the old config) or did not apply it within
+    ``timeout``; the message names the jobs missing, never the file's content."""
+    want = _jobs(yaml.safe_load(config_text))
+    url = prom_url.rstrip("/")
+    start = time.monotonic()
+    with httpx.Client(timeout=5.0, trust_env=False) as http:
+        before = _reload_ok(http, url)
+        signal_hup()
+        seen: Any = "nothing yet"
+        while True:
+            try:
+                loaded = http.get(f"{url}/api/v1/status/config").raise_for_status().json()["data"]["yaml"]
+                got = _jobs(yaml.safe_load(loaded))
+                if got == want:
+                    return time.monotonic() - start
+                seen = f"jobs {sorted(got)} (want {sorted(want)})" if set(got) != set(want) else "other targets"
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+                seen = f"{type(exc).__name__}"
+            if before == 1.0 and _reload_ok(http, url) == 0.0:
+                raise RuntimeError("Prometheus refused the new config (prometheus_config_last_reload_successful"
+                                   " = 0; the old one stays in force; its log says why)")
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"Prometheus did not apply the new config within {timeout:g} s after SIGHUP "
+                                   f"(serving {seen}; refused if prometheus_config_last_reload_successful is 0)")
+            time.sleep(0.05)
 
 
 def wait_ready(prom_url: str, timeout: float = 30.0) -> float:

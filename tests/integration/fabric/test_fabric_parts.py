@@ -4,8 +4,11 @@ Prometheus + node-exporter on loopback driven by overcloud.fabric.prometheus."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
+
+import httpx
 
 import pytest
 
@@ -149,23 +152,41 @@ def test_prometheus_datastore(procs, tmp_path):
     boxes = {t["instance"]: t["box"] for t in prom.targets_health(url)}
     assert boxes == {prom_inst: "post", inst1: "b1"}
 
-    # A new target: regenerate, reload, same process.
+    # The lifecycle API is off: nobody who merely reaches the port can stop or reload it.
+    for path in ("/-/quit", "/-/reload"):
+        r = httpx.post(url + path, timeout=5)
+        assert r.status_code == 403 and "Lifecycle API is not enabled" in r.text, (path, r.status_code, r.text)
+    assert prom.wait_ready(url, 5) >= 0 and server.poll() is None
+
+    # A new scrape job and target: regenerate, SIGHUP (the Tower sends it through supervisord),
+    # same process; reload returns once Prometheus serves the new job.
+    hup = lambda: server.send_signal(signal.SIGHUP)  # noqa: E731
     targets["node"].append({"target": inst2, "labels": {"box": "b2", **here}})
-    prom.write_config(config, prom.scrape_config(1, targets))
+    targets["node2"] = [{"target": inst2, "labels": {"box": "b2", **here}}]
+    text = prom.scrape_config(1, targets)
+    prom.write_config(config, text)
     t1 = time.monotonic()
-    prom.reload(url)
+    prom.reload(url, hup, text)
     reloaded = time.monotonic() - t1
+    # targets follow the applied config within Prometheus' discovery update interval (5 s)
+    wait_for(lambda: "node2" in {t["job"] for t in prom.targets_health(url)}, 15, "job node2 a target", step=0.25)
     prom.wait_all_up(url, [prom_inst, inst1, inst2], 20)
     print(f"reload {reloaded * 1000:.0f} ms, new target up {time.monotonic() - t1:.2f}s after it")
     assert server.poll() is None
+    del targets["node2"]
+    text = prom.scrape_config(1, targets)
+    prom.write_config(config, text)
+    prom.reload(url, hup, text)
     # A broken config is refused and the running one kept.
     config.write_text("scrape_configs: [{job_name: x, static_configs: nope}]\n")
     with pytest.raises(RuntimeError, match="refused"):
-        prom.reload(url)
+        prom.reload(url, hup, "scrape_configs: [{job_name: x}]\n", timeout=5)
     assert server.poll() is None
+    wait_for(lambda: {t["job"] for t in prom.targets_health(url)} == {"prometheus", "node"}, 15, "job node2 gone", step=0.25)
 
-    data = prom.query(url, 'up{job="node"}')
-    assert {r["metric"]["box"] for r in data["result"]} == {"b1", "b2"}
+    # a reloaded pool restarts its targets (staleness markers): both are back within a scrape or two
+    wait_for(lambda: {r["metric"]["box"] for r in prom.query(url, 'up{job="node"}')["result"]} == {"b1", "b2"},
+             10, "up of b1 and b2", step=0.25)
     now = time.time()
     assert prom.query_range(url, "up", now - 60, now, 15)["resultType"] == "matrix"
 
