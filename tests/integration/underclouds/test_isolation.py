@@ -205,8 +205,9 @@ def test_each_box_has_a_fixed_mac_and_its_port_is_pinned(host, two):
 
 def test_a_box_cannot_speak_as_another(host, two):
     """a1 (OverCloud A, root in its box) sends spoofed ARP replies for b1's address and the
-    gateway's, a frame with b1's MAC, and VXLAN packets in B's VNI from b1's address to b2
-    (same bridge) and b3 (the other site, through the gateway). None poisons a neighbour
+    gateway's, a frame with b1's MAC, VXLAN packets in B's VNI from b1's address to b2
+    (same bridge) and b3 (the other site, through the gateway), and a packet to b2 from the
+    gateway's address. None poisons a neighbour
     table or the bridge's FDB, none arrives; the legitimate traffic still flows."""
     by, ovl_a, ovl_b = two
     a1, b1, b2, b3 = by["a1"], by["b1"], by["b2"], by["b3"]
@@ -230,6 +231,7 @@ def test_a_box_cannot_speak_as_another(host, two):
         udp_frame(mac["b2"], mac["a1"], b1.address, b2.address, net.VXLAN_PORT, vxlan_payload(ovl_b.vni, marker)),
         udp_frame(gw_mac, mac["a1"], b1.address, b3.address, net.VXLAN_PORT, vxlan_payload(ovl_b.vni, marker)),
         udp_frame(mac["b2"], mac["b1"], b1.address, b2.address, net.VXLAN_PORT, vxlan_payload(ovl_b.vni, marker)),
+        udp_frame(mac["b2"], mac["a1"], gw, b2.address, 9001, marker * 2),  # the gateway's address: box firewalls admit it
     ]
     sniffers = {"b2": Sniffer(b2, marker, 3.0), "b3": Sniffer(b3, marker, 3.0)}
     send_from(a1, frames, repeat=10, gap=0.15)
