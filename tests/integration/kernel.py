@@ -25,6 +25,9 @@ def leftovers(overcloud_id: str, state_dir: Path | None = None) -> list[str]:
     left += [f"/etc/netns/{p}" for p in os.listdir("/etc/netns")] if os.path.isdir("/etc/netns") else []
     left = [x for x in left if not x.startswith("/etc/netns/") or prefix in x]
     left += [f"socket {p}" for p in glob.glob(f"/run/overcloud/{prefix}*")]
+    # bridge pins (table bridge overcloud_pin_*): a port's map element carries the box's tag
+    bridge_rules = subprocess.run(["nft", "list", "ruleset", "bridge"], capture_output=True, text=True).stdout
+    left += [f"bridge pin {line.strip()[:80]}" for line in bridge_rules.splitlines() if f"overcloud:{overcloud_id}:" in line]
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
