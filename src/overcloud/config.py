@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     max_streams_per_token: int = 256  # event streams open at once with one token; 429 beyond
     header_timeout: float = 5.0  # seconds to send a request's whole head; the connection is closed after
     body_timeout: float = 30.0  # seconds to send a request's body once its head is in
+    write_timeout: float = 30.0  # seconds a client may leave our answer unread (buffers full); then cut
     max_connections: int = 2048  # open connections; uvicorn answers 503 beyond (limit_concurrency)
     workers: int = 16  # task executor threads
     fabric_scrape_interval: float = 1.0  # seconds; DEGRADED after 3 intervals without a scrape

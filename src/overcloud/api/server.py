@@ -13,7 +13,11 @@ uvicorn's issue #157 lists ``--timeout-request-start`` as never done).
   connection, from its first byte;
 * the body is complete within ``body_timeout`` seconds of the head;
 * otherwise the connection is closed (a request already handed to the app sees
-  ``http.disconnect``).
+  ``http.disconnect``);
+* a client that leaves the answer unread for ``write_timeout`` seconds once the buffers
+  are full (the kernel's and asyncio's, which then stops the app's writes) is cut with
+  an abort: a plain close would wait forever to flush to it. This is what finally
+  closes an event stream the hub dropped for being too far behind.
 
 Once a whole request is in, no deadline runs: a long answer (an event stream) is never
 cut. Beside it, ``limit_concurrency`` answers 503 once ``max_connections`` are open.
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -37,11 +43,13 @@ class DeadlineH11Protocol(H11Protocol):
 
     header_timeout: float = 5.0
     body_timeout: float = 30.0
+    write_timeout: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._phase = "head"  # head | body | busy (the app has the request) | idle (between requests)
+        self._stalled: asyncio.TimerHandle | None = None  # runs while the client reads nothing of ours
 
     def _arm(self, phase: str) -> None:
         self._disarm()
@@ -62,6 +70,16 @@ class DeadlineH11Protocol(H11Protocol):
         logger.debug("closing the connection from %s: its request %s did not arrive in time", client, self._phase)
         self.transport.close()
 
+    def _write_stalled(self) -> None:
+        self._stalled = None
+        # paused all along (resume_writing cancels this); closing or not, a close would wait to flush
+        client = "%s:%d" % self.client if self.client else "a client"
+        logger.info("cutting the connection from %s: it read nothing of its answer for %s s", client, self.write_timeout)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset, and the kernel drops what is unsent instead of trying on
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
     # -- uvicorn's hooks ----------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,6 +87,9 @@ class DeadlineH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -94,6 +115,17 @@ class DeadlineH11Protocol(H11Protocol):
         self._phase = "idle"  # uvicorn's keep-alive timer closes an idle connection
         super().on_response_complete()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.write_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().resume_writing()
+
     def handle_websocket_upgrade(self, event: Any) -> None:  # pragma: no cover - no websocket routes
         self._disarm()
         self._phase = "busy"
@@ -102,11 +134,12 @@ class DeadlineH11Protocol(H11Protocol):
 
 def protocol_class(settings: Settings) -> type[DeadlineH11Protocol]:
     return type("DeadlineH11Protocol", (DeadlineH11Protocol,),
-                {"header_timeout": settings.header_timeout, "body_timeout": settings.body_timeout})
+                {"header_timeout": settings.header_timeout, "body_timeout": settings.body_timeout,
+                 "write_timeout": settings.write_timeout})
 
 
 def run(app: Any, settings: Settings, *, host: str, port: int, log_level: str) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM, with the request deadlines and connection cap above."""
+    """Serve ``app`` until SIGINT/SIGTERM, with the deadlines and connection cap above."""
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,

@@ -1,6 +1,6 @@
-"""Request deadlines (DeadlineH11Protocol) on a real uvicorn server on a free loopback port:
-connections that do not send their request in time are closed; whole requests, long
-answers and kept-alive connections are not."""
+"""Deadlines (DeadlineH11Protocol) on a real uvicorn server on a free loopback port:
+connections that do not send their request in time, or read nothing of their answer, are
+closed; whole requests, long answers and kept-alive connections are not."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import uvicorn
 from overcloud.api.server import DeadlineH11Protocol
 from servers import free_port
 
-HEAD, BODY = 0.5, 0.5
+HEAD, BODY, WRITE = 0.5, 0.5, 0.5
 
 
 async def app(scope, receive, send):
@@ -35,6 +35,9 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": body})
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    if scope["path"] == "/flood":  # far more than any buffer holds (bounded: a test app)
+        for _ in range(4000):
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
     if scope["path"] == "/long":  # an answer that outlasts both deadlines, like an event stream
         for part in (b"one ", b"two ", b"three"):
             await send({"type": "http.response.body", "body": part, "more_body": True})
@@ -44,7 +47,7 @@ async def app(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def port():
-    proto = type("P", (DeadlineH11Protocol,), {"header_timeout": HEAD, "body_timeout": BODY})
+    proto = type("P", (DeadlineH11Protocol,), {"header_timeout": HEAD, "body_timeout": BODY, "write_timeout": WRITE})
     p = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=p, http=proto, log_level="warning",
                                            lifespan="off", timeout_keep_alive=5))
@@ -124,3 +127,27 @@ def test_whole_requests_long_answers_and_kept_alive_connections_are_served(port)
         s.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = read_all(s)
     assert answer.startswith(b"HTTP/1.1 200") and b"three" in answer and answer.endswith(b"ok\r\n0\r\n\r\n")
+
+
+def test_a_client_that_reads_nothing_of_its_answer_is_cut(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(3 * WRITE)  # reads nothing while the buffers fill
+    s.settimeout(0.05)
+    got, cut = 0, False
+    with s:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(1 << 20)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                cut = True
+                break
+            if not chunk:
+                break
+            got += len(chunk)
+    assert cut and got < 4000 * 65536  # reset before the whole answer was sent
