@@ -78,6 +78,8 @@ class Cgroups:
             self._ensure_parent_v2()
             d = self.root / self.parent / handle
             d.mkdir(exist_ok=True)
+            for level in (d.parent, d):  # as for v1 below
+                os.chmod(level, 0o755)
             self._set_tag(d, tag)
             (d / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
             (d / "memory.max").write_text(str(memory))
@@ -86,6 +88,10 @@ class Cgroups:
         cpu, mem = dirs[0], dirs[1]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
+            # 0755 whatever the Tower's umask: a Podman container in a user namespace of its
+            # own (runtime.py) must reach the group Podman makes for it below this one
+            for level in (d.parent, d):
+                os.chmod(level, 0o755)
             self._set_tag(d, tag)
         (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
         (cpu / "cpu.cfs_quota_us").write_text(str(quota))

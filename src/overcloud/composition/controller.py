@@ -261,15 +261,23 @@ class ServiceController:
 
     def _check_images(self, wanted: list[tuple[Deployment, str]]) -> None:
         """Every image a started replica will need is built for its runtime (Podman images lost
-        from the store are restored first); else a PatternError naming the container."""
+        from the store are restored first, their tars checked against the digests recorded at
+        build); else a PatternError naming the container."""
         for runtime in {r for _, r in wanted}:
             ds = [d for d, r in wanted if r == runtime]
             used = {c.image for d in ds for c in d.containers}
-            if runtime == "podman":
-                self._restore_images(used)
+            refused = self._restore_images(used) if runtime == "podman" else {}
             missing = {m.split(" ", 1)[0]: m for m in self.images.missing(used, runtime)}
             for d in ds:
                 for i, c in enumerate(d.containers):
+                    if c.image in refused:
+                        raise PatternError(f"Deployment/{d.name}", f"spec.template.spec.containers[{i}].image",
+                                           refused[c.image])
+                    if runtime == "process" and c.security.capabilities_add:
+                        raise PatternError(f"Deployment/{d.name}",
+                                           f"spec.template.spec.containers[{i}].securityContext.capabilities.add",
+                                           "the process runtime runs every workload without capabilities (in a user "
+                                           "namespace that does not own the box's network); use the podman runtime")
                     if c.image in missing:
                         raise PatternError(f"Deployment/{d.name}", f"spec.template.spec.containers[{i}].image",
                                            f"image {missing[c.image]} is not built; run `overcloud images build "
@@ -323,16 +331,23 @@ class ServiceController:
             logger.warning("image cache: no Construction DataLake (%s)", exc)
             return None, ARTIFACTS
 
-    def _restore_images(self, refs: set[str]) -> None:
+    def _restore_images(self, refs: set[str]) -> dict[str, str]:
         """Images this host built that Podman's store lost come back from the local tar or the
-        Construction DataLake before compose checks them."""
+        Construction DataLake before compose checks them. Returns the refused ones (a tar that
+        is not the one built), with why."""
         built = {i["image"] for i in self.images.list()}
         lost = [m.split(" ", 1)[0] for m in self.images.missing(refs & built, "podman")]
         if not lost:
-            return
+            return {}
         client, bucket = self._store()
+        refused = {}
         for ref in lost:
-            self.images.restore(ref, client, bucket, progress=lambda m: logger.info("%s", m))
+            try:
+                self.images.restore(ref, client, bucket, progress=lambda m: logger.info("%s", m))
+            except img.ImageError as exc:
+                logger.warning("image %s: %s", ref, exc)
+                refused[ref] = str(exc)
+        return refused
 
     def _publish_images(self, refs: list[str]) -> None:
         """The images a pattern uses go into the Construction DataLake once (their cache)."""
@@ -723,9 +738,9 @@ class ServiceController:
         if row.runtime == "podman":
             return probes.run(net, p, lambda cmd: ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *cmd],
                               self.images.podman_env())
-        env_file = str(self._workdir(oc.id, r["name"]) / f"{c.name}.env")
-        return probes.run(net, p, lambda cmd: ["ip", "netns", "exec", box.handle, "sh", "-c", '. "$0" && exec "$@"',
-                                               env_file, *cmd])
+        # in a sandbox like the container's: its uid, environment, /work and /tmp (not its processes)
+        script = self._workdir(oc.id, r["name"]) / f"{c.name}.sh"
+        return probes.run(net, p, lambda cmd: ["ip", "netns", "exec", box.handle, *rt.process_command(script, cmd)])
 
     # -- launching -------------------------------------------------------------------
     def _workdir(self, overcloud_id: str, replica: str) -> Path:
@@ -757,10 +772,11 @@ class ServiceController:
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                           handle=box.handle, image_ref=c.image, hosts_file=sup.etc_dir / "hosts",
                                           cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf(),
-                                          tower_id=self.tower.local.tower_id)
+                                          tower_id=self.tower.local.tower_id, userns=rt.podman_userns())
             else:
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
-                                           image_dir=self.images.process_dir(c.image))
+                                           image_dir=self.images.process_dir(c.image), etc_dir=sup.etc_dir,
+                                           etc=self.images.process_etc(c.image))
             sup.add_program(launch.program, launch.command, directory=launch.directory, startsecs=1, startretries=3,
                             stopsignal=launch.stopsignal)
 

@@ -13,7 +13,10 @@ An image directory holds ``packages`` (Debian packages, one per line, ``#`` comm
   the code is copied to ``<state>/images/<name>/<hash>/src``.
 
 An image is rebuilt only when its content hash (packages, code, Debian release) changes.
-``index.json`` records what is built, for compose to check before anything starts.
+``index.json`` records what is built, for compose to check before anything starts, and the
+SHA-256 of each rootfs tar: a tar is checked against it every time before Podman imports it
+(from the host cache or the Construction DataLake) or it is published; a replaced tar is
+refused (:class:`ImageError`) and dropped from the cache.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from overcloud.files import write_atomic
 PREFIX = "localhost/overcloud/"
 HOST_CACHE = Path("/var/cache/overcloud/images")
 _lock = threading.Lock()
+# /etc entries that many packages share (init scripts, cron, PAM...): a process-runtime sandbox
+# gets only the entries its image's packages own outright, such as /etc/mosquitto
+SHARED_ETC = {"init.d", "init", "default", "logrotate.d", "cron.d", "cron.daily", "cron.hourly", "cron.weekly",
+              "cron.monthly", "systemd", "apparmor.d", "sudoers", "sudoers.d", "security", "pam.d", "profile.d", "X11",
+              "xdg", "dbus-1", "sysctl.d", "modprobe.d", "modules-load.d", "tmpfiles.d", "sysusers.d", "udev", "ufw",
+              "network", "netns", "ssh", "polkit-1", "kernel", "insserv.conf.d", "bash_completion.d", "shadow",
+              "gshadow", "rc0.d", "rc1.d", "rc2.d", "rc3.d", "rc4.d", "rc5.d", "rc6.d", "rcS.d", "runit", "sv",
+              "overcloud", "hosts", "resolv.conf"}
 
 
 class ImageError(RuntimeError):
@@ -133,6 +144,14 @@ class Images:
         info = self._index()[ref]
         return Path(info["runtimes"]["process"]["dir"])
 
+    def process_etc(self, ref: str) -> list[str]:
+        """The /etc entries a process-runtime sandbox of this image sees besides the common ones
+        (its packages' own; read off dpkg for images built before they were recorded)."""
+        info = self._index()[ref]["runtimes"]["process"]
+        if "etc" not in info:
+            info["etc"] = package_etc(info.get("packages") or [])
+        return list(info["etc"])
+
     # -- build -----------------------------------------------------------------
     def build_pattern(self, pattern_dir: Path, runtime: str, progress: Callable[[str], None] = lambda s: None,
                       force: bool = False) -> list[dict[str, Any]]:
@@ -156,6 +175,11 @@ class Images:
                 info = {"hash": digest, "runtimes": {}}
             done = runtime in info["runtimes"] and (runtime != "podman" or (
                 self._podman_has(ref, digest) and Path(info["runtimes"]["podman"].get("tar") or "/nonexistent").exists()))
+            if done and runtime == "podman" and "sha256" not in info["runtimes"]["podman"]:
+                # built before tar digests were recorded: record this tar's (trusted as it is now)
+                info["runtimes"]["podman"]["sha256"] = sha256_file(Path(info["runtimes"]["podman"]["tar"]))
+                index[ref] = info
+                self._save(index)
             if done and not force:
                 progress(f"{ref}: up to date ({digest})")
                 return {"image": ref, "hash": digest, "runtime": runtime, "built": False}
@@ -192,7 +216,7 @@ class Images:
         else:
             (target / "src").mkdir()
         progress(f"{ref}: process image at {target}")
-        return {"dir": str(target), "packages": packages}
+        return {"dir": str(target), "packages": packages, "etc": package_etc(packages)}
 
     def _build_podman(self, image_dir: Path, ref: str, digest: str, progress) -> dict[str, Any]:
         if not rt.podman_available():
@@ -221,12 +245,29 @@ class Images:
             for old in cache.glob(f"{image_dir.name}-*.tar"):
                 if old != tar:
                     old.unlink()
+        sha = sha256_file(tar)  # what every later import or restore of this build is checked against
         if self._podman_has(ref, digest):  # Podman's store is host-wide: another state dir imported it
             progress(f"{ref}: already in Podman's store ({digest})")
-            return {"tar": str(tar)}
-        return self._import(tar, ref, digest, progress)
+            return {"tar": str(tar), "sha256": sha}
+        return self._import(tar, ref, digest, progress, sha)
 
-    def _import(self, tar: Path, ref: str, digest: str, progress) -> dict[str, Any]:
+    @staticmethod
+    def _verify(tar: Path, ref: str, sha: str | None, where: str) -> None:
+        """The tar is the one built (its SHA-256 as recorded then), else ImageError; a replaced
+        tar is removed from the cache."""
+        if not sha:
+            raise ImageError(f"{ref}: no digest was recorded for its rootfs tar; rebuild it "
+                             "(`overcloud images build PATTERN_DIR --runtime podman`)")
+        actual = sha256_file(tar)
+        if actual != sha:
+            tar.unlink(missing_ok=True)
+            raise ImageError(f"{ref}: the rootfs tar from {where} has SHA-256 {actual[:16]}…, not {sha[:16]}… "
+                             "recorded when it was built: it was replaced, and is refused (removed from the cache; "
+                             "rebuild with `overcloud images build PATTERN_DIR --runtime podman`)")
+
+    def _import(self, tar: Path, ref: str, digest: str, progress, sha: str | None, where: str = "the host cache"
+                ) -> dict[str, Any]:
+        self._verify(tar, ref, sha, where)
         progress(f"{ref}: podman import")
         r = subprocess.run(
             ["podman", "import", "--change", f"ENV PATH={rt.PATH}", "--change", "ENV PYTHONPATH=/opt/app",
@@ -235,7 +276,7 @@ class Images:
         )
         if r.returncode != 0:
             raise ImageError(f"{ref}: podman import failed: {r.stderr.strip()[-500:]}")
-        return {"tar": str(tar)}
+        return {"tar": str(tar), "sha256": sha}
 
     # -- the Construction DataLake as the image cache ---------------------------------------
     def _cache_key(self, ref: str, digest: str) -> str:
@@ -253,6 +294,7 @@ class Images:
             client.head_object(Bucket=bucket, Key=key)
             uploaded = False
         except Exception:  # noqa: BLE001 - not there yet
+            self._verify(Path(tar), ref, info["runtimes"]["podman"].get("sha256"), "the host cache")
             client.upload_file(tar, bucket, key)
             uploaded = True
         with _lock:
@@ -265,7 +307,8 @@ class Images:
     def restore(self, ref: str, client, bucket: str, progress: Callable[[str], None] = lambda s: None) -> bool:
         """Podman lost an image this host built (a reset store, another state dir's cleanup):
         import it again from the local tar, or fetch the tar from the Construction DataLake.
-        Returns whether Podman has it now."""
+        Either is checked against the SHA-256 recorded when it was built (ImageError when it
+        differs). Returns whether Podman has it now."""
         info = self._index().get(ref)
         if not info or "podman" not in info.get("runtimes", {}) or not rt.podman_available():
             return False
@@ -274,7 +317,9 @@ class Images:
             return True
         self.cache.mkdir(parents=True, exist_ok=True)
         tar = self.cache / tar_name(image_name(ref), digest)
+        where = "the host cache"
         if not tar.exists():
+            where = "the Construction DataLake"
             if client is None:
                 return False
             partial = tar.with_name(tar.stem + ".partial.tar")
@@ -287,7 +332,8 @@ class Images:
             partial.replace(tar)
         with _lock:
             index = self._index()
-            index[ref]["runtimes"]["podman"].update(self._import(tar, ref, digest, progress))
+            podman = index[ref]["runtimes"]["podman"]
+            podman.update(self._import(tar, ref, digest, progress, podman.get("sha256"), where))
             self._save(index)
         return self._podman_has(ref, digest)
 
@@ -300,6 +346,23 @@ class Images:
         r = subprocess.run(["podman", "image", "inspect", "--format", '{{index .Labels "overcloud.io/hash"}}', ref],
                            capture_output=True, text=True, env=self.podman_env())
         return r.returncode == 0 and r.stdout.strip() == digest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_etc(packages: list[str]) -> list[str]:
+    """The top-level /etc entries these Debian packages install (but shared ones)."""
+    if not packages:
+        return []
+    r = subprocess.run(["dpkg", "-L", *packages], capture_output=True, text=True)
+    names = {line.split("/")[2] for line in r.stdout.splitlines() if line.startswith("/etc/") and line.count("/") >= 2}
+    return sorted(n for n in names if n and n not in SHARED_ETC and not n.startswith("."))
 
 
 def _installed(package: str) -> bool:

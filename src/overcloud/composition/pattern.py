@@ -104,6 +104,21 @@ class Container:
     memory_limit: int | None
     readiness: Probe | None
     liveness: Probe | None
+    security: "Security" = dataclasses.field(default_factory=lambda: Security())
+
+
+@dataclasses.dataclass
+class Security:
+    """A container's ``securityContext``, the pod's merged in (the container's own values win).
+    Whatever it says, a workload runs without capabilities beyond ``capabilities_add``, with
+    ``no_new_privs``, and never as root on the host (see runtime.py)."""
+
+    run_as_user: int | None = None  # None: the runtimes' unprivileged default (65534)
+    run_as_group: int | None = None
+    run_as_non_root: bool = False
+    read_only_root_filesystem: bool = False
+    capabilities_add: list[str] = dataclasses.field(default_factory=list)  # names without CAP_, upper case
+    capabilities_drop: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -215,7 +230,7 @@ class Pattern:
         for d in data["deployments"]:
             containers = [
                 Container(**{"port_names": {}, **c, "env": [tuple(e) for e in c["env"]], "readiness": probe(c["readiness"]),
-                             "liveness": probe(c["liveness"])})
+                             "liveness": probe(c["liveness"]), "security": Security(**(c.get("security") or {}))})
                 for c in d["containers"]
             ]
             deployments.append(Deployment(**{**d, "containers": containers}))
@@ -622,10 +637,73 @@ def _env(check: _Check, c: dict[str, Any], field: str, configmaps: dict[str, dic
 
 
 CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports", "resources",
-                    "readinessProbe", "livenessProbe", "workingDir"}
+                    "readinessProbe", "livenessProbe", "workingDir", "securityContext"}
+POD_SECURITY_FIELDS = {"runAsUser", "runAsGroup", "runAsNonRoot"}
+CONTAINER_SECURITY_FIELDS = POD_SECURITY_FIELDS | {"readOnlyRootFilesystem", "allowPrivilegeEscalation", "capabilities",
+                                                   "privileged"}
+CAPABILITIES = {
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE"}
+# what capabilities.add may name: Kubernetes' "restricted" Pod Security Standard allows this one
+GRANTABLE = {"NET_BIND_SERVICE"}
+MAX_ID = 65535  # each Podman container gets a user namespace of 65536 ids
 
 
-def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str, str]]) -> Container:
+def _security(check: _Check, value: Any, field: str, allowed: set[str]) -> dict[str, Any]:
+    """One securityContext (pod or container level), checked; keys as in Security."""
+    sc = check.mapping(value or {}, field, allowed)
+    out: dict[str, Any] = {}
+    for key, name in (("runAsUser", "run_as_user"), ("runAsGroup", "run_as_group")):
+        if key in sc:
+            out[name] = check.integer(sc[key], f"{field}.{key}", 0, MAX_ID)
+    for key, name in (("runAsNonRoot", "run_as_non_root"), ("readOnlyRootFilesystem", "read_only_root_filesystem"),
+                      ("privileged", None), ("allowPrivilegeEscalation", None)):
+        if key in sc and not isinstance(sc[key], bool):
+            raise check.fail(f"{field}.{key}", "must be true or false")
+        if name and key in sc:
+            out[name] = sc[key]
+    if sc.get("privileged"):
+        raise check.fail(f"{field}.privileged", "privileged containers are refused: a workload never runs as root "
+                         "on the host (ask for a capability in capabilities.add instead)")
+    if sc.get("allowPrivilegeEscalation"):
+        raise check.fail(f"{field}.allowPrivilegeEscalation", "every workload runs with no_new_privs here; "
+                         "leave it out or set it to false")
+    if "capabilities" in sc:
+        caps = check.mapping(sc["capabilities"], f"{field}.capabilities", {"add", "drop"})
+        for part in ("add", "drop"):
+            names = []
+            for i, raw in enumerate(check.strings(caps.get(part, []), f"{field}.capabilities.{part}")):
+                cap = raw.upper().removeprefix("CAP_")
+                f = f"{field}.capabilities.{part}[{i}]"
+                if cap not in CAPABILITIES and not (part == "drop" and cap == "ALL"):
+                    raise check.fail(f, f"{raw[:40]!r} is not a Linux capability")
+                if part == "add" and cap not in GRANTABLE:
+                    raise check.fail(f, f"{cap} is not granted to workloads (only {', '.join(sorted(GRANTABLE))}, "
+                                     "as Kubernetes' restricted Pod Security Standard allows)")
+                names.append(cap)
+            out[f"capabilities_{part}"] = sorted(set(names))
+    return out
+
+
+def _merged_security(check: _Check, pod: dict[str, Any], c: dict[str, Any], field: str) -> Security:
+    """The container's securityContext over the pod's, as Kubernetes merges them."""
+    own = _security(check, c.get("securityContext"), f"{field}.securityContext", CONTAINER_SECURITY_FIELDS)
+    sec = Security(**{**pod, **own})
+    if sec.run_as_non_root and sec.run_as_user == 0:
+        where = f"{field}.securityContext" if "run_as_user" in own else "spec.template.spec.securityContext"
+        raise check.fail(f"{where}.runAsUser", "runAsNonRoot is set, so the user cannot be 0 (root)")
+    if "NET_BIND_SERVICE" in sec.capabilities_add and sec.run_as_user == 0:
+        raise check.fail(f"{field}.securityContext.capabilities.add", "NET_BIND_SERVICE is granted only to a non-root "
+                         "user (the container then runs without a user namespace of its own): drop runAsUser 0")
+    return sec
+
+
+def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str, str]],
+               pod_security: dict[str, Any] | None = None) -> Container:
     c = check.mapping(c, field, CONTAINER_FIELDS, {"name", "image"})
     name = check.string(c["name"], f"{field}.name", DNS_LABEL, "container name")
     image = check.string(c["image"], f"{field}.image")
@@ -668,6 +746,7 @@ def _container(check: _Check, c: Any, field: str, configmaps: dict[str, dict[str
         memory_limit=mem_lim,
         readiness=_probe(check, c["readinessProbe"], f"{field}.readinessProbe", ports) if "readinessProbe" in c else None,
         liveness=_probe(check, c["livenessProbe"], f"{field}.livenessProbe", ports) if "livenessProbe" in c else None,
+        security=_merged_security(check, pod_security or {}, c, field),
     )
 
 
@@ -686,13 +765,16 @@ def _deployment(check: _Check, doc: dict[str, Any], name: str, configmaps: dict[
         if labels.get(k) != v:
             raise check.fail("spec.selector.matchLabels", f"{k}={v} is not among the template's labels "
                              "(Kubernetes refuses such a Deployment)")
-    pod = check.mapping(tmpl["spec"], "spec.template.spec", {"containers", "nodeSelector", "restartPolicy"}, {"containers"})
+    pod = check.mapping(tmpl["spec"], "spec.template.spec", {"containers", "nodeSelector", "restartPolicy", "securityContext"},
+                        {"containers"})
+    pod_security = _security(check, pod.get("securityContext"), "spec.template.spec.securityContext", POD_SECURITY_FIELDS)
     if pod.get("restartPolicy", "Always") != "Always":
         raise check.fail("spec.template.spec.restartPolicy", "a Deployment's pods restart Always (as in Kubernetes)")
     node_selector = check.labels(pod.get("nodeSelector") or {}, "spec.template.spec.nodeSelector")
     if not isinstance(pod["containers"], list) or not pod["containers"]:
         raise check.fail("spec.template.spec.containers", "must list at least one container")
-    containers = [_container(check, c, f"spec.template.spec.containers[{i}]", configmaps) for i, c in enumerate(pod["containers"])]
+    containers = [_container(check, c, f"spec.template.spec.containers[{i}]", configmaps, pod_security)
+                  for i, c in enumerate(pod["containers"])]
     seen: set[str] = set()
     for i, c in enumerate(containers):
         if c.name in seen:

@@ -2,27 +2,44 @@
 
 Both runtimes give the same behaviour — the box's network namespace (overlay and site
 addresses), its ``/etc/hosts`` (Service names), the environment, restart on exit with
-supervisord's back-off — and differ in what the process sees of the filesystem:
+supervisord's back-off — and the same promise: **a workload is not root on the host.** It
+runs under an unprivileged uid, without capabilities (but what its ``securityContext`` asks
+for and the pattern checker grants), with ``no_new_privs``, in its own PID, mount, IPC and UTS
+namespaces, seeing only its image, selected system files and its own directories. They differ
+in how:
 
-* ``podman``: ``podman run --network ns:/run/netns/<box>`` from a locally built image, with
-  ``resources.limits`` as cgroup limits nested under the box's own cgroup. The box's
-  supervisord runs under ``ip netns exec``, which remounts ``/sys`` without the cgroup
-  hierarchies that runc needs, so the program first mounts them again in that (private)
-  mount namespace, as the host has them.
-* ``process``: the command runs on the host's filesystem in the box's namespace, with
-  ``PYTHONPATH`` at the image's ``src/`` copy and the host's Debian packages (the image's
-  ``packages`` must be installed on the host). The fallback where Podman is absent.
+* ``podman``: ``podman run --network ns:/run/netns/<box>`` from a locally built image,
+  ``--cap-drop=ALL``, ``no-new-privileges``, ``--user 65534:65534`` unless ``runAsUser`` says
+  otherwise, ``--userns=auto`` (a range of ``/etc/subuid``'s ``containers`` ids of its own;
+  :func:`ensure_subids` writes that entry once), with ``resources.limits`` as cgroup limits
+  nested under the box's own cgroup. The box's supervisord runs under ``ip netns exec``, which
+  remounts ``/sys`` without the cgroup hierarchies that runc needs, so the program first mounts
+  them again in that (private) mount namespace, as the host has them.
+* ``process``: the command runs from the host's ``/usr`` (the image's ``packages`` must be
+  installed on the host) in a bubblewrap sandbox. Its launch script, run by supervisord as
+  root, makes a private mount namespace (``unshare --mount``) where it mounts the replica's
+  directories on a tmpfs that an unprivileged uid can reach (the state dir is 0700), then drops
+  to that uid (``setpriv``: one uid per replica, from :data:`SANDBOX_UIDS`, no groups, no
+  capabilities, ``no_new_privs``) and runs ``bwrap``, which builds a new root: ``/usr``
+  read-only, selected ``/etc`` files, the box's hosts and resolv.conf, the image's code at
+  ``/opt/app``, the replica's own ``/work`` (read-write; read-only with
+  ``readOnlyRootFilesystem``) and ``/tmp``, a fresh ``/proc`` and ``/dev``. Nothing of the
+  state dir, ``/run/overcloud`` or other replicas is in it. Where no such sandbox can be had,
+  the process runtime is refused (:func:`sandbox_problem`); it never runs a workload as root.
 
-Environment values (DataLake keys among them) go through a 0600 file in the replica's
+Environment values (DataLake keys among them) go through 0600 files in the replica's
 directory, never through a command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 from overcloud.files import write_private
@@ -40,17 +57,51 @@ runtime = "runc"
 events_logger = "file"
 """
 
+# the uid (and gid) a workload runs as, inside its user namespace, unless runAsUser says otherwise
+DEFAULT_ID = 65534
+# host uids of process-runtime sandboxes: one per replica, hashed from its OverCloud and name;
+# below Podman's range (SUBIDS) and far above the ids Debian hands to users (< 60000, subuids
+# from 100000 in 65536 steps)
+SANDBOX_UIDS = range(1_000_000_000, 1_100_000_000)
+# Podman's --userns=auto takes ranges from /etc/sub{u,g}id's "containers" entry: the upper half
+SUBIDS = "containers:2147483647:2147483648"
+USERNS_SIZE = 65536
+# an empty directory on the host: in each sandbox launch's own mount namespace a tmpfs is
+# mounted on it, holding the replica's directories where the sandbox's uid can reach them
+STAGE = Path("/run/overcloud-sandbox")
+# what a sandbox sees of /etc besides the box's hosts and resolv.conf (and its image's
+# packages' own /etc entries): names, the loader, certificates, time zones, Python's config
+ETC = ("passwd", "group", "nsswitch.conf", "host.conf", "gai.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
+       "alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "localtime", "timezone", "mime.types",
+       "protocols", "services", "os-release", "debian_version", "python3", "environment")
+
+# where a sandbox's root has something already (a workingDir there must exist)
+BOUND = ("/usr", "/etc", "/proc", "/dev", "/run", "/opt/app", "/work", "/tmp", "/var/tmp", "/bin", "/sbin", "/lib",
+         "/lib64")
+
+
+class SandboxError(RuntimeError):
+    """The process runtime cannot sandbox a workload here (so it does not run it)."""
+
 
 def podman_available() -> bool:
     return shutil.which("podman") is not None and shutil.which("runc") is not None
 
 
 def choose(requested: str | None) -> str:
-    """``auto`` (or nothing) is podman where it is installed, else process."""
+    """``auto`` (or nothing) is podman where it is installed, else process. The process runtime
+    needs its sandbox (:func:`sandbox_problem`)."""
     if requested in (None, "", "auto"):
-        return "podman" if podman_available() else "process"
+        if podman_available():
+            return "podman"
+        requested = "process"
     if requested == "podman" and not podman_available():
         raise RuntimeError("the podman runtime needs podman and runc installed (`make install` does that as root)")
+    if requested == "process":
+        problem = sandbox_problem()
+        if problem:
+            raise RuntimeError(f"the process runtime runs workloads only in a sandbox, and none can be had here: "
+                               f"{problem}")
     return requested
 
 
@@ -109,18 +160,6 @@ def container_name(overcloud_id: str, replica: str, container: str) -> str:
     return f"oc-{overcloud_id[:12]}-{replica}-{container}"
 
 
-def process_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
-                   image_dir: Path) -> Launch:
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o700)
-    env = {"PATH": PATH, "HOME": str(workdir), "PYTHONPATH": str(image_dir / "src"), "PYTHONUNBUFFERED": "1", **env}
-    env_file = workdir / f"{c.name}.env"
-    write_env(env_file, env, shell=True)
-    cwd = c.working_dir if c.working_dir and Path(c.working_dir).is_dir() else str(workdir)
-    script = f". {shlex.quote(str(env_file))}\nexec {shlex.join([*c.command, *c.args])}\n"
-    return Launch(program_name(replica, c.name), ["env", "-i", "sh", str(_script(workdir, c.name, script))], cwd)
-
-
 def _script(workdir: Path, name: str, text: str) -> Path:
     """The launch script of one container (supervisord's own command parsing cannot carry
     nested shell quoting, and a file keeps values off the command line)."""
@@ -129,9 +168,211 @@ def _script(workdir: Path, name: str, text: str) -> Path:
     return path
 
 
+# -- the process runtime's sandbox ---------------------------------------------------
+def sandbox_uid(overcloud_id: str, replica: str) -> int:
+    """The host uid a replica's sandbox runs as: its own, the same at every start (its files
+    stay its own), never root nor a user's."""
+    h = int.from_bytes(hashlib.sha256(f"{overcloud_id}/{replica}".encode()).digest()[:8], "big")
+    return SANDBOX_UIDS.start + h % len(SANDBOX_UIDS)
+
+
+def _ids(c: Container) -> tuple[int, int]:
+    """The uid and gid a container runs as, inside its user namespace."""
+    s = c.security
+    return (DEFAULT_ID if s.run_as_user is None else s.run_as_user,
+            DEFAULT_ID if s.run_as_group is None else s.run_as_group)
+
+
+def _system_binds(etc: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """bwrap arguments for the read-only system part of a sandbox's root, as this host lays
+    it out (merged /usr or not)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        p = Path("/") / top
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), f"/{top}"]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), f"/{top}"]
+    for name in dict.fromkeys([*ETC, *etc]):
+        if "/" in name or name in ("", ".", "..", "hosts", "resolv.conf", "netns"):
+            continue
+        if (Path("/etc") / name).exists():
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def bwrap_args(*, replica: str, uid: int, gid: int, env: dict[str, str], read_only: bool, cwd: str,
+               etc: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Everything bwrap is told for one container, sources under :data:`STAGE` (where the launch
+    script mounts them). They go to bwrap through a 0600 file (``--args``): values stay off every
+    command line, and any variable name works."""
+    args = ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--disable-userns",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", replica,
+            "--die-with-parent", "--cap-drop", "ALL", *_system_binds(etc),
+            "--ro-bind", str(STAGE / "hosts"), "/etc/hosts", "--ro-bind", str(STAGE / "resolv.conf"), "/etc/resolv.conf",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run", "--symlink", "/tmp", "/var/tmp",
+            "--ro-bind", str(STAGE / "app"), "/opt/app",
+            "--ro-bind" if read_only else "--bind", str(STAGE / "work"), "/work",
+            "--bind", str(STAGE / "tmp"), "/tmp"]
+    if not any(cwd == top or cwd.startswith(top + "/") for top in BOUND):
+        args += ["--dir", cwd]  # a workingDir elsewhere is made in the sandbox's own root
+    args += ["--chdir", cwd, "--clearenv"]
+    for k, v in env.items():
+        args += ["--setenv", k, v]
+    return args
+
+
+def sandbox_script(*, uid: int, workdir: Path, tmpdir: Path, app: Path, hosts: Path, resolv: Path,
+                   args_file: Path, command: list[str]) -> str:
+    """The launch script (run as root by the box's supervisord, in a mount namespace of its own).
+    With ``--exec CMD...`` it runs CMD in the same kind of sandbox instead (exec probes)."""
+    q = shlex.quote
+    stage = q(str(STAGE))
+    return f"""\
+set -eu
+PATH={PATH}
+if [ "${{1-}}" = --exec ]; then shift; else set -- {shlex.join(command)}; fi
+mkdir -p {stage}
+mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev overcloud-sandbox {stage}
+mkdir {stage}/work {stage}/tmp {stage}/app
+touch {stage}/hosts {stage}/resolv.conf
+mount --bind {q(str(workdir))} {stage}/work
+mount --bind {q(str(tmpdir))} {stage}/tmp
+mount --bind {q(str(app))} {stage}/app
+mount --bind {q(str(hosts))} {stage}/hosts
+mount --bind {q(str(resolv))} {stage}/resolv.conf
+exec 3< {q(str(args_file))}
+# SIGTERM (a stop) is for the workload alone: bwrap would die of it and take the sandbox along
+trap '' TERM
+exec setpriv --reuid={uid} --regid={uid} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \\
+  bwrap --args 3 -- env --default-signal=TERM "$@"
+"""
+
+
+def process_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
+                   image_dir: Path, etc_dir: Path, etc: list[str] | tuple[str, ...] = ()) -> Launch:
+    """``workdir`` (root's, 0700) holds the launch script and the bwrap arguments; its ``work``
+    (the sandbox's ``/work``) and ``tmp-<container>`` (its ``/tmp``, kept for exec probes,
+    which run in a sandbox of their own) belong to the replica's sandbox uid. ``etc_dir`` is
+    the box's ``/etc/netns/<handle>``."""
+    uid = sandbox_uid(overcloud_id, replica)
+    inner_uid, inner_gid = _ids(c)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o700)
+    work, tmp = workdir / "work", workdir / f"tmp-{c.name}"
+    for d in (work, tmp):
+        d.mkdir(exist_ok=True)
+        os.chown(d, uid, uid, follow_symlinks=False)
+        os.chmod(d, 0o700)
+    cwd = c.working_dir or "/work"
+    env = {"PATH": PATH, "HOME": "/work", "PYTHONPATH": "/opt/app", "PYTHONUNBUFFERED": "1", **env}
+    args = bwrap_args(replica=replica, uid=inner_uid, gid=inner_gid, env=env,
+                      read_only=c.security.read_only_root_filesystem, cwd=cwd, etc=etc)
+    args_file = workdir / f"{c.name}.bwrap"
+    write_private(args_file, "".join(a + "\0" for a in args))
+    script = sandbox_script(uid=uid, workdir=work, tmpdir=tmp, app=image_dir / "src", hosts=etc_dir / "hosts",
+                            resolv=etc_dir / "resolv.conf", args_file=args_file, command=[*c.command, *c.args])
+    path = _script(workdir, c.name, script)
+    return Launch(program_name(replica, c.name), process_command(path), str(workdir))
+
+
+def process_command(script: Path, exec_argv: list[str] | None = None) -> list[str]:
+    """What runs a launch script: in a mount namespace of its own, with nothing of the caller's
+    environment. With ``exec_argv``, that command in the container's sandbox (an exec probe)."""
+    tail = ["--exec", *exec_argv] if exec_argv is not None else []
+    return ["env", "-i", "unshare", "--mount", "--propagation", "private", "sh", str(script), *tail]
+
+
+@functools.lru_cache(maxsize=1)
+def _sandbox_works() -> None:
+    """Run one sandbox as the launches do (raises SandboxError). Only success is cached."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="overcloud-sandbox-check-") as tmp:
+        t = Path(tmp)
+        for name in ("work", "tmp", "app", "etc"):
+            (t / name).mkdir()
+        (t / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+        (t / "etc" / "resolv.conf").write_text("")
+        uid = SANDBOX_UIDS.start
+        for d in ("work", "tmp"):
+            os.chown(t / d, uid, uid)
+        args = bwrap_args(replica="check", uid=DEFAULT_ID, gid=DEFAULT_ID, env={"PATH": PATH}, read_only=False,
+                          cwd="/work")
+        write_private(t / "args", "".join(a + "\0" for a in args))
+        script = sandbox_script(uid=uid, workdir=t / "work", tmpdir=t / "tmp", app=t / "app", hosts=t / "etc" / "hosts",
+                                resolv=t / "etc" / "resolv.conf", args_file=t / "args",
+                                command=["sh", "-c", 'test "$(id -u)" = 65534 && touch /work/ok'])
+        write_private(t / "check.sh", script, mode=0o700)
+        try:
+            r = subprocess.run(process_command(t / "check.sh"), capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SandboxError(f"running the sandbox failed: {exc}") from None
+        if r.returncode != 0 or not (t / "work" / "ok").exists():
+            raise SandboxError(f"a test sandbox failed ({(r.stderr or r.stdout).strip()[-300:] or r.returncode})")
+
+
+def sandbox_problem() -> str | None:
+    """Why the process runtime cannot sandbox workloads here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the Tower must run as root to drop a workload to its own uid"
+    missing = [p for p in ("bwrap", "setpriv", "unshare") if shutil.which(p) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (`make install` installs bubblewrap as root)"
+    try:
+        _sandbox_works()
+    except SandboxError as exc:
+        return str(exc)
+    return None
+
+
+# -- podman ----------------------------------------------------------------------
+def ensure_subids(paths: tuple[str, ...] = ("/etc/subuid", "/etc/subgid")) -> bool:
+    """Podman's ``--userns=auto`` takes id ranges from the ``containers`` entries of /etc/subuid
+    and /etc/subgid: add :data:`SUBIDS` where there is none (an entry already there is kept).
+    Returns whether both files have one (False: containers run without a user namespace)."""
+    ok = True
+    for path in paths:
+        p = Path(path)
+        try:
+            text = p.read_text() if p.exists() else ""
+            if not any(line.split(":", 1)[0] == "containers" for line in text.splitlines()):
+                with open(p, "a") as f:
+                    f.write(("" if not text or text.endswith("\n") else "\n") + SUBIDS + "\n")
+                os.chmod(p, 0o644)
+        except OSError:
+            ok = False
+    return ok
+
+
+@functools.lru_cache(maxsize=1)
+def podman_userns() -> bool:
+    """Whether Podman containers get user namespaces here (set up once per Tower process)."""
+    return os.geteuid() == 0 and ensure_subids()
+
+
+def podman_security(c: Container, userns: bool) -> list[str]:
+    """``podman run`` options from a container's securityContext (checked by the pattern):
+    no capabilities but those it asks for, no_new_privs, a non-root user unless ``runAsUser``
+    says 0, a user namespace of its own where it can have one."""
+    uid, gid = _ids(c)
+    s = c.security
+    opts = ["--cap-drop=ALL", "--security-opt=no-new-privileges", "--user", f"{uid}:{gid}"]
+    opts += [f"--cap-add={cap}" for cap in s.capabilities_add]
+    # NET_BIND_SERVICE acts on the box's network namespace, which belongs to the host's user
+    # namespace: only there does it mean anything (the pattern refuses it with runAsUser 0)
+    if userns and not s.capabilities_add:
+        # in a user namespace that does not own the network namespace, sysfs cannot be mounted:
+        # an empty /sys (Podman still mounts /sys/fs/cgroup in it)
+        opts += [f"--userns=auto:size={USERNS_SIZE}", "--mount", "type=tmpfs,destination=/sys"]
+    if s.read_only_root_filesystem:
+        opts += ["--read-only"]  # Podman mounts tmpfs on /tmp, /var/tmp and /run then
+    return opts
+
+
 def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
                   handle: str, image_ref: str, hosts_file: Path, cgroup_parent: str | None,
-                  containers_conf: Path, tower_id: str | None = None) -> Launch:
+                  containers_conf: Path, tower_id: str | None = None, userns: bool = False) -> Launch:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
     env = {"PYTHONUNBUFFERED": "1", **env}
@@ -141,7 +382,7 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
     run = ["podman", "run", "--rm", "--replace", "--name", name, "--network", f"ns:/run/netns/{handle}",
            "--env-file", str(env_file), "-v", f"{hosts_file}:/etc/hosts:ro", "--hostname", replica,
            "--pull", "never", "--log-driver", "none", "--label", f"overcloud.io/overcloud={overcloud_id}",
-           "--workdir", c.working_dir or "/tmp"]
+           "--workdir", c.working_dir or "/tmp", *podman_security(c, userns)]
     if tower_id:  # which Tower's: a sweep of another Tower on this host leaves it alone
         run += ["--label", f"overcloud.io/tower={tower_id}"]
     if cgroup_parent:
