@@ -20,7 +20,7 @@ fi
 "$OC" store stop
 # and the site bridges, their gateway addresses and the host firewall table (refused while boxes remain)
 .venv/bin/python - <<'PY'
-from overcloud.config import Settings
+from overcloud.config import Settings, tower_identity
 from overcloud.underclouds.local import LocalHost, LocalSiteConfig
 
 s = Settings()
@@ -28,7 +28,8 @@ sites = [LocalSiteConfig(name=x.name, bridge=x.bridge, cidr=x.cidr) for x in s.s
 if sites:
     from overcloud.underclouds.base import UnderCloudError
     try:
-        LocalHost(s.state_dir / "local", sites=sites, overlay_cidr=s.overlay_cidr).teardown_sites()
+        LocalHost(s.state_dir / "local", sites=sites, overlay_cidr=s.overlay_cidr,
+                  tower_id=tower_identity(s.state_dir)).teardown_sites()
     except UnderCloudError as exc:
         raise SystemExit(f"site bridges left in place: {exc}")
     print("site bridges removed:", ", ".join(x.bridge for x in sites))
