@@ -33,6 +33,7 @@ from overcloud.boxes import netns as boxnetns
 from overcloud.boxes.cgroups import Cgroups
 from overcloud.boxes.netns import NetnsTransport
 from overcloud.boxes.supervision import ETC_NETNS, BoxSupervisor
+from overcloud.files import write_atomic
 from overcloud.underclouds import local_containers as containers
 from overcloud.underclouds import local_net as net
 from overcloud.underclouds.base import (
@@ -191,12 +192,13 @@ class LocalHost:
         """The (host address, TCP port) pairs boxes may connect to on the host — the
         Construction DataLake's S3 endpoint; everything else on the host is dropped for them
         (see ``local_net.install_host_guard``). Replaces what this state dir allowed before."""
-        state = json.loads(self._host_state.read_text()) if self._host_state.exists() else {}
-        before = [tuple(x) for x in state.get("host_services", [])]
-        wanted = [(str(ip), int(port)) for ip, port in services]
-        net.allow_host_services(self.bridges, wanted, [x for x in before if x not in wanted])
-        state["host_services"] = wanted
-        self._host_state.write_text(json.dumps(state))
+        with self.leases.lock():
+            state = json.loads(self._host_state.read_text()) if self._host_state.exists() else {}
+            before = [tuple(x) for x in state.get("host_services", [])]
+            wanted = [(str(ip), int(port)) for ip, port in services]
+            net.allow_host_services(self.bridges, wanted, [x for x in before if x not in wanted])
+            state["host_services"] = wanted
+            write_atomic(self._host_state, json.dumps(state))
 
     def _pin(self, lease: dict[str, Any]) -> str:
         """Pin the box's bridge port to its eth0 MAC and leased address; returns the MAC."""
@@ -210,7 +212,7 @@ class LocalHost:
         return mac
 
     def teardown_sites(self) -> None:
-        """Remove our bridges and guard chain; restore ip_forward when the
+        """Remove our bridges, guard chains and pin table; restore ip_forward when the
         guard table is gone. Refuses while boxes remain."""
         left = [lease["handle"] for lease in self.leases.boxes()]
         left += [h for h in self._kernel_handles() if h not in left]
