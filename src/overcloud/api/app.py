@@ -25,7 +25,7 @@ from overcloud.api.streams import EventHub
 from overcloud.composition.controller import NotComposable, ServiceConflict, ServiceNotFound
 from overcloud.composition.pattern import MAX_PATTERN_BYTES, PatternError
 from overcloud.composition.placement import PlacementError
-from overcloud.limits import ECHO_CHARS, clip, shown
+from overcloud.limits import ECHO_CHARS, clip, return_large_buffers, shown
 from overcloud.repository import InvalidTransition, NotFound
 from overcloud.tower import ArchiveNotFound, NoDataLake, NoFabric, QuotaExceeded, Tower
 from overcloud.underclouds.base import UnderCloudError
@@ -78,6 +78,7 @@ def create_app(tower: Tower) -> FastAPI:
     app.state.streams = EventHub(tower.repo, tower.is_running, max_total=tower.settings.max_streams,
                                  max_per_token=tower.settings.max_streams_per_token)
     tower.metrics.watch_status(tower.repo.count_by_status)
+    return_large_buffers()  # a refused 10 MiB body leaves no memory behind (limits.py)
 
     auth = [Depends(get_principal)]
 
