@@ -58,7 +58,10 @@ def parse_memory(value: Any) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(value).strip())
     if not m:
         raise ValueError(f"{shown(value)} is not a memory quantity (like 128Mi or 1Gi)")
-    return int(float(m.group(1)) * _MEM_SUFFIX[m.group(2) or ""])
+    n = float(m.group(1)) * _MEM_SUFFIX[m.group(2) or ""]
+    if n >= 2**63:  # Kubernetes' quantities are int64 too
+        raise ValueError(f"{shown(value)} is more memory than any machine has")
+    return int(n)
 
 
 def parse_cpu(value: Any) -> float:
@@ -66,8 +69,10 @@ def parse_cpu(value: Any) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(m)?", str(value).strip())
     if not m:
         raise ValueError(f"{shown(value)} is not a CPU quantity (like 250m or 0.5)")
-    cores = float(m.group(1))
-    return cores / 1000 if m.group(2) else cores
+    cores = float(m.group(1)) / (1000 if m.group(2) else 1)
+    if cores >= 2**31:
+        raise ValueError(f"{shown(value)} is more CPUs than any machine has")
+    return cores
 
 
 def format_memory(n: int) -> str:

@@ -145,6 +145,10 @@ def test_quantities():
     assert pat.parse_memory("1Gi") == 2**30 and pat.parse_memory("128M") == 128 * 10**6
     with pytest.raises(ValueError):
         pat.parse_cpu("fast")
+    # a number too large for a float was an OverflowError (a 500), or an infinite CPU request
+    for parse in (pat.parse_cpu, pat.parse_memory):
+        with pytest.raises(ValueError, match="than any machine has"):
+            parse("9" * 400)
 
 
 def test_sources_yaml_text_tar_and_size_limit(tmp_path):
