@@ -6,7 +6,15 @@ outlives Tower restarts; ``overcloud serve`` starts it when it is not running. I
 the first site's gateway address: boxes of every site reach it there, the host reaches it
 locally. Only its S3 port (authenticated) is reachable from the site bridges — the host
 firewall table ``overcloud_cdl_<tag>`` drops packets from our bridges to its master, volume
-and filer ports — because those have no authentication.
+and filer ports.
+
+The host's other users get no further: the same table's output chain refuses non-root
+connections to those ports on every local address, and the store protects itself
+(SeaweedFS's ``security.toml``, secrets sealed in ``security.sealed``, written 0600 into the
+0700 ``security/`` dir): the filer's HTTP API and the volume server answer only JWT-signed
+requests, gRPC only peers holding the store's own certificate (mutual TLS), the master's
+HTTP API -- which hands out write JWTs and deletes collections -- only local addresses. Its
+directories are 0700. See docs/seaweedfs.md, "Security".
 
 Artifacts (the ``weed`` binary, ...) are published once, content-addressed
 (``overcloud-artifacts/sha256/<hex>``); boxes fetch them with a presigned GET through
@@ -18,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -37,6 +46,14 @@ ARCHIVES = "overcloud-archives"
 # 12000, with gRPC at +10000 still below the ephemeral range), and refuses to start when one
 # is taken by something else.
 PORT_BASE, PORT_BLOCKS = 10000, 200
+#: The white list of ``weed server`` (its master's HTTP API, its volume server's writes and gRPC
+#: admin calls), with the store's bind address and 127.0.0.1: ``@`` is the peer name of a
+#: unix-socket connection, which ``weed server``'s parts use between themselves
+#: (/tmp/seaweedfs-*-grpc-<port>.sock, root-only, mutual TLS still required). A white list of
+#: ``@`` alone refuses the S3 gateway's own uploads to the volume server (measured), so the
+#: local addresses stay on it; non-root local users are kept off those ports by the host
+#: firewall instead (``_guard``).
+MASTER_WHITE_LIST = ("@",)
 PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's maximum; boxes keep the fetched file in their cache
 FETCH = Path(__file__).resolve().parent.parent / "boxes" / "fetch.py"
 
@@ -112,6 +129,24 @@ class ConstructionDataLake:
 
         return clients.s3_client(self.s3_endpoint, *self.credentials())
 
+    def security(self) -> dict[str, str]:
+        """The store's SeaweedFS secrets (JWT keys, gRPC CA and certificate), made and sealed
+        on first use beside the S3 credentials."""
+        path = self.dir / "security.sealed"
+        from overcloud.datalake import seaweed
+
+        with self._lock:
+            if not path.exists():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                write_private(path, self.secrets.seal(json.dumps(seaweed.new_security("overcloud-cdl"))))
+            return json.loads(self.secrets.open(path.read_text()))
+
+    def filer_auth(self):
+        """Signs calls to this store's filer (which refuses unsigned ones)."""
+        from overcloud.datalake import clients
+
+        return clients.FilerJwt.of(self.security())
+
     # -- lifecycle ----------------------------------------------------------
     def ensure_running(self, timeout: float = 60.0) -> None:
         """Start it (idempotent), wait until S3 answers, make its buckets."""
@@ -120,8 +155,12 @@ class ConstructionDataLake:
         access, secret = self.credentials()
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        for d in (self.dir, data):  # the Tower's alone, also when made by an older version
+            os.chmod(d, 0o700)
         config = self.dir / "s3.json"
         write_private(config, json.dumps(seaweed.s3_config(access, secret, admin_name="tower")))
+        security = seaweed.write_security(self.dir / "security", self.security(),
+                                          white_list=[*MASTER_WHITE_LIST, self.bind_ip, "127.0.0.1"])
         if not self.supervisor.is_running():
             self._choose_ports()
         self._guard()
@@ -131,7 +170,7 @@ class ConstructionDataLake:
         argv = seaweed.server_argv(
             seaweed.weed_binary(), ip=self.bind_ip, data_dir=str(data), logdir=str(self.supervisor.log_dir),
             s3_config_path=str(config), master_port=self.master_port, volume_port=self.volume_port,
-            filer_port=self.filer_port, s3_port=self.s3_port,
+            filer_port=self.filer_port, s3_port=self.s3_port, config_dir=str(security.parent),
         )
         self.supervisor.add_program("weed-server", argv, startsecs=1, startretries=5)
         seaweed.wait_http(self.s3_endpoint, timeout)
@@ -165,9 +204,13 @@ class ConstructionDataLake:
         return self.supervisor.box_pids()
 
     def _guard(self) -> None:
-        """Boxes must not reach this store's unauthenticated ports (master, volume, filer and
-        their gRPC ports); its S3 port is authenticated. Only this store's own ports are named,
-        so several Towers' stores on one host never block each other."""
+        """Boxes must not reach this store's internal ports (master, volume, filer and their
+        gRPC ports); its S3 port is authenticated. Nor may the host's non-root users: the
+        output chain drops their connections to those ports on any local address (the master's
+        HTTP API answers every local address ``weed server`` itself uses, and hands out write
+        JWTs and /col/delete). Root -- the Tower, ``weed`` itself -- passes; S3 stays open to
+        all, with keys. Only this store's own ports are named, so several Towers' stores on one
+        host never block each other."""
         bridges = ", ".join(f'"{b}"' for b in self.bridges)
         ports = [self.master_port, self.volume_port, self.filer_port]
         closed = ", ".join(str(p) for p in ports + [p + 10000 for p in ports] + [self.s3_port + 10000])
@@ -176,6 +219,10 @@ table inet overcloud_cdl_{self.tag} {{
   chain input {{
     type filter hook input priority -10; policy accept;
     iifname {{ {bridges} }} ip daddr {{ {self.bind_ip}, 127.0.0.1 }} tcp dport {{ {closed} }} drop
+  }}
+  chain output {{
+    type filter hook output priority -10; policy accept;
+    fib daddr type local meta skuid != 0 tcp dport {{ {closed} }} reject with tcp reset
   }}
 }}
 """

@@ -6,6 +6,13 @@ box, all bound to overlay addresses (only the OverCloud's own boxes reach them).
 The ``weed`` binary reaches each box from the Construction DataLake (content-addressed,
 SHA-256 checked). Every OverCloud has its own S3 key pair, sealed in the repository.
 
+Security (docs/seaweedfs.md): every OverCloud also has its own SeaweedFS ``security.toml``
+secrets (JWT keys for volume servers and filer, a mutual-TLS CA for gRPC), sealed in the
+repository and written 0600 into a 0700 ``weed-security/`` dir of each box, read with
+``weed -config_dir``. The master's HTTP API answers only the Post's own address. A workload,
+even one sharing a cluster box's network namespace with its volume server, reaches the
+DataLake only through S3 with keys.
+
 Everything that talks to SeaweedFS runs inside a box's namespace (``transport.call``).
 """
 
@@ -29,6 +36,8 @@ MASTER, VOLUME, FILER, S3 = 9333, 8080, 8888, 8333
 METRICS = {"weed-master": 9324, "weed-volume": 9325, "weed-filer": 9326, "weed-s3": 9327}
 BUCKET = "data"
 SECRET = "datalake.s3"
+SECURITY = "datalake.security"
+SECURITY_DIR = "weed-security"
 PROGRAMS = ("weed-s3", "weed-filer", "weed-volume", "weed-master")  # stop order
 
 
@@ -51,6 +60,23 @@ def credentials(tower, overcloud_id: str) -> tuple[str, str]:
     sealed = tower.repo.get_secret(overcloud_id, SECRET)
     access, secret = json.loads(tower.secrets.open(sealed))
     return access, secret
+
+
+def security(tower, overcloud_id: str) -> dict[str, str]:
+    """This OverCloud's SeaweedFS secrets (JWT keys, gRPC CA and certificate), made and sealed
+    on first use like the S3 keys (idempotent across retries)."""
+    from overcloud.datalake import seaweed
+
+    if tower.repo.get_secret(overcloud_id, SECURITY) is None:
+        tower.repo.put_secret(overcloud_id, SECURITY, tower.secrets.seal(json.dumps(seaweed.new_security())))
+    return json.loads(tower.secrets.open(tower.repo.get_secret(overcloud_id, SECURITY)))
+
+
+def filer_auth(tower, overcloud_id: str):
+    """Signs the Tower's own filer calls (round trip, preserve, restore)."""
+    from overcloud.datalake import clients
+
+    return clients.FilerJwt.of(security(tower, overcloud_id))
 
 
 def endpoints(post_ip: str) -> dict[str, str]:
@@ -81,12 +107,17 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
     post_ip = addr[post.name]
     ep = endpoints(post_ip)
     access, secret = credentials(tower, overcloud_id)
+    sec = security(tower, overcloud_id)
+    fauth = clients.FilerJwt.of(sec)
     replication = seaweed.replication_for(len(clusters))
     weed = seaweed.weed_binary()
     post_sup = tower.local.supervisor(post)
     post_dir = post_sup.box_dir
     s3_json = post_dir / "s3.json"
     write_private(s3_json, json.dumps(seaweed.s3_config(access, secret)))
+    # the master's HTTP API (/dir/assign and /dir/lookup hand out write JWTs) only from the
+    # Post itself: the Tower asks from the Post's namespace; no workload runs on the Post
+    post_conf = seaweed.write_security(post_dir / SECURITY_DIR, sec, white_list=[post_ip, "127.0.0.1"])
     logs = str(post_sup.log_dir)
     post_net = tower.local.transport(post)
 
@@ -108,22 +139,24 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
 
     step("prepare")
     run(post_sup, "weed-master", seaweed.master_argv(weed, post_ip, MASTER, str(post_dir / "weed-master"), logs, replication,
-                                                        metrics_port=METRICS["weed-master"]))
+                                                        metrics_port=METRICS["weed-master"], config_dir=post_conf.parent))
     post_net.call(lambda: seaweed.wait_master_leader(ep["master"], 30))
     step("master leader")
     for box in clusters:
         sup = tower.local.supervisor(box)
+        # a cluster box holds only the volume keys: its volume server never signs filer calls
+        conf_dir = seaweed.write_security(sup.box_dir / SECURITY_DIR, sec, filer_keys=False).parent
         run(sup, "weed-volume", seaweed.volume_argv(weed, addr[box.name], VOLUME, f"{post_ip}:{MASTER}",
                                                      str(sup.box_dir / "weed-volume"), str(sup.log_dir),
-                                                     metrics_port=METRICS["weed-volume"]))
+                                                     metrics_port=METRICS["weed-volume"], config_dir=conf_dir))
     run(post_sup, "weed-filer", seaweed.filer_argv(weed, post_ip, FILER, f"{post_ip}:{MASTER}", str(post_dir / "weed-filer"), logs,
-                                                      metrics_port=METRICS["weed-filer"]))
+                                                      metrics_port=METRICS["weed-filer"], config_dir=post_conf.parent))
     post_net.call(lambda: seaweed.wait_volume_servers(ep["master"], len(clusters), 30))
     step("volume servers registered")
     post_net.call(lambda: seaweed.wait_http(ep["filer"], 30))
     step("filer up")
     run(post_sup, "weed-s3", seaweed.s3_argv(weed, post_ip, S3, f"{post_ip}:{FILER}", str(s3_json), logs,
-                                                metrics_port=METRICS["weed-s3"]))
+                                                metrics_port=METRICS["weed-s3"], config_dir=post_conf.parent))
     post_net.call(lambda: seaweed.wait_http(ep["s3"], 30))
     step("s3 up")
 
@@ -135,7 +168,7 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
             raise DataLakeError(f"create bucket {BUCKET}: {exc}") from exc
         if conf["restore_from"]:
             src = clients.s3_client(cdl.s3_endpoint, *cdl.credentials())
-            return seaweed.restore(src, conf["restore_from"], client, ep["filer"])
+            return seaweed.restore(src, conf["restore_from"], client, ep["filer"], filer_auth=fauth)
         return {}
 
     restored = post_net.call(prepare)
@@ -143,7 +176,7 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
     # ready only when a cluster box really writes and reads, over the overlay
     check_box = clusters[0]
     check = tower.local.transport(check_box).call(
-        lambda: clients.round_trip_check(ep["s3"], ep["filer"], (access, secret), BUCKET)
+        lambda: clients.round_trip_check(ep["s3"], ep["filer"], (access, secret), BUCKET, filer_auth=fauth)
     )
     step("round trip from a cluster box")
     info = {
@@ -208,7 +241,8 @@ def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]], keep: bool = T
     def copy() -> dict[str, Any]:
         src = clients.s3_client(info["s3_endpoint"], access, secret)
         dst = clients.s3_client(cdl.s3_endpoint, *cdl.credentials())
-        return seaweed.archive(src, info["filer_endpoint"], dst, overcloud_id, owner=row.tenant_id)
+        return seaweed.archive(src, info["filer_endpoint"], dst, overcloud_id, owner=row.tenant_id,
+                               filer_auth=filer_auth(tower, overcloud_id))
 
     t0 = time.monotonic()
     try:
