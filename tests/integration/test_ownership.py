@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from kernel import leftovers
 from towers import TowerProcess, local_host, wait_for
 
+from overcloud.composition.images import HOST_CACHE, content_hash, tar_name
 from overcloud.config import tower_identity
 from overcloud.underclouds.base import BoxSpec, resolve_flavor
 
@@ -186,3 +188,45 @@ def test_a_tower_restarting_leaves_the_other_towers_overclouds_alone(two):
         wait_for(lambda: restarting.web()["status"] == "READY", "the workload READY after its Tower's restart", bound=60)
         assert other.snapshot() == before, "the other Tower's containers, namespaces or cgroups changed"
         assert other.serves() and restarting.serves()
+
+
+def test_another_state_dirs_build_of_the_same_image_name_does_not_change_what_runs(two, tmp_path):
+    """`overcloud images build` from a third state dir, of an image with A's name but other
+    content, moves the host's ``:latest``; A's containers run A's build by content hash, so a
+    container of A's started again runs what A built (its rootfs here has no python3 at all)."""
+    a, _ = two
+    podman_env = {**os.environ, "CONTAINERS_CONF": str(a.tower.state_dir / "images" / "containers.conf")}
+    [mine] = [r for r in json.loads(a.tower.cli("-o", "json", "images", "list", check=True).stdout) if r["image"] == IMAGE]
+    other_dir = tmp_path / "pattern" / "images" / "smart-energy"
+    shutil.copytree(SMART / "images" / "smart-energy", other_dir)
+    (other_dir / "src" / "another_build.py").write_text("# another state dir's build of the same name\n")
+    other_hash = content_hash(other_dir)
+    # its rootfs tar, placed in the host cache where the build looks first (no mirror needed)
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs" / "hello").write_text("not a python image\n")
+    tar = HOST_CACHE / tar_name("smart-energy", other_hash)
+    subprocess.run(["tar", "-C", str(tmp_path / "rootfs"), "-cf", str(tar), "hello"], check=True)
+    third = TowerProcess(tmp_path / "c", sites=SHARED_SITES, overlay=SHARED_OVERLAY)  # its CLI only
+    try:
+        third.cli("images", "build", str(tmp_path / "pattern"), "--runtime", "podman", check=True, timeout=300)
+        latest = subprocess.run(["podman", "image", "inspect", "--format", '{{index .Labels "overcloud.io/hash"}}', IMAGE],
+                                capture_output=True, text=True, env=podman_env).stdout.strip()
+        assert latest == other_hash  # the third state dir's build is the host's :latest now
+        rebuilt = json.loads(a.tower.cli("-o", "json", "images", "build", str(SMART), "--runtime", "podman", check=True).stdout)
+        assert [r["built"] for r in rebuilt] == [False]  # A's build is still there: nothing to redo
+
+        before = a.containers()
+        [name] = subprocess.run(["podman", "ps", "--filter", f"label=overcloud.io/overcloud={a.oid}", "--format", "{{.Names}}"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["podman", "kill", name], capture_output=True, env=podman_env)
+        wait_for(lambda: (c := a.containers()) and c.keys() != before.keys() and
+                 all(v.startswith("running ") for v in c.values()), "A's container started again", bound=60)
+        image = subprocess.run(["podman", "inspect", "--format", "{{.ImageName}}", name], capture_output=True, text=True,
+                               env=podman_env).stdout.strip()
+        assert image == IMAGE.replace(":latest", f":{mine['hash']}")
+        wait_for(a.serves, "A's workload answers again, from A's own build", bound=60)
+    finally:
+        tar.unlink(missing_ok=True)
+        # give :latest back to the build the other tests and benchmarks use, then drop the other
+        subprocess.run(["podman", "tag", IMAGE.replace(":latest", f":{mine['hash']}"), IMAGE], capture_output=True, env=podman_env)
+        subprocess.run(["podman", "rmi", IMAGE.replace(":latest", f":{other_hash}")], capture_output=True, env=podman_env)

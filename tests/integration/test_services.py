@@ -228,7 +228,8 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
         return [r for r in rows if r["image"] == IMAGE and r["runtimes"].get("podman", {}).get("published")]
     [row] = wait_for(published, "image cached in the Construction DataLake", bound=60)
     tar = row["runtimes"]["podman"]["tar"]
-    assert subprocess.run(["podman", "rmi", "-f", IMAGE], capture_output=True, env=podman_env).returncode == 0
+    content_tag = IMAGE.replace(":latest", f":{row['hash']}")  # what containers run; :latest is an alias
+    assert subprocess.run(["podman", "rmi", "-f", IMAGE, content_tag], capture_output=True, env=podman_env).returncode == 0
     os.unlink(tar)
     r = post(tower, oc, WEB, runtime="podman", wait="true", timeout="60")
     assert r.status_code == 201, r.text

@@ -770,7 +770,7 @@ class ServiceController:
             env = self._env(oc, row, d, r, c, endpoints, box)
             if row.runtime == "podman":
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
-                                          handle=box.handle, image_ref=c.image, hosts_file=sup.etc_dir / "hosts",
+                                          handle=box.handle, image_ref=self.images.run_ref(c.image), hosts_file=sup.etc_dir / "hosts",
                                           cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf(),
                                           tower_id=self.tower.local.tower_id, userns=rt.podman_userns())
             else:

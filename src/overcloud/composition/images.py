@@ -3,6 +3,8 @@
 An image directory holds ``packages`` (Debian packages, one per line, ``#`` comments) and
 ``src/`` (the code, at ``/opt/app`` and on ``PYTHONPATH``). Its reference is
 ``localhost/overcloud/<name>:latest``; a manifest names it with ``imagePullPolicy: Never``.
+Containers run the state dir's own build by content hash (``<name>:<hash>``): another
+Tower's build of the same name moves ``:latest`` on this host, never what runs here.
 
 * podman: ``mmdebstrap --variant=minbase --include=<packages> <codename>`` into a tar, the
   code copied in by a hook, then ``podman import`` with ``PATH`` and ``PYTHONPATH`` set (without
@@ -59,6 +61,13 @@ def image_ref(name: str) -> str:
 def image_name(ref: str) -> str:
     """``localhost/overcloud/<name>:latest`` -> ``<name>``."""
     return ref[len(PREFIX):].split(":")[0]
+
+
+def content_ref(ref: str, digest: str) -> str:
+    """``localhost/overcloud/<name>:<content hash>``: the tag containers run. ``:latest`` names
+    whichever build was imported last on this host (Podman's store is host-wide, so another
+    state dir's build of the same name moves it); a content tag never moves."""
+    return f"{PREFIX}{image_name(ref)}:{digest}"
 
 
 def tar_name(name: str, digest: str) -> str:
@@ -271,9 +280,13 @@ class Images:
         progress(f"{ref}: podman import")
         r = subprocess.run(
             ["podman", "import", "--change", f"ENV PATH={rt.PATH}", "--change", "ENV PYTHONPATH=/opt/app",
-             "--change", "WORKDIR /tmp", "--change", f"LABEL overcloud.io/hash={digest}", str(tar), ref],
+             "--change", "WORKDIR /tmp", "--change", f"LABEL overcloud.io/hash={digest}", str(tar),
+             content_ref(ref, digest)],
             capture_output=True, text=True, env=self.podman_env(),
         )
+        if r.returncode == 0:  # :latest too, for people; containers run the content tag (run_ref)
+            r = subprocess.run(["podman", "tag", content_ref(ref, digest), ref], capture_output=True, text=True,
+                               env=self.podman_env())
         if r.returncode != 0:
             raise ImageError(f"{ref}: podman import failed: {r.stderr.strip()[-500:]}")
         return {"tar": str(tar), "sha256": sha}
@@ -340,12 +353,28 @@ class Images:
     def podman_env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.ensure_conf())}
 
+    def run_ref(self, ref: str) -> str:
+        """The reference a container of ``ref`` runs: this state dir's build, by content hash
+        (what another Tower builds under the same name never replaces it)."""
+        return content_ref(ref, self._index()[ref]["hash"])
+
     def _podman_has(self, ref: str, digest: str) -> bool:
+        """Podman has this build under its content tag (an image imported before content tags,
+        still ``:latest`` with the same hash label, is given its tag here)."""
         if not rt.podman_available():
             return False
-        r = subprocess.run(["podman", "image", "inspect", "--format", '{{index .Labels "overcloud.io/hash"}}', ref],
-                           capture_output=True, text=True, env=self.podman_env())
-        return r.returncode == 0 and r.stdout.strip() == digest
+
+        def label(r: str) -> str | None:
+            p = subprocess.run(["podman", "image", "inspect", "--format", '{{index .Labels "overcloud.io/hash"}}', r],
+                               capture_output=True, text=True, env=self.podman_env())
+            return p.stdout.strip() if p.returncode == 0 else None
+
+        if label(content_ref(ref, digest)) == digest:
+            return True
+        if label(ref) == digest:
+            return subprocess.run(["podman", "tag", ref, content_ref(ref, digest)], capture_output=True,
+                                  env=self.podman_env()).returncode == 0
+        return False
 
 
 def sha256_file(path: Path) -> str:
