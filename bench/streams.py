@@ -4,7 +4,8 @@
 * ``/healthz`` latency p50/p99 with no event stream open, then with N server-sent-event
   clients connected to ``GET /overclouds/{id}/events?follow=true`` (target: under 50 ms);
 * how long the Tower holds M connections that never finish their request headers
-  (slowloris), and how many it still held when the bench gave up waiting.
+  (slowloris), and how many it still held when the bench gave up waiting; and /healthz
+  latency while they are held.
 
 Runs as root on the local UnderCloud with bridges of its own (ocbs-a/-b) and address ranges;
 cleans up after itself. Usage: bench/streams.py [--streams 200] [--slow 1000] [--probes 300]
@@ -96,9 +97,9 @@ class Streams:
         self.thread.join(30)
 
 
-def slow_headers(port: int, n: int, give_up: float) -> tuple[list[float], int]:
-    """Open ``n`` connections that send an unfinished request head; return how long each
-    was held before the Tower closed it, and how many were still open after ``give_up`` s."""
+def slow_headers(port: int, n: int, give_up: float, meanwhile) -> tuple[list[float], int]:
+    """Open ``n`` connections that send an unfinished request head, call ``meanwhile()``; return
+    how long each was held before the Tower closed it, and how many were still open after ``give_up`` s."""
     socks, opened = [], []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
@@ -106,6 +107,7 @@ def slow_headers(port: int, n: int, give_up: float) -> tuple[list[float], int]:
         s.setblocking(False)
         socks.append(s)
         opened.append(time.monotonic())
+    meanwhile()
     held: list[float] = []
     open_ = set(range(n))
     deadline = time.monotonic() + give_up
@@ -145,12 +147,23 @@ def main() -> int:
         try:
             idle = healthz_latency(url, a.probes)
             print(f"/healthz, no streams:        p50 {pct(idle, .5):6.1f} ms  p99 {pct(idle, .99):6.1f} ms")
+            opening: list[float] = []
+            prober = threading.Thread(target=lambda: opening.extend(healthz_latency(url, 100)))
+            prober.start()  # while the streams connect and read their backlogs
             with Streams(port, f"/overclouds/{oid}/events?follow=true", token, a.streams) as st:
                 codes = {code: st.statuses.count(code) for code in set(st.statuses)}
+                prober.join()
+                print(f"/healthz, {a.streams} streams opening: p50 {pct(opening, .5):6.1f} ms  p99 {pct(opening, .99):6.1f} ms")
+                seen = -1
+                while seen != st.events:  # every stream has its backlog: measure the steady state
+                    seen = st.events
+                    time.sleep(0.5)
                 busy = healthz_latency(url, a.probes)
                 print(f"/healthz, {a.streams} streams open:  p50 {pct(busy, .5):6.1f} ms  p99 {pct(busy, .99):6.1f} ms"
                       f"  (stream answers {codes}, events read {st.events})")
-            held, still = slow_headers(port, a.slow, a.give_up)
+            during: list[float] = []
+            held, still = slow_headers(port, a.slow, a.give_up, lambda: during.extend(healthz_latency(url, 20)))
+            print(f"/healthz beside {a.slow} slow-header connections: p50 {pct(during, .5):6.1f} ms  max {max(during):6.1f} ms")
             if held:
                 print(f"{a.slow} slow-header connections: closed by the Tower after median {statistics.median(held):.1f} s,"
                       f" max {max(held):.1f} s; {still} still open after {a.give_up:.0f} s")

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -47,6 +46,7 @@ logger = logging.getLogger(__name__)
 TICK = 0.2  # seconds between the watcher's reads
 BATCH = 1000  # events per read; a full batch is followed by the next read at once
 QUEUE_EVENTS = 1000  # a stream this far behind is closed
+READERS = 2  # threads reading the database for streams at once (see EventHub.run)
 KEEPALIVE = 15.0  # seconds of quiet before a stream sends a comment line
 BACKLOG_PAGE = 500
 RESTING = frozenset({states.READY, states.FAILED, states.DELETED, states.DEGRADED})
@@ -92,8 +92,17 @@ class EventHub:
         self.open = 0  # streams holding a slot
         self._cursor = 0  # the last event id the watcher has read
         self._task: asyncio.Task | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
         self._ready: asyncio.Event | None = None
         self.reads = 0  # database reads by the watcher (for tests and the curious)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a database read for streams in a thread, at most READERS at once. 200 streams
+        opening together would otherwise put 200 threads of SQLAlchemy work against the event
+        loop for the GIL, and /healthz waited 400 ms behind them."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(READERS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     # -- slots ------------------------------------------------------------
     async def subscribe(self, overcloud_id: str, token: str, follow: bool) -> Subscription:
@@ -162,7 +171,7 @@ class EventHub:
         try:
             while not ready.is_set():
                 try:
-                    self._cursor = await run_in_threadpool(self.repo.last_event_id)
+                    self._cursor = await self.run(self.repo.last_event_id)
                     ready.set()
                 except Exception:  # noqa: BLE001 - the database may come back; streams wait meanwhile
                     logger.exception("the event watcher could not read the events table")
@@ -184,7 +193,7 @@ class EventHub:
         # read before the events, so every event up to that status is delivered before END.
         candidates = [oc for oc, subs in self._subs.items()
                       if any(not s.follow for s in subs) and not self.is_running(oc)]
-        statuses, rows = await run_in_threadpool(self._read, candidates, self._cursor)
+        statuses, rows = await self.run(self._read, candidates, self._cursor)
         self.reads += 1
         for ev in rows:
             self._cursor = ev.id
@@ -223,15 +232,14 @@ class EventHub:
         """The stream's text: its backlog after ``after`` from the database, then what the
         watcher hands it; without follow it ends once the OverCloud rests."""
         running = self.is_running(sub.overcloud_id)  # before the status, as in _tick
-        status, rows = await run_in_threadpool(self._backlog, sub.overcloud_id, after)
+        status, rows = await self.run(self._backlog, sub.overcloud_id, after)
         last = after
-        while rows:
-            for ev in rows:
-                last = ev.id
-                yield render(ev)
+        while rows:  # a page at a time, each one write
+            last = rows[-1].id
+            yield "".join(render(ev) for ev in rows)
             if len(rows) < BACKLOG_PAGE:
                 break
-            rows = await run_in_threadpool(self.repo.events_after, sub.overcloud_id, last, BACKLOG_PAGE)
+            rows = await self.run(self.repo.events_after, sub.overcloud_id, last, BACKLOG_PAGE)
         if not sub.follow and (status is None or status in RESTING) and not running:
             return
         while True:
@@ -240,12 +248,22 @@ class EventHub:
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if item == END or item == DROPPED:
+            texts, ended = [], False
+            while True:  # what is queued goes out as one write
+                if item == END or item == DROPPED:
+                    ended = True
+                    break
+                ev_id, text = item
+                if ev_id > last:
+                    last = ev_id
+                    texts.append(text)
+                if sub.queue.empty():
+                    break
+                item = sub.queue.get_nowait()
+            if texts:
+                yield "".join(texts)
+            if ended:
                 return
-            ev_id, text = item
-            if ev_id > last:
-                last = ev_id
-                yield text
 
 
 class EventStream(StreamingResponse):

@@ -37,11 +37,12 @@ def hub_for(repo, running=(), **caps) -> EventHub:
 async def ids_of(gen, n: int | None = None) -> list[int]:
     """Event ids a stream yields: all of them (until it ends), or the first n."""
     out = []
-    async for text in gen:
-        if text.startswith("id: "):
-            out.append(int(text.split("\n", 1)[0][4:]))
-            if n is not None and len(out) == n:
-                break
+    async for chunk in gen:  # one chunk may carry several events
+        for line in chunk.splitlines():
+            if line.startswith("id: "):
+                out.append(int(line[4:]))
+        if n is not None and len(out) >= n:
+            break
     return out
 
 

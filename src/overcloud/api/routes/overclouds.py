@@ -163,10 +163,10 @@ async def events(
     follow: bool = False,
     last_event_id: Annotated[str | None, Header()] = None,
 ):
-    _visible(tower, principal, overcloud_id)
+    hub: EventHub = request.app.state.streams
+    await hub.run(_visible, tower, principal, overcloud_id)  # off the loop, and streams come in crowds
     if last_event_id and last_event_id.isdigit():
         after = int(last_event_id)
-    hub: EventHub = request.app.state.streams
     token = request.headers.get("authorization", "").partition(" ")[2]  # authenticated above
     try:
         sub = await hub.subscribe(overcloud_id, token, follow)

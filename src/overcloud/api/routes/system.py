@@ -12,7 +12,7 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/healthz", summary="Liveness: the Tower answers (no token needed)")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:  # on the event loop: never queued behind the thread pool
     return {"status": "ok", "version": __version__}
 
 
