@@ -193,7 +193,8 @@ def _system_binds(etc: list[str] | tuple[str, ...] = ()) -> list[str]:
             args += ["--symlink", os.readlink(p), f"/{top}"]
         elif p.is_dir():
             args += ["--ro-bind", str(p), f"/{top}"]
-    for name in dict.fromkeys([*ETC, *etc]):
+    pythons = sorted(p.name for p in Path("/etc").glob("python3.*"))  # Debian's sitecustomize
+    for name in dict.fromkeys([*ETC, *pythons, *etc]):
         if "/" in name or name in ("", ".", "..", "hosts", "resolv.conf", "netns"):
             continue
         if (Path("/etc") / name).exists():
