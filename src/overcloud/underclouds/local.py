@@ -331,6 +331,13 @@ class LocalHost:
             "bridge": site.config.bridge,
             "flavor": dataclasses.asdict(spec.flavor),
         }
+        if self.leases.box(handle) is None and os.path.exists(boxnetns.netns_path(handle)) \
+                and self._mine(net.netns_alias(handle)) is None:
+            # a handle is 8 hex digits of the OverCloud id: another Tower's box may have it. Refused
+            # before anything is leased, so undoing this acquire never touches that box
+            raise UnderCloudError(f"namespace {handle} exists and is not this Tower's (another Tower's box, "
+                                  "or a leftover it did not make); create the OverCloud again for another id",
+                                  overcloud_id=spec.overcloud_id, site=site.name)
         lease, new = self.leases.reserve_box(handle, record, site.config.cidr)
         try:
             gateway = self.gateways[site.name]

@@ -295,6 +295,27 @@ def test_a_second_state_dir_on_the_same_bridges_leaves_them_alone(host, oc1, tmp
     assert "fwd_" in subprocess.run(["nft", "list", "table", "inet", net.HOST_TABLE], capture_output=True, text=True).stdout
 
 
+def test_a_second_tower_never_takes_over_a_box_whose_handle_it_shares(host, oc1, tmp_path):
+    """Handles carry 8 hex digits of the OverCloud id: another Tower (another state dir, same
+    bridges) making a box with oc1's handle is refused before it leases anything, so undoing
+    its acquire never touches oc1's box; and its sweep of that id finds nothing to remove."""
+    oc, boxes, _ = oc1
+    other = LocalHost(tmp_path / "other", SITES, OVERLAY, max_boxes=40)
+    twin = oc[:8] + new_id()[8:]  # a different OverCloud whose id starts the same
+    with pytest.raises(UnderCloudError, match="is not this Tower's"):
+        other.site("t-b").acquire([spec(twin, "c2", "t-b")])
+    assert other.list_tagged(twin) == [] and other.list_tagged(oc) == [] and other.list_tagged() == []
+    assert other.sweep({oc, twin}) == []
+    c2 = boxes["c2"].handle
+    assert c2 in boxnetns.list_netns() and host.leases.box(c2) is not None
+    _, t = serve_once(host, boxes["c2"], boxes["c2"].overlay_address, 7300)
+    try:  # and it still works, across the sites
+        assert reaches(host, boxes["c1"], boxes["c2"].overlay_address, 7300, within=5)
+    finally:
+        t.stop.set()
+    assert {r.kind for r in host.list_tagged(oc)} >= {"netns", "veth", "cgroup", "lease"}
+
+
 def test_release_leaves_nothing(host):
     oc = new_id()
     boxes = acquire_all(host, [spec(oc, "p0", "t-a", "post"), spec(oc, "c1", "t-b")])
