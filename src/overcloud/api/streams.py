@@ -121,9 +121,10 @@ class EventHub:
         self._per_key[key] += 1
         self._subs.setdefault(overcloud_id, set()).add(sub)
         try:
-            if self._task is None:
-                self._ready = asyncio.Event()
-                self._task = asyncio.get_running_loop().create_task(self._watch(self._ready), name="event-watcher")
+            loop = asyncio.get_running_loop()
+            if self._task is None or self._task.get_loop() is not loop:  # (a test client's loop per request)
+                self._limiter, self._ready = None, asyncio.Event()
+                self._task = loop.create_task(self._watch(self._ready), name="event-watcher")
             assert self._ready is not None
             await self._ready.wait()  # the cursor is set: this stream's backlog read comes after it
         except BaseException:
@@ -169,7 +170,7 @@ class EventHub:
     # -- the watcher --------------------------------------------------------
     async def _watch(self, ready: asyncio.Event) -> None:
         try:
-            while not ready.is_set():
+            while not ready.is_set() and self.open:
                 try:
                     self._cursor = await self.run(self.repo.last_event_id)
                     ready.set()
@@ -185,7 +186,8 @@ class EventHub:
                 if not more:
                     await asyncio.sleep(TICK)
         finally:
-            self._task = self._ready = None
+            if self._task is asyncio.current_task():
+                self._task = self._ready = None
 
     async def _tick(self) -> bool:
         """One read for every stream; True when more events are waiting."""
