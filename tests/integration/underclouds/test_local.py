@@ -7,6 +7,7 @@ overlay 10.250.200.0/22) so it never touches a running Tower's sites.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -314,6 +315,27 @@ def test_a_second_tower_never_takes_over_a_box_whose_handle_it_shares(host, oc1,
     finally:
         t.stop.set()
     assert {r.kind for r in host.list_tagged(oc)} >= {"netns", "veth", "cgroup", "lease"}
+
+
+def test_every_box_resource_carries_the_tower_id_and_is_found_by_it(host):
+    """The namespace (its lo), the host veth, vx0 and the cgroups carry this Tower's tag; a box
+    whose lease and state dir are gone is still found, and swept, by those tags alone."""
+    oc = new_id()
+    boxes = acquire_all(host, [spec(oc, "p0", "t-a", "post"), spec(oc, "c1", "t-b")])
+    host.create_overlay(oc, boxes)
+    tag = host.tag(oc, "c1")
+    assert tag.endswith(":" + host.tower_id) and len(host.tower_id) == 16
+    h = boxes[1].handle
+    assert net.netns_alias(h) == tag and net.box_vxlan_alias(h) == tag and host.cgroups.tag(h) == tag
+    assert (net.host_veth_name(h), oc, "c1", "veth", host.tower_id) in net.host_tagged_links(host.bridges)
+    # the state dir forgets the box: the kernel's tags still say it is this Tower's
+    host.leases.delete_box(h)
+    shutil.rmtree(host.boxes_dir / h)
+    kinds = {r.kind for r in host.list_tagged(oc) if h in r.name or net.host_veth_name(h) in r.name}
+    assert {"netns", "veth", "cgroup"} <= kinds, kinds
+    assert oc in {r.overcloud_id for r in host.list_tagged()}
+    host.sweep({oc})
+    assert host.list_tagged(oc) == [] and h not in boxnetns.list_netns()
 
 
 def test_release_leaves_nothing(host):
