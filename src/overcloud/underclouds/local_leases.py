@@ -65,21 +65,23 @@ class HostLeases:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @staticmethod
-    def _live(claim: dict[str, Any] | None) -> bool:
+    def _live(claim: dict[str, Any] | None, known: dict[str, dict[str, Any]]) -> bool:
         if not claim or not claim.get("owner"):
             return False
-        held = LeaseStore._read(Path(claim["owner"]))
+        owner = claim["owner"]
+        held = known[owner] if owner in known else LeaseStore._read(Path(owner))
         return held is not None and all(held.get(k) == v for k, v in (claim.get("holds") or {}).items())
 
-    def taken(self, space: str) -> dict[str, dict[str, Any]]:
-        """Live claims of a space by key; drops dead ones. Call under ``lock(space)``."""
+    def taken(self, space: str, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+        """Live claims of a space by key; drops dead ones. Call under ``lock(space)``.
+        ``known``: lease files the caller has just read, by path (not read again)."""
         found = {}
         for p in sorted(self._space(space).glob("*.json")):
             try:
                 claim = json.loads(p.read_text())
             except (OSError, ValueError):
                 claim = None
-            if self._live(claim):
+            if self._live(claim, known or {}):
                 found[p.stem] = claim
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -223,11 +225,12 @@ class LeaseStore:
     def claim_boxes(self, bridge: str) -> None:
         """Claim this state dir's box addresses on ``bridge`` host-wide (at start)."""
         with self.lock(), self.host.lock(bridge_space(bridge)):
-            self._claim_own(bridge_space(bridge), self.host.taken(bridge_space(bridge)), self._own_addresses(bridge))
+            self._claim_own(bridge_space(bridge), self.host.taken(bridge_space(bridge)),
+                            self._own_addresses(bridge, self.boxes()))
 
-    def _own_addresses(self, bridge: str) -> dict[str, tuple[Path, dict[str, Any]]]:
+    def _own_addresses(self, bridge: str, boxes: list[dict[str, Any]]) -> dict[str, tuple[Path, dict[str, Any]]]:
         return {b["address"]: (self.box_path(b["handle"]), {"handle": b["handle"], "address": b["address"]})
-                for b in self.boxes() if b.get("bridge") == bridge and b.get("address") and b.get("handle")}
+                for b in boxes if b.get("bridge") == bridge and b.get("address") and b.get("handle")}
 
     def reserve_box(self, handle: str, record: dict[str, Any], cidr: str) -> tuple[dict[str, Any], bool]:
         """The box's lease, made with the lowest free address of ``cidr``
@@ -245,12 +248,13 @@ class LeaseStore:
                     raise LeaseError(f"handle {handle} is leased to another box: {existing}")
                 return existing, False
             net = ipaddress.ip_network(cidr)
-            used = {b.get("address") for b in self.boxes()}
+            boxes = self.boxes()
+            used = {b.get("address") for b in boxes}
             space = bridge_space(bridge) if bridge else None
             with self.host.lock(space) if space else contextlib.nullcontext():
                 if space:
-                    taken = self.host.taken(space)
-                    self._claim_own(space, taken, self._own_addresses(bridge))
+                    taken = self.host.taken(space, {str(self.box_path(b["handle"])): b for b in boxes if "handle" in b})
+                    self._claim_own(space, taken, self._own_addresses(bridge, boxes))
                     used |= set(taken)
                 hosts = list(net.hosts())[1:]  # hosts()[0] is the gateway
                 for addr in hosts:
