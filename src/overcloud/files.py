@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,3 +47,24 @@ def restrict(directory: str | Path) -> None:
             os.chmod(entry, st.st_mode & 0o700)
         elif st.st_mode & 0o077:
             os.chmod(entry, st.st_mode & 0o700)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's SHA-256, read a MiB at a time (artifacts and image tars are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def flocked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (made if missing): one holder at a time across
+    processes. Threads of one process need their own lock beside it (flock is per open file)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

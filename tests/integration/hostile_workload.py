@@ -119,8 +119,12 @@ def s3_put_get():
 
 attempt("read_tower_token", lambda: read(T["token"]))
 attempt("read_tower_secret_key", lambda: read(T["secret_key"]))
-attempt("read_other_env_files", lambda: grep(glob.glob(T["env_glob"]), "env file"))
-attempt("read_other_proc_environ", lambda: grep(glob.glob("/proc/[0-9]*/environ"), "/proc/<pid>/environ"))
+attempt("read_other_env_files", lambda: grep(glob.glob(T["victim_dir"] + "/**", recursive=True), "file of the victim"))
+attempt("read_other_proc_environ", lambda: grep([f"/proc/{p}/environ" for p in T["victim_pids"]]
+                                                + glob.glob("/proc/[0-9]*/environ"), "/proc/<pid>/environ"))
+attempt("read_tower_environ", lambda: read(f"/proc/{T['tower_pid']}/environ"))
+attempt("list_state_dir", lambda: os.listdir(T["state_dir"]))
+attempt("list_run_overcloud", lambda: os.listdir("/run/overcloud"))
 attempt("arp_spoof", arp_spoof)
 attempt("sniff", sniff)
 for i, gw in enumerate(T["gateways"]):
@@ -132,6 +136,15 @@ attempt("prometheus_reload", lambda: call("POST", T["prometheus"] + "/-/reload")
 attempt("replace_artifact", replace_artifact)
 attempt("legit_s3_with_keys", s3_put_get)
 attempt("legit_service_by_name", lambda: call("GET", "http://victim:8098/"))
+
+
+def write_proof():
+    with open("proof", "w") as f:
+        f.write("written by the attacker")
+    return os.path.abspath("proof")
+
+
+attempt("legit_write_own_dir", write_proof)
 attempt("whoami", lambda: open("/proc/self/status").read().split("Uid:")[1].split("\n")[0].strip()
         + " caps " + open("/proc/self/status").read().split("CapEff:")[1].split("\n")[0].strip())
 

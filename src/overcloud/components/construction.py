@@ -32,7 +32,7 @@ import sys
 import threading
 from pathlib import Path
 
-from overcloud.files import write_private
+from overcloud.files import sha256_file, write_private
 from overcloud.boxes.supervision import HostSupervisor
 from overcloud.identity.secrets import SecretBox
 
@@ -237,7 +237,7 @@ table inet overcloud_cdl_{self.tag} {{
         from overcloud.datalake import seaweed
 
         path = Path(path)
-        sha = seaweed.weed_sha256(path) if path == seaweed.weed_binary() else _sha256(path)
+        sha = seaweed.weed_sha256(path) if path == seaweed.weed_binary() else sha256_file(path)
         if sha in self._published.values():
             return sha
         client = self.client()
@@ -264,11 +264,3 @@ table inet overcloud_cdl_{self.tag} {{
         url_file = url_dir / f"{sha}.url"
         write_private(url_file, self.artifact_url(sha))
         return [sys.executable, "-I", "-S", str(FETCH), f"@{url_file}", sha, str(self.cache_dir), "--", *args]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from overcloud.composition import runtime as rt
-from overcloud.files import write_atomic
+from overcloud.files import sha256_file, write_atomic
 
 
 PREFIX = "localhost/overcloud/"
@@ -375,14 +375,6 @@ class Images:
             return subprocess.run(["podman", "tag", ref, content_ref(ref, digest)], capture_output=True,
                                   env=self.podman_env()).returncode == 0
         return False
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def package_etc(packages: list[str]) -> list[str]:

@@ -17,7 +17,6 @@ Readiness waits poll every :data:`POLL_SECONDS`, are bounded by ``timeout`` and 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from overcloud.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,7 @@ def weed_sha256(path: Path | str) -> str:
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
     if key not in _sha_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _sha_cache[key] = digest.hexdigest()
+        _sha_cache[key] = sha256_file(path)
     return _sha_cache[key]
 
 

@@ -19,7 +19,6 @@ which the next allocation drops.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -28,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from overcloud.files import write_atomic
+from overcloud.files import flocked, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +56,8 @@ class HostLeases:
 
     @contextlib.contextmanager
     def lock(self, space: str) -> Iterator[None]:
-        with open(self._space(space) / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with flocked(self._space(space) / ".lock"):
+            yield
 
     @staticmethod
     def _live(claim: dict[str, Any] | None, known: dict[str, dict[str, Any]]) -> bool:
@@ -140,12 +135,8 @@ class LeaseStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        with self._thread_lock, open(self._lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with self._thread_lock, flocked(self._lock_path):
+            yield
 
     # -- files ---------------------------------------------------------
     @staticmethod
