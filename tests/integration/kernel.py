@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +28,9 @@ def leftovers(overcloud_id: str, state_dir: Path | None = None) -> list[str]:
     left += [f"socket {p}" for p in glob.glob(f"/run/overcloud/{prefix}*")]
     # bridge pins (table bridge overcloud_pin_*): a port's map element carries the box's tag
     bridge_rules = subprocess.run(["nft", "list", "ruleset", "bridge"], capture_output=True, text=True).stdout
-    left += [f"bridge pin {line.strip()[:80]}" for line in bridge_rules.splitlines() if f"overcloud:{overcloud_id}:" in line]
+    # by element, not by line: nft prints a map's first element on the `elements = {` line
+    pins = re.findall(r'"([^"]+)"\s+comment\s+"(overcloud:' + overcloud_id + r':[^"]*)"', bridge_rules)
+    left += [f"bridge pin {port} {tag}"[:120] for port, tag in pins]
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
