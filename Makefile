@@ -50,6 +50,8 @@ bench: install
 	$(BIN)/python bench/datalake.py
 	$(BIN)/python bench/fabric.py
 	$(BIN)/python bench/compose.py
+	$(BIN)/python bench/amplification.py
+	$(BIN)/python bench/streams.py
 
 # delete every OverCloud of the demo Tower (nothing left behind) and stop it
 demo-stop:
