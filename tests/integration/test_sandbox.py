@@ -266,8 +266,18 @@ def test_a_replaced_artifact_is_refused(tower, oc):
         assert not pwned.exists()
     finally:
         os.replace(aside, weed)
-    sup.startProcess("weed-volume", True)
-    assert sup.getProcessInfo("weed-volume")["statename"] == "RUNNING"
+
+    def running() -> bool:
+        # supervisord may already be starting it again by itself (autorestart after a refusal)
+        state = sup.getProcessInfo("weed-volume")["statename"]
+        if state in ("STOPPED", "EXITED", "FATAL"):
+            try:
+                sup.startProcess("weed-volume", False)
+            except xmlrpc.client.Fault:
+                pass
+        return state == "RUNNING"
+
+    wait_for(running, "weed-volume running on the real binary again")
 
 
 def test_an_image_tar_replaced_in_the_construction_datalake_is_refused(tower, oc):
