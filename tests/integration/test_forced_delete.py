@@ -20,13 +20,18 @@ def _post_handle(t, oid: str) -> str:
     return posts[0]
 
 
-def test_an_overcloud_whose_post_is_gone_is_deleted_with_preserve_false(own_tower):
-    t = own_tower().start()
+def _ready_overcloud(t) -> str:
+    """A READY OverCloud (Post + one cluster, with its DataLake); returns its id."""
     with t.client() as c:
         d = c.post("/overclouds", json={"provider": "local", "number": "1", "size": "small"},
                    params={"wait": "true"}, timeout=240).json()
     assert d["status"] == "READY", d.get("error")
-    oid = d["overcloud_ID"]
+    return d["overcloud_ID"]
+
+
+def test_an_overcloud_whose_post_is_gone_is_deleted_with_preserve_false(own_tower):
+    t = own_tower().start()
+    oid = _ready_overcloud(t)
     # the Post's namespace vanishes (its processes live on, unreachable): what a crashed host looks like
     subprocess.run(["ip", "netns", "del", _post_handle(t, oid)], check=True)
 
@@ -51,11 +56,8 @@ def test_an_overcloud_whose_post_is_gone_is_deleted_with_preserve_false(own_towe
 
 def test_preserve_false_on_a_healthy_overcloud_keeps_no_archive(own_tower):
     t = own_tower().start()
+    oid = _ready_overcloud(t)
     with t.client() as c:
-        d = c.post("/overclouds", json={"provider": "local", "number": "1", "size": "small"},
-                   params={"wait": "true"}, timeout=240).json()
-        assert d["status"] == "READY", d.get("error")
-        oid = d["overcloud_ID"]
         r = c.delete(f"/overclouds/{oid}", params={"preserve": "false", "wait": "true"}, timeout=180)
         assert r.status_code == 200, r.text
         assert "not_kept" in r.json() and r.json()["status"] == "DELETED"
