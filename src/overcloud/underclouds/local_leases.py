@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import logging
 import threading
@@ -260,28 +261,43 @@ class LeaseStore:
                 self._write(self.box_path(handle), lease)
             return lease, True
 
+    @staticmethod
+    def _overlay_holds(lease: dict[str, Any]) -> dict[str, Any]:
+        return {"overcloud_id": lease["overcloud_id"], "index": lease["index"], "subnet": lease.get("subnet")}
+
+    @staticmethod
+    def _claimed_subnet(claim: dict[str, Any]) -> str | None:
+        """The /24 a live overlay claim holds (claims made before subnets were claimed name
+        only the index: their owner's lease says)."""
+        subnet = (claim.get("holds") or {}).get("subnet")
+        if subnet is None and claim.get("owner"):
+            subnet = (LeaseStore._read(Path(claim["owner"])) or {}).get("subnet")
+        return subnet
+
     def reserve_overlay(self, overcloud_id: str, overlay_cidr: str, names: list[str]) -> dict[str, Any]:
         """The OverCloud's overlay lease (VNI, /24 subnet, an address per box
         name), extended with any new names. Idempotent.
 
-        The index (VNI and subnet) is free host-wide: no two OverClouds of any Towers on this
-        host share a VNI, nor (with the same overlay range) a subnet."""
+        The index (the VNI) is free host-wide, and so is the subnet: no two OverClouds of any
+        Towers on this host share a VNI or a /24. The two are chosen apart, so a Tower with a
+        small overlay range (a /22 holds four /24s) is not starved by the VNIs other Towers
+        hold in theirs."""
         with self.lock():
             lease = self.overlay(overcloud_id)
             if lease is None:
                 with self.host.lock(OVERLAY_SPACE):
                     host_taken = self.host.taken(OVERLAY_SPACE)
                     self._claim_own(OVERLAY_SPACE, host_taken, {
-                        str(o["index"]): (self.overlay_path(o["overcloud_id"]),
-                                          {"overcloud_id": o["overcloud_id"], "index": o["index"]})
+                        str(o["index"]): (self.overlay_path(o["overcloud_id"]), self._overlay_holds(o))
                         for o in self.overlays() if "index" in o})
                     taken = {o["index"] for o in self.overlays()} | {int(k) for k in host_taken if k.isdigit()}
+                    used = {o.get("subnet") for o in self.overlays()} | {
+                        self._claimed_subnet(c) for c in host_taken.values()}
+                    index = next(i for i in itertools.count() if i not in taken)
                     pool = ipaddress.ip_network(overlay_cidr)
-                    subnets = list(pool.subnets(new_prefix=24)) if pool.prefixlen <= 24 else [pool]
-                    for index, subnet in enumerate(subnets):
-                        if index not in taken:
-                            break
-                    else:
+                    subnets = pool.subnets(new_prefix=24) if pool.prefixlen <= 24 else iter([pool])
+                    subnet = next((n for n in subnets if str(n) not in used), None)
+                    if subnet is None:
                         raise LeaseError(f"no free overlay subnet left in {overlay_cidr} (host-wide)")
                     lease = {
                         "overcloud_id": overcloud_id,
@@ -292,7 +308,7 @@ class LeaseStore:
                         "tower": self.tower_id,
                     }
                     self.host.claim(OVERLAY_SPACE, str(index), self.overlay_path(overcloud_id), self.tower_id,
-                                    {"overcloud_id": overcloud_id, "index": index})
+                                    self._overlay_holds(lease))
                     self._write(self.overlay_path(overcloud_id), lease)
             subnet = ipaddress.ip_network(lease["subnet"])
             used = set(lease["addresses"].values())

@@ -10,7 +10,7 @@ import pytest
 
 from overcloud.config import tower_identity
 from overcloud.underclouds import local_net as net
-from overcloud.underclouds.local_leases import HostLeases, LeaseStore
+from overcloud.underclouds.local_leases import HostLeases, LeaseError, LeaseStore
 
 CIDR = "10.213.0.0/24"
 
@@ -85,3 +85,29 @@ def test_overlays_of_two_state_dirs_get_distinct_vnis_and_subnets(tmp_path):
     assert len({x["vni"] for x in la + lb}) == 6 and len({x["subnet"] for x in la + lb}) == 6
     a.delete_overlay(f"{0:032x}")
     assert b.reserve_overlay("f" * 32, "10.250.0.0/16", ["p0"])["vni"] == la[0]["vni"]
+
+
+def test_vnis_held_in_another_range_do_not_starve_a_small_range(tmp_path):
+    """A /22 holds four /24s; five VNIs another Tower holds in its own /16 leave all four free
+    (the clean-clone run that ran out: the index was both the VNI and the subnet)."""
+    host = HostLeases(tmp_path / "host")
+    big = LeaseStore(tmp_path / "big", host, "a" * 16)
+    small = LeaseStore(tmp_path / "small", host, "b" * 16)
+    held = [big.reserve_overlay(f"{i:032x}", "10.250.0.0/16", ["p0"]) for i in range(5)]
+    got = [small.reserve_overlay(f"{i + 100:032x}", "10.250.200.0/22", ["p0"]) for i in range(4)]
+    assert [g["subnet"] for g in got] == [f"10.250.{200 + i}.0/24" for i in range(4)]
+    assert not {g["vni"] for g in got} & {h["vni"] for h in held}
+    with pytest.raises(LeaseError, match="no free overlay subnet left in 10.250.200.0/22"):
+        small.reserve_overlay("e" * 32, "10.250.200.0/22", ["p0"])
+
+
+def test_a_subnet_another_tower_holds_in_the_same_range_is_skipped(tmp_path):
+    host = HostLeases(tmp_path / "host")
+    a = LeaseStore(tmp_path / "a", host, "a" * 16)
+    b = LeaseStore(tmp_path / "b", host, "b" * 16)
+    first = a.reserve_overlay("1" * 32, "10.250.200.0/22", ["p0"])
+    b.reserve_overlay("2" * 32, "10.250.0.0/16", ["p0"])  # VNI index 1, subnet 10.250.0.0/24
+    a.delete_overlay("1" * 32)  # index 0 free again, subnet 10.250.200.0/24 free again
+    again = b.reserve_overlay("3" * 32, "10.250.200.0/22", ["p0"])
+    assert again["vni"] == first["vni"] and again["subnet"] == "10.250.200.0/24"
+    assert b.reserve_overlay("4" * 32, "10.250.200.0/22", ["p0"])["subnet"] == "10.250.201.0/24"
