@@ -12,8 +12,12 @@ DEB_STAMP := $(VENV)/.debs
 # Service composition: podman + runc run containers, mmdebstrap builds their images (no registry),
 # and the smart-energy pattern's packages (mosquitto, paho-mqtt, boto3, prometheus-client) serve
 # the process runtime on the host; mosquitto-clients lets a person publish a fault from a box.
+# Remote hosts (the ssh UnderCloud): openssh-server runs the simulated hosts' sshd in tests,
+# wireguard-tools + wireguard-go encrypt the underlay between sites (userspace where the kernel
+# has no WireGuard), tcpdump lets the tests look at what crosses the WAN link.
 DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv prometheus prometheus-node-exporter \
-	podman runc mmdebstrap util-linux mosquitto mosquitto-clients python3-paho-mqtt python3-boto3 python3-prometheus-client bubblewrap
+	podman runc mmdebstrap util-linux mosquitto mosquitto-clients python3-paho-mqtt python3-boto3 python3-prometheus-client bubblewrap \
+	openssh-server openssh-client wireguard-tools wireguard-go tcpdump
 PORT ?= 6125
 
 .PHONY: install debs demo demo-stop test bench
