@@ -150,9 +150,10 @@ class Repository:
             row = s.get(OverCloudRow, overcloud_id, with_for_update=True)
             if row is None:
                 raise NotFound(overcloud_id)
+            previous = row.status  # read now: the UPDATE below refreshes ``row`` in this session
             allowed = set(expect) if expect is not None else None
-            if not states.can_transition(row.status, new) or (allowed is not None and row.status not in allowed):
-                raise InvalidTransition(overcloud_id, row.status, new)
+            if not states.can_transition(previous, new) or (allowed is not None and previous not in allowed):
+                raise InvalidTransition(overcloud_id, previous, new)
             values: dict[str, Any] = {"status": new, "updated_at": utcnow()}
             if new == states.READY and row.ready_at is None:
                 values["ready_at"] = utcnow()
@@ -164,12 +165,12 @@ class Repository:
                 values["error_task"], values["error"] = None, None
             res = s.execute(
                 update(OverCloudRow)
-                .where(OverCloudRow.id == overcloud_id, OverCloudRow.status == row.status)
+                .where(OverCloudRow.id == overcloud_id, OverCloudRow.status == previous)
                 .values(**values)
             )
             if res.rowcount != 1:  # somebody else moved it between our read and write
-                raise InvalidTransition(overcloud_id, row.status, new)
-            data: dict[str, Any] = {"status": new, "previous": row.status}
+                raise InvalidTransition(overcloud_id, previous, new)
+            data: dict[str, Any] = {"status": new, "previous": previous}
             if error:
                 data.update(task=error_task, error=error)
             s.add(EventRow(overcloud_id=overcloud_id, kind="status", data=data))

@@ -133,3 +133,15 @@ def test_the_status_and_its_task_change_together_and_stale_events_do_not_undo_th
     repo.record_task(oid, "create_overcloud", "register", "RUNNING", at=running_at)
     (t,) = repo.tasks(oid)
     assert t.state == "SUCCESS" and t.started_at is not None and t.attempts == 1
+
+
+def test_a_status_event_names_the_status_it_left(repo):
+    """The UPDATE refreshed the row in the session, so every event said previous == status."""
+    oid = new_id()
+    repo.create_overcloud(oid, "lab", "admin", {})
+    repo.set_status(oid, states.READY)
+    repo.set_status(oid, states.DEGRADED, expect={states.READY})
+    repo.set_status(oid, states.DELETING, expect=states.DELETABLE)
+    moves = [(e.data["previous"], e.data["status"]) for e in repo.events_after(oid) if "previous" in e.data]
+    assert moves == [(states.CREATING, states.READY), (states.READY, states.DEGRADED),
+                     (states.DEGRADED, states.DELETING)]
