@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from overcloud.underclouds import local_net as net
+from overcloud.underclouds.local import net
 from overcloud.underclouds.local import LocalHost, LocalSiteConfig
 
 from test_local import acquire_all, in_box, reaches, release_all, serve_once, spec

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from overcloud.boxes import netns as boxnetns
-from overcloud.underclouds import local_net as net
+from overcloud.underclouds.local import net
 from overcloud.underclouds.base import BoxSpec, UnderCloudError, resolve_flavor
 from overcloud.underclouds.local import LocalHost, LocalSiteConfig, box_handle
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from overcloud.config import tower_identity
-from overcloud.underclouds import local_net as net
-from overcloud.underclouds.local_leases import HostLeases, LeaseError, LeaseStore
+from overcloud.underclouds.local import net
+from overcloud.underclouds.local.leases import HostLeases, LeaseError, LeaseStore
 
 CIDR = "10.213.0.0/24"
 

@@ -34,8 +34,8 @@ from overcloud.boxes.cgroups import Cgroups
 from overcloud.boxes.netns import NetnsTransport
 from overcloud.boxes.supervision import ETC_NETNS, BoxSupervisor
 from overcloud.files import write_atomic
-from overcloud.underclouds import local_containers as containers
-from overcloud.underclouds import local_net as net
+from overcloud.underclouds.local import containers
+from overcloud.underclouds.local import net
 from overcloud.underclouds.base import (
     Box,
     BoxSpec,
@@ -45,7 +45,7 @@ from overcloud.underclouds.base import (
     UnderCloudDriver,
     UnderCloudError,
 )
-from overcloud.underclouds.local_leases import HostLeases, LeaseStore
+from overcloud.underclouds.local.leases import HostLeases, LeaseStore
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class LocalHost:
     def allow_host_services(self, services: list[tuple[str, int]]) -> None:
         """The (host address, TCP port) pairs boxes may connect to on the host — the
         Construction DataLake's S3 endpoint; everything else on the host is dropped for them
-        (see ``local_net.install_host_guard``). Replaces what this state dir allowed before."""
+        (see ``local.net.install_host_guard``). Replaces what this state dir allowed before."""
         with self.leases.lock():
             state = json.loads(self._host_state.read_text()) if self._host_state.exists() else {}
             before = [tuple(x) for x in state.get("host_services", [])]
