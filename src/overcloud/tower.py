@@ -239,7 +239,7 @@ class Tower:
 
     def _submit_delete(self, overcloud_id: str, *, preserve: bool = True) -> None:
         boxes = [box_dict(b) for b in self.repo.get(overcloud_id).boxes]
-        self.repo.set_boxes_state(overcloud_id, "DELETING")
+        self.repo.set_boxes_state(overcloud_id, states.BOX_DELETING)
         self._submit(overcloud_id, DELETE, {"overcloud_id": overcloud_id, "boxes": boxes, "preserve": preserve})
 
     # -- running workflows ------------------------------------------------

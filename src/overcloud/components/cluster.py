@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from overcloud import states
 from overcloud.boxes import cgroups
 from overcloud.boxes.supervision import HEALTH_PORT
 from overcloud.components.post import find_post, stop_programs
@@ -49,7 +50,7 @@ def _check_one(tower, overcloud_id: str, post: Box, box: Box, addresses: dict[st
         raise ClusterCheckError(f"cluster box {box.name} cannot reach the DevOps Post at {post_ip}:{HEALTH_PORT} over the overlay")
     cpus, memory_mb = cgroups.default().limits(box.handle)
     capacity = {"cpus": cpus, "memory_mb": memory_mb, "supervisor": state, "overlay_tcp": "ok"}
-    tower.repo.set_box_fields(overcloud_id, box.name, capacity=capacity, state="READY")
+    tower.repo.set_box_fields(overcloud_id, box.name, capacity=capacity, state=states.BOX_READY)
     return {"name": box.name, "site": box.site, "address": box.address, "overlay_address": box_ip, "capacity": capacity}
 
 

@@ -37,7 +37,7 @@ def _settle(ctx, overcloud_id: str, status: str, was: str) -> dict[str, Any]:
     """Move the OverCloud and its boxes to ``status``; a no-op when a re-run finds it done."""
     tower = ctx.services
     if tower.repo.get(overcloud_id).status != status:
-        tower.repo.set_boxes_state(overcloud_id, status)
+        tower.repo.set_boxes_state(overcloud_id, states.BOX_STATE_OF_STATUS[status])
         if status == states.DELETED:
             tower.repo.delete_secrets(overcloud_id)  # its keys die with it; the archive keeps the data
         workflow = ctx.run_id.split(":", 1)[1] if ":" in ctx.run_id else ""

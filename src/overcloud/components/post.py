@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from overcloud import states
 from overcloud.underclouds.base import Box
 from overcloud.workflows.actions import registry
 
@@ -45,7 +46,7 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
     entries = hosts_entries(objs, overlay["addresses"])
     for b in objs:
         tower.local.supervisor(b).set_hosts(entries)
-    tower.repo.set_box_fields(overcloud_id, post.name, state="READY")
+    tower.repo.set_box_fields(overcloud_id, post.name, state=states.BOX_READY)
     return {
         "post": {"name": post.name, "site": post.site, "address": post.address, "overlay_address": overlay["addresses"][post.name]},
         "message": f"DevOps Post {post.handle} on {post.site}: supervisord RUNNING, names of {len(objs)} boxes published",

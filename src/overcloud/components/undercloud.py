@@ -6,6 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from overcloud import states
 from overcloud.underclouds.base import Box, BoxSpec, Flavor, UnderCloudError
 from overcloud.workflows.actions import registry
 
@@ -42,7 +43,7 @@ def acquire(ctx, overcloud_id: str, box_specs: list[dict[str, Any]]) -> dict[str
     order = {d["name"]: i for i, d in enumerate(box_specs)}
     made.sort(key=lambda b: order[b.name])
     boxes = [b.to_dict() for b in made]
-    tower.repo.save_boxes(overcloud_id, boxes, state="BOOTING")
+    tower.repo.save_boxes(overcloud_id, boxes, state=states.BOX_BOOTING)
     sites = sorted(by_site)
     return {"boxes": boxes, "message": f"{len(boxes)} boxes on {', '.join(sites)}"}
 
@@ -91,7 +92,7 @@ def release(ctx, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, An
     if tower.local is not None and objs:
         tower.local.delete_overlay(overcloud_id, [b for b in objs if b.site in tower.local.sites])
     _release(tower, overcloud_id, objs)
-    tower.repo.set_boxes_state(overcloud_id, "RELEASED")
+    tower.repo.set_boxes_state(overcloud_id, states.BOX_RELEASED)
     return {"message": f"{len(objs)} boxes released"}
 
 

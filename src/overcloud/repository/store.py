@@ -39,6 +39,19 @@ class InvalidTransition(RuntimeError):
         self.overcloud_id, self.current, self.new = overcloud_id, current, new
 
 
+class InvalidBoxTransition(RuntimeError):
+    """A box state change ``states.BOX_TRANSITIONS`` does not list: a bug in the caller."""
+
+    def __init__(self, overcloud_id: str, box: str, current: str | None, new: str):
+        super().__init__(f"box {box} of OverCloud {overcloud_id} is {current}; it cannot become {new}")
+        self.overcloud_id, self.box, self.current, self.new = overcloud_id, box, current, new
+
+
+def _check_box_state(overcloud_id: str, box: str, current: str | None, new: str) -> None:
+    if not states.box_can_transition(current, new):
+        raise InvalidBoxTransition(overcloud_id, box, current, new)
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for many short sessions from threads (SQLite WAL, PostgreSQL psycopg 3)."""
     if url.startswith("postgresql://"):
@@ -192,17 +205,20 @@ class Repository:
             row.info = {**(row.info or {}), **info}
 
     # -- boxes ------------------------------------------------------------
-    def save_boxes(self, overcloud_id: str, boxes: list[dict[str, Any]], state: str = "ACTIVE") -> None:
-        """Insert or update boxes by name (idempotent: a re-run task saves the same boxes again)."""
+    def save_boxes(self, overcloud_id: str, boxes: list[dict[str, Any]], state: str = states.BOX_BOOTING) -> None:
+        """Insert or update boxes by name (idempotent: a re-run task saves the same boxes again).
+        A box's state follows ``states.BOX_TRANSITIONS``."""
         with self.session() as s, s.begin():
             existing = {b.name: b for b in s.scalars(select(BoxRow).where(BoxRow.overcloud_id == overcloud_id))}
             for box in boxes:
                 flavor = box["flavor"]
                 row = existing.get(box["name"]) or BoxRow(overcloud_id=overcloud_id, name=box["name"], capacity={})
+                new_state = box.get("state", state)
+                _check_box_state(overcloud_id, box["name"], row.state, new_state)
                 row.role, row.site, row.handle = box["role"], box["site"], box["handle"]
                 row.address, row.overlay_address = box["address"], box.get("overlay_address")
                 row.flavor, row.cpus, row.memory_mb = flavor["name"], flavor["cpus"], flavor["memory_mb"]
-                row.state = box.get("state", state)
+                row.state = new_state
                 if box.get("capacity"):
                     row.capacity = box["capacity"]
                 s.add(row)
@@ -212,11 +228,17 @@ class Repository:
             row = s.scalar(select(BoxRow).where(BoxRow.overcloud_id == overcloud_id, BoxRow.name == name))
             if row is None:
                 raise NotFound(f"{overcloud_id}/{name}")
+            if "state" in fields:
+                _check_box_state(overcloud_id, name, row.state, fields["state"])
             for key, value in fields.items():
                 setattr(row, key, value)
 
     def set_boxes_state(self, overcloud_id: str, state: str) -> None:
+        """Every box of the OverCloud to ``state``; refused (nothing changes) when the table does
+        not allow it for one of them."""
         with self.session() as s, s.begin():
+            for row in s.scalars(select(BoxRow).where(BoxRow.overcloud_id == overcloud_id)):
+                _check_box_state(overcloud_id, row.name, row.state, state)
             s.execute(update(BoxRow).where(BoxRow.overcloud_id == overcloud_id).values(state=state))
 
     # -- workflow tasks ---------------------------------------------------

@@ -145,3 +145,23 @@ def test_a_status_event_names_the_status_it_left(repo):
     moves = [(e.data["previous"], e.data["status"]) for e in repo.events_after(oid) if "previous" in e.data]
     assert moves == [(states.CREATING, states.READY), (states.READY, states.DEGRADED),
                      (states.DEGRADED, states.DELETING)]
+
+
+def test_box_states_follow_the_table(repo):
+    from overcloud import states
+    from overcloud.repository import InvalidBoxTransition
+
+    oid = new_id()
+    repo.create_overcloud(oid, "lab", "admin", {})
+    repo.save_boxes(oid, [BOX])
+    assert repo.get(oid).boxes[0].state == states.BOX_BOOTING
+    repo.set_box_fields(oid, "p0", state=states.BOX_READY)
+    with pytest.raises(InvalidBoxTransition, match="box p0 of OverCloud .* is READY; it cannot become BOOTING"):
+        repo.set_box_fields(oid, "p0", state=states.BOX_BOOTING)
+    with pytest.raises(InvalidBoxTransition):
+        repo.set_boxes_state(oid, states.BOX_RELEASED)  # a box is released only once deleting
+    assert repo.get(oid).boxes[0].state == states.BOX_READY  # refused: nothing changed
+    for s in (states.BOX_DELETING, states.BOX_RELEASED, states.BOX_DELETED):
+        repo.set_boxes_state(oid, s)
+    with pytest.raises(InvalidBoxTransition):
+        repo.save_boxes(oid, [BOX])  # a deleted box does not come back
