@@ -1,0 +1,782 @@
+"""The Tower's SSH transport: one kept connection per host, driven from ordinary threads.
+
+The workflow engine is thread-based, asyncssh is asyncio: one event loop runs in its own daemon
+thread for the whole process (started on first use, stopped by :func:`shutdown` or at exit), and
+every blocking method here hands a coroutine to it (``run_coroutine_threadsafe``). Never call
+these methods from that loop's thread.
+
+Promises:
+
+- **One connection per host, kept.** Commands, file transfers and streams are channels
+  multiplexed over it, at most ``max_sessions`` at once (sshd's MaxSessions; others wait their
+  turn). Hosts are independent: many hosts work in parallel. A connection found closed is made
+  again on the next call; a channel that could not even be opened on a dead connection is retried
+  once on a new one (the command had not started). A connection lost *while* a command ran is an
+  :class:`SSHConnectionLost`: the command may or may not have run (callers' steps are idempotent).
+- **Keys only.** The configured private key; no password, keyboard-interactive, agent or agent
+  forwarding; neither ``~/.ssh/config`` nor ``~/.ssh/known_hosts`` is read.
+- **Host keys pinned.** The site config gives the host's public key line or its ``SHA256:``
+  fingerprint; any other key (changed, or a host never pinned) is refused with
+  :class:`SSHHostKeyError` naming the host and both fingerprints, and no connection is kept.
+- **Bounded.** Connect and every call have a timeout (errors name the host); a command's
+  output is capped (:class:`SSHOutputTooLarge`), files too.
+- **Counted.** ``round_trips`` counts the channel exchanges per host (commands, file transfers,
+  streams opened), ``connects`` the connections made: the bench reports "SSH round trips per create".
+
+Error messages carry the host and the program name, never a command's arguments or data (they may
+hold secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import shlex
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+import asyncssh
+
+from overcloud.underclouds.base import UnderCloudError
+
+from .sites import SSHHostConfig
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # bytes of stdout (and of stderr) one command may return
+_STDERR_KEEP = 64 * 1024  # bytes of a stream's stderr kept for its error messages
+_KEEPALIVE = 15.0  # seconds between keepalives on an idle connection (3 missed: it is lost)
+_GRACE = 5.0  # seconds a caller's thread waits beyond a call's own timeout (the loop enforces it)
+
+__all__ = [
+    "Completed",
+    "SSHCommandError",
+    "SSHConnectError",
+    "SSHConnectionLost",
+    "SSHError",
+    "SSHFileNotFound",
+    "SSHHost",
+    "SSHHostKeyError",
+    "SSHOutputTooLarge",
+    "SSHStream",
+    "SSHTimeout",
+    "SSHTransport",
+    "shutdown",
+]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class SSHError(UnderCloudError):
+    """Something failed on or on the way to a host; ``host`` names it ("name (address:port)")."""
+
+    def __init__(self, host: str, message: str):
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class SSHConnectError(SSHError):
+    """No connection could be made: refused, no route, authentication refused."""
+
+
+class SSHHostKeyError(SSHConnectError):
+    """The host offered a key other than the pinned one. Never accepted."""
+
+    def __init__(self, host: str, message: str, *, offered: str | None, pinned: str):
+        super().__init__(host, message)
+        self.offered = offered
+        self.pinned = pinned
+
+
+class SSHTimeout(SSHError):
+    """A connect or a call took longer than its timeout."""
+
+
+class SSHConnectionLost(SSHError):
+    """The connection broke while a call was under way; the call may or may not have had its effect."""
+
+
+class SSHOutputTooLarge(SSHError):
+    """A command's output or a file was larger than the caller's limit."""
+
+
+class SSHFileNotFound(SSHError):
+    """get_file: no such file on the host."""
+
+
+class SSHCommandError(SSHError):
+    """A command exited non-zero (run with check=True)."""
+
+    def __init__(self, host: str, program: str, result: Completed):
+        tail = result.stderr[-400:].decode(errors="replace").strip()
+        super().__init__(host, f"{program} exited with {result.returncode}" + (f": {tail}" if tail else ""))
+        self.returncode = result.returncode
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class Completed:
+    """A finished command. returncode is negative (-signal) when the command was killed by a signal."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+# -- the event loop thread ------------------------------------------------------------------------
+
+
+class _LoopThread:
+    """One asyncio loop in a daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                thread = threading.Thread(target=self._main, args=(loop, ready), name="overcloud-ssh", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    @staticmethod
+    def _main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        """Run ``coro`` on the loop and wait for it from this (ordinary) thread."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("a blocking SSH call from the SSH event loop's own thread would deadlock")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop())
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    def stop(self) -> None:
+        """Close every host's connection, stop the loop, join its thread. A later call starts a new loop."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        if threading.current_thread() is thread:
+            raise RuntimeError("shutdown() from the SSH event loop's own thread")
+        hosts = list(_HOSTS)
+        try:
+            asyncio.run_coroutine_threadsafe(_close_all(hosts), loop).result(10)
+        except Exception:  # noqa: BLE001 - best effort at shutdown; the loop stops anyway
+            logger.warning("closing SSH connections at shutdown failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+_LOOP = _LoopThread()
+_HOSTS: weakref.WeakSet[SSHHost] = weakref.WeakSet()
+
+
+async def _close_all(hosts: list[SSHHost]) -> None:
+    await asyncio.gather(*(h._aclose() for h in hosts), return_exceptions=True)
+
+
+def shutdown() -> None:
+    """Close all connections and stop the SSH loop thread (also done at interpreter exit)."""
+    _LOOP.stop()
+
+
+atexit.register(shutdown)
+
+
+# -- host key pinning -----------------------------------------------------------------------------
+
+
+class _Pin:
+    """A pinned host key: a key line (exact key, and its algorithms are the only ones asked for) or a fingerprint."""
+
+    def __init__(self, spec: str):
+        spec = spec.strip()
+        if spec.startswith("SHA256:"):
+            self.fingerprint = spec.rstrip("=")
+            self.algs: list[str] = []
+        else:
+            key = asyncssh.import_public_key(spec)
+            self.fingerprint = key.get_fingerprint("sha256")
+            self.algs = [a.decode() for a in key.sig_algorithms]
+
+    def matches(self, key: asyncssh.SSHKey) -> bool:
+        return key.get_fingerprint("sha256") == self.fingerprint
+
+
+class _PinningClient(asyncssh.SSHClient):
+    """Accepts the server only when its key is the pinned one; remembers what it was offered."""
+
+    def __init__(self, pin: _Pin):
+        self._pin = pin
+        self.offered: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.offered = key.get_fingerprint("sha256")
+        return self._pin.matches(key)
+
+
+# -- one host -------------------------------------------------------------------------------------
+
+
+class _Collector(asyncssh.SSHClientSession[bytes]):
+    """A command's stdout and stderr, each up to ``limit`` bytes; beyond, the channel is closed."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.out = bytearray()
+        self.err = bytearray()
+        self.overflow: str | None = None
+        self.exc: Exception | None = None
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+        self._chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        buf, which = (self.err, "stderr") if datatype == asyncssh.EXTENDED_DATA_STDERR else (self.out, "stdout")
+        if self.overflow:
+            return
+        if len(buf) + len(data) > self.limit:
+            self.overflow = which
+            if self._chan is not None:
+                self._chan.close()
+            return
+        buf += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.exc = exc
+
+
+def _program(command: Sequence[str] | str) -> str:
+    """The program's name, for messages (never its arguments: they may hold secrets)."""
+    if isinstance(command, str):
+        words = command.split(None, 1)
+        return words[0] if words else "(empty command)"
+    return command[0] if command else "(empty command)"
+
+
+def _returncode(chan: asyncssh.SSHClientChannel[bytes]) -> int | None:
+    status = chan.get_exit_status()
+    if status is not None and status >= 0:
+        return status
+    sig = chan.get_exit_signal()
+    if sig is not None:
+        try:
+            return -int(signal.Signals["SIG" + sig[0]])
+        except KeyError:
+            return -255
+    return None
+
+
+class SSHHost:
+    """One host reached over one kept SSH connection. Thread-safe; methods block the calling thread."""
+
+    def __init__(self, config: SSHHostConfig):
+        self.config = config
+        self.name = config.name
+        self.endpoint = config.endpoint
+        self._pin = _Pin(config.host_key)
+        self._key = asyncssh.read_private_key(config.key_file)
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._prims_loop: asyncio.AbstractEventLoop | None = None
+        self._lock_: asyncio.Lock | None = None
+        self._sem_: asyncio.Semaphore | None = None
+        self.round_trips = 0  # channel exchanges (commands, file transfers, streams opened)
+        self.connects = 0  # connections made
+        self.last_connect_seconds: float | None = None
+        _HOSTS.add(self)
+
+    def __repr__(self) -> str:
+        return f"SSHHost({self.endpoint})"
+
+    # connection ----------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        """asyncio primitives belong to one loop: make them for the running one (a new loop after shutdown())."""
+        loop = asyncio.get_running_loop()
+        if self._prims_loop is not loop:
+            self._prims_loop = loop
+            self._lock_ = asyncio.Lock()
+            self._sem_ = asyncio.Semaphore(self.config.max_sessions)
+            self._conn = None
+
+    @property
+    def _connect_lock(self) -> asyncio.Lock:
+        self._bind()
+        assert self._lock_ is not None
+        return self._lock_
+
+    @property
+    def _sessions(self) -> asyncio.Semaphore:
+        self._bind()
+        assert self._sem_ is not None
+        return self._sem_
+
+    @property
+    def connected(self) -> bool:
+        """A connection is kept and not known to be closed."""
+        conn = self._conn
+        return conn is not None and not conn.is_closed()
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            return conn
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                self._conn = None
+                conn = self._conn = await self._connect()
+            return conn
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        cfg = self.config
+        client = _PinningClient(self._pin)
+        started = time.monotonic()
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    cfg.address,
+                    cfg.port,
+                    username=cfg.user,
+                    client_factory=lambda: client,
+                    known_hosts=([], [], []),  # nothing trusted up front: the pin decides (validate_host_public_key)
+                    server_host_key_algs=self._pin.algs or (),
+                    client_keys=[self._key],
+                    agent_path=None,
+                    agent_forwarding=False,
+                    password=None,
+                    preferred_auth="publickey",
+                    config=[],  # not ~/.ssh/config
+                    x509_trusted_certs=None,
+                    keepalive_interval=_KEEPALIVE,
+                    keepalive_count_max=3,
+                    connect_timeout=cfg.connect_timeout,
+                ),
+                cfg.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise SSHTimeout(
+                self.endpoint, f"no SSH connection within {cfg.connect_timeout:g} s (host unreachable or not answering)"
+            ) from None
+        except asyncssh.HostKeyNotVerifiable:
+            raise self._key_error(client.offered) from None
+        except asyncssh.KeyExchangeFailed as exc:
+            if self._pin.algs:
+                raise SSHHostKeyError(
+                    self.endpoint,
+                    f"the host offers no key of the pinned type ({', '.join(self._pin.algs)}); "
+                    f"pinned {self._pin.fingerprint}; refused ({exc.reason})",
+                    offered=None,
+                    pinned=self._pin.fingerprint,
+                ) from None
+            raise SSHConnectError(self.endpoint, f"SSH key exchange failed: {exc.reason}") from None
+        except asyncssh.PermissionDenied:
+            raise SSHConnectError(
+                self.endpoint, f"authentication refused for user {cfg.user!r} with key file {cfg.key_file}"
+            ) from None
+        except asyncssh.Error as exc:
+            raise SSHConnectError(self.endpoint, f"SSH connection failed: {exc.reason}") from None
+        except OSError as exc:
+            raise SSHConnectError(self.endpoint, f"cannot connect: {exc.strerror or exc}") from None
+        self.connects += 1
+        self.last_connect_seconds = time.monotonic() - started
+        logger.debug("ssh: connected to %s in %.3f s", self.endpoint, self.last_connect_seconds)
+        return conn
+
+    def _key_error(self, offered: str | None) -> SSHHostKeyError:
+        pinned = self._pin.fingerprint
+        return SSHHostKeyError(
+            self.endpoint,
+            f"host key refused: the host offered {offered or 'an unreadable key'}, the site config pins {pinned}. "
+            "If the host was re-installed on purpose, put its new key in the site's host_key; "
+            "unknown keys are never accepted",
+            offered=offered,
+            pinned=pinned,
+        )
+
+    async def _aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 5)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing is best effort
+                pass
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Make the connection now (it is otherwise made on first use); raises SSHError."""
+        _LOOP.call(self._connection(), (timeout or self.config.connect_timeout) + _GRACE)
+
+    def close(self) -> None:
+        """Close the kept connection (a later call makes a new one)."""
+        if _LOOP.in_loop_thread():
+            raise RuntimeError("close() from the SSH event loop's own thread")
+        if self._conn is not None:
+            _LOOP.call(self._aclose(), 10)
+
+    # channels ------------------------------------------------------------------------------------
+
+    async def _open(self, factory: Any, command: str, program: str) -> tuple[Any, Any]:
+        """A session channel for ``command``; a dead connection found at open is replaced once."""
+        for attempt in (1, 2):
+            conn = await self._connection()
+            try:
+                self.round_trips += 1
+                return await conn.create_session(factory, command, encoding=None)
+            except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, ConnectionError, BrokenPipeError) as exc:
+                if conn.is_closed() or isinstance(exc, (asyncssh.DisconnectError, ConnectionError)):
+                    self._conn = None
+                    if attempt == 1:
+                        logger.info("ssh: connection to %s was lost; connecting again", self.endpoint)
+                        continue
+                    raise SSHConnectionLost(self.endpoint, f"connection lost before {program} started") from None
+                raise SSHError(self.endpoint, f"the host refused a channel for {program}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def _arun(self, command: str, program: str, stdin: bytes | None, timeout: float, max_output: int) -> Completed:
+        chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+        async def work() -> Completed:
+            nonlocal chan
+            async with self._sessions:
+                chan, session = await self._open(lambda: _Collector(max_output), command, program)
+                if stdin:
+                    chan.write(stdin)
+                chan.write_eof()
+                await chan.wait_closed()
+                if session.overflow:
+                    raise SSHOutputTooLarge(self.endpoint, f"{program} wrote more than {max_output} bytes to {session.overflow}")
+                code = _returncode(chan)
+                if code is None:
+                    self._conn = None if self._conn is not None and self._conn.is_closed() else self._conn
+                    raise SSHConnectionLost(
+                        self.endpoint, f"connection lost while {program} ran (it may or may not have run)"
+                    )
+                return Completed(code, bytes(session.out), bytes(session.err))
+
+        try:
+            return await asyncio.wait_for(work(), timeout)
+        except asyncio.TimeoutError:
+            raise SSHTimeout(self.endpoint, f"{program} did not finish within {timeout:g} s") from None
+        finally:
+            if chan is not None and _returncode(chan) is None:
+                try:
+                    chan.send_signal("KILL")
+                except Exception:  # noqa: BLE001 - the channel may already be closing
+                    pass
+                chan.close()
+
+    def run(
+        self,
+        command: Sequence[str] | str,
+        *,
+        input: bytes | str | None = None,  # noqa: A002 - the subprocess name
+        timeout: float = 30.0,
+        check: bool = True,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> Completed:
+        """Run a command on the host. An argv list is quoted for the remote shell; a string is shell text.
+
+        Raises SSHTimeout (after ``timeout`` s, connecting included), SSHConnectError, SSHConnectionLost,
+        SSHOutputTooLarge, and SSHCommandError on a non-zero exit when ``check``.
+        """
+        program = _program(command)
+        # sshd does not deliver signals to root sessions ("session signalling requires privilege
+        # separation"), and closing a channel does not stop a command that writes nothing: the host's
+        # own `timeout` ends the command's process group a second after we have given up on it.
+        limit = f"exec timeout -k 2 {math.ceil(timeout) + 1}"
+        if isinstance(command, str):
+            text = f"{limit} sh -c {shlex.quote(command)}"
+        else:
+            if not command:
+                raise ValueError("run() needs a command")
+            text = f"{limit} {shlex.join(command)}"
+        data = input.encode() if isinstance(input, str) else input
+        result = _LOOP.call(self._arun(text, program, data, timeout, max_output), timeout + self.config.connect_timeout + _GRACE)
+        if check and result.returncode != 0:
+            raise SSHCommandError(self.endpoint, program, result)
+        return result
+
+    def put_file(self, path: str, data: bytes | str, mode: int = 0o644, *, timeout: float = 60.0) -> None:
+        """Write ``data`` to the absolute ``path`` atomically (temp file + rename), parents made as needed."""
+        if not path.startswith("/"):
+            raise ValueError(f"put_file needs an absolute path, not {path!r}")
+        script = (
+            'set -e; umask 077; mkdir -p -- "$(dirname -- "$1")"; t="$1.tmp.$$"; '
+            'trap \'rm -f -- "$t"\' EXIT; cat >"$t"; chmod "$2" "$t"; mv -f -- "$t" "$1"'
+        )
+        self.run(["sh", "-c", script, "put_file", path, format(mode, "o")], input=data, timeout=timeout, max_output=64 * 1024)
+
+    def get_file(self, path: str, max_bytes: int, *, timeout: float = 60.0) -> bytes:
+        """The contents of ``path``; SSHFileNotFound when absent, SSHOutputTooLarge when over ``max_bytes``."""
+        script = 'test -f "$1" || { echo "no such file" >&2; exit 3; }; exec head -c "$2" -- "$1"'
+        result = self.run(
+            ["sh", "-c", script, "get_file", path, str(max_bytes + 1)], timeout=timeout, check=False, max_output=max_bytes + 1
+        )
+        if result.returncode == 3:
+            raise SSHFileNotFound(self.endpoint, f"no file {path}")
+        if result.returncode != 0:
+            raise SSHCommandError(self.endpoint, "get_file", result)
+        if len(result.stdout) > max_bytes:
+            raise SSHOutputTooLarge(self.endpoint, f"{path} is larger than {max_bytes} bytes")
+        return result.stdout
+
+    def open_stream(self, command: Sequence[str] | str, *, timeout: float = 30.0) -> SSHStream:
+        """A socket-like byte stream to a command's stdin/stdout (e.g. a TCP relay in a box's netns).
+
+        The channel holds one of the host's ``max_sessions`` slots until it closes (close() it).
+        """
+        program = _program(command)
+        text = command if isinstance(command, str) else shlex.join(command)
+        return _LOOP.call(self._aopen_stream(text, program, timeout), timeout + self.config.connect_timeout + _GRACE)
+
+    async def _aopen_stream(self, command: str, program: str, timeout: float) -> SSHStream:
+        try:
+            await asyncio.wait_for(self._sessions.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise SSHTimeout(self.endpoint, f"no free session for {program} within {timeout:g} s") from None
+        try:
+            chan, session = await asyncio.wait_for(
+                self._open(lambda: _StreamSession(), command, program), timeout + self.config.connect_timeout
+            )
+        except BaseException as exc:
+            self._sessions.release()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise SSHTimeout(self.endpoint, f"{program}: no channel within {timeout:g} s") from None
+            raise
+        stream = SSHStream(self, chan, session, program)
+        asyncio.get_running_loop().create_task(self._release_when_closed(chan))
+        return stream
+
+    async def _release_when_closed(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        try:
+            await chan.wait_closed()
+        finally:
+            self._sessions.release()
+
+
+class _StreamSession(asyncssh.SSHClientSession[bytes]):
+    """Buffers a stream's output for reads from other threads, pausing the channel when the buffer is full."""
+
+    HIGH = 1024 * 1024
+    LOW = 256 * 1024
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.buf = bytearray()
+        self.err: deque[bytes] = deque()
+        self.err_len = 0
+        self.eof = False
+        self.closed = False
+        self.exc: Exception | None = None
+        self.paused = False
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.err.append(data)
+            self.err_len += len(data)
+            while self.err_len > _STDERR_KEEP and len(self.err) > 1:
+                self.err_len -= len(self.err.popleft())
+            return
+        with self.cond:
+            self.buf += data
+            if len(self.buf) > self.HIGH and not self.paused and self.chan is not None:
+                self.paused = True
+                self.chan.pause_reading()
+            self.cond.notify_all()
+
+    def eof_received(self) -> bool:
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with self.cond:
+            self.closed = True
+            self.exc = exc
+            self.cond.notify_all()
+
+
+class SSHStream:
+    """A socket-like stream over an exec channel: sendall/recv/shutdown/close/settimeout, from any thread."""
+
+    def __init__(self, host: SSHHost, chan: asyncssh.SSHClientChannel[bytes], session: _StreamSession, program: str):
+        self._host = host
+        self._chan = chan
+        self._s = session
+        self._program = program
+        self._timeout: float | None = None
+        self._loop = _LOOP.loop()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes; b"" at end of stream. socket.timeout after the timeout set."""
+        s = self._s
+        with s.cond:
+            if not s.cond.wait_for(lambda: s.buf or s.eof or s.closed, self._timeout):
+                raise socket.timeout(f"{self._host.endpoint}: {self._program}: no data within {self._timeout:g} s")
+            if not s.buf:
+                if s.exc is not None and not s.eof:
+                    raise SSHConnectionLost(self._host.endpoint, f"connection lost during {self._program} stream")
+                return b""
+            data = bytes(s.buf[:bufsize])
+            del s.buf[:bufsize]
+            if s.paused and len(s.buf) < s.LOW:
+                s.paused = False
+                self._loop.call_soon_threadsafe(self._chan.resume_reading)
+        return data
+
+    async def _asend(self, data: bytes) -> None:
+        if self._s.closed:
+            raise BrokenPipeError
+        self._chan.write(data)
+        # wait while the channel's send window is full (asyncssh pauses writing); poll cheaply
+        while self._chan.get_write_buffer_size() > 1024 * 1024:
+            if self._s.closed:
+                raise BrokenPipeError
+            await asyncio.sleep(0.005)
+
+    def sendall(self, data: bytes) -> None:
+        if self._s.closed:
+            raise BrokenPipeError(f"{self._host.endpoint}: {self._program} stream is closed")
+        try:
+            _LOOP.call(self._asend(bytes(data)), self._timeout)
+        except concurrent.futures.TimeoutError:
+            raise socket.timeout(f"{self._host.endpoint}: {self._program}: send did not complete within {self._timeout:g} s") from None
+        except asyncssh.Error as exc:
+            raise SSHConnectionLost(self._host.endpoint, f"{self._program} stream: {exc.reason}") from None
+
+    def send(self, data: bytes) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def shutdown(self, how: int = socket.SHUT_WR) -> None:
+        """SHUT_WR sends EOF to the command's stdin; SHUT_RDWR closes."""
+        if how == socket.SHUT_RD:
+            return
+        if how == socket.SHUT_RDWR:
+            self.close()
+            return
+        if not self._s.closed:
+            self._loop.call_soon_threadsafe(self._chan.write_eof)
+
+    def close(self) -> None:
+        if not self._s.closed:
+            self._loop.call_soon_threadsafe(self._chan.close)
+
+    def wait(self, timeout: float | None = 5.0) -> int | None:
+        """Wait until the channel has closed; the command's exit status (None if unknown)."""
+        s = self._s
+        with s.cond:
+            s.cond.wait_for(lambda: s.closed, timeout)
+        return self.returncode
+
+    @property
+    def returncode(self) -> int | None:
+        """The command's exit status once the stream has ended (else None)."""
+        return _returncode(self._chan) if self._s.closed else None
+
+    @property
+    def stderr(self) -> bytes:
+        """The last 64 KiB the command wrote to stderr."""
+        return b"".join(self._s.err)
+
+    def __enter__(self) -> SSHStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- many hosts -----------------------------------------------------------------------------------
+
+
+class SSHTransport:
+    """The hosts the Tower drives, by name, each with its kept connection."""
+
+    def __init__(self, hosts: Iterable[SSHHostConfig]):
+        self._hosts: dict[str, SSHHost] = {}
+        for cfg in hosts:
+            if cfg.name in self._hosts:
+                raise ValueError(f"host {cfg.name!r} listed twice")
+            self._hosts[cfg.name] = SSHHost(cfg)
+
+    def host(self, name: str) -> SSHHost:
+        try:
+            return self._hosts[name]
+        except KeyError:
+            raise KeyError(f"no ssh host {name!r} (hosts: {', '.join(sorted(self._hosts))})") from None
+
+    @property
+    def hosts(self) -> list[SSHHost]:
+        return list(self._hosts.values())
+
+    def run_all(self, command: Sequence[str] | str, *, timeout: float = 30.0, check: bool = True) -> dict[str, Completed | SSHError]:
+        """The same command on every host at once; each host's result or error, by host name."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self._hosts))) as pool:
+            futures = {name: pool.submit(h.run, command, timeout=timeout, check=check) for name, h in self._hosts.items()}
+            out: dict[str, Completed | SSHError] = {}
+            for name, fut in futures.items():
+                try:
+                    out[name] = fut.result()
+                except SSHError as exc:
+                    out[name] = exc
+            return out
+
+    def round_trips(self) -> dict[str, int]:
+        return {name: h.round_trips for name, h in self._hosts.items()}
+
+    def close(self) -> None:
+        for h in self._hosts.values():
+            h.close()
