@@ -19,7 +19,7 @@ import httpx
 
 
 @contextlib.contextmanager
-def tower(sites: list[dict], overlay: str) -> Iterator[httpx.Client]:
+def tower(sites: list[dict], overlay: str, log_level: str = "warning") -> Iterator[httpx.Client]:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (the local UnderCloud)")
     state = Path(tempfile.mkdtemp(prefix="oc-bench-"))
@@ -30,7 +30,7 @@ def tower(sites: list[dict], overlay: str) -> Iterator[httpx.Client]:
            "OVERCLOUD_OVERLAY_CIDR": overlay}
     exe = str(Path(sys.executable).parent / "overcloud")
     log = open(state / "tower.log", "wb")
-    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--log-level", "warning"], env=env,
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--log-level", log_level], env=env,
                             stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

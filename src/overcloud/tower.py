@@ -68,8 +68,6 @@ class Tower:
         # this Tower's identity on the host: everything it makes carries it (see LocalHost)
         self.id = tower_identity(settings.state_dir)
         self.construction: ConstructionDataLake | None = None
-        self._cdl_ready = threading.Event()
-        self._cdl_error: BaseException | None = None
         self._closing = threading.Event()
         self.metrics = metrics or TowerMetrics()
         self.drivers: dict[str, UnderCloudDriver] = {}
@@ -96,7 +94,7 @@ class Tower:
             self.settings.workflow_db_url, registry=wf_actions.registry, services=self, max_workers=self.settings.workers
         )
         if self.construction is not None:
-            threading.Thread(target=self._start_construction, name="construction-datalake", daemon=True).start()
+            self._start_construction()  # returns at once: it works in threads of its own
         if resume:
             self.resume_unfinished()
         self._health = threading.Thread(target=self._watch_health, name="fabric-health", daemon=True)
@@ -130,28 +128,30 @@ class Tower:
                     continue  # a delete started meanwhile
 
     def _start_construction(self) -> None:
-        """Start the Construction DataLake and publish the artifacts boxes fetch (off the
-        start-up path: the API answers meanwhile; DataLake tasks wait for it)."""
+        """Start the Construction DataLake and publish the artifacts boxes fetch, at serve and
+        in the background (issue 11, cold start): the API answers meanwhile, and a create that
+        comes earlier waits only for what it still needs (the store in construction_datalake,
+        one artifact in ``program``), or fails with the reason."""
         from overcloud.datalake import seaweed
 
+        cdl = self.construction
         try:
-            self.construction.ensure_running()
-            # boxes reach nothing on the host but this store's S3 port (issue 10)
-            self.local.allow_host_services([(self.construction.bind_ip, self.construction.s3_port)])
-            self.construction.publish(seaweed.weed_binary())
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever needs it
-            logger.error("the Construction DataLake did not start: %s", exc)
-            self._cdl_error = exc
-        finally:
-            self._cdl_ready.set()
+            artifacts = [seaweed.weed_binary()]
+        except FileNotFoundError as exc:  # the DataLake task says so again, to the user
+            logger.error("the Construction DataLake has nothing to publish: %s", exc)
+            artifacts = []
+        # boxes reach nothing on the host but this store's S3 port (issue 10)
+        cdl.start_background(artifacts, when_running=lambda: self.local.allow_host_services([(cdl.bind_ip, cdl.s3_port)]))
 
     def construction_datalake(self, timeout: float = 60.0) -> ConstructionDataLake:
+        from overcloud.components.construction import ConstructionError
+
         if self.construction is None:
             raise UnderCloudError("no Construction DataLake: this Tower has no local site to run it on")
-        if not self._cdl_ready.wait(timeout):
-            raise UnderCloudError(f"the Construction DataLake is not ready after {timeout:.0f} s")
-        if self._cdl_error is not None:
-            raise UnderCloudError(f"the Construction DataLake did not start: {self._cdl_error}") from self._cdl_error
+        try:
+            self.construction.wait_running(timeout)
+        except ConstructionError as exc:
+            raise UnderCloudError(str(exc)) from exc
         return self.construction
 
     def _make_drivers(self) -> None:

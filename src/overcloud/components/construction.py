@@ -19,6 +19,14 @@ directories are 0700. See docs/seaweedfs.md, "Security".
 Artifacts (the ``weed`` binary, ...) are published once, content-addressed
 (``overcloud-artifacts/sha256/<hex>``); boxes fetch them with a presigned GET through
 ``boxes/fetch.py``, which verifies the SHA-256 before running anything.
+
+Cold start (issue 11): ``overcloud serve`` calls :meth:`ConstructionDataLake.start_background`,
+which returns at once (the API answers meanwhile) and, in two threads, starts the store and
+uploads the artifacts, and puts each artifact into this host's artifact cache (the boxes'
+``fetch.py`` then finds it there: a fresh state dir's first DataLake no longer downloads
+150 MB of ``weed`` from the store). A create that comes earlier waits in
+:meth:`wait_running` for the store and in :meth:`program` for the one artifact it runs, and
+fails with the reason (never a hang) when either failed.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from overcloud.files import sha256_file, write_private
@@ -62,6 +72,20 @@ class ConstructionError(RuntimeError):
     pass
 
 
+class _Artifact:
+    """One artifact published in the background (:meth:`ConstructionDataLake.start_background`).
+    ``cached`` is set once its digest is known and it is in this host's artifact cache (or that
+    failed: ``cache_error``); ``done`` once it is in the store (or that failed: ``error``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sha: str | None = None
+        self.cache_error: BaseException | None = None
+        self.error: BaseException | None = None
+        self.cached = threading.Event()
+        self.done = threading.Event()
+
+
 class ConstructionDataLake:
     def __init__(self, state_dir: Path, bind_ip: str = "", bridges: list[str] | None = None,
                  secrets: SecretBox | None = None):
@@ -77,6 +101,13 @@ class ConstructionDataLake:
         self.cache_dir = Path(state_dir) / "artifact-cache"
         self._lock = threading.Lock()
         self._published: dict[str, str] = {}
+        # the background start (start_background): the store, then every artifact
+        self._running = threading.Event()
+        self._started = False  # start_background was called: wait_running waits for it
+        self._start_error: BaseException | None = None
+        self._pending: dict[str, _Artifact] = {}
+        self.timeline: dict[str, float] = {}  # what finished when, in seconds after start_background
+        self._t0: float | None = None
 
     # -- ports --------------------------------------------------------------
     def _set_ports(self, base: int) -> None:
@@ -161,12 +192,14 @@ class ConstructionDataLake:
         write_private(config, json.dumps(seaweed.s3_config(access, secret, admin_name="tower")))
         security = seaweed.write_security(self.dir / "security", self.security(),
                                           white_list=[*MASTER_WHITE_LIST, self.bind_ip, "127.0.0.1"])
+        self._mark("secrets and config")
         if not self.supervisor.is_running():
             self._choose_ports()
         self._guard()
         self.supervisor.write_files()
         self.supervisor.start()
         self.supervisor.wait_ready(10)
+        self._mark("supervisord up")
         argv = seaweed.server_argv(
             seaweed.weed_binary(), ip=self.bind_ip, data_dir=str(data), logdir=str(self.supervisor.log_dir),
             s3_config_path=str(config), master_port=self.master_port, volume_port=self.volume_port,
@@ -174,10 +207,127 @@ class ConstructionDataLake:
         )
         self.supervisor.add_program("weed-server", argv, startsecs=1, startretries=5)
         seaweed.wait_http(self.s3_endpoint, timeout)
+        self._mark("S3 answers")
         try:
             clients.ensure_buckets(self.client(), (ARTIFACTS, ARCHIVES), timeout)
         except clients.S3Error as exc:
             raise ConstructionError(f"the Construction DataLake at {self.s3_endpoint} is not ready: {exc}") from exc
+        self._mark("buckets")
+
+    def _mark(self, what: str) -> None:
+        if self._t0 is not None:
+            self.timeline[what] = round(time.monotonic() - self._t0, 3)
+
+    def start_background(self, artifacts: Iterable[Path], *, when_running: Callable[[], None] | None = None,
+                         timeout: float = 60.0) -> None:
+        """Start the store and publish ``artifacts`` without blocking the caller (``overcloud
+        serve``). One thread starts the store, runs ``when_running`` (the Tower opens the
+        store's S3 port to the boxes) and uploads each artifact; the other puts each artifact
+        into this host's artifact cache meanwhile (a local copy, no store needed, by
+        ``fetch.py``'s own protocol: flock, SHA-256 checked, atomic rename). Errors are kept
+        and raised to whoever waits (:meth:`wait_running`, :meth:`program`, :meth:`published`)."""
+        self._t0 = time.monotonic()
+        items = [_Artifact(Path(p)) for p in artifacts]
+        with self._lock:
+            self._started = True
+            for a in items:
+                self._pending[str(a.path)] = a
+
+        def cache() -> None:
+            for a in items:
+                try:
+                    a.sha = self._digest(a.path)
+                    self._seed_cache(a.path, a.sha)
+                    self._mark(f"{a.path.name} cached")
+                except BaseException as exc:  # noqa: BLE001 - kept for whoever runs it
+                    logger.error("the Construction DataLake could not put %s into the artifact cache %s: %s",
+                                 a.path, self.cache_dir, exc)
+                    a.cache_error = ConstructionError(
+                        f"cannot put {a.path.name} into the artifact cache {self.cache_dir}: {exc}")
+                    if a.sha is None:  # not even its digest: nothing to publish either
+                        a.error = a.cache_error
+                        a.done.set()
+                finally:
+                    a.cached.set()
+
+        def store() -> None:
+            try:
+                self.ensure_running(timeout)
+                if when_running is not None:
+                    when_running()
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever needs it
+                logger.error("the Construction DataLake did not start: %s", exc)
+                self._start_error = exc
+                for a in items:
+                    a.error = a.error or ConstructionError(
+                        f"{a.path.name} is not published: the Construction DataLake did not start: {exc}")
+                    a.done.set()
+                return
+            finally:
+                self._running.set()
+            self._mark("store running")
+            logger.info("Construction DataLake running at %s after %.2f s", self.s3_endpoint, self.timeline["store running"])
+            for a in items:
+                a.cached.wait()  # its digest is known
+                if a.done.is_set():
+                    continue
+                try:
+                    self._upload(a.path, a.sha)
+                    self._mark(f"{a.path.name} published")
+                    logger.info("Construction DataLake published %s (sha256 %s) after %.2f s", a.path.name, a.sha[:12],
+                                self.timeline[f"{a.path.name} published"])
+                except BaseException as exc:  # noqa: BLE001
+                    logger.error("the Construction DataLake could not publish %s: %s", a.path, exc)
+                    a.error = ConstructionError(f"cannot publish {a.path.name} into the Construction DataLake: {exc}")
+                finally:
+                    a.done.set()
+            logger.info("Construction DataLake start-up, seconds after serve: %s",
+                        ", ".join(f"{k} {v:.2f}" for k, v in sorted(self.timeline.items(), key=lambda kv: kv[1])))
+
+        threading.Thread(target=cache, name="construction-cache", daemon=True).start()
+        threading.Thread(target=store, name="construction-datalake", daemon=True).start()
+
+    def wait_running(self, timeout: float = 60.0) -> None:
+        """Wait for a store started by :meth:`start_background` (at once when it runs);
+        raises ConstructionError with the reason when it did not start."""
+        if self._started and not self._running.wait(timeout):
+            raise ConstructionError(f"the Construction DataLake is still starting after {timeout:.0f} s "
+                                    "(see the Tower's log)")
+        if self._start_error is not None:
+            raise ConstructionError(f"the Construction DataLake did not start: {self._start_error}") from self._start_error
+
+    def published(self, path: Path, timeout: float = 60.0) -> str:
+        """The SHA-256 of an artifact once it is in the store: waits only for that artifact
+        when :meth:`start_background` is still publishing it; publishes it now otherwise."""
+        a = self._pending.get(str(Path(path)))
+        if a is None:
+            return self._upload(Path(path), self._digest(Path(path)))
+        if not a.done.wait(timeout):
+            raise ConstructionError(f"{a.path.name} is still being published into the Construction DataLake "
+                                    f"after {timeout:.0f} s (see the Tower's log)")
+        if a.error is not None and a.sha is not None and self._start_error is None:
+            try:  # the background upload failed (logged): once more, now, for whoever needs it
+                self._upload(a.path, a.sha)
+                a.error = None
+            except Exception as exc:  # noqa: BLE001
+                a.error = ConstructionError(f"cannot publish {a.path.name} into the Construction DataLake: {exc}")
+        if a.error is not None:
+            raise ConstructionError(str(a.error)) from a.error
+        return a.sha
+
+    def cached_here(self, path: Path, timeout: float = 60.0) -> str:
+        """The SHA-256 of an artifact this host's boxes can start now: at once when
+        :meth:`start_background` has put it into this host's artifact cache (its upload may
+        still run: a box needs the store only to fetch it again); else once it is in the store
+        (:meth:`published`), from where the box's ``fetch.py`` downloads it."""
+        a = self._pending.get(str(Path(path)))
+        if a is not None:
+            if not a.cached.wait(timeout):
+                raise ConstructionError(f"{a.path.name} is still being put into the artifact cache after "
+                                        f"{timeout:.0f} s (see the Tower's log)")
+            if a.cache_error is None and (self.cache_dir / a.sha).is_file():
+                return a.sha
+        return self.published(path, timeout)
 
     def _ports_free(self) -> bool:
         import socket
@@ -233,11 +383,17 @@ table inet overcloud_cdl_{self.tag} {{
 
     # -- artifacts ----------------------------------------------------------
     def publish(self, path: Path) -> str:
-        """Put a file into the store once, by content; returns its SHA-256."""
+        """Put a file into the store once, by content; returns its SHA-256. An artifact that
+        :meth:`start_background` is publishing is waited for, not uploaded twice."""
+        return self.published(path)
+
+    @staticmethod
+    def _digest(path: Path) -> str:
         from overcloud.datalake import seaweed
 
-        path = Path(path)
-        sha = seaweed.weed_sha256(path) if path == seaweed.weed_binary() else sha256_file(path)
+        return seaweed.weed_sha256(path) if path == seaweed.weed_binary() else sha256_file(path)
+
+    def _upload(self, path: Path, sha: str) -> str:
         if sha in self._published.values():
             return sha
         client = self.client()
@@ -249,6 +405,15 @@ table inet overcloud_cdl_{self.tag} {{
         self._published[str(path)] = sha
         return sha
 
+    def _seed_cache(self, path: Path, sha: str) -> None:
+        """Put ``path`` into this host's artifact cache as ``<sha>``, the way a box's
+        ``fetch.py`` would after a download (flock, temporary file, SHA-256 checked, atomic
+        rename), from the local file: the host's boxes then start it without a download."""
+        from overcloud.boxes import fetch
+
+        if not (self.cache_dir / sha).exists():
+            fetch.fetch(path.resolve().as_uri(), sha, str(self.cache_dir))
+
     def artifact_url(self, sha: str) -> str:
         return self.client().generate_presigned_url(
             "get_object", Params={"Bucket": ARTIFACTS, "Key": f"sha256/{sha}"}, ExpiresIn=PRESIGN_SECONDS
@@ -258,8 +423,11 @@ table inet overcloud_cdl_{self.tag} {{
         """A supervisord command that fetches artifact ``path`` into the box cache, then runs it.
         The presigned URL goes to ``url_dir/<sha>.url`` (0600), refreshed on every call, so the
         command itself is the same every time (supervisord does not restart the program when a
-        workflow task runs again)."""
-        sha = self.publish(path)
+        workflow task runs again). Right after ``serve`` it waits only for what this host's box
+        still lacks: the store's start (its ports are in the URL) and the artifact in this
+        host's cache, or in the store when it could not be cached (:meth:`cached_here`)."""
+        self.wait_running()
+        sha = self.cached_here(path)
         url_dir.mkdir(parents=True, exist_ok=True)
         url_file = url_dir / f"{sha}.url"
         write_private(url_file, self.artifact_url(sha))
