@@ -105,6 +105,9 @@ def test_holds_what_the_host_needs(built):
         assert needed in names, needed
     metas = sorted(n for n in names if n.endswith(".dist-info/METADATA"))
     assert [m.split("-")[0] for m in metas] == ["pyroute2", "supervisor"]
+    # the ssh package's __init__ re-exports the Tower side (YAML sites, asyncssh): the host gets a stub
+    stub = zipfile.ZipFile(built.path).read("overcloud/underclouds/ssh/__init__.py").decode()
+    assert stub == bundle.HOST_STUBS["overcloud/underclouds/ssh/__init__.py"] and not [ln for ln in stub.splitlines() if ln.startswith(("import ", "from "))]
     manifest = bundle.read_manifest(built.path)
     assert set(manifest["distributions"]) == {"pyroute2", "supervisor"} and manifest["files"] == len(names) - 2
 

@@ -47,6 +47,15 @@ HOST_DISTRIBUTIONS: dict[str, str] = {
 TOWER_ONLY = ("pydantic", "pydantic_core", "cryptography", "sqlalchemy", "fastapi", "starlette", "uvicorn",
               "taskflow", "asyncssh", "boto3", "botocore", "psutil", "yaml", "httpx", "rich", "typer")
 
+#: Files the bundle carries in place of the tree's: the ssh package's ``__init__`` re-exports the
+#: Tower side of the driver (site config, YAML, the SSH transport), which a host neither needs
+#: nor can import. On the host the package is only a namespace for the agent.
+HOST_STUBS: dict[str, str] = {
+    "overcloud/underclouds/ssh/__init__.py":
+        '"""The ssh UnderCloud, as the host bundle carries it: only a package for its host-side\n'
+        'modules (agent). The Tower side (sites, transport) is imported by name, never from here."""\n',
+}
+
 NAME = "overcloud-host.pyz"
 FORMAT = 1  # bump when the layout changes: part of the cache key
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -87,7 +96,9 @@ def sources() -> list[tuple[str, Path]]:
     out: dict[str, Path] = {}
     root = Path(overcloud.__file__).resolve().parent
     for path in _walk(root):
-        out["overcloud/" + path.relative_to(root).as_posix()] = path
+        name = "overcloud/" + path.relative_to(root).as_posix()
+        if name not in HOST_STUBS:
+            out[name] = path
     for dist_name in HOST_DISTRIBUTIONS:
         out.update(_distribution_files(dist_name))
     compiled = sorted(name for name in out if name.endswith(COMPILED_SUFFIXES))
@@ -135,20 +146,21 @@ def manifest(files: list[tuple[str, Path]]) -> dict:
         "format": FORMAT,
         "overcloud": overcloud.__version__,
         "distributions": {name: importlib.metadata.version(name) for name in sorted(HOST_DISTRIBUTIONS)},
-        "files": len(files),
+        "files": len(files) + len(HOST_STUBS),
     }
 
 
 def write_bundle(files: list[tuple[str, Path]], target: Path) -> str:
     """Write the zip deterministically; returns its SHA-256."""
-    entries = [("__main__.py", MAIN.encode()),
-               ("BUNDLE.json", (json.dumps(manifest(files), indent=1, sort_keys=True) + "\n").encode())]
+    head = [("__main__.py", MAIN.encode()),
+            ("BUNDLE.json", (json.dumps(manifest(files), indent=1, sort_keys=True) + "\n").encode())]
+    body: list[tuple[str, Path | bytes]] = [(n, p) for n, p in files if n not in HOST_STUBS]
+    body += [(n, text.encode()) for n, text in HOST_STUBS.items()]
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with zipfile.ZipFile(tmp, "w") as zf:
-        for arcname, data in entries:
-            zf.writestr(_info(arcname), data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
-        for arcname, path in files:
-            zf.writestr(_info(arcname), path.read_bytes(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
+        for arcname, data in head + sorted(body, key=lambda e: e[0]):
+            raw = data if isinstance(data, bytes) else data.read_bytes()
+            zf.writestr(_info(arcname), raw, compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return sha256_file(target)
@@ -163,7 +175,7 @@ def _info(arcname: str) -> zipfile.ZipInfo:
 
 def inputs_key(files: list[tuple[str, Path]]) -> str:
     """What the bundle is made of, cheaply: each file's bundle path, size and mtime."""
-    h = hashlib.sha256(f"format {FORMAT}\n{MAIN}".encode())
+    h = hashlib.sha256(f"format {FORMAT}\n{MAIN}\n{json.dumps(HOST_STUBS, sort_keys=True)}".encode())
     for arcname, path in files:
         st = path.stat()
         h.update(f"{arcname}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
