@@ -234,10 +234,12 @@ class _Pin:
         if spec.startswith("SHA256:"):
             self.fingerprint = spec.rstrip("=")
             self.algs: list[str] = []
+            self.key_type = "any"
         else:
             key = asyncssh.import_public_key(spec)
             self.fingerprint = key.get_fingerprint("sha256")
             self.algs = [a.decode() for a in key.sig_algorithms]
+            self.key_type = key.get_algorithm()
 
     def matches(self, key: asyncssh.SSHKey) -> bool:
         return key.get_fingerprint("sha256") == self.fingerprint
@@ -369,48 +371,63 @@ class SSHHost:
                 conn = self._conn = await self._connect()
             return conn
 
+    async def _attempt(self, client: _PinningClient, algs: Sequence[str] | str) -> asyncssh.SSHClientConnection:
+        cfg = self.config
+        return await asyncio.wait_for(
+            asyncssh.connect(
+                cfg.address,
+                cfg.port,
+                username=cfg.user,
+                client_factory=lambda: client,
+                known_hosts=([], [], []),  # nothing trusted up front: the pin decides (validate_host_public_key)
+                server_host_key_algs=algs,
+                client_keys=[self._key],
+                agent_path=None,
+                agent_forwarding=False,
+                password=None,
+                preferred_auth="publickey",
+                config=[],  # not ~/.ssh/config
+                x509_trusted_certs=None,
+                keepalive_interval=_KEEPALIVE,
+                keepalive_count_max=3,
+                connect_timeout=cfg.connect_timeout,
+            ),
+            cfg.connect_timeout,
+        )
+
     async def _connect(self) -> asyncssh.SSHClientConnection:
         cfg = self.config
         client = _PinningClient(self._pin)
         started = time.monotonic()
         try:
-            conn = await asyncio.wait_for(
-                asyncssh.connect(
-                    cfg.address,
-                    cfg.port,
-                    username=cfg.user,
-                    client_factory=lambda: client,
-                    known_hosts=([], [], []),  # nothing trusted up front: the pin decides (validate_host_public_key)
-                    server_host_key_algs=self._pin.algs or (),
-                    client_keys=[self._key],
-                    agent_path=None,
-                    agent_forwarding=False,
-                    password=None,
-                    preferred_auth="publickey",
-                    config=[],  # not ~/.ssh/config
-                    x509_trusted_certs=None,
-                    keepalive_interval=_KEEPALIVE,
-                    keepalive_count_max=3,
-                    connect_timeout=cfg.connect_timeout,
-                ),
-                cfg.connect_timeout,
-            )
+            conn = await self._attempt(client, self._pin.algs or ())
         except asyncio.TimeoutError:
             raise SSHTimeout(
                 self.endpoint, f"no SSH connection within {cfg.connect_timeout:g} s (host unreachable or not answering)"
             ) from None
         except asyncssh.HostKeyNotVerifiable:
             raise self._key_error(client.offered) from None
-        except asyncssh.KeyExchangeFailed as exc:
-            if self._pin.algs:
+        except (asyncssh.KeyExchangeFailed, asyncssh.ConnectionLost, ConnectionResetError) as exc:
+            reason = exc.reason if isinstance(exc, asyncssh.Error) else exc.strerror
+            if not self._pin.algs or client.offered is not None:
+                raise SSHConnectError(self.endpoint, f"SSH connection failed during the handshake: {reason}") from None
+            # We asked only for the pinned key's type and the host closed: it has none of that type.
+            # Ask again for any type, only to name the key it does offer; that key is refused all the same.
+            probe = _PinningClient(self._pin)
+            try:
+                conn = await self._attempt(probe, "default")
+            except asyncssh.HostKeyNotVerifiable:
                 raise SSHHostKeyError(
                     self.endpoint,
-                    f"the host offers no key of the pinned type ({', '.join(self._pin.algs)}); "
-                    f"pinned {self._pin.fingerprint}; refused ({exc.reason})",
-                    offered=None,
+                    f"host key refused: the host offers no {self._pin.key_type} key but {probe.offered}; "
+                    f"the site config pins {self._pin.fingerprint}. Unknown keys are never accepted",
+                    offered=probe.offered,
                     pinned=self._pin.fingerprint,
                 ) from None
-            raise SSHConnectError(self.endpoint, f"SSH key exchange failed: {exc.reason}") from None
+            except (asyncio.TimeoutError, asyncssh.Error, OSError):
+                raise SSHConnectError(self.endpoint, f"SSH connection failed during the handshake: {reason}") from None
+            conn.close()  # the same key under another algorithm name: should not happen; never use it
+            raise SSHConnectError(self.endpoint, f"SSH connection failed during the handshake: {reason}") from None
         except asyncssh.PermissionDenied:
             raise SSHConnectError(
                 self.endpoint, f"authentication refused for user {cfg.user!r} with key file {cfg.key_file}"
