@@ -299,10 +299,12 @@ def _origins(names: tuple[str, ...]) -> dict[str, str | None]:
 
 
 # -- the LocalHost ops ------------------------------------------------------------------------
-def _field(req: dict[str, Any], name: str, kind: type, pattern: re.Pattern | None = None, what: str = "") -> Any:
+def _field(req: dict[str, Any], name: str, kind: type, pattern: re.Pattern | None = None, what: str = "",
+           where: str = "") -> Any:
+    """``req[name]``, of ``kind`` and matching ``pattern``; else refused, naming ``where.name``."""
     value = req.get(name)
     if not isinstance(value, kind) or (pattern is not None and not pattern.match(value)):
-        raise bad(f"{name} must be {what or kind.__name__}")
+        raise bad(f"{where}{name} must be {what or kind.__name__}")
     return value
 
 
@@ -320,9 +322,9 @@ def _host(req: dict[str, Any]):
     for i, s in enumerate(sites_in):
         if not isinstance(s, dict):
             raise bad(f"sites[{i}] must be an object {{name, bridge, cidr}}")
-        name = _field(s, "name", str, SITE_NAME, f"a site name (letters, digits, -_.; sites[{i}])")
-        bridge = _field(s, "bridge", str, IFNAME, f"an interface name of at most 15 characters (sites[{i}])")
-        cidr = _network(_field(s, "cidr", str, None, f"an IPv4 network like 10.79.1.0/24 (sites[{i}])"), f"sites[{i}].cidr")
+        name = _field(s, "name", str, SITE_NAME, "a site name (letters, digits, -_.)", f"sites[{i}].")
+        bridge = _field(s, "bridge", str, IFNAME, "an interface name of at most 15 characters", f"sites[{i}].")
+        cidr = _network(_field(s, "cidr", str, None, "an IPv4 network like 10.79.1.0/24", f"sites[{i}]."), f"sites[{i}].cidr")
         sites.append(LocalSiteConfig(name, bridge, cidr))
     if len({s.name for s in sites}) != len(sites) or len({s.bridge for s in sites}) != len(sites):
         raise bad("sites must have distinct names and bridges")
@@ -355,12 +357,12 @@ def _spec(s: Any, i: int):
 
     if not isinstance(s, dict):
         raise bad(f"specs[{i}] must be an object {{overcloud_id, name, role, site, size}}")
-    oc = _field(s, "overcloud_id", str, OVERCLOUD_ID, f"the OverCloud id in hex (specs[{i}])")
-    name = _field(s, "name", str, BOX_NAME, f"a box name (letters, digits, -; specs[{i}])")
+    oc = _field(s, "overcloud_id", str, OVERCLOUD_ID, "the OverCloud id in hex", f"specs[{i}].")
+    name = _field(s, "name", str, BOX_NAME, "a box name (letters, digits and -, at most 63)", f"specs[{i}].")
     role = s.get("role")
     if role not in ("post", "cluster"):
         raise bad(f"specs[{i}].role must be post or cluster")
-    site = _field(s, "site", str, SITE_NAME, f"a site name (specs[{i}])")
+    site = _field(s, "site", str, SITE_NAME, "a site name", f"specs[{i}].")
     if isinstance(s.get("flavor"), dict):
         f = s["flavor"]
         try:
