@@ -16,6 +16,7 @@ the hosts lab (10.77-10.79) and of the local UnderCloud (10.213, 10.250). Needs 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -142,8 +143,9 @@ def lab(tmp_path_factory):
     no_ipv6 = ("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
     ns(SWITCH, *no_ipv6)  # no router solicitations or MLD in the captures
     for br in ("wan", "lana", "lanb"):
-        ns(SWITCH, "ip", "link", "add", br, "type", "bridge")
-        ns(SWITCH, "ip", "link", "set", br, "multicast", "off", "up")  # no IGMP of its own in the captures
+        # without snooping the bridge joins no group (224.0.0.106) and sends no IGMP into the captures
+        ns(SWITCH, "ip", "link", "add", br, "type", "bridge", "mcast_snooping", "0")
+        ns(SWITCH, "ip", "link", "set", br, "up")
     ns(SWITCH, "ip", "link", "set", "wan", "mtu", str(WAN_MTU))
     hosts = []
     for h, (site, n, k) in HOSTS.items():
@@ -159,7 +161,7 @@ def lab(tmp_path_factory):
                "mtu", str(mtu), "netns", SWITCH)
             ns(hn, "ip", "addr", "add", addr, "dev", dev)
             ns(hn, "ip", "link", "set", dev, "up")
-            ns(SWITCH, "ip", "link", "set", f"{h}-{dev}", "master", br, "multicast", "off", "up")
+            ns(SWITCH, "ip", "link", "set", f"{h}-{dev}", "master", br, "up")
         ns(hn, "ip", "link", "add", "box", "type", "veth", "peer", "name", "eth0", "netns", bn)
         ns(hn, "ip", "addr", "add", f"10.89.{k}.1/24", "dev", "box")
         ns(hn, "ip", "link", "set", "box", "up")
@@ -411,20 +413,61 @@ def test_plain_veth_against_wireguard_throughput(lab):
           f"plain veth routing inside a site {size * 8 / dt_lan / 1e6:.0f} Mbit/s ({dt_lan:.2f} s)")
 
 
+def leftovers(h: wan.WanHost) -> list[str]:
+    """What of wan.py's doing is still on host ``h``, looked up without wan.py."""
+    hn = host_ns(h.name)
+    left = []
+    links = [line.split(":")[1].strip().split("@")[0] for line in ns(hn, "ip", "-o", "link").stdout.splitlines()]
+    left += [f"link {name}" for name in links if name not in ("lo", "wan", "lan", "box")]
+    left += [f"route {r}" for r in ns(hn, "ip", "route", "show", "proto", str(wan.ROUTE_PROTO)).stdout.splitlines()]
+    if Path(h.run_dir).exists():
+        left.append(f"dir {h.run_dir}: {os.listdir(h.run_dir)}")
+    if Path(f"{wan.WIREGUARD_SOCKET_DIR}/{h.interface}.sock").exists():
+        left.append(f"socket {h.interface}.sock")
+    left += [f"process {p}" for p in sh("ps", "-eo", "pid,args").stdout.splitlines() if f"wireguard-go -f {h.interface}" in p]
+    return left
+
+
 def test_down_leaves_nothing(lab):
     pids = {h: s.pid for h, s in lab.states.items()}
     for h in lab.plan.hosts:
         removed = wan.down(h, lab.runners[h.name])
         assert f"wireguard-go ({h.pid_file})" in removed and any(r.startswith("route ") for r in removed)
     for h in lab.plan.hosts:
-        hn = host_ns(h.name)
-        assert ns(hn, "ip", "link", "show", h.interface, check=False).returncode != 0
-        assert ns(hn, "ip", "route", "show", "proto", str(wan.ROUTE_PROTO)).stdout == ""
+        assert leftovers(h) == []
         assert not alive(pids[h.name])
-        assert not Path(h.run_dir).exists()
-        assert not Path(f"{wan.WIREGUARD_SOCKET_DIR}/{h.interface}.sock").exists()
-        assert len(ns(hn, "ip", "-o", "link").stdout.splitlines()) == 4  # lo, wan, lan, box
         assert wan.down(h, lab.runners[h.name]) == []  # again: nothing to do
-    assert not [p for p in sh("ps", "-eo", "args").stdout.splitlines() if "wireguard-go -f ocwtwg-" in p]
     assert not ping(box_ns("a2"), box_addr("b1"))
-    assert shutil.which("wireguard-go")
+
+
+def test_a_failed_up_undoes_what_it_made_and_names_the_host(lab):
+    a1, a2, b1 = (lab.plan.host(h) for h in ("a1", "a2", "b1"))
+    # a2's LAN address is not on a1's LAN: a1's interface is made, then its LAN side fails
+    bad = wan.WanPlan((a1, dataclasses.replace(a2, lan_address="10.88.9.12"), b1))
+    with pytest.raises(wan.WanError, match=r"^host a1: .*10\.88\.9\.12"):
+        wan.up(bad, "a1", lab.runners["a1"], lab.secrets.open)
+    assert leftovers(a1) == []
+
+    # an unseal that fails with the key in its message: the error carries neither
+    key = lab.private_keys()[0]
+
+    def unseal(token: str) -> str:
+        raise ValueError(f"cannot open {key}")
+
+    with pytest.raises(wan.WanError, match="^host a1: cannot unseal its WireGuard key \\(ValueError\\)$") as err:
+        wan.up(lab.plan, "a1", lab.runners["a1"], unseal)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    # a key that is not a1's (b1's) is refused before anything is made
+    with pytest.raises(wan.WanError, match="does not match its public key"):
+        wan.up(lab.plan, "a1", lab.runners["a1"], lambda _: lab.private_keys()[2])
+    assert leftovers(a1) == []
+
+    # an interface of that name that we did not make is not taken over
+    ns(host_ns("b1"), "ip", "link", "add", b1.interface, "type", "veth", "peer", "name", "ocwt-other")
+    try:
+        with pytest.raises(wan.WanError, match=f"^host b1: interface {b1.interface} exists \\(veth\\) but is not one we started"):
+            wan.up(lab.plan, "b1", lab.runners["b1"], lab.secrets.open)
+        assert ns(host_ns("b1"), "ip", "link", "show", b1.interface, check=False).returncode == 0
+    finally:
+        ns(host_ns("b1"), "ip", "link", "del", b1.interface)
+    assert leftovers(b1) == []

@@ -321,30 +321,26 @@ def up(plan: WanPlan, name: str, run: Run, unseal: Callable[[str], str]) -> WanS
     sh = _Shell(run, me)
     backend = pid = wan_mtu = wg_mtu = None
     created = False
-    if across:
-        backend, pid, created = _ensure_interface(sh, me)
-        try:
-            config = render_config(plan, name, unseal(me.keys.sealed_private))
-        except Exception as exc:  # whatever unseal raises, it must not carry the key out
-            raise WanError(me.name, f"cannot unseal its WireGuard key ({type(exc).__name__})", site=me.site) from None
-        res = sh.call(["wg", "syncconf", me.interface, "/dev/stdin"], input=config.encode())
-        if res.returncode != 0:
-            raise WanError(me.name, f"wg syncconf {me.interface} failed: {res.err}", site=me.site)
-        wan_mtu = min(_device_mtu(sh, p.wan_address) for p in across)
-        if me.path_mtu is not None:
-            wan_mtu = min(wan_mtu, me.path_mtu)
-        wg_mtu = wireguard_mtu(wan_mtu)
-        wanted = f"{me.wg_address}/{ipaddress.ip_address(me.wg_address).max_prefixlen}"
-        batch = [f"address del {a} dev {me.interface}" for a in _addresses(sh) if a != wanted]
-        batch += [f"address replace {wanted} dev {me.interface}", f"link set dev {me.interface} mtu {wg_mtu} up"]
-        sh.batch(batch)
-    else:
+    config = _config(plan, me, unseal) if across else None  # before anything is made: a bad key leaves nothing
+    if config is None:
         _remove_interface(sh, me)
-    lan_mtu = min(_device_mtu(sh, p.lan_address) for p in within) if within else None
-    routes = desired_routes(plan, name)
-    wanted_dsts = {r.dst for r in routes}
-    stale = [f"route del {dst} proto {ROUTE_PROTO}" for dst in _our_routes(sh) if dst not in wanted_dsts]
-    sh.batch(stale + [f"route replace {r.ip_args()}" for r in routes])
+    else:
+        backend, pid, created = _ensure_interface(sh, me)
+    try:
+        if config is not None:
+            wan_mtu, wg_mtu = _configure_interface(sh, me, across, config)
+        lan_mtu = min(_device_mtu(sh, p.lan_address) for p in within) if within else None
+        routes = desired_routes(plan, name)
+        wanted_dsts = {r.dst for r in routes}
+        stale = [f"route del {dst} proto {ROUTE_PROTO}" for dst in _our_routes(sh) if dst not in wanted_dsts]
+        sh.batch(stale + [f"route replace {r.ip_args()}" for r in routes])
+    except Exception:
+        if created:  # undo what this call made; what it found stays for down or the next up
+            try:
+                _remove_interface(sh, me)
+            except WanError as exc:
+                logger.warning("WAN up on host %s failed, and removing the interface it made failed too: %s", me.name, exc)
+        raise
     state = WanState(
         host=me.name,
         interface=me.interface if across else None,
@@ -364,6 +360,36 @@ def up(plan: WanPlan, name: str, run: Run, unseal: Callable[[str], str]) -> WanS
     return state
 
 
+def _config(plan: WanPlan, me: WanHost, unseal: Callable[[str], str]) -> bytes:
+    try:
+        private = unseal(me.keys.sealed_private)
+    except Exception as exc:  # whatever unseal raises, it must not carry the key out
+        raise WanError(me.name, f"cannot unseal its WireGuard key ({type(exc).__name__})", site=me.site) from None
+    try:
+        public = public_key(private)
+    except ValueError:
+        raise WanError(me.name, "its unsealed WireGuard key is not a key (32 bytes in base64)", site=me.site) from None
+    if public != me.keys.public:
+        raise WanError(me.name, "its sealed private key does not match its public key in the plan", site=me.site)
+    return render_config(plan, me.name, private).encode()
+
+
+def _configure_interface(sh: _Shell, me: WanHost, across: list[WanHost], config: bytes) -> tuple[int, int]:
+    """Keys and peers (on stdin), address, MTU from the WAN device; returns (WAN MTU, wg MTU)."""
+    res = sh.call(["wg", "syncconf", me.interface, "/dev/stdin"], input=config)
+    if res.returncode != 0:
+        raise WanError(me.name, f"wg syncconf {me.interface} failed: {res.err}", site=me.site)
+    wan_mtu = min(_device_mtu(sh, p.wan_address) for p in across)
+    if me.path_mtu is not None:
+        wan_mtu = min(wan_mtu, me.path_mtu)
+    wg_mtu = wireguard_mtu(wan_mtu)
+    wanted = f"{me.wg_address}/{ipaddress.ip_address(me.wg_address).max_prefixlen}"
+    batch = [f"address del {a} dev {me.interface}" for a in _addresses(sh) if a != wanted]
+    batch += [f"address replace {wanted} dev {me.interface}", f"link set dev {me.interface} mtu {wg_mtu} up"]
+    sh.batch(batch)
+    return wan_mtu, wg_mtu
+
+
 def down(host: WanHost, run: Run) -> list[str]:
     """Remove everything :func:`up` made on ``host``; returns what was found and removed."""
     sh = _Shell(run, host)
@@ -373,10 +399,6 @@ def down(host: WanHost, run: Run) -> list[str]:
         sh.batch([f"route del {dst} proto {ROUTE_PROTO}" for dst in ours])
         removed += [f"route {dst}" for dst in ours]
     removed += _remove_interface(sh, host)
-    res = sh.call(["rm", "-f", host.pid_file, host.log_file])
-    if res.returncode != 0:
-        raise WanError(host.name, f"cannot remove {host.pid_file}: {res.err}", site=host.site)
-    sh.call(["rmdir", "--ignore-fail-on-non-empty", host.run_dir])  # gone already, or shared: fine
     logger.info("WAN down on host %s: removed %s", host.name, ", ".join(removed) or "nothing (already clean)")
     return removed
 
@@ -416,6 +438,7 @@ def _ensure_interface(sh: _Shell, me: WanHost) -> tuple[str, int | None, bool]:
 
 
 def _remove_interface(sh: _Shell, host: WanHost) -> list[str]:
+    """The interface, wireguard-go and our files in the run dir; what was there and went."""
     removed = []
     if sh.call(["test", "-e", host.pid_file]).returncode == 0:
         res = sh.call([*_ssd("--stop", host), "--oknodo", "--retry", "TERM/5/KILL/2", "--remove-pidfile"])
@@ -429,6 +452,10 @@ def _remove_interface(sh: _Shell, host: WanHost) -> list[str]:
         removed.append(f"interface {host.interface}")
     elif removed:
         removed.append(f"interface {host.interface} (went with its process)")
+    res = sh.call(["rm", "-f", host.pid_file, host.log_file])
+    if res.returncode != 0:
+        raise WanError(host.name, f"cannot remove {host.log_file}: {res.err}", site=host.site)
+    sh.call(["rmdir", "--ignore-fail-on-non-empty", host.run_dir])  # gone already, or shared: fine
     return removed
 
 
