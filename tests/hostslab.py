@@ -110,8 +110,9 @@ def leftovers(directory: Path | None = None) -> list[str]:
             found.append(f"link {name}")
     if directory is not None:
         d = str(Path(directory).resolve())
+        mine = _ancestry(os.getpid())
         for pid in os.listdir("/proc"):
-            if not pid.isdigit():
+            if not pid.isdigit() or int(pid) in mine:
                 continue
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -142,6 +143,19 @@ def leftovers(directory: Path | None = None) -> list[str]:
     if MARKER.exists():
         found.append(f"marker {MARKER}")
     return found
+
+
+def _ancestry(pid: int) -> set[int]:
+    """This process and its ancestors (their command lines may name the lab's directory)."""
+    out = set()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
 
 
 _lock = threading.Lock()

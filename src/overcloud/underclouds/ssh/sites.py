@@ -132,9 +132,9 @@ def _check_key_file(path: Path, where: str) -> None:
 
     try:
         asyncssh.import_private_key(data)
-    except asyncssh.KeyEncryptionError:
-        raise SiteConfigError(f"{where}: key_file {path} is encrypted; use a key without a passphrase") from None
-    except (asyncssh.KeyImportError, ValueError):
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError) as exc:
+        if isinstance(exc, asyncssh.KeyEncryptionError) or "passphrase" in str(exc).lower():
+            raise SiteConfigError(f"{where}: key_file {path} is encrypted; use a key without a passphrase") from None
         raise SiteConfigError(f"{where}: key_file {path} is not an SSH private key asyncssh can read") from None
 
 
