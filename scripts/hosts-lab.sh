@@ -185,7 +185,14 @@ up() {
     for h in "${HOSTS[@]}"; do
         has_netns "$h" && die "network namespace $h exists already (a lab not made by this script, or a marker lost): remove it first"
     done
-    ip link show "$WAN_BR" >/dev/null 2>&1 && die "bridge $WAN_BR exists already: run $0 down DIR for the lab that made it"
+    for m in "$WAN_BR" ocw-lan-a ocw-lan-b; do
+        if ip link show "$m" >/dev/null 2>&1; then die "link $m exists already (not made by this lab): remove it first"; fi
+    done
+    for h in "${HOSTS[@]}"; do
+        for m in "$h-w" "$h-l"; do
+            if ip link show "$m" >/dev/null 2>&1; then die "link $m exists already (not made by this lab): remove it first"; fi
+        done
+    done
     mkdir -p "$dir"
     chmod 700 "$dir"
     echo "$dir" >"$MARKER"

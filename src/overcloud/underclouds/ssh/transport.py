@@ -493,11 +493,17 @@ class SSHHost:
 
     async def _arun(self, command: str, program: str, stdin: bytes | None, timeout: float, max_output: int) -> Completed:
         chan: asyncssh.SSHClientChannel[bytes] | None = None
+        phase = "waiting for a free session"
 
         async def work() -> Completed:
-            nonlocal chan
+            nonlocal chan, phase
             async with self._sessions:
+                if not self.connected:
+                    phase = "connecting"
+                    await self._connection()
+                phase = "opening a channel"
                 chan, session = await self._open(lambda: _Collector(max_output), command, program)
+                phase = "running"
                 if stdin:
                     chan.write(stdin)
                 chan.write_eof()
@@ -506,7 +512,8 @@ class SSHHost:
                     raise SSHOutputTooLarge(self.endpoint, f"{program} wrote more than {max_output} bytes to {session.overflow}")
                 code = _returncode(chan)
                 if code is None:
-                    self._conn = None if self._conn is not None and self._conn.is_closed() else self._conn
+                    if self._conn is not None and self._conn.is_closed():
+                        self._conn = None
                     raise SSHConnectionLost(
                         self.endpoint, f"connection lost while {program} ran (it may or may not have run)"
                     )
@@ -515,14 +522,16 @@ class SSHHost:
         try:
             return await asyncio.wait_for(work(), timeout)
         except asyncio.TimeoutError:
-            raise SSHTimeout(self.endpoint, f"{program} did not finish within {timeout:g} s") from None
+            if phase == "running":
+                raise SSHTimeout(self.endpoint, f"{program} did not finish within {timeout:g} s") from None
+            if phase == "opening a channel" and self._conn is not None:
+                # an open connection that cannot even open a channel is as good as lost: make a new one next time
+                conn, self._conn = self._conn, None
+                conn.abort()
+            raise SSHTimeout(self.endpoint, f"{program} did not start within {timeout:g} s ({phase})") from None
         finally:
             if chan is not None and _returncode(chan) is None:
-                try:
-                    chan.send_signal("KILL")
-                except Exception:  # noqa: BLE001 - the channel may already be closing
-                    pass
-                chan.close()
+                chan.close()  # the host's timeout(1) ends the command itself (see run())
 
     def run(
         self,
