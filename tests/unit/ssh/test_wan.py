@@ -74,6 +74,9 @@ def test_public_key_refuses_what_is_not_a_key(bad):
         (dict(wg_address="10.89.250.11"), "is also wg_address of host a1"),
         (dict(wg_address="10.89.11.7"), "lies in box_cidr 10.89.11.0/24 of host a1"),
         (dict(lan_address="lan-a"), "lan_address 'lan-a' is not an IP address"),
+        (dict(lan_address="fd00::1"), "lan_address fd00::1 must be IPv4"),
+        (dict(box_cidr="fd00:79::/64"), "box_cidr fd00:79::/64 must be IPv4"),
+        (dict(site="a", lan_address="10.88.1.11"), "lan_address 10.88.1.11 is also lan_address of host a1"),
         (dict(interface="wireguard-overcloud0"), "interface"),
         (dict(interface="wg;rm"), "interface"),
         (dict(listen_port=70000), "listen_port 70000"),
@@ -109,6 +112,12 @@ def test_config_has_a_peer_per_host_of_every_other_site_only(plan, box):
         assert f"Endpoint = 10.87.0.{n}:51820" in block
         assert "PersistentKeepalive = 25" in block
     assert plan.host("a2").keys.public not in text  # same site: no WireGuard between them
+
+
+def test_sites_may_reuse_a_lan_range(box):
+    a1 = _host("a1", "a", 11, wan.make_keys(box.seal))
+    b1 = wan.WanHost(**{**_host("b1", "b", 21, wan.make_keys(box.seal)).__dict__, "lan_address": a1.lan_address})
+    assert wan.WanPlan((a1, b1)).host("b1").lan_address == "10.88.1.11"
 
 
 def test_an_ipv6_endpoint_is_bracketed(box):
