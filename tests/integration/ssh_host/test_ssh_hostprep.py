@@ -101,6 +101,24 @@ def test_a_corrupted_transfer_is_refused_and_leaves_nothing(artifact, runner, tm
     assert not [p for p in root.iterdir() if p.name != ".lock"]
 
 
+def test_what_a_killed_install_left_is_cleaned_up(artifact, runner, tmp_path):
+    """An upload or an unpack killed midway (the Tower or the connection gone) leaves a
+    temporary file or dir named by its pid; the next install removes it once that pid is gone."""
+    root = tmp_path / "host"
+    root.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    upload = root / f".upload-{artifact.sha256}.{dead.pid}"
+    upload.write_bytes(artifact.path.read_bytes()[:1000])
+    unpacking = root / f".bundle-{artifact.sha256}.{dead.pid}"
+    (unpacking / "overcloud").mkdir(parents=True)
+    half = root / f"bundle-{artifact.sha256}.pyz"
+    half.write_bytes(artifact.path.read_bytes()[:1000])  # transferred in part, never checked
+    done = hostprep.install_bundle(runner, artifact.path, artifact.sha256, tower_id=tower(), root=str(root))
+    assert done.transferred and set(done.removed) == {upload.name, unpacking.name}
+    assert {p.name for p in root.iterdir() if p.name.startswith((".upload", ".bundle", "bundle"))} == {f"bundle-{artifact.sha256}"}
+
+
 def _other_bundle(tmp_path: Path) -> bundle.Artifact:
     marker = tmp_path / "marker.txt"
     marker.write_text("another build\n")

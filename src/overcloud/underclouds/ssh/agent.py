@@ -174,7 +174,8 @@ def gc(tower_id: str | None) -> dict[str, Any]:
         running = _command_lines()
         for p in sorted(root.iterdir()):
             sha = bundle_sha(p) if p.name.startswith(BUNDLE_PREFIX) else None
-            stale_tmp = p.name.startswith(f".{BUNDLE_PREFIX}") and not _pid_alive(p.name.rsplit(".", 1)[-1])
+            # what an unpack or an upload killed midway left (named by the pid that made it)
+            stale_tmp = p.name.startswith((f".{BUNDLE_PREFIX}", ".upload-")) and not _pid_alive(p.name.rsplit(".", 1)[-1])
             if stale_tmp or (sha is not None and sha not in wanted and str(p) not in running):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
