@@ -196,9 +196,12 @@ class Lab:
         self.trap = trap
         self.runners = {h.name: Recorder(h.name) for h in plan.hosts}
         self.states: dict[str, wan.WanState] = {}
+        self.first_up_calls: dict[str, int] = {}
 
     def up(self, name: str) -> wan.WanState:
+        calls = len(self.runners[name].argvs)
         state = wan.up(self.plan, name, self.runners[name], self.secrets.open)
+        self.first_up_calls.setdefault(name, len(self.runners[name].argvs) - calls)
         self.states[name] = state
         return state
 
@@ -344,7 +347,9 @@ def test_up_again_keeps_the_process_and_sessions_and_drops_stale_routes(lab):
     a2 = lab.states["a2"]
     before = wan.status(lab.plan, "a2", lab.runners["a2"]).peers["b1"]
     ns(host_ns("a2"), "ip", "route", "add", "10.89.9.0/24", "via", "10.88.1.11", "proto", str(wan.ROUTE_PROTO))
+    calls = len(lab.runners["a2"].argvs)
     again = lab.up("a2")
+    print(f"\nrun() calls (SSH round trips on a remote host): up a2 fresh {lab.first_up_calls['a2']}, again {len(lab.runners['a2'].argvs) - calls}")
     assert not again.created and again.pid == a2.pid and again.routes == a2.routes
     assert "10.89.9.0/24" not in ns(host_ns("a2"), "ip", "route", "show", "proto", str(wan.ROUTE_PROTO)).stdout
     after = wan.status(lab.plan, "a2", lab.runners["a2"]).peers["b1"]

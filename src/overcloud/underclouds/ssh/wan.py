@@ -17,7 +17,8 @@ Promises:
 
 * **Transport-agnostic.** Everything runs through ``run(argv, input=None)`` for one host (a
   subprocess here, an SSH channel for a remote host); it returns an object with ``returncode``,
-  ``stdout`` and ``stderr`` and does not raise on a non-zero exit.
+  ``stdout`` and ``stderr`` and does not raise on a non-zero exit. One :func:`up` or :func:`down`
+  at a time per host (the driver serialises per host); hosts in parallel are fine.
 * **Idempotent.** :func:`up` reconciles: it makes what is missing, keeps what is right (an
   existing interface, its process and its sessions: ``wg syncconf``, not ``setconf``) and
   removes our routes that the plan no longer wants. :func:`down` removes our routes (found by
@@ -117,7 +118,7 @@ def up(plan: WanPlan, name: str, run: Run, unseal: Callable[[str], str]) -> WanS
     try:
         if config is not None:
             wan_mtu, wg_mtu = _configure_interface(sh, me, across, config)
-        lan_mtu = min(_device_mtu(sh, p.lan_address) for p in within) if within else None
+        lan_mtu = _device_mtu(sh, [p.lan_address for p in within]) if within else None
         routes = desired_routes(plan, name)
         wanted_dsts = {r.dst for r in routes}
         stale = [f"route del {dst} proto {ROUTE_PROTO}" for dst in _our_routes(sh) if dst not in wanted_dsts]
@@ -167,7 +168,7 @@ def _configure_interface(sh: _Shell, me: WanHost, across: list[WanHost], config:
     res = sh.call(["wg", "syncconf", me.interface, "/dev/stdin"], input=config)
     if res.returncode != 0:
         raise WanError(me.name, f"wg syncconf {me.interface} failed: {res.err}", site=me.site)
-    wan_mtu = min(_device_mtu(sh, p.wan_address) for p in across)
+    wan_mtu = _device_mtu(sh, [p.wan_address for p in across])
     if me.path_mtu is not None:
         wan_mtu = min(wan_mtu, me.path_mtu)
     wg_mtu = wireguard_mtu(wan_mtu)
@@ -252,12 +253,15 @@ def _ssd(action: str, host: WanHost) -> list[str]:
     return ["start-stop-daemon", action, "--pidfile", host.pid_file, "--exec", WIREGUARD_GO]
 
 
-def _device_mtu(sh: _Shell, towards: str) -> int:
-    route = sh.json(["ip", "-j", "route", "get", towards])
-    dev = route[0]["dev"] if route else None
-    if not dev:
-        raise WanError(sh.host.name, f"no route towards {towards}", site=sh.host.site)
-    return int(sh.json(["ip", "-j", "link", "show", "dev", dev])[0]["mtu"])
+def _device_mtu(sh: _Shell, towards: list[str]) -> int:
+    """The smallest MTU of the devices that carry this host's packets to these addresses."""
+    devs = set()
+    for addr in towards:
+        route = sh.json(["ip", "-j", "route", "get", addr])
+        if not route or not route[0].get("dev"):
+            raise WanError(sh.host.name, f"no route towards {addr}", site=sh.host.site)
+        devs.add(route[0]["dev"])
+    return min(int(sh.json(["ip", "-j", "link", "show", "dev", dev])[0]["mtu"]) for dev in sorted(devs))
 
 
 def _addresses(sh: _Shell) -> list[str]:
