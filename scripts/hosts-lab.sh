@@ -5,6 +5,8 @@
 #   scripts/hosts-lab.sh down DIR            remove everything `up DIR` made (idempotent)
 #   scripts/hosts-lab.sh stop-sshd DIR HOST  kill one host's sshd (the host keeps running: a lost SSH server)
 #   scripts/hosts-lab.sh start-sshd DIR HOST start it again
+#   scripts/hosts-lab.sh reboot DIR HOST     a power cycle: processes, /run, /tmp, namespaces and links made on the
+#                                            host are gone; its disk (/root, /var/lib/overcloud, /etc/ssh) stays
 #   scripts/hosts-lab.sh status DIR          list hosts, addresses and PIDs
 #
 # A host (och-a1, och-a2, och-b1, och-b2) is a network namespace plus its own mount, UTS and PID
@@ -177,13 +179,70 @@ sites_yaml() {  # sites_yaml DIR
     done
 }
 
+boot_host() {  # boot_host DIR HOST: the host's network namespace and links, its init (PID 1), its sshd
+    local dir=$1 h=$2 hd n un init
+    hd="$dir/hosts/$h"
+    n=$(host_num "$h")
+    ip netns add "$h"
+    ip link add "$h-w" type veth peer name eth0 netns "$h"
+    ip link add "$h-l" type veth peer name eth1 netns "$h"
+    ip link set "$h-w" master "$WAN_BR" up
+    ip link set "$h-l" master "$(site_bridge "$(host_site "$h")")" up
+    ip -n "$h" link set lo up
+    ip -n "$h" link set eth0 address "02:77:00:00:00:1$n" up
+    ip -n "$h" link set eth1 address "02:78:00:00:00:1$n" up
+    ip -n "$h" addr add "$(wan_addr "$h")/24" dev eth0
+    ip -n "$h" addr add "$(lan_addr "$h")/24" dev eth1
+    ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
+
+    init_script "$h" "$hd" >"$hd/init.sh"
+    setsid nsenter --net="/run/netns/$h" -- unshare --mount --uts --pid --fork --mount-proc --propagation private \
+        sh "$hd/init.sh" </dev/null >>"$hd/init.log" 2>&1 &
+    un=$!
+    record "$hd" unshare "$un"
+    init=$(wait_child "$un") || die "$h: its init did not start (see $hd/init.log)"
+    record "$hd" init "$init"
+    for n in $(seq 100); do  # the init script has exec'd the reaper: mounts are done
+        grep -q "os.wait" "/proc/$init/cmdline" 2>/dev/null && break
+        [ -e "/proc/$init" ] || die "$h: its init failed (see $hd/init.log)"
+        sleep 0.05
+    done
+    grep -q "os.wait" "/proc/$init/cmdline" || die "$h: its init did not finish its mounts (see $hd/init.log)"
+    start_sshd "$dir" "$h"
+}
+
+halt_host() {  # halt_host DIR HOST: every process of the host, then its network namespace (and so its links)
+    local dir=$1 h=$2 hd i
+    hd="$dir/hosts/$h"
+    [ -d "$hd" ] || return 0
+    # sshd and nsenter first; init last: its death ends every process left in the host's PID namespace
+    kill_roles "$hd" sshd nsenter init unshare
+    if has_netns "$h"; then ip netns delete "$h"; fi
+    # (a deleted namespace takes its veths along, asynchronously: a delete may find them gone)
+    ip link delete "$h-w" 2>/dev/null || true
+    ip link delete "$h-l" 2>/dev/null || true
+    for i in $(seq 100); do
+        ip link show "$h-w" >/dev/null 2>&1 || ip link show "$h-l" >/dev/null 2>&1 || break
+        sleep 0.05
+    done
+}
+
+reboot_host() {  # reboot_host DIR HOST: a power cycle; what was in memory (/run, /tmp, processes, netns, links) is gone
+    local dir=$1 h=$2 hd
+    hd="$dir/hosts/$h"
+    [ -f "$dir/lab.env" ] || die "no lab is up from $dir"
+    halt_host "$dir" "$h"
+    find "$hd/run" "$hd/tmp" -mindepth 1 -delete
+    boot_host "$dir" "$h"
+}
+
 up() {
     local dir=$1 h hd site br n un init
     if [ -f "$MARKER" ]; then
         die "a hosts lab is already up from $(cat "$MARKER"); run: $0 down $(cat "$MARKER")"
     fi
     for h in "${HOSTS[@]}"; do
-        has_netns "$h" && die "network namespace $h exists already (a lab not made by this script, or a marker lost): remove it first"
+        if has_netns "$h"; then die "network namespace $h exists already (a lab not made by this script, or a marker lost): remove it first"; fi
     done
     for m in "$WAN_BR" ocw-lan-a ocw-lan-b; do
         if ip link show "$m" >/dev/null 2>&1; then die "link $m exists already (not made by this lab): remove it first"; fi
@@ -228,7 +287,7 @@ up() {
         cp "$dir/client_key.pub" "$hd/root/.ssh/authorized_keys"
         chmod 600 "$hd/root/.ssh/authorized_keys"
         ssh-keygen -q -t ed25519 -N '' -C "$h" -f "$hd/etc-ssh/ssh_host_ed25519_key" <<<y >/dev/null
-        [ -f /etc/ssh/moduli ] && cp /etc/ssh/moduli "$hd/etc-ssh/moduli"
+        if [ -f /etc/ssh/moduli ]; then cp /etc/ssh/moduli "$hd/etc-ssh/moduli"; fi
         cat >"$hd/etc-ssh/sshd_config" <<EOF
 # hosts-lab: $h
 Port 22
@@ -249,32 +308,7 @@ PidFile /run/sshd.pid
 Subsystem sftp internal-sftp
 EOF
 
-        ip netns add "$h"
-        ip link add "$h-w" type veth peer name eth0 netns "$h"
-        ip link add "$h-l" type veth peer name eth1 netns "$h"
-        ip link set "$h-w" master "$WAN_BR" up
-        ip link set "$h-l" master "$(site_bridge "$(host_site "$h")")" up
-        ip -n "$h" link set lo up
-        ip -n "$h" link set eth0 address "02:77:00:00:00:1$n" up
-        ip -n "$h" link set eth1 address "02:78:00:00:00:1$n" up
-        ip -n "$h" addr add "$(wan_addr "$h")/24" dev eth0
-        ip -n "$h" addr add "$(lan_addr "$h")/24" dev eth1
-        ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
-
-        init_script "$h" "$hd" >"$hd/init.sh"
-        setsid nsenter --net="/run/netns/$h" -- unshare --mount --uts --pid --fork --mount-proc --propagation private \
-            sh "$hd/init.sh" </dev/null >>"$hd/init.log" 2>&1 &
-        un=$!
-        record "$hd" unshare "$un"
-        init=$(wait_child "$un") || die "$h: its init did not start (see $hd/init.log)"
-        record "$hd" init "$init"
-        for n in $(seq 100); do  # the init script has exec'd the reaper: mounts are done
-            grep -q "os.wait" "/proc/$init/cmdline" 2>/dev/null && break
-            [ -e "/proc/$init" ] || die "$h: its init failed (see $hd/init.log)"
-            sleep 0.05
-        done
-        grep -q "os.wait" "/proc/$init/cmdline" || die "$h: its init did not finish its mounts (see $hd/init.log)"
-        start_sshd "$dir" "$h"
+        boot_host "$dir" "$h"
     done
     sites_yaml "$dir" >"$dir/sites.yaml"
     echo "hosts-lab: up; sites file $dir/sites.yaml"
@@ -285,7 +319,6 @@ down() {
     for h in "${HOSTS[@]}"; do
         hd="$dir/hosts/$h"
         [ -d "$hd" ] || continue
-        # sshd and nsenter first; init last: its death ends every process left in the host's PID namespace
         kill_roles "$hd" sshd nsenter init unshare
     done
     if [ -f "$dir/lab.env" ] || { [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$dir" ]; }; then
@@ -322,14 +355,16 @@ status() {
 }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, bridges, mounts)"
-[ $# -ge 2 ] || die "usage: $0 up|down|status DIR  |  $0 start-sshd|stop-sshd DIR HOST"
+[ $# -ge 2 ] || die "usage: $0 up|down|status DIR  |  $0 start-sshd|stop-sshd|reboot DIR HOST"
 cmd=$1
 dir=$(realpath -m "$2")
+[[ "$dir" =~ ^[A-Za-z0-9_./+-]+$ ]] || die "DIR must be a path of letters, digits and _ . / + - (it is written into shell scripts and YAML): $dir"
 case "$cmd" in
     up) up "$dir" ;;
     down) down "$dir" ;;
     status) status "$dir" ;;
+    reboot) [ $# = 3 ] || die "usage: $0 reboot DIR HOST"; host_num "$3" >/dev/null; reboot_host "$dir" "$3" ;;
     start-sshd) [ $# = 3 ] || die "usage: $0 start-sshd DIR HOST"; host_num "$3" >/dev/null; start_sshd "$dir" "$3" ;;
     stop-sshd) [ $# = 3 ] || die "usage: $0 stop-sshd DIR HOST"; host_num "$3" >/dev/null; stop_sshd "$dir" "$3" ;;
-    *) die "unknown command $cmd (up, down, status, start-sshd, stop-sshd)" ;;
+    *) die "unknown command $cmd (up, down, status, start-sshd, stop-sshd, reboot)" ;;
 esac

@@ -58,6 +58,12 @@ class HostsLab:
         if r.returncode != 0:
             raise RuntimeError(f"start-sshd {host}: {r.stderr.strip()}")
 
+    def reboot(self, host: str) -> None:
+        """A power cycle of one host: its processes, /run, /tmp, namespaces and links go; its disk stays."""
+        r = self._script("reboot", str(self.dir), host)
+        if r.returncode != 0:
+            raise RuntimeError(f"reboot {host}: {r.stderr.strip()}")
+
     # what it made --------------------------------------------------------------------------------
 
     @property

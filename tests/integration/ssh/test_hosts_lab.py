@@ -55,3 +55,20 @@ def test_down_leaves_nothing_even_what_ran_on_the_hosts_then_up_again(hosts_lab)
         assert {n: r.stdout for n, r in t.run_all(["hostname"]).items()} == {h: f"{h}\n".encode() for h in HOSTS}
     finally:
         t.close()
+
+
+def test_a_reboot_loses_what_was_in_memory_and_keeps_the_disk(hosts_lab, ssh_host):
+    h = ssh_host("och-a2")
+    h.run(["sh", "-c", "echo x > /run/volatile; echo y > /var/lib/overcloud/durable; ip netns add labbox; "
+                       "setsid sleep 7777 </dev/null >/dev/null 2>&1 &"])
+    netns_before = os.stat("/run/netns/och-a2").st_ino
+    hosts_lab.reboot("och-a2")
+    # the kept connection died with the host's sshd; the next call connects again (same host key)
+    assert h.run(["hostname"]).stdout == b"och-a2\n"
+    assert h.connects == 2
+    assert h.run(["ls", "/run/volatile"], check=False).returncode != 0
+    assert h.get_file("/var/lib/overcloud/durable", 10) == b"y\n"
+    assert h.run(["ip", "netns", "list"]).stdout == b""
+    assert b"sleep 7777" not in h.run(["ps", "-eo", "args"]).stdout
+    assert os.stat("/run/netns/och-a2").st_ino != netns_before
+    h.run(["rm", "/var/lib/overcloud/durable"])

@@ -52,6 +52,9 @@ from overcloud.underclouds.base import UnderCloudError
 from .sites import SSHHostConfig
 
 logger = logging.getLogger(__name__)
+if logging.getLogger("asyncssh").level == logging.NOTSET:
+    # asyncssh logs every channel at INFO; the Tower's log wants our own lines (set a level to see them)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 
@@ -488,7 +491,11 @@ class SSHHost:
                         logger.info("ssh: connection to %s was lost; connecting again", self.endpoint)
                         continue
                     raise SSHConnectionLost(self.endpoint, f"connection lost before {program} started") from None
-                raise SSHError(self.endpoint, f"the host refused a channel for {program}: {exc}") from None
+                raise SSHError(
+                    self.endpoint,
+                    f"the host refused a channel for {program}: {exc} (is the site's max_sessions, "
+                    f"{self.config.max_sessions}, above the host sshd's MaxSessions?)",
+                ) from None
         raise AssertionError("unreachable")
 
     async def _arun(self, command: str, program: str, stdin: bytes | None, timeout: float, max_output: int) -> Completed:
