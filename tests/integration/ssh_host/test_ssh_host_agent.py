@@ -218,3 +218,15 @@ def test_bad_input_is_a_json_error_a_person_can_act_on(host, op, req, needle):
     assert status == expected_status and answer["ok"] is False, answer
     assert needle in message, message
     assert "Traceback" not in err and "Traceback" not in message
+
+
+def test_our_modules_run_from_the_bundle(host, runner):
+    """``module <name>``: how box programs and BoxSession.run_module run our Python on a host."""
+    _, installed, _, _ = host
+    base = [hostprep.HOST_PYTHON, "-IS", installed.path, "module"]
+    r = runner([*base, "overcloud.fabric.flowagent", "--help"])
+    assert r.returncode == 0 and b"python -m overcloud.fabric.flowagent" in r.stdout, r.stderr[-1000:]
+    for name, needle in (("overcloud.no_such_module", b"no module overcloud.no_such_module in this bundle"),
+                         ("os", b"module must be one of ours")):
+        r = runner([*base, name])
+        assert r.returncode == 2 and needle in r.stdout and b"Traceback" not in r.stderr, (r.stdout, r.stderr)

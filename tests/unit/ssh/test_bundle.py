@@ -77,6 +77,17 @@ def test_cached_by_inputs(snapshot, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("overcloud-host-*.pyz"))) == 2
 
 
+def test_the_host_artifacts_are_the_bundle_and_weed_apart(built):
+    from overcloud.datalake import seaweed
+    from overcloud.files import sha256_file
+
+    arts = bundle.host_artifacts(built.path.parent)
+    assert [a.name for a in arts] == [bundle.NAME, "weed"]
+    assert arts[1].path == seaweed.weed_binary() and arts[1].sha256 == sha256_file(arts[1].path)
+    assert "weed" not in {n.split("/")[-1] for n in zipfile.ZipFile(arts[0].path).namelist()}
+    assert arts[0].sha256 == sha256_file(arts[0].path)
+
+
 def test_entries_are_fixed(built):
     with zipfile.ZipFile(built.path) as zf:
         infos = zf.infolist()

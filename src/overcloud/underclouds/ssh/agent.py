@@ -513,8 +513,16 @@ def _run_module(name: str, args: list[str]) -> int:
     """``python -m <name>`` for one of our modules, from this bundle."""
     import runpy
 
+    import importlib.util
+
     if not MODULE.match(name):
         raise bad(f"module must be one of ours (overcloud.<...>), not {name!r}")
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise bad(f"no module {name} in this bundle ({bundle_path().name})")
     sys.argv = [name, *args]
     runpy.run_module(name, run_name="__main__", alter_sys=True)
     return 0

