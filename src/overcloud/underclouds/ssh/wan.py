@@ -245,6 +245,8 @@ def _remove_interface(sh: _Shell, host: WanHost) -> list[str]:
     if res.returncode != 0:
         raise WanError(host.name, f"cannot remove {host.log_file}: {res.err}", site=host.site)
     sh.call(["rmdir", "--ignore-fail-on-non-empty", host.run_dir])  # gone already, or shared: fine
+    if any(r.startswith("wireguard-go") for r in removed):  # the socket dir it made, when no one else uses it
+        sh.call(["rmdir", "--ignore-fail-on-non-empty", WIREGUARD_SOCKET_DIR])
     return removed
 
 
