@@ -19,12 +19,14 @@ from typing import Any
 
 from overcloud import states
 from overcloud.components.construction import ConstructionDataLake
+from overcloud.components.datalake import NoDataLake  # noqa: F401 - the API imports it from here
 from overcloud.config import Settings, tower_identity
 from overcloud.files import restrict
 from overcloud.identity.secrets import SecretBox, load_key
 from overcloud.metrics import TowerMetrics
 from overcloud.plan import CreatePlan
 from overcloud.repository import InvalidTransition, NotFound, Repository
+from overcloud.southbound import Southbound, box_dict, box_obj  # noqa: F401 - box_obj: for scripts and benches
 from overcloud.underclouds.base import TaggedResource, UnderCloudDriver, UnderCloudError
 from overcloud.workflows import actions as wf_actions
 from overcloud.workflows.engine import TaskEvent, WorkflowEngine
@@ -36,12 +38,6 @@ CREATE, DELETE = "create_overcloud", "delete_overcloud"
 
 class QuotaExceeded(RuntimeError):
     pass
-
-
-class NoDataLake(LookupError):
-    def __init__(self, overcloud_id: str):
-        super().__init__(f"OverCloud {overcloud_id} has no DataLake (not deployed yet, disabled, or deleted)")
-        self.overcloud_id = overcloud_id
 
 
 class NoFabric(LookupError):
@@ -83,7 +79,11 @@ class Tower:
         self._writer.start()
         from overcloud.composition.controller import ServiceController
 
-        self.services = ServiceController(self)
+        # what actions and the service controller get: never the Tower itself
+        self.southbound = Southbound(drivers=self.drivers, records=self.repo, settings=settings, secrets=self.secrets,
+                                     construction_datalake=self.construction_datalake)
+        self.services = ServiceController(self.southbound, self._closing)
+        self.southbound.services = self.services
 
     # -- lifecycle --------------------------------------------------------
     def start(self, *, resume: bool = True) -> None:
@@ -91,7 +91,7 @@ class Tower:
         restrict(self.settings.state_dir)  # the databases exist now
         self._make_drivers()
         self.engine = WorkflowEngine(
-            self.settings.workflow_db_url, registry=wf_actions.registry, services=self, max_workers=self.settings.workers
+            self.settings.workflow_db_url, registry=wf_actions.registry, services=self.southbound, max_workers=self.settings.workers
         )
         if self.construction is not None:
             self._start_construction()  # returns at once: it works in threads of its own
@@ -111,7 +111,7 @@ class Tower:
                 if row.status not in states.UP or not (row.info or {}).get("fabric"):
                     continue
                 try:
-                    problems = fabric.health(self, row)
+                    problems = fabric.health(self.southbound, row)
                 except Exception:  # noqa: BLE001 - one OverCloud's trouble never stops the loop
                     logger.exception("health check of %s failed", row.id)
                     continue
@@ -367,14 +367,7 @@ class Tower:
     def datalake_credentials(self, overcloud_id: str) -> dict[str, Any]:
         from overcloud.components import datalake
 
-        row = self.repo.get(overcloud_id)
-        info = (row.info or {}).get("datalake")
-        if not info or self.repo.get_secret(overcloud_id, datalake.SECRET) is None:
-            raise NoDataLake(overcloud_id)
-        access, secret = datalake.credentials(self, overcloud_id)
-        return {"access_key": access, "secret_key": secret, "s3_endpoint": info["s3_endpoint"],
-                "filer_endpoint": info["filer_endpoint"], "buckets": info["buckets"], "region": "us-east-1",
-                "addressing_style": "path"}
+        return datalake.client_credentials(self.southbound, overcloud_id)
 
     def datalake_status(self, overcloud_id: str) -> dict[str, Any] | None:
         """The DataLake of the detail: what deploy recorded, plus live capacity from its master."""
@@ -385,10 +378,10 @@ class Tower:
         if not info:
             return None
         post = next((b for b in row.boxes if b.role == "post"), None)
-        if row.status in states.UP and post is not None and self.local is not None:
+        if row.status in states.UP and post is not None and post.site in self.drivers:
             try:
-                info["capacity"] = self.local.transport(box_obj(post)).call(
-                    lambda: seaweed.cluster_status(info["master"], timeout=1.0))
+                with self.southbound.session(post).http_client(timeout=1.0) as http:  # the master answers the Post only
+                    info["capacity"] = seaweed.cluster_status(info["master"], timeout=1.0, http=http)
             except Exception as exc:  # noqa: BLE001 - the detail still answers
                 info["capacity"] = {"error": f"capacity unavailable: {exc}"}
         return info
@@ -424,25 +417,27 @@ class Tower:
         post = next((b for b in row.boxes if b.role == "post"), None)
         if not info or post is None or row.status not in states.UP:
             raise NoFabric(overcloud_id, row.status)
-        return fabric, row, info, self.local.transport(box_obj(post))
+        return fabric, row, info, self.southbound.session(post)
 
     def metrics_query(self, overcloud_id: str, query: str, start: float | None = None, end: float | None = None,
                       step: float | None = None, time_: float | None = None) -> dict[str, Any]:
         """PromQL against the OverCloud's own Prometheus (instant, or range with start/end/step)."""
         from overcloud.fabric import prometheus as prom
 
-        _, _, info, net = self._fabric(overcloud_id)
+        _, _, info, session = self._fabric(overcloud_id)
         url = info["prometheus"]
         if start is not None or end is not None or step is not None:
             if None in (start, end, step):
                 raise prom.PromQLError(400, "a range query needs start, end and step")
             prom.check_range_points(start, end, step)
-            return net.call(lambda: prom.query_range(url, query, start, end, step))
-        return net.call(lambda: prom.query(url, query, time_))
+            with session.http_client(timeout=60.0) as http:
+                return prom.query_range(url, query, start, end, step, http=http)
+        with session.http_client(timeout=60.0) as http:
+            return prom.query(url, query, time_, http=http)
 
     def topology(self, overcloud_id: str) -> dict[str, Any]:
-        fabric, row, info, net = self._fabric(overcloud_id)
-        return fabric.topology(self, row, info, net)
+        fabric, row, info, session = self._fabric(overcloud_id)
+        return fabric.topology(self.southbound, row, info, session)
 
     # -- leftovers --------------------------------------------------------
     def orphans(self) -> list[TaggedResource]:
@@ -461,26 +456,6 @@ class Tower:
     def _release_tagged(self, overcloud_id: str) -> None:
         if self.local is not None and self.local.list_tagged(overcloud_id):
             self.local.sweep({overcloud_id})
-
-
-def box_obj(row):
-    from overcloud.underclouds.base import Box
-
-    return Box.from_dict(box_dict(row))
-
-
-def box_dict(row) -> dict[str, Any]:
-    return {
-        "overcloud_id": row.overcloud_id,
-        "name": row.name,
-        "role": row.role,
-        "site": row.site,
-        "flavor": {"name": row.flavor, "cpus": row.cpus, "memory_mb": row.memory_mb},
-        "handle": row.handle,
-        "address": row.address,
-        "overlay_address": row.overlay_address,
-        "extra": {},
-    }
 
 
 def _summary(result: dict[str, Any], limit: int = 4000) -> dict[str, Any]:

@@ -339,15 +339,15 @@ def test_workloads_reach_the_datalake_only_through_s3_with_keys_and_cannot_stop_
         assert in_box(c1, lambda: s3(cr).get_object(Bucket="data", Key="secret")["Body"].read()) == b"s" * 4000
 
         # the Tower still reloads Prometheus when it regenerates the scrape config: the same
-        # apply_config the service controller calls, on the Tower's own LocalHost, with one
+        # apply_config the service controller calls, over the Tower's own LocalHost's sessions, with one
         # extra scrape target (the controller's list of ready workloads, here given directly)
         boxes = [Box(oid, b["name"], b["role"], b["site"], Flavor(**b["flavor"]), b["handle"], b["address"],
                      b["overlay_address"]) for b in (post, *d["clusters"])]
         extra = {"target": f"{c1_ip}:9100", "labels": {"box": "c1", "site": c1["site"], "role": "cluster",
                                                          "service": "probe", "replica": "probe-0"}}
         facade = SimpleNamespace(
-            local=local_host(tower.state_dir), settings=SimpleNamespace(fabric_scrape_interval=1.0),
-            repo=SimpleNamespace(get=lambda _id: SimpleNamespace(spec={})),
+            session=local_host(tower.state_dir).session, settings=SimpleNamespace(fabric_scrape_interval=1.0),
+            records=SimpleNamespace(get=lambda _id: SimpleNamespace(spec={})),
             services=SimpleNamespace(scrape_targets=lambda _id: [extra]))
         url = fabric.apply_config(facade, oid, boxes, {b.name: b.overlay_address for b in boxes})
 

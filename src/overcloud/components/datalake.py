@@ -13,7 +13,10 @@ repository and written 0600 into a 0700 ``weed-security/`` dir of each box, read
 even one sharing a cluster box's network namespace with its volume server, reaches the
 DataLake only through S3 with keys.
 
-Everything that talks to SeaweedFS runs inside a box's namespace (``transport.call``).
+Everything that talks to SeaweedFS does so from inside a box, through its BoxSession: HTTP
+readiness checks over the session's own connections (``session.http_client``), S3 work (the
+bucket, restore, the round trip, the archive copy) as ``overcloud.datalake.boxops``, run in
+the box with ``session.run_module``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import logging
 import time
 from typing import Any
 
-from overcloud.files import write_private
+from pathlib import Path
+
+from overcloud.boxes import entry
 from overcloud.components.post import find_post
 from overcloud.components.programs import remove_everywhere
+from overcloud.southbound import Southbound
 from overcloud.underclouds.base import Box
-from overcloud.workflows.actions import registry
+from overcloud.workflows.actions import ActionContext, registry
 
 logger = logging.getLogger(__name__)
 
@@ -39,44 +45,63 @@ SECRET = "datalake.s3"
 SECURITY = "datalake.security"
 SECURITY_DIR = "weed-security"
 PROGRAMS = ("weed-s3", "weed-filer", "weed-volume", "weed-master")  # stop order
+BOXOPS = "overcloud.datalake.boxops"  # what runs inside a box (see its module doc)
 
 
 class DataLakeError(RuntimeError):
     pass
 
 
-def settings_of(tower, overcloud_id: str) -> dict[str, Any]:
-    spec = tower.repo.get(overcloud_id).spec or {}
+class NoDataLake(LookupError):
+    def __init__(self, overcloud_id: str):
+        super().__init__(f"OverCloud {overcloud_id} has no DataLake (not deployed yet, disabled, or deleted)")
+        self.overcloud_id = overcloud_id
+
+
+def settings_of(sb: Southbound, overcloud_id: str) -> dict[str, Any]:
+    spec = sb.records.get(overcloud_id).spec or {}
     return {"enabled": True, "preserve": True, "restore_from": None, **(spec.get("datalake") or {})}
 
 
-def credentials(tower, overcloud_id: str) -> tuple[str, str]:
+def credentials(sb: Southbound, overcloud_id: str) -> tuple[str, str]:
     """This OverCloud's S3 keys, made and sealed on first use (idempotent across retries)."""
     from overcloud.datalake import seaweed
 
-    if tower.repo.get_secret(overcloud_id, SECRET) is None:
+    if sb.records.get_secret(overcloud_id, SECRET) is None:
         access, secret = seaweed.new_credentials()
-        tower.repo.put_secret(overcloud_id, SECRET, tower.secrets.seal(json.dumps([access, secret])))
-    sealed = tower.repo.get_secret(overcloud_id, SECRET)
-    access, secret = json.loads(tower.secrets.open(sealed))
+        sb.records.put_secret(overcloud_id, SECRET, sb.secrets.seal(json.dumps([access, secret])))
+    sealed = sb.records.get_secret(overcloud_id, SECRET)
+    access, secret = json.loads(sb.secrets.open(sealed))
     return access, secret
 
 
-def security(tower, overcloud_id: str) -> dict[str, str]:
+def client_credentials(sb: Southbound, overcloud_id: str) -> dict[str, Any]:
+    """What a client of the OverCloud's DataLake needs (``GET .../datalake``, workloads'
+    environment); NoDataLake when it has none."""
+    info = (sb.records.get(overcloud_id).info or {}).get("datalake")
+    if not info or sb.records.get_secret(overcloud_id, SECRET) is None:
+        raise NoDataLake(overcloud_id)
+    access, secret = credentials(sb, overcloud_id)
+    return {"access_key": access, "secret_key": secret, "s3_endpoint": info["s3_endpoint"],
+            "filer_endpoint": info["filer_endpoint"], "buckets": info["buckets"], "region": "us-east-1",
+            "addressing_style": "path"}
+
+
+def security(sb: Southbound, overcloud_id: str) -> dict[str, str]:
     """This OverCloud's SeaweedFS secrets (JWT keys, gRPC CA and certificate), made and sealed
     on first use like the S3 keys (idempotent across retries)."""
     from overcloud.datalake import seaweed
 
-    if tower.repo.get_secret(overcloud_id, SECURITY) is None:
-        tower.repo.put_secret(overcloud_id, SECURITY, tower.secrets.seal(json.dumps(seaweed.new_security())))
-    return json.loads(tower.secrets.open(tower.repo.get_secret(overcloud_id, SECURITY)))
+    if sb.records.get_secret(overcloud_id, SECURITY) is None:
+        sb.records.put_secret(overcloud_id, SECURITY, sb.secrets.seal(json.dumps(seaweed.new_security())))
+    return json.loads(sb.secrets.open(sb.records.get_secret(overcloud_id, SECURITY)))
 
 
-def filer_auth(tower, overcloud_id: str):
+def filer_auth(sb: Southbound, overcloud_id: str):
     """Signs the Tower's own filer calls (round trip, preserve, restore)."""
     from overcloud.datalake import clients
 
-    return clients.FilerJwt.of(security(tower, overcloud_id))
+    return clients.FilerJwt.of(security(sb, overcloud_id))
 
 
 def endpoints(post_ip: str) -> dict[str, str]:
@@ -92,41 +117,49 @@ def _boxes(boxes: list[dict[str, Any]]) -> tuple[Box, list[Box]]:
     return find_post(objs), [b for b in objs if b.role == "cluster"]
 
 
-@registry.action("datalake.deploy", revert_on_failure=True)
-def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
-    from overcloud.datalake import clients, seaweed
+def _write_security(session, sec: dict[str, str], **kw: Any) -> Path:
+    """The box's ``weed -config_dir`` (0700, files 0600); returns the dir."""
+    from overcloud.datalake import seaweed
 
-    tower = ctx.services
-    conf = settings_of(tower, overcloud_id)
+    conf_dir = Path(session.box_dir) / SECURITY_DIR
+    for name, text in seaweed.security_files(conf_dir, sec, **kw).items():
+        session.put_file(f"{SECURITY_DIR}/{name}", text, mode=0o600)
+    return conf_dir
+
+
+@registry.action("datalake.deploy", revert_on_failure=True)
+def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
+    from overcloud.datalake import seaweed
+
+    sb = ctx.services
+    conf = settings_of(sb, overcloud_id)
     if not conf["enabled"]:
         return {"skipped": True, "message": "DataLake disabled for this OverCloud"}
     t0 = time.monotonic()
-    cdl = tower.construction_datalake(timeout=60)
+    cdl = sb.construction_datalake(timeout=60)
     post, clusters = _boxes(boxes)
     addr = overlay["addresses"]
     post_ip = addr[post.name]
     ep = endpoints(post_ip)
-    access, secret = credentials(tower, overcloud_id)
-    sec = security(tower, overcloud_id)
-    fauth = clients.FilerJwt.of(sec)
+    access, secret = credentials(sb, overcloud_id)
+    sec = security(sb, overcloud_id)
     replication = seaweed.replication_for(len(clusters))
     weed = seaweed.weed_binary()
-    post_sup = tower.local.supervisor(post)
-    post_dir = post_sup.box_dir
+    post_s = sb.session(post)
+    post_dir = Path(post_s.box_dir)
     s3_json = post_dir / "s3.json"
-    write_private(s3_json, json.dumps(seaweed.s3_config(access, secret)))
+    post_s.put_file("s3.json", json.dumps(seaweed.s3_config(access, secret)), mode=0o600)
     # the master's HTTP API (/dir/assign and /dir/lookup hand out write JWTs) only from the
-    # Post itself: the Tower asks from the Post's namespace; no workload runs on the Post
-    post_conf = seaweed.write_security(post_dir / SECURITY_DIR, sec, white_list=[post_ip, "127.0.0.1"])
-    logs = str(post_sup.log_dir)
-    post_net = tower.local.transport(post)
+    # Post itself: the Tower asks from the Post's network; no workload runs on the Post
+    post_conf_dir = _write_security(post_s, sec, white_list=[post_ip, "127.0.0.1"])
+    logs = post_s.log_dir
 
-    def run(sup, name: str, argv: list[str]) -> None:
-        (sup.box_dir / name).mkdir(exist_ok=True)  # its data dir (the volume of a box's disk)
+    def run(session, name: str, argv: list[str]) -> None:
+        session.make_dirs([name])  # its data dir (the volume of a box's disk)
         # stopped only when the DataLake is reclaimed (after preserve) or reverted: its data is
         # going away with the box, so a graceful stop (volume servers wait 10 s) buys nothing
-        sup.add_program(name, cdl.program(weed, argv[1:], sup.box_dir / "artifacts"), startsecs=0, startretries=10,
-                        stopsignal="KILL")
+        session.add_program(name, cdl.program(weed, argv[1:], Path(session.box_dir) / "artifacts"), startsecs=0,
+                            startretries=10, stopsignal="KILL")
 
     steps: dict[str, float] = {}
     mark = time.monotonic()
@@ -138,46 +171,42 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
         mark = now
 
     step("prepare")
-    run(post_sup, "weed-master", seaweed.master_argv(weed, post_ip, MASTER, str(post_dir / "weed-master"), logs, replication,
-                                                        metrics_port=METRICS["weed-master"], config_dir=post_conf.parent))
-    post_net.call(lambda: seaweed.wait_master_leader(ep["master"], 30))
-    step("master leader")
-    for box in clusters:
-        sup = tower.local.supervisor(box)
-        # a cluster box holds only the volume keys: its volume server never signs filer calls
-        conf_dir = seaweed.write_security(sup.box_dir / SECURITY_DIR, sec, filer_keys=False).parent
-        run(sup, "weed-volume", seaweed.volume_argv(weed, addr[box.name], VOLUME, f"{post_ip}:{MASTER}",
-                                                     str(sup.box_dir / "weed-volume"), str(sup.log_dir),
-                                                     metrics_port=METRICS["weed-volume"], config_dir=conf_dir))
-    run(post_sup, "weed-filer", seaweed.filer_argv(weed, post_ip, FILER, f"{post_ip}:{MASTER}", str(post_dir / "weed-filer"), logs,
-                                                      metrics_port=METRICS["weed-filer"], config_dir=post_conf.parent))
-    post_net.call(lambda: seaweed.wait_volume_servers(ep["master"], len(clusters), 30))
-    step("volume servers registered")
-    post_net.call(lambda: seaweed.wait_http(ep["filer"], 30))
-    step("filer up")
-    run(post_sup, "weed-s3", seaweed.s3_argv(weed, post_ip, S3, f"{post_ip}:{FILER}", str(s3_json), logs,
-                                                metrics_port=METRICS["weed-s3"], config_dir=post_conf.parent))
-    post_net.call(lambda: seaweed.wait_http(ep["s3"], 30))
-    step("s3 up")
+    http = post_s.http_client(timeout=2.0)  # the Post's own connections: the master answers only it
+    try:
+        run(post_s, "weed-master", seaweed.master_argv(weed, post_ip, MASTER, str(post_dir / "weed-master"), logs, replication,
+                                                        metrics_port=METRICS["weed-master"], config_dir=post_conf_dir))
+        seaweed.wait_master_leader(ep["master"], 30, http=http)
+        step("master leader")
+        for box in clusters:
+            session = sb.session(box)
+            # a cluster box holds only the volume keys: its volume server never signs filer calls
+            conf_dir = _write_security(session, sec, filer_keys=False)
+            run(session, "weed-volume", seaweed.volume_argv(weed, addr[box.name], VOLUME, f"{post_ip}:{MASTER}",
+                                                             str(Path(session.box_dir) / "weed-volume"), session.log_dir,
+                                                             metrics_port=METRICS["weed-volume"], config_dir=conf_dir))
+        run(post_s, "weed-filer", seaweed.filer_argv(weed, post_ip, FILER, f"{post_ip}:{MASTER}", str(post_dir / "weed-filer"), logs,
+                                                      metrics_port=METRICS["weed-filer"], config_dir=post_conf_dir))
+        seaweed.wait_volume_servers(ep["master"], len(clusters), 30, http=http)
+        step("volume servers registered")
+        seaweed.wait_http(ep["filer"], 30, http=http)
+        step("filer up")
+        run(post_s, "weed-s3", seaweed.s3_argv(weed, post_ip, S3, f"{post_ip}:{FILER}", str(s3_json), logs,
+                                                metrics_port=METRICS["weed-s3"], config_dir=post_conf_dir))
+        seaweed.wait_http(ep["s3"], 30, http=http)
+        step("s3 up")
+    finally:
+        http.close()
 
-    def prepare() -> dict[str, Any]:
-        client = clients.s3_client(ep["s3"], access, secret)
-        try:
-            clients.ensure_buckets(client, (BUCKET,), 30)
-        except clients.S3Error as exc:
-            raise DataLakeError(f"create bucket {BUCKET}: {exc}") from exc
-        if conf["restore_from"]:
-            src = clients.s3_client(cdl.s3_endpoint, *cdl.credentials())
-            return seaweed.restore(src, conf["restore_from"], client, ep["filer"], filer_auth=fauth)
-        return {}
-
-    restored = post_net.call(prepare)
+    keys = {"s3": ep["s3"], "filer": ep["filer"], "access": access, "secret": secret, "bucket": BUCKET, "security": sec}
+    prepare = dict(keys, restore_from=conf["restore_from"])
+    if conf["restore_from"]:
+        cdl_access, cdl_secret = cdl.credentials()
+        prepare.update(cdl_s3=cdl.s3_endpoint, cdl_access=cdl_access, cdl_secret=cdl_secret)
+    restored = entry.call(post_s, BOXOPS, "prepare", prepare, timeout=3600 if conf["restore_from"] else 120)
     step("bucket" + (" + restore" if conf["restore_from"] else ""))
     # ready only when a cluster box really writes and reads, over the overlay
     check_box = clusters[0]
-    check = tower.local.transport(check_box).call(
-        lambda: clients.round_trip_check(ep["s3"], ep["filer"], (access, secret), BUCKET, filer_auth=fauth)
-    )
+    check = entry.call(sb.session(check_box), BOXOPS, "round-trip", keys, timeout=120)
     step("round trip from a cluster box")
     info = {
         "steps_seconds": steps,
@@ -194,7 +223,7 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
         "ready_seconds": round(time.monotonic() - t0, 3),
         "checked_from": check_box.name,
     }
-    tower.repo.update_info(overcloud_id, datalake=info)
+    sb.records.update_info(overcloud_id, datalake=info)
     msg = f"SeaweedFS on {post.name} + {len(clusters)} volume servers, replication {replication}; S3 and filer round trip from {check_box.name} ok"
     if replication == "000":
         msg += " (one cluster: no replication)"
@@ -204,28 +233,26 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
 
 
 @deploy.revert
-def deploy_revert(ctx, result, overcloud_id: str, boxes: list[dict[str, Any]], **_: Any) -> None:
+def deploy_revert(ctx: ActionContext, result, overcloud_id: str, boxes: list[dict[str, Any]], **_: Any) -> None:
     _stop(ctx.services, boxes)
 
 
-def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
+def _stop(sb: Southbound, boxes: list[dict[str, Any]]) -> list[str]:
     """Remove the SeaweedFS programs from every box, S3 first and master last."""
-    return remove_everywhere(tower, boxes, PROGRAMS)
+    return remove_everywhere(sb, boxes, PROGRAMS)
 
 
 @registry.action("datalake.preserve")
-def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]], keep: bool = True) -> dict[str, Any]:
+def preserve(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], keep: bool = True) -> dict[str, Any]:
     """Copy every object and file into the Construction DataLake, checksums verified, before
     anything is destroyed. Idempotent: a resumed preserve skips what is already there.
 
     ``keep=False`` is the forced delete (``DELETE ?preserve=false``): nothing is copied, and the
     result names what is lost, so an OverCloud whose Post is gone can still be deleted."""
-    from overcloud.datalake import clients, seaweed
-
-    tower = ctx.services
-    row = tower.repo.get(overcloud_id)
+    sb = ctx.services
+    row = sb.records.get(overcloud_id)
     info = (row.info or {}).get("datalake")
-    conf = settings_of(tower, overcloud_id)
+    conf = settings_of(sb, overcloud_id)
     if not info:
         return {"skipped": True, "message": "no DataLake was deployed: nothing to preserve"}
     if not keep:
@@ -234,19 +261,17 @@ def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]], keep: bool = T
                            "(no archive was made; an earlier archive of this OverCloud, if any, is untouched)"}
     if not conf["preserve"]:
         return {"skipped": True, "message": "preserve: false was asked at create: the DataLake is not kept"}
-    cdl = tower.construction_datalake(timeout=60)
+    cdl = sb.construction_datalake(timeout=60)
     post, _ = _boxes(boxes)
-    access, secret = credentials(tower, overcloud_id)
-
-    def copy() -> dict[str, Any]:
-        src = clients.s3_client(info["s3_endpoint"], access, secret)
-        dst = clients.s3_client(cdl.s3_endpoint, *cdl.credentials())
-        return seaweed.archive(src, info["filer_endpoint"], dst, overcloud_id, owner=row.tenant_id,
-                               filer_auth=filer_auth(tower, overcloud_id))
+    access, secret = credentials(sb, overcloud_id)
+    cdl_access, cdl_secret = cdl.credentials()
+    copy = {"s3": info["s3_endpoint"], "filer": info["filer_endpoint"], "access": access, "secret": secret,
+            "cdl_s3": cdl.s3_endpoint, "cdl_access": cdl_access, "cdl_secret": cdl_secret,
+            "overcloud_id": overcloud_id, "owner": row.tenant_id, "security": security(sb, overcloud_id)}
 
     t0 = time.monotonic()
     try:
-        manifest = tower.local.transport(post).call(copy)
+        manifest = entry.call(sb.session(post), BOXOPS, "archive", copy, timeout=24 * 3600)
     except Exception as exc:
         raise DataLakeError(f"preserving the DataLake failed, so nothing was destroyed: {exc}") from exc
     secs = time.monotonic() - t0
@@ -268,7 +293,6 @@ def preserve(ctx, overcloud_id: str, boxes: list[dict[str, Any]], keep: bool = T
 
 
 @registry.action("datalake.reclaim")
-def reclaim(ctx, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, Any]:
-    tower = ctx.services
-    stopped = _stop(tower, boxes)
+def reclaim(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, Any]:
+    stopped = _stop(ctx.services, boxes)
     return {"message": f"SeaweedFS stopped ({', '.join(stopped) or 'nothing was running'}); volumes go with the boxes"}

@@ -6,6 +6,9 @@ The scrape configuration is generated from the repository (the boxes and what ru
 and applied with a reload (SIGHUP through the Post's supervisord), never a restart:
 Prometheus' HTTP lifecycle endpoints are off, so no workload can reload or stop it. The fabric
 task is done only when Prometheus itself reports every target UP.
+
+The Tower asks Prometheus from the Post's own network, over the Post's BoxSession
+(``session.http_client``): Prometheus listens on the overlay only.
 """
 
 from __future__ import annotations
@@ -15,21 +18,25 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from overcloud.components.post import find_post
 from overcloud.components.programs import remove_everywhere
+from overcloud.southbound import Southbound, box_obj
 from overcloud.underclouds.base import Box
-from overcloud.workflows.actions import registry
+from overcloud.workflows.actions import ActionContext, registry
 
 logger = logging.getLogger(__name__)
 
 NODE, FLOW, PROM = 9100, 9101, 9090
 PROGRAMS = ("prometheus", "node-exporter", "flow-agent")
+#: the flow agent's names of overlay addresses (boxes, Service VIPs), under the box's dir
+NAMES_FILE = "fabric/names.json"
 
 
-def settings_of(tower, overcloud_id: str) -> dict[str, Any]:
-    spec = tower.repo.get(overcloud_id).spec or {}
+def settings_of(sb: Southbound, overcloud_id: str) -> dict[str, Any]:
+    spec = sb.records.get(overcloud_id).spec or {}
     return {"enabled": True, **(spec.get("fabric") or {})}
 
 
@@ -37,12 +44,12 @@ def prometheus_url(post_ip: str) -> str:
     return f"http://{post_ip}:{PROM}"
 
 
-def _targets(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+def _targets(sb: Southbound, overcloud_id: str, boxes: list[Box], addr: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     """Every scrape target of the OverCloud, labelled with its box and site."""
     from overcloud.components.datalake import METRICS
     from overcloud.components.datalake import settings_of as datalake_settings
 
-    with_datalake = datalake_settings(tower, overcloud_id)["enabled"]
+    with_datalake = datalake_settings(sb, overcloud_id)["enabled"]
     targets: dict[str, list[dict[str, Any]]] = {"node": [], "flow": [], "prometheus": [], "seaweedfs": []}
     for b in boxes:
         labels = {"box": b.name, "site": b.site, "role": b.role}
@@ -54,20 +61,16 @@ def _targets(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str]) -
             parts = ("weed-master", "weed-filer", "weed-s3") if b.role == "post" else ("weed-volume",)
             for part in parts:
                 targets["seaweedfs"].append({"target": f"{addr[b.name]}:{METRICS[part]}", "labels": {**labels, "part": part}})
-    targets["workloads"] = tower.services.scrape_targets(overcloud_id)
+    targets["workloads"] = sb.services.scrape_targets(overcloud_id)
     return {job: t for job, t in targets.items() if t}
 
 
-def names_file(sup) -> Any:
-    return sup.box_dir / "fabric" / "names.json"
-
-
 @registry.action("fabric.deploy", revert_on_failure=True)
-def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
+def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
     from overcloud.fabric import prometheus as prom
 
-    tower = ctx.services
-    if not settings_of(tower, overcloud_id)["enabled"]:
+    sb = ctx.services
+    if not settings_of(sb, overcloud_id)["enabled"]:
         return {"skipped": True, "message": "Fabric disabled for this OverCloud"}
     t0 = time.monotonic()
     objs = [Box.from_dict(b) for b in boxes]
@@ -75,66 +78,66 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
     addr = overlay["addresses"]
     names = {addr[b.name]: b.name for b in objs}
     for b in objs:  # agents first: they are up by the time Prometheus looks
-        sup = tower.local.supervisor(b)
-        nf = names_file(sup)
-        nf.parent.mkdir(parents=True, exist_ok=True)
-        nf.write_text(json.dumps(names))
+        session = sb.session(b)
+        session.put_file(NAMES_FILE, json.dumps(names))
+        nf = Path(session.box_dir) / NAMES_FILE
         # stopped only when the OverCloud goes away: SIGKILL, no graceful waits (see _stop)
-        sup.add_program("node-exporter", prom.node_exporter_argv(f"{addr[b.name]}:{NODE}"), startsecs=0, startretries=10,
+        session.add_program("node-exporter", prom.node_exporter_argv(f"{addr[b.name]}:{NODE}"), startsecs=0, startretries=10,
                         stopsignal="KILL")
-        sup.add_program(
+        session.add_program(
             "flow-agent",
             [sys.executable, "-m", "overcloud.fabric.flowagent", "--listen", f"{addr[b.name]}:{FLOW}",
              "--names", str(nf), "--subnet", overlay["subnet"]],
             startsecs=0, startretries=10, stopsignal="KILL",
         )
-    url = apply_config(tower, overcloud_id, objs, addr, start=True)
-    expected = [t["target"] for ts in _targets(tower, overcloud_id, objs, addr).values() for t in ts]
-    net = tower.local.transport(post)
-    net.call(lambda: prom.wait_all_up(url, expected, timeout=ctx.remaining() or 60))
-    info = {"prometheus": url, "targets": len(expected), "scrape_interval_s": tower.settings.fabric_scrape_interval,
-            "retention": tower.settings.fabric_retention, "ready_seconds": round(time.monotonic() - t0, 3)}
-    tower.repo.update_info(overcloud_id, fabric=info)
+    url = apply_config(sb, overcloud_id, objs, addr, start=True)
+    expected = [t["target"] for ts in _targets(sb, overcloud_id, objs, addr).values() for t in ts]
+    with sb.session(post).http_client() as http:
+        prom.wait_all_up(url, expected, timeout=ctx.remaining() or 60, http=http)
+    info = {"prometheus": url, "targets": len(expected), "scrape_interval_s": sb.settings.fabric_scrape_interval,
+            "retention": sb.settings.fabric_retention, "ready_seconds": round(time.monotonic() - t0, 3)}
+    sb.records.update_info(overcloud_id, fabric=info)
     return {"message": f"Prometheus on {post.name} scrapes {len(expected)} targets, all UP "
                        f"(node-exporter and flow agent on {len(objs)} boxes)", "targets": len(expected)}
 
 
 @deploy.revert
-def deploy_revert(ctx, result, overcloud_id: str, boxes: list[dict[str, Any]], **_: Any) -> None:
+def deploy_revert(ctx: ActionContext, result, overcloud_id: str, boxes: list[dict[str, Any]], **_: Any) -> None:
     _stop(ctx.services, boxes)
 
 
-def apply_config(tower, overcloud_id: str, boxes: list[Box], addr: dict[str, str], start: bool = False) -> str:
+def apply_config(sb: Southbound, overcloud_id: str, boxes: list[Box], addr: dict[str, str], start: bool = False) -> str:
     """Write the Post's prometheus.yml from the repository's boxes; start Prometheus, or
     reload it (no restart) when it already runs. Returns its URL."""
     from overcloud.fabric import prometheus as prom
 
     post = find_post(boxes)
-    sup = tower.local.supervisor(post)
-    d = sup.box_dir / "prometheus"
-    (d / "data").mkdir(parents=True, exist_ok=True)
+    session = sb.session(post)
+    session.make_dirs(["prometheus/data"])
+    d = Path(session.box_dir) / "prometheus"
     config = d / "prometheus.yml"
-    text = prom.scrape_config(tower.settings.fabric_scrape_interval, _targets(tower, overcloud_id, boxes, addr))
-    prom.write_config(config, text)
+    text = prom.scrape_config(sb.settings.fabric_scrape_interval, _targets(sb, overcloud_id, boxes, addr))
+    session.put_file("prometheus/prometheus.yml", text)  # atomic: Prometheus never reads half a file
     url = prometheus_url(addr[post.name])
-    if "prometheus" in sup.program_states():
+    if "prometheus" in session.program_states():
         # SIGHUP through the box's supervisord (its socket is root-only): the only way to reload
-        hup = lambda: sup.rpc().supervisor.signalProcess("prometheus", "HUP")  # noqa: E731
-        tower.local.transport(post).call(lambda: prom.reload(url, hup, text))
+        with session.http_client(timeout=5.0) as http:
+            prom.reload(url, lambda: session.signal_program("prometheus", "HUP"), text, http=http)
     elif start:
-        sup.add_program("prometheus", prom.prometheus_argv(str(config), str(d / "data"), f"{addr[post.name]}:{PROM}",
-                                                             tower.settings.fabric_retention), startsecs=0, startretries=10,
-                        stopsignal="KILL")
-        tower.local.transport(post).call(lambda: prom.wait_ready(url, 30))
+        session.add_program("prometheus", prom.prometheus_argv(str(config), str(d / "data"), f"{addr[post.name]}:{PROM}",
+                                                                 sb.settings.fabric_retention), startsecs=0, startretries=10,
+                            stopsignal="KILL")
+        with session.http_client() as http:
+            prom.wait_ready(url, 30, http=http)
     return url
 
 
-def _stop(tower, boxes: list[dict[str, Any]]) -> list[str]:
-    return remove_everywhere(tower, boxes, PROGRAMS)
+def _stop(sb: Southbound, boxes: list[dict[str, Any]]) -> list[str]:
+    return remove_everywhere(sb, boxes, PROGRAMS)
 
 
 @registry.action("fabric.remove")
-def remove(ctx, overcloud_id: str, boxes: list[dict[str, Any]] | None = None, **_: Any) -> dict[str, Any]:
+def remove(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]] | None = None, **_: Any) -> dict[str, Any]:
     stopped = _stop(ctx.services, boxes or [])
     return {"message": f"Fabric stopped: {len(stopped)} programs"}
 
@@ -142,12 +145,10 @@ def remove(ctx, overcloud_id: str, boxes: list[dict[str, Any]] | None = None, **
 # -- what the Tower asks the Fabric -----------------------------------------------------
 
 def _boxes_of(row) -> list[Box]:
-    from overcloud.tower import box_obj
-
     return [box_obj(b) for b in row.boxes]
 
 
-def health(tower, row) -> dict[str, str]:
+def health(sb: Southbound, row) -> dict[str, str]:
     """Boxes that are not well, by name: supervisord silent, or its node-exporter not scraped
     successfully for 3 scrape intervals. Empty when all is well."""
     from overcloud.fabric import prometheus as prom
@@ -155,14 +156,15 @@ def health(tower, row) -> dict[str, str]:
     problems: dict[str, str] = {}
     boxes = _boxes_of(row)
     for b in boxes:
-        if not tower.local.supervisor(b).is_running():
+        if not sb.session(b).supervisor_running():
             problems[b.name] = "supervisord does not answer"
     post = find_post(boxes)
     url = (row.info or {})["fabric"]["prometheus"]
-    window_ms = int(3 * tower.settings.fabric_scrape_interval * 1000)
+    window_ms = int(3 * sb.settings.fabric_scrape_interval * 1000)
     query = f'max_over_time(up{{job="node"}}[{window_ms}ms])'
     try:
-        data = tower.local.transport(post).call(lambda: prom.query(url, query))
+        with sb.session(post).http_client(timeout=60.0) as http:
+            data = prom.query(url, query, http=http)
     except Exception as exc:  # noqa: BLE001 - Prometheus itself is what is down
         problems.setdefault(post.name, f"the OverCloud Datastore does not answer ({exc.__class__.__name__})")
         return problems
@@ -204,17 +206,17 @@ def _serving(workloads: dict[str, list[dict[str, Any]]], box: str, port: int) ->
     return {"service": None, "replica": None, "program": own_ports().get(port)}
 
 
-def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
-    """Sites → boxes → workloads from the repository, flow edges with rates from the Datastore."""
+def topology(sb: Southbound, row, info: dict[str, Any], post_session) -> dict[str, Any]:
+    """Sites → boxes → workloads from the repository, flow edges with rates from the Datastore
+    (asked from the Post, over ``post_session``)."""
     from overcloud.fabric import prometheus as prom
 
     url = info["prometheus"]
     sites: dict[str, dict[str, Any]] = {}
-    workloads = tower.services.workloads_by_box(row.id)
+    workloads = sb.services.workloads_by_box(row.id)
     for b in row.boxes:
-        sup = tower.local.supervisor(b.handle)
         try:
-            processes = sorted(sup.program_states())
+            processes = sorted(sb.session(b).program_states())
         except Exception:  # noqa: BLE001 - a silent supervisord shows as no processes
             processes = []
         sites.setdefault(b.site, {"site": b.site, "boxes": []})["boxes"].append({
@@ -223,10 +225,8 @@ def topology(tower, row, info: dict[str, Any], net) -> dict[str, Any]:
             "workloads": workloads.get(b.name, []),
         })
 
-    def ask():
-        return prom.query(url, FLOW_RATE), prom.query(url, FLOW_CONNS)
-
-    rates, conns = net.call(ask)
+    with post_session.http_client(timeout=60.0) as http:
+        rates, conns = prom.query(url, FLOW_RATE, http=http), prom.query(url, FLOW_CONNS, http=http)
     edges: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rates.get("result", []):
         m = r["metric"]

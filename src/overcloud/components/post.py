@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from overcloud import states
+from overcloud.southbound import Southbound
 from overcloud.underclouds.base import Box
-from overcloud.workflows.actions import registry
+from overcloud.workflows.actions import ActionContext, registry
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +36,17 @@ def hosts_entries(boxes: list[Box], addresses: dict[str, str]) -> dict[str, str]
 
 
 @registry.action("post.deploy")
-def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
-    tower = ctx.services
+def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[str, Any]) -> dict[str, Any]:
+    sb = ctx.services
     objs = [Box.from_dict(b) for b in boxes]
     post = find_post(objs)
-    sup = tower.local.supervisor(post)
-    state = sup.rpc().supervisor.getState()["statename"]
+    state = sb.session(post).supervisor_state()
     if state != "RUNNING":
         raise RuntimeError(f"supervisord on the DevOps Post {post.handle} is {state}")
     entries = hosts_entries(objs, overlay["addresses"])
     for b in objs:
-        tower.local.supervisor(b).set_hosts(entries)
-    tower.repo.set_box_fields(overcloud_id, post.name, state=states.BOX_READY)
+        sb.session(b).set_hosts(entries)
+    sb.records.set_box_fields(overcloud_id, post.name, state=states.BOX_READY)
     return {
         "post": {"name": post.name, "site": post.site, "address": post.address, "overlay_address": overlay["addresses"][post.name]},
         "message": f"DevOps Post {post.handle} on {post.site}: supervisord RUNNING, names of {len(objs)} boxes published",
@@ -54,22 +54,22 @@ def deploy(ctx, overcloud_id: str, boxes: list[dict[str, Any]], overlay: dict[st
 
 
 @registry.action("post.remove")
-def remove(ctx, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, Any]:
+def remove(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]]) -> dict[str, Any]:
     """Stop the Post's programs (the box itself is released later)."""
-    tower = ctx.services
+    sb = ctx.services
     posts = [Box.from_dict(b) for b in boxes if b["role"] == "post"]
     stopped = []
     for post in posts:
-        stopped += stop_programs(tower, post)
+        stopped += stop_programs(sb, post)
     return {"message": f"DevOps Post programs stopped: {', '.join(stopped) or 'none'}"}
 
 
-def stop_programs(tower, box: Box) -> list[str]:
+def stop_programs(sb: Southbound, box: Box) -> list[str]:
     """Stop every program on a box's supervisord, if it still answers; returns their names."""
-    sup = tower.local.supervisor(box)
-    if not sup.is_running():
+    session = sb.session(box)
+    if not session.supervisor_running():
         return []
-    names = list(sup.program_states())
+    names = list(session.program_states())
     if names:
-        sup.rpc().supervisor.stopAllProcesses(False)
+        session.stop_all_programs()
     return names

@@ -43,7 +43,7 @@ from overcloud.composition import probes, rollout, stitching, views
 from overcloud.composition import runtime as rt
 from overcloud.composition.pattern import (Deployment, Pattern, PatternError, Probe, deployment_of, generation_of,
                                           templates_of)
-from overcloud.files import write_atomic
+from overcloud.southbound import Southbound, box_obj
 
 
 logger = logging.getLogger(__name__)
@@ -110,11 +110,14 @@ class _Watch:
 
 
 class ServiceController:
-    def __init__(self, tower):
-        self.tower = tower
-        self.repo = tower.repo
-        self.images = img.Images(tower.settings.state_dir)
-        self.root = Path(tower.settings.state_dir) / "services"
+    """Reaches boxes only through ``sb`` (their BoxSessions); ``closing`` ends its loop."""
+
+    def __init__(self, sb: Southbound, closing: threading.Event):
+        self.sb = sb
+        self._closing = closing
+        self.repo = sb.records
+        self.images = img.Images(sb.settings.state_dir)
+        self.root = Path(sb.settings.state_dir) / "services"
         self._lock = threading.RLock()
         self._watch: dict[tuple[str, str], _Watch] = {}
         self._down_since: dict[tuple[str, str], float] = {}  # (overcloud, box) -> first silent tick
@@ -134,7 +137,7 @@ class ServiceController:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self.tower._closing.wait(TICK):
+        while not self._closing.wait(TICK):
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the controller never stops
@@ -148,7 +151,7 @@ class ServiceController:
 
     # -- compose ------------------------------------------------------------------
     def site_labels(self) -> dict[str, dict[str, str]]:
-        return {s.name: dict(s.labels) for s in self.tower.settings.sites}
+        return {s.name: dict(s.labels) for s in self.sb.settings.sites}
 
     def _nodes(self, oc_row, exclude: str | None = None) -> list[pl.Node]:
         """Cluster boxes with what is used on them: requests of placed replicas, and every TCP
@@ -157,8 +160,8 @@ class ServiceController:
         for b in oc_row.boxes:
             if b.role == "cluster" and b.name not in self._out.get(oc_row.id, set()):
                 try:
-                    listening[b.name] = self.tower.local.transport(b).call(probes.listening_ports)
-                except OSError:
+                    listening[b.name] = probes.listening_ports(self.sb.session(b))
+                except Exception:  # noqa: BLE001 - a box that does not answer lists no ports
                     listening[b.name] = set()
         nodes = pl.nodes_from_boxes(oc_row.boxes, self.site_labels(), self._out.get(oc_row.id, set()), listening)
         by_name = {n.name: n for n in nodes}
@@ -326,7 +329,7 @@ class ServiceController:
         from overcloud.components.construction import ARTIFACTS
 
         try:
-            return self.tower.construction_datalake(timeout=30).client(), ARTIFACTS
+            return self.sb.construction_datalake(timeout=30).client(), ARTIFACTS
         except Exception as exc:  # noqa: BLE001 - no store: images stay cached on this host only
             logger.warning("image cache: no Construction DataLake (%s)", exc)
             return None, ARTIFACTS
@@ -459,16 +462,13 @@ class ServiceController:
             box = boxes.get(r["box"])
             programs = [rt.program_name(r["name"], c.name) for c in _template(row, r).containers]
             if box is not None:
-                sup = self.tower.local.supervisor(box.handle)
+                session = self.sb.session(box)
                 try:
-                    if sup.is_running():
-                        sup.remove_programs(programs, timeout=5.0)
+                    if session.supervisor_running():
+                        session.remove_programs(programs, timeout=5.0)
                 except Exception as exc:  # noqa: BLE001 - the processes are killed below anyway
                     logger.warning("removing %s from %s: %s", r["name"], box.name, exc)
-                for f in programs:
-                    (sup.programs_dir / f"{f}.conf").unlink(missing_ok=True)
-                    for stream in ("out", "err"):
-                        (sup.log_dir / f"{f}.{stream}.log").unlink(missing_ok=True)
+                session.forget_programs(programs)
             self._kill_pids(r)
             shutil.rmtree(self._workdir(overcloud_id, r["name"]), ignore_errors=True)
             removed.append(f"{r['name']}@{r['box']}")
@@ -515,7 +515,7 @@ class ServiceController:
         for name in {r["box"] for row in rows for r in row.replicas}:
             box = boxes.get(name)
             try:
-                procs = self.tower.local.supervisor(box.handle).rpc().supervisor.getAllProcessInfo()
+                procs = self.sb.session(box).process_info()
                 infos[name] = {p["name"]: p for p in procs}
                 self._down_since.pop((overcloud_id, name), None)
                 if name in self._out.get(overcloud_id, set()):
@@ -639,11 +639,11 @@ class ServiceController:
                 w.retry_at = now + w.backoff
                 r.update(state="BACKOFF", ready=False, message=f"exited repeatedly; starting again in {w.backoff:.0f} s")
             elif now >= w.retry_at:
-                sup = self.tower.local.supervisor(box.handle)
+                session = self.sb.session(box)
                 for p, s in zip(programs, states_):
                     if s == "FATAL":
                         try:
-                            sup.rpc().supervisor.startProcess(p, False)
+                            session.start_program(p, False)
                         except Exception:  # noqa: BLE001 - tried again after the next back-off
                             pass
                 r["restarts"] += 1
@@ -684,11 +684,11 @@ class ServiceController:
                 continue
             w.live_fail += 1
             if w.live_fail >= p.failure_threshold:
-                sup = self.tower.local.supervisor(box.handle)
+                session = self.sb.session(box)
                 name = rt.program_name(r["name"], c.name)
                 try:
-                    sup.rpc().supervisor.stopProcess(name, True)
-                    sup.rpc().supervisor.startProcess(name, False)
+                    session.stop_program(name, True)
+                    session.start_program(name, False)
                 except Exception as exc:  # noqa: BLE001 - seen again next tick
                     logger.warning("restarting %s: %s", name, exc)
                 r["restarts"] += 1
@@ -734,13 +734,13 @@ class ServiceController:
             return False
 
     def _run_probe(self, oc, row, r: dict[str, Any], box, c, p: Probe) -> bool:
-        net = self.tower.local.transport(box)
-        if row.runtime == "podman":
-            return probes.run(net, p, lambda cmd: ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *cmd],
-                              self.images.podman_env())
+        session = self.sb.session(box)
+        if row.runtime == "podman":  # the container engine is the box's host's
+            return probes.run(session, p, lambda cmd: ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *cmd],
+                              self.images.podman_env(), on_host=True)
         # in a sandbox like the container's: its uid, environment, /work and /tmp (not its processes)
         script = self._workdir(oc.id, r["name"]) / f"{c.name}.sh"
-        return probes.run(net, p, lambda cmd: ["ip", "netns", "exec", box.handle, *rt.process_command(script, cmd)])
+        return probes.run(session, p, lambda cmd: rt.process_command(script, cmd))
 
     # -- launching -------------------------------------------------------------------
     def _workdir(self, overcloud_id: str, replica: str) -> Path:
@@ -750,8 +750,10 @@ class ServiceController:
         env = stitching.service_env(endpoints)
         env.update({"OVERCLOUD_ID": oc.id, "OVERCLOUD_BOX": box.name, "OVERCLOUD_SITE": box.site,
                     "OVERCLOUD_REPLICA": r["name"], "HOSTNAME": r["name"]})
+        from overcloud.components.datalake import client_credentials
+
         try:
-            creds = self.tower.datalake_credentials(oc.id)
+            creds = client_credentials(self.sb, oc.id)
         except LookupError:
             creds = None
         if creds:
@@ -762,22 +764,23 @@ class ServiceController:
         return env
 
     def _launch(self, oc, row, d: Deployment, r: dict[str, Any], endpoints, box) -> None:
-        sup = self.tower.local.supervisor(box.handle)
+        session = self.sb.session(box)
         workdir = self._workdir(oc.id, r["name"])
-        cg = self.tower.local.cgroups
-        cgroup_parent = None if cg.v2 else f"/{cg.parent}/{box.handle}"  # containers nest under the box's limits
+        etc_dir = Path(session.etc_dir)
         for c in d.containers:
             env = self._env(oc, row, d, r, c, endpoints, box)
             if row.runtime == "podman":
+                # containers join the box's network and nest under the box's limits
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
-                                          handle=box.handle, image_ref=self.images.run_ref(c.image), hosts_file=sup.etc_dir / "hosts",
-                                          cgroup_parent=cgroup_parent, containers_conf=self.images.ensure_conf(),
-                                          tower_id=self.tower.local.tower_id, userns=rt.podman_userns())
+                                          network=session.container_network, image_ref=self.images.run_ref(c.image),
+                                          hosts_file=etc_dir / "hosts", cgroup_parent=session.container_cgroup_parent,
+                                          containers_conf=self.images.ensure_conf(), tower_id=session.owner_id,
+                                          userns=rt.podman_userns())
             else:
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
-                                           image_dir=self.images.process_dir(c.image), etc_dir=sup.etc_dir,
+                                           image_dir=self.images.process_dir(c.image), etc_dir=etc_dir,
                                            etc=self.images.process_etc(c.image))
-            sup.add_program(launch.program, launch.command, directory=launch.directory, startsecs=1, startretries=3,
+            session.add_program(launch.program, launch.command, directory=launch.directory, startsecs=1, startretries=3,
                             stopsignal=launch.stopsignal)
 
     # -- re-placement ------------------------------------------------------------------
@@ -809,7 +812,6 @@ class ServiceController:
         """Every box: /etc/hosts (box names, Service VIPs), the nft table that sends each VIP to
         ready replicas, and the Fabric's names for VIPs (flows to a Service show its name)."""
         from overcloud.components.post import hosts_entries
-        from overcloud.tower import box_obj
 
         oc = self.repo.get(overcloud_id)
         boxes = {b.name: b for b in oc.boxes}
@@ -823,10 +825,10 @@ class ServiceController:
             if self._stitched.get(b.handle) == want:
                 continue
             try:
-                sup = self.tower.local.supervisor(b.handle)
-                sup.set_hosts(want[0])
-                self.tower.local.service_table(b.handle, want[1], stitching.VIP_CIDR)
-                _name_vips(sup, vip_names)
+                session = self.sb.session(b)
+                session.set_hosts(want[0])
+                session.set_service_table(want[1], stitching.VIP_CIDR)
+                _name_vips(session, vip_names)
                 self._stitched[b.handle] = want
             except (OSError, RuntimeError) as exc:
                 logger.warning("stitching %s: %s", b.name, exc)
@@ -844,10 +846,9 @@ class ServiceController:
         if self._scraped.get(oc.id, []) == targets:
             return
         from overcloud.components import fabric
-        from overcloud.tower import box_obj
 
         try:
-            fabric.apply_config(self.tower, oc.id, [box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
+            fabric.apply_config(self.sb, oc.id, [box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
             self._scraped[oc.id] = targets
         except Exception as exc:  # noqa: BLE001 - tried again on the next change
             logger.warning("Prometheus config of %s: %s", oc.id, exc)
@@ -855,7 +856,7 @@ class ServiceController:
     # -- views -----------------------------------------------------------------------------
     def describe(self, overcloud_id: str, row, *, logs: int = 0) -> dict[str, Any]:
         oc = self.repo.get(overcloud_id)
-        return views.describe(self.tower.local, oc, row, self.repo.services(overcloud_id), logs=logs)
+        return views.describe(self.sb, oc, row, self.repo.services(overcloud_id), logs=logs)
 
     def workloads_by_box(self, overcloud_id: str) -> dict[str, list[dict[str, Any]]]:
         return views.workloads_by_box(self.repo.services(overcloud_id))
@@ -873,19 +874,18 @@ def _status(replicas: list[dict[str, Any]], current: str, rolling: bool = False)
     return "STARTING"
 
 
-def _name_vips(sup, vip_names: dict[str, str]) -> None:
+def _name_vips(session, vip_names: dict[str, str]) -> None:
     """Add the Service VIPs to the box's Fabric names file (the flow agent re-reads it)."""
-    from overcloud.components.fabric import names_file
+    from overcloud.components.fabric import NAMES_FILE
 
-    path = names_file(sup)
-    if not path.exists():
-        return
     try:
-        names = {ip: n for ip, n in json.loads(path.read_text()).items() if not str(n).startswith("svc/")}
+        names = {ip: n for ip, n in json.loads(session.get_file(NAMES_FILE)).items() if not str(n).startswith("svc/")}
+    except FileNotFoundError:
+        return
     except ValueError:
         return
     names.update(vip_names)
-    write_atomic(path, json.dumps(names))
+    session.put_file(NAMES_FILE, json.dumps(names))
 
 
 def _start_time(pid: int) -> int | None:

@@ -1,18 +1,15 @@
-"""Probes, run by the Tower from inside a box's network namespace (a thread that has
-``setns``-ed into it), against ``127.0.0.1``: the replica shares the box's namespace."""
+"""Probes, run by the Tower from inside a box's network (over its BoxSession), against
+``127.0.0.1``: the replica shares the box's network."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import queue
-import selectors
 import socket
-import subprocess
 import threading
-import time
 from typing import Any, Callable
 
+from overcloud.boxes.commands import run_bounded  # noqa: F401 - the probes' runner, also for tests
 from overcloud.composition.pattern import Probe
 from overcloud.limits import PROBE_OUTPUT_BYTES
 
@@ -43,15 +40,17 @@ class Pool:
                 fut.set_exception(exc)
 
 
-def run(net, p: Probe, exec_argv: Callable[[list[str]], list[str]], exec_env: dict[str, str] | None = None) -> bool:
+def run(session, p: Probe, exec_argv: Callable[[list[str]], list[str]], exec_env: dict[str, str] | None = None,
+        on_host: bool = False) -> bool:
     """Whether the probe passes. ``exec_argv`` turns an exec probe's command into what runs
-    it (``podman exec NAME ...``, or the command in the box with the replica's environment)."""
+    it (``podman exec NAME ...`` on the box's host: ``on_host``, or the command in the box with
+    the replica's environment). Its output is kept only up to PROBE_OUTPUT_BYTES."""
     try:
         if p.kind == "tcp":
-            net.connect_tcp("127.0.0.1", p.port, timeout=p.timeout).close()
+            session.connect_tcp("127.0.0.1", p.port, timeout=p.timeout).close()
             return True
         if p.kind == "http":
-            sock = net.connect_tcp("127.0.0.1", p.port, timeout=p.timeout)
+            sock = session.connect_tcp("127.0.0.1", p.port, timeout=p.timeout)
             try:
                 sock.sendall(f"GET {p.path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: overcloud-probe\r\n\r\n".encode())
                 head = sock.recv(64).decode("latin-1")
@@ -59,53 +58,27 @@ def run(net, p: Probe, exec_argv: Callable[[list[str]], list[str]], exec_env: di
                 sock.close()
             parts = head.split()
             return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
-        code, _ = run_bounded(exec_argv(p.command), timeout=p.timeout + 5, env=exec_env)
-        return code == 0
+        done = session.run(exec_argv(p.command), timeout=p.timeout + 5, env=exec_env, check=False,
+                           max_output=PROBE_OUTPUT_BYTES, on_host=on_host)
+        return done.returncode == 0
     except (OSError, socket.timeout, ValueError):
         return False
 
 
-def run_bounded(argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
-                keep: int = PROBE_OUTPUT_BYTES) -> tuple[int | None, bytes]:
-    """Run ``argv`` (a workload's command: its output is the workload's to choose) and read its
-    stdout and stderr as they come, keeping the first ``keep`` bytes and dropping the rest: a
-    probe that printed 400 MB once grew the Tower by 700 MB when it was all captured. The exit
-    code is None when ``timeout`` passed first (the command is killed)."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + timeout
-    head = bytearray()
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while (left := deadline - time.monotonic()) > 0:
-                if not sel.select(left):
-                    continue
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:  # every writer has closed it
-                    return proc.wait(max(0.0, deadline - time.monotonic())), bytes(head)
-                if len(head) < keep:
-                    head += chunk[: keep - len(head)]
-        return None, bytes(head)
-    except subprocess.TimeoutExpired:
-        return None, bytes(head)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+def listening_ports(session) -> set[int]:
+    """TCP ports in LISTEN state in the box's network (its kernel's socket tables, read in it)."""
+    done = session.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=10, check=False)
+    return parse_listening(done.stdout.decode("ascii", "replace"))
 
 
-def listening_ports() -> set[int]:
-    """TCP ports in LISTEN state in the calling thread's network namespace."""
+def parse_listening(text: str) -> set[int]:
+    """Local ports of the LISTEN (``0A``) rows of ``/proc/net/tcp`` and ``tcp6``."""
     ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/thread-self/net/{name}") as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[3] == "0A":
-                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-        except OSError:
-            continue
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[3] == "0A" and ":" in parts[1]:
+            try:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+            except ValueError:
+                continue
     return ports

@@ -372,7 +372,7 @@ def podman_security(c: Container, userns: bool) -> list[str]:
 
 
 def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
-                  handle: str, image_ref: str, hosts_file: Path, cgroup_parent: str | None,
+                  network: str, image_ref: str, hosts_file: Path, cgroup_parent: str | None,
                   containers_conf: Path, tower_id: str | None = None, userns: bool = False) -> Launch:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
@@ -380,7 +380,7 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
     env_file = workdir / f"{c.name}.podman-env"
     write_env(env_file, env, shell=False)
     name = container_name(overcloud_id, replica, c.name)
-    run = ["podman", "run", "--rm", "--replace", "--name", name, "--network", f"ns:/run/netns/{handle}",
+    run = ["podman", "run", "--rm", "--replace", "--name", name, "--network", network,
            "--env-file", str(env_file), "-v", f"{hosts_file}:/etc/hosts:ro", "--hostname", replica,
            "--pull", "never", "--log-driver", "none", "--label", f"overcloud.io/overcloud={overcloud_id}",
            "--workdir", c.working_dir or "/tmp", *podman_security(c, userns)]

@@ -12,7 +12,9 @@ from overcloud.composition import stitching
 from overcloud.composition.pattern import Deployment, deployment_of, generation_of
 
 
-def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, Any]:
+def describe(sb, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, Any]:
+    """One service as the API shows it; ``logs`` lines of each replica's log (read over its
+    box's session, from ``sb``)."""
     boxes = {b.name: b for b in oc.boxes}
     svcs = stitching.services(rows, boxes)
     d, services = deployment_of(row.spec)
@@ -24,7 +26,7 @@ def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str,
         item["address"] = b.overlay_address if b else None
         item["site_address"] = b.address if b else None
         if logs and b is not None:
-            item["logs"] = log_tail(local.supervisor(b.handle), r["name"], deployment_of(row.spec, generation_of(r))[0], logs)
+            item["logs"] = log_tail(sb.session(b), r["name"], deployment_of(row.spec, generation_of(r))[0], logs)
         replicas.append(item)
     return {
         "name": row.name, "status": row.status, "message": row.message, "runtime": row.runtime,
@@ -45,13 +47,13 @@ def describe(local, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str,
     }
 
 
-def log_tail(sup, replica: str, d: Deployment, lines: int) -> list[str]:
+def log_tail(session, replica: str, d: Deployment, lines: int) -> list[str]:
     """The last lines of each container's stdout and stderr (supervisord's log files)."""
     out: list[str] = []
     for c in d.containers:
         for stream in ("out", "err"):
-            path = sup.log_dir / f"{rt.program_name(replica, c.name)}.{stream}.log"
-            out += [f"[{c.name}] {line}" for line in tail(path, lines)]
+            data = session.tail_log(rt.program_name(replica, c.name), stream, 64 * 1024)
+            out += [f"[{c.name}] {line}" for line in tail_lines(data, lines)]
     return out[-lines:] if len(d.containers) == 1 else out
 
 
@@ -64,6 +66,11 @@ def workloads_by_box(rows: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
                                                 "ready": r["ready"], "restarts": r["restarts"],
                                                 "ports": sorted({p for c in d.containers for p in c.ports})})
     return out
+
+
+def tail_lines(data: bytes, lines: int) -> list[str]:
+    """The last ``lines`` non-blank lines of a log's tail."""
+    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()][-lines:]
 
 
 def tail(path: Path, lines: int) -> list[str]:

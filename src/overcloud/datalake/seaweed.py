@@ -17,6 +17,7 @@ Readiness waits poll every :data:`POLL_SECONDS`, are bounded by ``timeout`` and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -253,6 +254,15 @@ def security_toml(sec: dict[str, str], config_dir: Path | str, *, filer_keys: bo
     return "\n".join(lines) + "\n"
 
 
+def security_files(config_dir: Path | str, sec: dict[str, str], *, filer_keys: bool = True,
+                   white_list: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The files of ``weed -config_dir=<config_dir>``: name -> text (``security.toml`` names
+    the PEM files by their path in ``config_dir``). Every one is a secret: 0600 in a 0700 dir."""
+    files = {name: sec[key] for name, key in (("ca.pem", "ca_pem"), ("cert.pem", "cert_pem"), ("key.pem", "key_pem"))}
+    files["security.toml"] = security_toml(sec, Path(config_dir), filer_keys=filer_keys, white_list=white_list)
+    return files
+
+
 def write_security(config_dir: Path | str, sec: dict[str, str], *, filer_keys: bool = True,
                    white_list: list[str] | tuple[str, ...] = ()) -> Path:
     """Write ``security.toml`` and the PEM files into ``config_dir`` (made 0700, files 0600,
@@ -262,13 +272,10 @@ def write_security(config_dir: Path | str, sec: dict[str, str], *, filer_keys: b
     d = Path(config_dir)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    for name, key in (("ca.pem", "ca_pem"), ("cert.pem", "cert_pem"), ("key.pem", "key_pem")):
-        write_private(d / name, sec[key])
+    for name, text in security_files(d, sec, filer_keys=filer_keys, white_list=white_list).items():
+        write_private(d / name, text)
         os.chmod(d / name, 0o600)
-    path = d / "security.toml"
-    write_private(path, security_toml(sec, d, filer_keys=filer_keys, white_list=white_list))
-    os.chmod(path, 0o600)
-    return path
+    return d / "security.toml"
 
 
 # --- S3 identities ---------------------------------------------------------------------
@@ -296,11 +303,21 @@ def s3_config(access_key: str, secret_key: str, *, admin_name: str = "overcloud"
 
 # --- readiness -------------------------------------------------------------------------
 
-def _poll(what: str, timeout: float, probe) -> Any:
+@contextlib.contextmanager
+def _client(http: httpx.Client | None, timeout):
+    """``http`` as it is (a box session's client: its owner closes it), or one of our own."""
+    if http is not None:
+        yield http
+        return
+    with httpx.Client(timeout=timeout, trust_env=False) as own:
+        yield own
+
+
+def _poll(what: str, timeout: float, probe, http: httpx.Client | None = None) -> Any:
     """Call ``probe()`` -> (done, value, seen) until done or ``timeout``; bounded."""
     deadline = time.monotonic() + timeout
     last = "nothing yet"
-    with httpx.Client(timeout=_HTTP_TIMEOUT, trust_env=False) as http:
+    with _client(http, _HTTP_TIMEOUT) as http:
         while True:
             try:
                 done, value, last = probe(http)
@@ -313,13 +330,13 @@ def _poll(what: str, timeout: float, probe) -> Any:
             time.sleep(POLL_SECONDS)
 
 
-def wait_master_leader(master_url: str, timeout: float = 30.0) -> str:
+def wait_master_leader(master_url: str, timeout: float = 30.0, http: httpx.Client | None = None) -> str:
     """Wait until the master at ``master_url`` is (or knows) a Raft leader; returns it."""
     def probe(http):
         body = http.get(f"{master_url}/cluster/status").raise_for_status().json()
         leader = body.get("Leader") or ""
         return bool(body.get("IsLeader") or leader), leader, f"Leader={leader!r} IsLeader={body.get('IsLeader')}"
-    return _poll(f"SeaweedFS master {master_url} (leader)", timeout, probe)
+    return _poll(f"SeaweedFS master {master_url} (leader)", timeout, probe, http)
 
 
 def _data_nodes(dir_status: dict) -> list[dict]:
@@ -328,36 +345,36 @@ def _data_nodes(dir_status: dict) -> list[dict]:
             for node in rack.get("DataNodes") or []]
 
 
-def wait_volume_servers(master_url: str, n: int, timeout: float = 30.0) -> list[str]:
+def wait_volume_servers(master_url: str, n: int, timeout: float = 30.0, http: httpx.Client | None = None) -> list[str]:
     """Wait until at least ``n`` volume servers are registered with the master (from
     ``/dir/status``); returns their URLs."""
     def probe(http):
         urls = [node["Url"] for node in _data_nodes(http.get(f"{master_url}/dir/status").raise_for_status().json())]
         return len(urls) >= n, urls, f"{len(urls)} of {n} volume servers: {urls}"
-    return _poll(f"{n} volume servers at master {master_url}", timeout, probe)
+    return _poll(f"{n} volume servers at master {master_url}", timeout, probe, http)
 
 
-def wait_http(url: str, timeout: float = 30.0) -> int:
+def wait_http(url: str, timeout: float = 30.0, http: httpx.Client | None = None) -> int:
     """Wait until ``url`` answers HTTP below 500 (an S3 gateway answers anonymous GET / with
     403, which counts as up); returns the status."""
     def probe(http):
         status = http.get(url).status_code
         return status < 500, status, f"HTTP {status}"
-    return _poll(f"HTTP {url}", timeout, probe)
+    return _poll(f"HTTP {url}", timeout, probe, http)
 
 
 # --- status ----------------------------------------------------------------------------
 
-def cluster_status(master_url: str, *, timeout: float = 5.0) -> dict:
+def cluster_status(master_url: str, *, timeout: float = 5.0, http: httpx.Client | None = None) -> dict:
     """What the master reports, for the DataLake detail: volume servers with their volume
     counts and slots, bytes stored (sum of volume sizes, replicas included, deleted bytes
     not yet vacuumed included) and volume slots. SeaweedFS reports no free disk bytes;
     free slots x the volume size limit is an upper bound (volume servers with ``-max=0``
     recompute their slots from free disk)."""
-    with httpx.Client(timeout=timeout, trust_env=False) as http:
-        dirs = http.get(f"{master_url}/dir/status").raise_for_status().json()
-        vols = http.get(f"{master_url}/vol/status").raise_for_status().json()
-        leader = http.get(f"{master_url}/cluster/status").raise_for_status().json().get("Leader")
+    with _client(http, timeout) as http:
+        dirs = http.get(f"{master_url}/dir/status", timeout=timeout).raise_for_status().json()
+        vols = http.get(f"{master_url}/vol/status", timeout=timeout).raise_for_status().json()
+        leader = http.get(f"{master_url}/cluster/status", timeout=timeout).raise_for_status().json().get("Leader")
     sizes: dict[str, tuple[int, int, int]] = {}
     for racks in (vols.get("Volumes", {}).get("DataCenters") or {}).values():
         for nodes in racks.values():

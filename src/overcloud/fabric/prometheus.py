@@ -18,6 +18,7 @@ rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -148,16 +149,17 @@ def _reload_ok(http: httpx.Client, prom_url: str) -> float | None:
     return None
 
 
-def reload(prom_url: str, signal_hup, config_text: str, timeout: float = 10.0) -> float:
+def reload(prom_url: str, signal_hup, config_text: str, timeout: float = 10.0, http: httpx.Client | None = None) -> float:
     """Apply ``config_text`` (already written to Prometheus' config file): ``signal_hup()``
     sends Prometheus SIGHUP, then this waits until Prometheus serves exactly the jobs and
     targets of ``config_text``. Returns the seconds waited. RuntimeError when Prometheus
     refused the file (it keeps running the old config) or did not apply it within
-    ``timeout``; the message names the jobs missing, never the file's content."""
+    ``timeout``; the message names the jobs missing, never the file's content. ``http``: the
+    client to ask with (a box session's, from inside the box's network), else a new one."""
     want = _jobs(yaml.safe_load(config_text))
     url = prom_url.rstrip("/")
     start = time.monotonic()
-    with httpx.Client(timeout=5.0, trust_env=False) as http:
+    with _client(http, 5.0) as http:
         before = _reload_ok(http, url)
         signal_hup()
         seen: Any = "nothing yet"
@@ -179,13 +181,23 @@ def reload(prom_url: str, signal_hup, config_text: str, timeout: float = 10.0) -
             time.sleep(0.05)
 
 
-def wait_ready(prom_url: str, timeout: float = 30.0) -> float:
+@contextlib.contextmanager
+def _client(http: httpx.Client | None, timeout: float):
+    """``http`` as it is (its owner closes it), or a client of our own for the block."""
+    if http is not None:
+        yield http
+        return
+    with httpx.Client(timeout=timeout, trust_env=False) as own:
+        yield own
+
+
+def wait_ready(prom_url: str, timeout: float = 30.0, http: httpx.Client | None = None) -> float:
     """Wait for ``/-/ready``; returns the seconds waited, TimeoutError after ``timeout``."""
     start = time.monotonic()
     last: object = None
     while time.monotonic() - start < timeout:
         try:
-            r = httpx.get(f"{prom_url.rstrip('/')}/-/ready", timeout=2.0)
+            r = (http or httpx).get(f"{prom_url.rstrip('/')}/-/ready", timeout=2.0)
             if r.status_code == 200:
                 return time.monotonic() - start
             last = r.status_code
@@ -195,9 +207,9 @@ def wait_ready(prom_url: str, timeout: float = 30.0) -> float:
     raise TimeoutError(f"Prometheus at {prom_url} not ready after {timeout}s (last: {last})")
 
 
-def targets_health(prom_url: str) -> list[dict[str, Any]]:
+def targets_health(prom_url: str, http: httpx.Client | None = None) -> list[dict[str, Any]]:
     """Active targets: job, instance, box, health (up/down/unknown), lastError, lastScrape."""
-    r = httpx.get(f"{prom_url.rstrip('/')}/api/v1/targets", params={"state": "active"}, timeout=10.0)
+    r = (http or httpx).get(f"{prom_url.rstrip('/')}/api/v1/targets", params={"state": "active"}, timeout=10.0)
     r.raise_for_status()
     out = []
     for t in r.json()["data"]["activeTargets"]:
@@ -208,14 +220,14 @@ def targets_health(prom_url: str) -> list[dict[str, Any]]:
     return out
 
 
-def wait_all_up(prom_url: str, expected_instances, timeout: float = 30.0) -> float:
+def wait_all_up(prom_url: str, expected_instances, timeout: float = 30.0, http: httpx.Client | None = None) -> float:
     """Wait until every instance in ``expected_instances`` is scraped UP; returns seconds waited.
     TimeoutError names each target still down with its last error."""
     start = time.monotonic()
     expected = set(expected_instances)
     down: dict[str, str] = {i: "not a target" for i in expected}
     while time.monotonic() - start < timeout:
-        health = {t["instance"]: t for t in targets_health(prom_url)}
+        health = {t["instance"]: t for t in targets_health(prom_url, http)}
         down = {i: ("not a target" if i not in health else f"{health[i]['health']}: {health[i]['lastError'] or '-'}")
                 for i in expected if health.get(i, {}).get("health") != "up"}
         if not down:
@@ -241,8 +253,8 @@ def check_range_points(start: float | dt.datetime, end: float | dt.datetime, ste
     return points
 
 
-def _api(prom_url: str, path: str, params: dict[str, Any]) -> Any:
-    r = httpx.post(f"{prom_url.rstrip('/')}/api/v1/{path}", data=params, timeout=60.0)
+def _api(prom_url: str, path: str, params: dict[str, Any], http: httpx.Client | None = None) -> Any:
+    r = (http or httpx).post(f"{prom_url.rstrip('/')}/api/v1/{path}", data=params, timeout=60.0)
     try:
         body = r.json()
     except ValueError:
@@ -253,16 +265,16 @@ def _api(prom_url: str, path: str, params: dict[str, Any]) -> Any:
     return body["data"]
 
 
-def query(prom_url: str, promql: str, time: float | dt.datetime | None = None) -> Any:
+def query(prom_url: str, promql: str, time: float | dt.datetime | None = None, http: httpx.Client | None = None) -> Any:
     """Instant query; returns Prometheus' ``data`` ({"resultType", "result"})."""
     params: dict[str, Any] = {"query": promql}
     if time is not None:
         params["time"] = _ts(time)
-    return _api(prom_url, "query", params)
+    return _api(prom_url, "query", params, http)
 
 
 def query_range(prom_url: str, promql: str, start: float | dt.datetime, end: float | dt.datetime,
-                step: float) -> Any:
+                step: float, http: httpx.Client | None = None) -> Any:
     """Range query; refused before sending when it would exceed RANGE_POINT_LIMIT points."""
     check_range_points(start, end, step)
-    return _api(prom_url, "query_range", {"query": promql, "start": _ts(start), "end": _ts(end), "step": step})
+    return _api(prom_url, "query_range", {"query": promql, "start": _ts(start), "end": _ts(end), "step": step}, http)

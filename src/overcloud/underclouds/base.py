@@ -1,8 +1,11 @@
 """The southbound contract: what an UnderCloud driver promises.
 
 A driver lends us boxes (VMs, or network namespaces locally), joins the
-boxes of one OverCloud into its own overlay network, gives us a transport
-into a box, and finds everything it ever made for an OverCloud again.
+boxes of one OverCloud into its own overlay network, opens a
+:class:`BoxSession` onto a box, and finds (and sweeps) everything it ever
+made for an OverCloud again. This module is the only way the rest of the
+Tower reaches a box: nothing outside ``underclouds/<kind>/`` and ``boxes/``
+knows whether a box is a network namespace here or a machine over SSH.
 
 Promises every driver keeps:
 
@@ -25,7 +28,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,169 @@ class UnderCloudError(Exception):
         self.site = site
 
 
+@dataclasses.dataclass
+class Completed:
+    """What a command run in a box left: its exit code and output (bytes)."""
+
+    returncode: int | None  # None: it was killed at its timeout
+    stdout: bytes
+    stderr: bytes = b""
+
+
+class BoxCommandError(UnderCloudError):
+    """A command in a box failed (``check=True``); names the box and the command."""
+
+    def __init__(self, box: str, argv: list[str], completed: Completed):
+        err = completed.stderr.decode("utf-8", "replace").strip()[-2000:]
+        what = "timed out" if completed.returncode is None else f"exited {completed.returncode}"
+        super().__init__(f"{' '.join(argv[:3])} in box {box} {what}" + (f": {err}" if err else ""))
+        self.box, self.argv, self.completed = box, argv, completed
+
+
+@runtime_checkable
+class BoxSession(Protocol):
+    """Everything the Tower may do to one box, the same for every kind of UnderCloud.
+
+    There is no way to run a Python callable "inside" a box: a callable cannot cross SSH.
+    Python that must run in a box's network (a PromQL query, the DataLake archive copy)
+    is either an HTTP request (:meth:`http`, over :meth:`connect_tcp`) or a module of our
+    own package run with :meth:`run_module` (the package is on every box's host).
+
+    Paths (``put_file``, ``get_file``) are relative to the box's own directory on its host,
+    ``box_dir``; commands and programs may name files there by absolute path."""
+
+    box: Box
+    #: the box's directory on its host (absolute, for argv of programs), and its log dir
+    box_dir: str
+    log_dir: str
+    #: the directory whose ``hosts`` and ``resolv.conf`` the box's processes see
+    etc_dir: str
+
+    # -- commands ----------------------------------------------------------------
+    def run(self, argv: list[str], *, input: bytes | str | None = None, timeout: float = 30,
+            check: bool = True, env: Mapping[str, str] | None = None, max_output: int | None = None,
+            on_host: bool = False) -> Completed:
+        """Run one of our own tools in the box's network (``on_host``: on the box's host, outside
+        it, e.g. the container engine). ``max_output`` keeps the first bytes of a command whose
+        output is a workload's to choose. ``check``: BoxCommandError unless it exits 0."""
+
+    def run_module(self, module: str, args: list[str] = (), *, input: bytes | str | None = None,
+                   timeout: float = 30, check: bool = True) -> Completed:
+        """``python -m <module> args`` of our package on the box's host, in the box's network
+        (see ``overcloud.boxes.entry``)."""
+
+    # -- files ---------------------------------------------------------------------
+    def put_file(self, relpath: str, data: bytes | str, mode: int = 0o644) -> None:
+        """Write a file under the box's dir atomically (its directories are made 0700)."""
+
+    def get_file(self, relpath: str, max_bytes: int = 1 << 20) -> bytes:
+        """The first ``max_bytes`` of a file under the box's dir; FileNotFoundError when absent."""
+
+    def make_dirs(self, relpaths: Iterable[str]) -> None:
+        """Directories under the box's dir (0700, parents too); existing ones are fine."""
+
+    def set_hosts(self, entries: Mapping[str, str]) -> None:
+        """Rewrite the box's /etc/hosts (name -> address)."""
+
+    def limits(self) -> tuple[float, int]:
+        """(CPUs, memory MiB) the box may use, read back from its host's kernel."""
+
+    def set_service_table(self, script: str, vip_cidr: str) -> None:
+        """The box's Service VIP table (see composition.stitching), replaced atomically."""
+
+    # -- its supervisor ------------------------------------------------------------
+    def supervisor_state(self) -> str:
+        """supervisord's state name (RUNNING, ...); raises when it does not answer."""
+
+    def supervisor_running(self) -> bool: ...
+
+    def add_program(self, name: str, command: str | list[str], *, directory: str | None = None,
+                    environment: Mapping[str, str] | None = None, autorestart: bool = True,
+                    startsecs: int = 1, startretries: int = 3, stopsignal: str = "TERM") -> None:
+        """Add (or change) a program and start it; a no-op when unchanged."""
+
+    def remove_programs(self, names: Iterable[str], timeout: float = 10.0) -> list[str]:
+        """Stop and remove the named programs that exist; returns their names."""
+
+    def forget_programs(self, names: Iterable[str]) -> None:
+        """Remove the named programs' config and log files, whether supervisord answers or not."""
+
+    def start_program(self, name: str, wait: bool = False) -> None: ...
+
+    def stop_program(self, name: str, wait: bool = True) -> None: ...
+
+    def stop_all_programs(self) -> None: ...
+
+    def signal_program(self, name: str, signal: str) -> None: ...
+
+    def program_states(self) -> dict[str, str]:
+        """Program name -> supervisor state name."""
+
+    def process_info(self) -> list[dict[str, Any]]:
+        """supervisord's ``getAllProcessInfo``: name, statename, pid, ..."""
+
+    def tail_log(self, program: str, stream: str = "out", max_bytes: int = 64 * 1024) -> bytes:
+        """The last ``max_bytes`` of a program's stdout (or ``stream="err"``) log."""
+
+    # -- network ---------------------------------------------------------------------
+    def tcp_check(self, host: str, port: int, timeout: float = 1.0) -> bool:
+        """Whether a TCP connection from the box to ``host:port`` succeeds."""
+
+    def connect_tcp(self, host: str, port: int, timeout: float = 2.0) -> Any:
+        """A TCP connection opened from the box: socket-like (``sendall``, ``recv``,
+        ``settimeout``, ``close``); the caller closes it."""
+
+    def http_client(self, timeout: float = 10.0) -> Any:
+        """An ``httpx.Client`` whose connections are opened from the box."""
+
+    def http(self, method: str, url: str, body: bytes | None = None,
+             headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request from the box: (status, headers, body)."""
+
+
+class BoxHttp:
+    """HTTP from a box, built once on ``connect_tcp`` for every kind of session: an httpx
+    client whose connection pool opens its sockets with the session's ``connect_tcp``."""
+
+    def connect_tcp(self, host: str, port: int, timeout: float = 2.0) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def http_client(self, timeout: float = 10.0):
+        import httpcore
+        import httpx
+        from httpcore._backends.sync import SyncStream
+
+        session = self
+
+        class Backend(httpcore.NetworkBackend):
+            def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+                try:
+                    sock = session.connect_tcp(host, port, timeout=timeout if timeout is not None else 10.0)
+                except TimeoutError as exc:
+                    raise httpcore.ConnectTimeout(str(exc)) from exc
+                except OSError as exc:
+                    raise httpcore.ConnectError(str(exc)) from exc
+                return SyncStream(sock)
+
+            def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
+                raise httpcore.ConnectError("no unix sockets through a box session")
+
+            def sleep(self, seconds: float) -> None:
+                import time
+
+                time.sleep(seconds)
+
+        transport = httpx.HTTPTransport()
+        transport._pool = httpcore.ConnectionPool(network_backend=Backend())
+        return httpx.Client(transport=transport, timeout=timeout, trust_env=False)
+
+    def http(self, method: str, url: str, body: bytes | None = None,
+             headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        with self.http_client(timeout) as client:
+            r = client.request(method, url, content=body, headers=dict(headers or {}))
+            return r.status_code, dict(r.headers), r.content
+
+
 class UnderCloudDriver(abc.ABC):
     """One kind of cloud. Methods may be called from several threads at once."""
 
@@ -141,6 +308,13 @@ class UnderCloudDriver(abc.ABC):
 
     def __init__(self, name: str):
         self.name = name
+
+    @property
+    def overlay_domain(self) -> object:
+        """Drivers with the same domain join one OverCloud's boxes in one call of
+        :meth:`join_overlay` (the local sites of one host share their kernel's overlay);
+        by default each driver is its own."""
+        return self
 
     @abc.abstractmethod
     def acquire(self, specs: list[BoxSpec]) -> list[Box]:
@@ -153,8 +327,28 @@ class UnderCloudDriver(abc.ABC):
         """Stop everything on these boxes and give them back. Idempotent."""
 
     @abc.abstractmethod
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
+        """Join ``boxes`` (of this driver's site, and of other sites sharing its overlay) into
+        the OverCloud's overlay; sets ``box.overlay_address``. Idempotent per OverCloud; call
+        it again with more boxes to grow the overlay."""
+
+    @abc.abstractmethod
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
+        """Take ``boxes`` out of the overlay; the overlay is forgotten with its last box.
+        Idempotent: boxes already gone are fine."""
+
+    @abc.abstractmethod
+    def connect(self, box: Box) -> BoxSession:
+        """A session onto one of this driver's boxes (cheap: open one per use)."""
+
+    @abc.abstractmethod
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
         """Every resource this driver made, for one OverCloud or for all."""
+
+    @abc.abstractmethod
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        """Remove everything this driver made for these OverCloud ids (``list_tagged``);
+        returns what it removed. Resources of other Towers are never touched."""
 
     @abc.abstractmethod
     def quota(self) -> Quota:

@@ -21,9 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overcloud.workflows.errors import TaskTimeoutError, UnknownActionError
+
+if TYPE_CHECKING:
+    from overcloud.southbound import Southbound
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,9 @@ class ActionContext:
 
     run_id: str  # the workflow run, as given by the caller of WorkflowEngine.run
     task: str  # the task name in the YAML
-    services: Any  # opaque object the Tower injects (drivers, repository hooks); None in tests
+    #: what the Tower injects: the Southbound (drivers by site, box sessions, records, settings),
+    #: never the Tower itself; the engine passes it through untouched (its own tests pass anything)
+    services: Southbound
     deadline: float | None  # time.monotonic() deadline from `timeout`, for cooperative actions
     attempt: int  # 1-based retry attempt
 

@@ -98,7 +98,7 @@ def test_secrets_go_through_private_files(tmp_path):
     assert "dotted.name" in args  # any variable name: no shell assignment involved
     assert "set -- python3 -m http.server 8070" in script
     launch = rt.podman_launch(overcloud_id=OC, replica="web-0", c=c, env=env, workdir=tmp_path / "p",
-                              handle="oc-abababab-c1", image_ref=c.image, hosts_file=tmp_path / "hosts",
+                              network="ns:/run/netns/oc-abababab-c1", image_ref=c.image, hosts_file=tmp_path / "hosts",
                               cgroup_parent="/overcloud/oc-abababab-c1", containers_conf=tmp_path / "c.conf")
     script = (tmp_path / "p" / "web.sh").read_text()
     assert "s3cr3t" not in script and "s3cr3t" not in " ".join(launch.command)

@@ -46,6 +46,7 @@ from overcloud.underclouds.base import (
     UnderCloudError,
 )
 from overcloud.underclouds.local.leases import HostLeases, LeaseStore
+from overcloud.underclouds.local.session import LocalBoxSession
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +249,10 @@ class LocalHost:
 
     def transport(self, box: Box) -> NetnsTransport:
         return NetnsTransport(box.handle)
+
+    def session(self, box: Box) -> LocalBoxSession:
+        """The BoxSession of one of this host's boxes."""
+        return LocalBoxSession(self, box)
 
     def service_table(self, handle: str, script: str, vip_cidr: str) -> None:
         """Install a box's Service VIP table (see composition.stitching)."""
@@ -571,9 +576,27 @@ class LocalSite(UnderCloudDriver):
                 site=self.name,
             ) from cause
 
+    @property
+    def overlay_domain(self) -> object:
+        return self.host  # one kernel: the overlay of all local sites is made in one call
+
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
+        """Boxes of every local site of this host join in one call (see LocalHost.create_overlay)."""
+        return self.host.create_overlay(overcloud_id, boxes)
+
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
+        self.host.delete_overlay(overcloud_id, boxes)
+
+    def connect(self, box: Box) -> LocalBoxSession:
+        return self.host.session(box)
+
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
         """Resources of this host (all sites share the kernel); see LocalHost."""
         return self.host.list_tagged(overcloud_id)
+
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        """Everything of these ids on this host, every local site (see LocalHost.sweep)."""
+        return self.host.sweep(overcloud_ids)
 
     def quota(self) -> Quota:
         # the limit is the host's: every local site shares its cores and memory
