@@ -23,11 +23,41 @@ def tower() -> str:
     return secrets.token_hex(8)
 
 
+def kernel_wireguard() -> bool:
+    """Whether this kernel makes WireGuard links (asked here independently of hostprep)."""
+    name = f"ocwgt{os.getpid() % 100000}"
+    if subprocess.run(["ip", "link", "add", name, "type", "wireguard"], capture_output=True).returncode != 0:
+        return False
+    subprocess.run(["ip", "link", "del", name], capture_output=True)
+    return True
+
+
 def test_this_machine_passes_the_check(runner):
     facts = hostprep.check_host(runner, "this-machine")
     assert facts.os_id == "debian" and int(facts.debian_version) >= 12 and facts.python >= "3.11"
-    # this kernel has no WireGuard: wireguard-go is then required too, and is installed here
-    hostprep.check_host(runner, "this-machine", wireguard_kernel=False)
+    # this kernel has no WireGuard (FACTS.md): wireguard-go is then required too, and is installed here
+    assert facts.wireguard_kernel is kernel_wireguard()
+    assert not [ln for ln in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+                if ": ocwgp" in ln]  # the probe link is gone
+
+
+def test_without_kernel_wireguard_wireguard_go_is_required(runner, tmp_path):
+    """This kernel makes no WireGuard link (FACTS.md); with wireguard-go hidden from dpkg (a private mount
+    namespace showing an empty status database), the refusal names it with the rest."""
+    status = tmp_path / "status"
+    status.write_text("")
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              f'mount --bind {status} /var/lib/dpkg/status && exec "$@"', "sh"]
+    from conftest import LocalRunner  # noqa: PLC0415 - this directory's conftest
+
+    with pytest.raises(hostprep.HostRefused) as info:
+        hostprep.check_host(LocalRunner(tmp_path, prefix), "bare-host", packages={"iproute2": "x"})
+    if kernel_wireguard():
+        assert info.value.problems == ["missing Debian packages: iproute2 (apt-get install iproute2; iproute2: x)"]
+        return
+    assert info.value.problems == [
+        "missing Debian packages: iproute2, wireguard-go (apt-get install iproute2 wireguard-go; "
+        "iproute2: x; wireguard-go: WireGuard in userspace where the kernel has none)"]
 
 
 def test_a_host_missing_packages_is_refused_with_all_of_them(runner):
@@ -160,6 +190,6 @@ def test_prepare_host_checks_before_it_sends_anything(artifact, runner, tmp_path
                               packages={"overcloud-no-such-package": "test"})
     assert len(runner.calls) == 1 and not root.exists()
     facts, installed = hostprep.prepare_host(runner, artifact.path, artifact.sha256, tower_id=tower(), root=str(root))
-    assert installed.transferred and facts.missing_packages == []
+    assert installed.transferred and facts.os_id == "debian"
     shutil.rmtree(root)
     assert os.path.exists(hostprep.HOST_PYTHON)

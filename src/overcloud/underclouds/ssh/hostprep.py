@@ -44,7 +44,7 @@ HOST_PACKAGES: dict[str, str] = {
     "prometheus-node-exporter": "the Visible Fabric's node-exporter on every box",
     "wireguard-tools": "wg: the encrypted underlay between sites",
 }
-#: Needed only where the kernel has no WireGuard (``agent hello`` tells).
+#: Needed only where the kernel has no WireGuard (check_host probes it).
 USERSPACE_WIREGUARD = ("wireguard-go", "WireGuard in userspace where the kernel has none")
 
 
@@ -68,7 +68,7 @@ class HostFacts:
     os_id: str
     debian_version: str
     python: str  # "3.11.2", "" when there is none
-    missing_packages: list[str]
+    wireguard_kernel: bool  # the kernel makes WireGuard links (else wireguard-go is required)
 
 
 @dataclasses.dataclass
@@ -90,6 +90,9 @@ FACTS_SCRIPT = r"""
 echo "os=${ID:-unknown} ${VERSION_ID:-unknown}"
 if [ -x "$0" ]; then "$0" -IS -c 'import sys; print("python=%d.%d.%d" % sys.version_info[:3])'; else echo "python="; fi
 dpkg-query -W -f='pkg=${Package} ${Status}\n' "$@" 2>/dev/null
+# does the kernel make WireGuard links (loading its module if it has one)? the probe goes at once
+if [ -d /sys/module/wireguard ] || { ip link add "ocwgp$$" type wireguard && ip link del "ocwgp$$"; } >/dev/null 2>&1
+then echo wgkernel=1; else echo wgkernel=0; fi
 echo end
 """
 
@@ -106,21 +109,21 @@ def _run(run: Runner, host: str, step: str, argv: list[str], input: bytes | None
     return r
 
 
-def check_host(run: Runner, host: str = "host", packages: dict[str, str] | None = None,
-               wireguard_kernel: bool | None = None) -> HostFacts:
-    """Refuse (:class:`HostRefused`, listing every problem) a host that cannot carry boxes.
-    ``wireguard_kernel=False`` (from ``agent hello``, or known) also requires ``wireguard-go``.
-    One round trip."""
+def check_host(run: Runner, host: str = "host", packages: dict[str, str] | None = None) -> HostFacts:
+    """Refuse (:class:`HostRefused`, listing every problem) a host that cannot carry boxes:
+    ``packages`` (default :data:`HOST_PACKAGES`), and ``wireguard-go`` where the kernel makes
+    no WireGuard link (probed with a link removed at once). One round trip."""
     wanted = dict(HOST_PACKAGES if packages is None else packages)
-    if wireguard_kernel is False:
-        wanted.setdefault(*USERSPACE_WIREGUARD)
-    r = _run(run, host, "checking the host", ["sh", "-c", FACTS_SCRIPT, HOST_PYTHON, *sorted(wanted)])
+    query = sorted({*wanted, USERSPACE_WIREGUARD[0]})
+    r = _run(run, host, "checking the host", ["sh", "-c", FACTS_SCRIPT, HOST_PYTHON, *query])
     out = _text(r.stdout)
     if "\nend" not in "\n" + out:
         raise HostPrepError(f"host {host}: checking the host failed (exit {r.returncode}): {_text(r.stderr).strip()[-300:]}")
-    os_id, version, python, installed = "unknown", "unknown", "", set()
+    os_id, version, python, installed, wg_kernel = "unknown", "unknown", "", set(), False
     for line in out.splitlines():
-        if line.startswith("os="):
+        if line.startswith("wgkernel="):
+            wg_kernel = line.strip() == "wgkernel=1"
+        elif line.startswith("os="):
             os_id, _, version = line[3:].partition(" ")
         elif line.startswith("python="):
             python = line[7:].strip()
@@ -128,6 +131,8 @@ def check_host(run: Runner, host: str = "host", packages: dict[str, str] | None 
             name, _, status = line[4:].partition(" ")
             if status.strip().endswith(" installed") and status.split()[0] in ("install", "hold"):
                 installed.add(name.split(":")[0])
+    if not wg_kernel:
+        wanted.setdefault(USERSPACE_WIREGUARD[0], USERSPACE_WIREGUARD[1])
     problems = []
     major = re.match(r"^(\d+)", version)
     if os_id != "debian" or not major or int(major.group(1)) < MIN_DEBIAN:
@@ -142,7 +147,7 @@ def check_host(run: Runner, host: str = "host", packages: dict[str, str] | None 
                         f"(apt-get install {' '.join(missing)}; {'; '.join(f'{p}: {wanted[p]}' for p in missing)})")
     if problems:
         raise HostRefused(host, problems)
-    return HostFacts(os_id, version, python, missing)
+    return HostFacts(os_id, version, python, wg_kernel)
 
 
 def install_bundle(run: Runner, bundle: Path, sha256: str, *, tower_id: str, host: str = "host",
@@ -200,7 +205,8 @@ def _tail(r: Any) -> str:
 
 def prepare_host(run: Runner, bundle: Path, sha256: str, *, tower_id: str, host: str = "host",
                  root: str = HOST_ROOT, packages: dict[str, str] | None = None) -> tuple[HostFacts, Installed]:
-    """check_host, then install_bundle: what the ssh driver does before a host's first box."""
+    """check_host, then install_bundle: what the ssh driver does before a host's first box
+    (nothing is sent to a host that is refused)."""
     facts = check_host(run, host, packages)
     return facts, install_bundle(run, bundle, sha256, tower_id=tower_id, host=host, root=root)
 
