@@ -262,7 +262,8 @@ def test_cross_site_through_wireguard_and_same_site_in_clear(lab):
     while not ping(box_ns("a2"), box_addr("b1")):
         assert time.monotonic() - t_up < 15, "a2's box never reached b1's box through WireGuard"
     t_ping = time.monotonic()
-    print(f"\nup a1+a2 {t_b - t0:.2f} s, up b1 {t_up - t_b:.2f} s; from b1's up call to the first box ping a2->b1 answered (handshake included) {t_ping - t_b:.2f} s")
+    print(f"\nup a1+a2 {t_b - t0:.2f} s, up b1 {t_up - t_b:.2f} s; from b1's up call to the first box ping "
+          f"a2->b1 answered (handshake included) {t_ping - t_b:.2f} s")
 
     for name, state in lab.states.items():
         assert state.backend == "wireguard-go" and state.created and state.interface == f"ocwtwg-{name}"
@@ -293,7 +294,8 @@ def test_mtu_comes_from_the_wan_device(lab):
     for h, state in lab.states.items():
         out = ns(host_ns(h), "ip", "-o", "link", "show", f"ocwtwg-{h}").stdout
         assert f" mtu {state.wireguard_mtu} " in out
-    print(f"\nMTU: WAN device {WAN_MTU} -> WireGuard {WAN_MTU - 80} -> box VXLAN {WAN_MTU - 130} (a1 with path_mtu {A1_PATH_MTU}: {a1.vxlan_mtu})")
+    print(f"\nMTU: WAN device {WAN_MTU} -> WireGuard {WAN_MTU - 80} -> box VXLAN {WAN_MTU - 130} "
+          f"(a1 with path_mtu {A1_PATH_MTU}: {a1.vxlan_mtu})")
 
 
 def test_the_wan_carries_only_wireguard_udp(lab, tmp_path):
@@ -349,7 +351,8 @@ def test_up_again_keeps_the_process_and_sessions_and_drops_stale_routes(lab):
     ns(host_ns("a2"), "ip", "route", "add", "10.89.9.0/24", "via", "10.88.1.11", "proto", str(wan.ROUTE_PROTO))
     calls = len(lab.runners["a2"].argvs)
     again = lab.up("a2")
-    print(f"\nrun() calls (SSH round trips on a remote host): up a2 fresh {lab.first_up_calls['a2']}, again {len(lab.runners['a2'].argvs) - calls}")
+    print(f"\nrun() calls (SSH round trips on a remote host): up a2 fresh {lab.first_up_calls['a2']}, "
+          f"again {len(lab.runners['a2'].argvs) - calls}")
     assert not again.created and again.pid == a2.pid and again.routes == a2.routes
     assert "10.89.9.0/24" not in ns(host_ns("a2"), "ip", "route", "show", "proto", str(wan.ROUTE_PROTO)).stdout
     after = wan.status(lab.plan, "a2", lab.runners["a2"]).peers["b1"]

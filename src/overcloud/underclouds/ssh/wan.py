@@ -203,13 +203,23 @@ def _ensure_interface(sh: _Shell, me: WanHost) -> tuple[str, int | None, bool]:
             pid = int(res.out) if res.returncode == 0 and res.out.strip().isdigit() else None
             if pid and sh.call(_ssd("--status", me)).returncode == 0:
                 return "wireguard-go", pid, False
-        raise WanError(me.name, f"interface {me.interface} exists ({kind or 'unknown kind'}) but is not one we started; remove it or pick another interface name", site=me.site)
+        raise WanError(
+            me.name,
+            f"interface {me.interface} exists ({kind or 'unknown kind'}) but is not one we started; "
+            "remove it or pick another interface name",
+            site=me.site,
+        )
     res = sh.call(["ip", "link", "add", me.interface, "type", "wireguard"])
     if res.returncode == 0:
         return "kernel", None, True
     kernel_said = res.err
     if sh.call(["test", "-x", WIREGUARD_GO]).returncode != 0:
-        raise WanError(me.name, f"no WireGuard: the kernel has none ({kernel_said}) and {WIREGUARD_GO} is missing (install the Debian package wireguard-go)", site=me.site)
+        raise WanError(
+            me.name,
+            f"no WireGuard: the kernel has none ({kernel_said}) and {WIREGUARD_GO} is missing "
+            "(install the Debian package wireguard-go)",
+            site=me.site,
+        )
     sh.check(["mkdir", "-p", "-m", "0700", me.run_dir])
     sh.check([*_ssd("--start", me), "--background", "--make-pidfile", "--output", me.log_file, "--", "-f", me.interface])
     # Wait for its UAPI socket (wg talks to it); give up early when the process died.
@@ -222,7 +232,8 @@ def _ensure_interface(sh: _Shell, me: WanHost) -> tuple[str, int | None, bool]:
     if res.returncode != 0:
         log = sh.call(["tail", "-c", "1500", me.log_file]).out.strip()
         _remove_interface(sh, me)
-        raise WanError(me.name, f"wireguard-go did not bring up {me.interface} (exit {res.returncode}); its log: {log or '(empty)'}", site=me.site)
+        why = f"wireguard-go did not bring up {me.interface} (exit {res.returncode}); its log: {log or '(empty)'}"
+        raise WanError(me.name, why, site=me.site)
     return "wireguard-go", int(res.out.strip()), True
 
 
@@ -300,7 +311,8 @@ class _Shell:
     def check(self, argv: list[str], input: bytes | None = None) -> _Result:
         res = self.call(argv, input=input)
         if res.returncode != 0:
-            raise WanError(self.host.name, f"`{' '.join(argv[:4])}…` failed (exit {res.returncode}): {res.err}", site=self.host.site)
+            why = f"`{' '.join(argv[:4])}…` failed (exit {res.returncode}): {res.err}"
+            raise WanError(self.host.name, why, site=self.host.site)
         return res
 
     def json(self, argv: list[str], missing_ok: bool = False) -> list[dict[str, Any]]:
@@ -308,7 +320,8 @@ class _Shell:
         if res.returncode != 0:
             if missing_ok:
                 return []
-            raise WanError(self.host.name, f"`{' '.join(argv)}` failed (exit {res.returncode}): {res.err}", site=self.host.site)
+            why = f"`{' '.join(argv)}` failed (exit {res.returncode}): {res.err}"
+            raise WanError(self.host.name, why, site=self.host.site)
         return json.loads(res.out or "[]")
 
     def batch(self, lines: list[str]) -> None:
@@ -385,7 +398,9 @@ def parse_status(plan: WanPlan, name: str, text: str) -> WanStatus:
         latest = int(handshakes[key][0])
         rx, tx = (int(v) for v in transfer.get(key, ["0", "0"])[:2])
         endpoint = endpoints.get(key, ["(none)"])[0]
-        ps = PeerStatus(peer.name, key, None if endpoint == "(none)" else endpoint, latest, now - latest if latest else None, rx, tx)
+        ps = PeerStatus(
+            peer.name, key, None if endpoint == "(none)" else endpoint, latest, now - latest if latest else None, rx, tx
+        )
         peers[peer.name] = ps
         if not ps.fresh:
             when = "never" if ps.handshake_age_s is None else f"{ps.handshake_age_s} s ago"
