@@ -40,6 +40,13 @@ def artifact(tmp_path_factory) -> bundle.Artifact:
 
 
 @pytest.fixture(scope="module")
+def make_runner():
+    """LocalRunner(cwd, prefix) for tests that wrap commands (a private mount namespace):
+    handed out as a fixture, since ``import conftest`` may find another directory's conftest."""
+    return LocalRunner
+
+
+@pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> LocalRunner:
     return LocalRunner(tmp_path_factory.mktemp("cwd"))
 

@@ -62,15 +62,13 @@ def spec(oc: str, name: str = "c1", size: str = "small") -> dict:
     return {"overcloud_id": oc, "name": name, "role": "cluster", "site": SITE["name"], "size": size}
 
 
-def test_hello_runs_on_debians_python_without_the_venv(host, runner, agent):
+def test_hello_runs_on_debians_python_without_the_venv(host, runner, agent, make_runner):
     """With the venv and our source tree hidden (tmpfs over them, in a mount namespace of its
     own), hello still answers: everything comes from the installed bundle."""
     _, installed, _, _ = host
     src = str(Path(overcloud.__file__).resolve().parents[1])
     hide = f"mount -t tmpfs none {sys.prefix} && mount -t tmpfs none {src} && exec \"$@\""
-    from conftest import LocalRunner  # noqa: PLC0415 - this directory's conftest
-
-    hidden = LocalRunner(runner.cwd, ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh"])
+    hidden = make_runner(runner.cwd, ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh"])
     t0 = time.perf_counter()
     status, answer, err = agent(hidden, installed.path, "hello")
     print(f"\nhello {time.perf_counter() - t0:.3f}s")

@@ -41,17 +41,15 @@ def test_this_machine_passes_the_check(runner):
                 if ": ocwgp" in ln]  # the probe link is gone
 
 
-def test_without_kernel_wireguard_wireguard_go_is_required(runner, tmp_path):
+def test_without_kernel_wireguard_wireguard_go_is_required(tmp_path, make_runner):
     """This kernel makes no WireGuard link (FACTS.md); with wireguard-go hidden from dpkg (a private mount
     namespace showing an empty status database), the refusal names it with the rest."""
     status = tmp_path / "status"
     status.write_text("")
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
               f'mount --bind {status} /var/lib/dpkg/status && exec "$@"', "sh"]
-    from conftest import LocalRunner  # noqa: PLC0415 - this directory's conftest
-
     with pytest.raises(hostprep.HostRefused) as info:
-        hostprep.check_host(LocalRunner(tmp_path, prefix), "bare-host", packages={"iproute2": "x"})
+        hostprep.check_host(make_runner(tmp_path, prefix), "bare-host", packages={"iproute2": "x"})
     if kernel_wireguard():
         assert info.value.problems == ["missing Debian packages: iproute2 (apt-get install iproute2; iproute2: x)"]
         return
@@ -76,7 +74,7 @@ def test_a_host_missing_packages_is_refused_with_all_of_them(runner):
     assert len(info.value.problems) == 1
 
 
-def test_every_problem_is_listed_at_once(tmp_path):
+def test_every_problem_is_listed_at_once(tmp_path, make_runner):
     """A host that is not Debian, with an old python3 and missing packages: one refusal names
     all three (os-release and python3 replaced in a private mount namespace)."""
     fake_release = tmp_path / "os-release"
@@ -87,10 +85,8 @@ def test_every_problem_is_listed_at_once(tmp_path):
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
               f'mount --bind {fake_release} /etc/os-release && mount --bind {fake_python} {hostprep.HOST_PYTHON} && exec "$@"',
               "sh"]
-    from conftest import LocalRunner  # noqa: PLC0415 - this directory's conftest (on sys.path first)
-
     with pytest.raises(hostprep.HostRefused) as info:
-        hostprep.check_host(LocalRunner(tmp_path, prefix), "odd-host",
+        hostprep.check_host(make_runner(tmp_path, prefix), "odd-host",
                             packages={"iproute2": "x", "overcloud-no-such-package": "y"})
     problems = info.value.problems
     assert problems[0] == "not Debian 12 or later (os-release says ubuntu 22.04)"
