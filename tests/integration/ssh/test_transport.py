@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -122,10 +123,11 @@ def test_put_and_get_round_trip(hosts_lab, ssh_host):
     h.run(["rm", "-r", "/var/lib/overcloud/test"])
 
 
-def test_a_stream_carries_bytes_both_ways(ssh_host):
+def test_a_stream_is_a_real_socket_carrying_bytes_both_ways(ssh_host):
     h = ssh_host("och-b2")
     payload = secrets.token_bytes(5 * 1024 * 1024)
     with h.open_stream(["sh", "-c", "cat; echo done >&2"]) as s:
+        assert isinstance(s, socket.socket) and s.fileno() >= 0
         s.settimeout(10)
         got = bytearray()
 
@@ -138,15 +140,69 @@ def test_a_stream_carries_bytes_both_ways(ssh_host):
 
         t = threading.Thread(target=reader)
         t.start()
+        started = time.monotonic()
         s.sendall(payload)
-        s.shutdown()
+        s.shutdown(socket.SHUT_WR)
         t.join(30)
+        elapsed = time.monotonic() - started
         assert bytes(got) == payload
         assert s.wait() == 0
         assert s.stderr == b"done\n"
-    # the stream's session slot was given back: max_sessions more commands can run at once
+    print(f"\n[measure] 5 MiB through a stream and back: {elapsed:.2f} s")
+    # close() without reading: the command sees EOF, ends, and the channel with it
+    s = h.open_stream(["sh", "-c", "cat >/dev/null; exit 3"])
+    s.sendall(b"unread")
+    s.close()
+    assert s.wait(10) == 3
+    # the streams' session slots were given back: max_sessions commands can run at once
     with concurrent.futures.ThreadPoolExecutor(h.config.max_sessions) as pool:
         assert all(r.returncode == 0 for r in pool.map(lambda _: h.run(["true"], timeout=10), range(h.config.max_sessions)))
+
+
+_RELAY = """
+import os, socket, sys, threading
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.settimeout(None)
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            s.shutdown(socket.SHUT_WR)
+            return
+        s.sendall(data)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+def test_http_through_a_stream_with_the_box_http_client(ssh_host):
+    """The common BoxHttp client (httpx over connect_tcp) works over an SSH stream and a relay."""
+    from overcloud.underclouds.base import BoxHttp
+
+    h = ssh_host("och-a1")
+    h.put_file("/tmp/www/hello.txt", b"hello from och-a1\n")
+    h.run(["sh", "-c", "cd /tmp/www && setsid python3 -m http.server --bind 127.0.0.1 8765 </dev/null >/dev/null 2>&1 & "
+                       "echo $! > /tmp/www.pid"])
+    try:
+        class Session(BoxHttp):
+            def connect_tcp(self, host, port, timeout=2.0):
+                return h.open_stream(["python3", "-c", _RELAY, str(port)], timeout=timeout)
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status, headers, body = Session().http("GET", "http://127.0.0.1:8765/hello.txt")
+                break
+            except Exception:  # noqa: BLE001 - the server may not listen yet
+                assert time.monotonic() < deadline, "no answer through the stream"
+                time.sleep(0.2)
+        assert (status, body) == (200, b"hello from och-a1\n")
+    finally:
+        h.run(["sh", "-c", 'kill "$(cat /tmp/www.pid)"; rm -rf /tmp/www /tmp/www.pid'])
 
 
 def test_wrong_host_key_is_refused_naming_both_fingerprints(hosts_lab, ssh_host):

@@ -596,9 +596,14 @@ class SSHHost:
         return result.stdout
 
     def open_stream(self, command: Sequence[str] | str, *, timeout: float = 30.0) -> SSHStream:
-        """A socket-like byte stream to a command's stdin/stdout (e.g. a TCP relay in a box's netns).
+        """A real socket whose other end is a command's stdin/stdout on the host (e.g. a TCP relay in a box's netns).
 
-        The channel holds one of the host's ``max_sessions`` slots until it closes (close() it).
+        Whatever works on a socket works on it (sendall, recv, makefile, settimeout, select, fileno):
+        it is one end of a socketpair, and the loop relays the other end to the channel, with flow
+        control both ways. ``shutdown(SHUT_WR)`` sends EOF to the command; ``close()`` sends EOF and
+        closes the channel. The channel holds one of the host's ``max_sessions`` slots until the
+        command has ended: sshd waits for it, so a stream's command must end at EOF on its stdin
+        (a relay does) — one that neither reads nor writes keeps its slot until it exits.
         """
         program = _program(command)
         text = command if isinstance(command, str) else shlex.join(command)
@@ -608,19 +613,27 @@ class SSHHost:
         try:
             await asyncio.wait_for(self._sessions.acquire(), timeout)
         except asyncio.TimeoutError:
-            raise SSHTimeout(self.endpoint, f"no free session for {program} within {timeout:g} s") from None
+            raise SSHTimeout(self.endpoint, f"{program} did not start within {timeout:g} s (waiting for a free session)") from None
+        mine, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        pump = _Pump(loop)
         try:
-            chan, session = await asyncio.wait_for(
-                self._open(lambda: _StreamSession(), command, program), timeout + self.config.connect_timeout
+            await loop.connect_accepted_socket(lambda: _SocketSide(pump), sock=theirs)
+            chan, _ = await asyncio.wait_for(
+                self._open(lambda: pump, command, program), timeout + self.config.connect_timeout
             )
         except BaseException as exc:
             self._sessions.release()
+            mine.close()
+            if pump.sock_transport is not None:
+                pump.sock_transport.abort()
+            else:
+                theirs.close()
             if isinstance(exc, asyncio.TimeoutError):
-                raise SSHTimeout(self.endpoint, f"{program}: no channel within {timeout:g} s") from None
+                raise SSHTimeout(self.endpoint, f"{program} did not start within {timeout:g} s (opening a channel)") from None
             raise
-        stream = SSHStream(self, chan, session, program)
-        asyncio.get_running_loop().create_task(self._release_when_closed(chan))
-        return stream
+        loop.create_task(self._release_when_closed(chan))
+        return SSHStream(mine.detach(), pump, self.endpoint, program)
 
     async def _release_when_closed(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         try:
@@ -629,22 +642,17 @@ class SSHHost:
             self._sessions.release()
 
 
-class _StreamSession(asyncssh.SSHClientSession[bytes]):
-    """Buffers a stream's output for reads from other threads, pausing the channel when the buffer is full."""
+class _Pump(asyncssh.SSHClientSession[bytes]):
+    """The channel's side of a stream: its stdout goes to the socket, the socket's bytes to its stdin."""
 
-    HIGH = 1024 * 1024
-    LOW = 256 * 1024
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.buf = bytearray()
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.sock_transport: asyncio.Transport | None = None
         self.err: deque[bytes] = deque()
         self.err_len = 0
-        self.eof = False
-        self.closed = False
+        self.ended = threading.Event()
         self.exc: Exception | None = None
-        self.paused = False
-        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
         self.chan = chan
@@ -655,121 +663,97 @@ class _StreamSession(asyncssh.SSHClientSession[bytes]):
             self.err_len += len(data)
             while self.err_len > _STDERR_KEEP and len(self.err) > 1:
                 self.err_len -= len(self.err.popleft())
-            return
-        with self.cond:
-            self.buf += data
-            if len(self.buf) > self.HIGH and not self.paused and self.chan is not None:
-                self.paused = True
-                self.chan.pause_reading()
-            self.cond.notify_all()
+        elif self.sock_transport is not None and not self.sock_transport.is_closing():
+            self.sock_transport.write(data)
 
     def eof_received(self) -> bool:
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-        return False
+        if self.sock_transport is not None and not self.sock_transport.is_closing() and self.sock_transport.can_write_eof():
+            self.sock_transport.write_eof()
+        return True  # half-close: the caller may still be sending
 
     def connection_lost(self, exc: Exception | None) -> None:
-        with self.cond:
-            self.closed = True
-            self.exc = exc
-            self.cond.notify_all()
+        self.exc = exc
+        if self.sock_transport is not None:
+            self.sock_transport.close()  # after what is buffered has been written
+        self.ended.set()
+
+    # the channel's send window is full / has room again: stop / resume reading the socket
+    def pause_writing(self) -> None:
+        if self.sock_transport is not None:
+            self.sock_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.sock_transport is not None and not self.sock_transport.is_closing():
+            self.sock_transport.resume_reading()
+
+    def close_channel(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
 
 
-class SSHStream:
-    """A socket-like stream over an exec channel: sendall/recv/shutdown/close/settimeout, from any thread."""
+class _SocketSide(asyncio.Protocol):
+    """The loop's end of the socketpair."""
 
-    def __init__(self, host: SSHHost, chan: asyncssh.SSHClientChannel[bytes], session: _StreamSession, program: str):
-        self._host = host
-        self._chan = chan
-        self._s = session
-        self._program = program
-        self._timeout: float | None = None
-        self._loop = _LOOP.loop()
+    def __init__(self, pump: _Pump):
+        self.pump = pump
 
-    def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.pump.sock_transport = transport  # type: ignore[assignment]
 
-    def gettimeout(self) -> float | None:
-        return self._timeout
+    def data_received(self, data: bytes) -> None:
+        if self.pump.chan is not None:
+            self.pump.chan.write(data)
 
-    def recv(self, bufsize: int) -> bytes:
-        """Up to ``bufsize`` bytes; b"" at end of stream. socket.timeout after the timeout set."""
-        s = self._s
-        with s.cond:
-            if not s.cond.wait_for(lambda: s.buf or s.eof or s.closed, self._timeout):
-                raise socket.timeout(f"{self._host.endpoint}: {self._program}: no data within {self._timeout:g} s")
-            if not s.buf:
-                if s.exc is not None and not s.eof:
-                    raise SSHConnectionLost(self._host.endpoint, f"connection lost during {self._program} stream")
-                return b""
-            data = bytes(s.buf[:bufsize])
-            del s.buf[:bufsize]
-            if s.paused and len(s.buf) < s.LOW:
-                s.paused = False
-                self._loop.call_soon_threadsafe(self._chan.resume_reading)
-        return data
+    def eof_received(self) -> bool:
+        if self.pump.chan is not None:
+            self.pump.chan.write_eof()
+        return True  # keep writing the command's output to the caller
 
-    async def _asend(self, data: bytes) -> None:
-        if self._s.closed:
-            raise BrokenPipeError
-        self._chan.write(data)
-        # wait while the channel's send window is full (asyncssh pauses writing); poll cheaply
-        while self._chan.get_write_buffer_size() > 1024 * 1024:
-            if self._s.closed:
-                raise BrokenPipeError
-            await asyncio.sleep(0.005)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pump.close_channel()
 
-    def sendall(self, data: bytes) -> None:
-        if self._s.closed:
-            raise BrokenPipeError(f"{self._host.endpoint}: {self._program} stream is closed")
-        try:
-            _LOOP.call(self._asend(bytes(data)), self._timeout)
-        except concurrent.futures.TimeoutError:
-            raise socket.timeout(f"{self._host.endpoint}: {self._program}: send did not complete within {self._timeout:g} s") from None
-        except asyncssh.Error as exc:
-            raise SSHConnectionLost(self._host.endpoint, f"{self._program} stream: {exc.reason}") from None
+    # the caller is not reading: stop reading the channel (its window closes, the host waits)
+    def pause_writing(self) -> None:
+        if self.pump.chan is not None:
+            self.pump.chan.pause_reading()
 
-    def send(self, data: bytes) -> int:
-        self.sendall(data)
-        return len(data)
+    def resume_writing(self) -> None:
+        if self.pump.chan is not None:
+            self.pump.chan.resume_reading()
 
-    def shutdown(self, how: int = socket.SHUT_WR) -> None:
-        """SHUT_WR sends EOF to the command's stdin; SHUT_RDWR closes."""
-        if how == socket.SHUT_RD:
-            return
-        if how == socket.SHUT_RDWR:
-            self.close()
-            return
-        if not self._s.closed:
-            self._loop.call_soon_threadsafe(self._chan.write_eof)
+
+class SSHStream(socket.socket):
+    """A socket relayed to a command on a host (see :meth:`SSHHost.open_stream`); adds the command's end."""
+
+    def __init__(self, fileno: int, pump: _Pump, endpoint: str, program: str):
+        super().__init__(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno)
+        self._pump = pump
+        self.endpoint = endpoint
+        self.program = program
 
     def close(self) -> None:
-        if not self._s.closed:
-            self._loop.call_soon_threadsafe(self._chan.close)
+        """Close this end and the channel (the command sees EOF, then the channel ends)."""
+        super().close()
+        try:
+            self._pump.loop.call_soon_threadsafe(self._pump.close_channel)
+        except RuntimeError:  # the loop is gone (shutdown): so is the channel
+            pass
 
     def wait(self, timeout: float | None = 5.0) -> int | None:
-        """Wait until the channel has closed; the command's exit status (None if unknown)."""
-        s = self._s
-        with s.cond:
-            s.cond.wait_for(lambda: s.closed, timeout)
+        """Wait until the channel has ended; the command's exit status (None if unknown)."""
+        self._pump.ended.wait(timeout)
         return self.returncode
 
     @property
     def returncode(self) -> int | None:
-        """The command's exit status once the stream has ended (else None)."""
-        return _returncode(self._chan) if self._s.closed else None
+        """The command's exit status once the channel has ended (else None)."""
+        chan = self._pump.chan
+        return _returncode(chan) if chan is not None and self._pump.ended.is_set() else None
 
     @property
     def stderr(self) -> bytes:
         """The last 64 KiB the command wrote to stderr."""
-        return b"".join(self._s.err)
-
-    def __enter__(self) -> SSHStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return b"".join(self._pump.err)
 
 
 # -- many hosts -----------------------------------------------------------------------------------
