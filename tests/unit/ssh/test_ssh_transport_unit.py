@@ -57,3 +57,19 @@ def test_the_loop_runs_in_one_daemon_thread_and_stops_cleanly(tmp_path):
     # a later call starts a new loop
     assert transport._LOOP.loop() is not loop
     transport.shutdown()
+
+
+def test_a_forked_child_starts_its_own_loop(tmp_path):
+    import os
+
+    transport._LOOP.loop()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's loop thread does not exist here
+        try:
+            ok = transport._LOOP._loop is None and transport._LOOP.call(asyncio.sleep(0, "x"), 5) == "x"
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    transport.shutdown()

@@ -35,6 +35,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
+import os
 import shlex
 import signal
 import socket
@@ -224,6 +225,18 @@ def shutdown() -> None:
 
 
 atexit.register(shutdown)
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no loop thread and must not touch the parent's connections: start afresh."""
+    _LOOP._lock = threading.Lock()
+    _LOOP._loop = _LOOP._thread = None
+    for h in list(_HOSTS):
+        h._conn = None
+        h._prims_loop = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # -- host key pinning -----------------------------------------------------------------------------
