@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hostslab import hosts_lab  # noqa: F401 - the session fixture (simulated remote hosts)
 
 from overcloud.underclouds.ssh import bundle, hostprep
 
