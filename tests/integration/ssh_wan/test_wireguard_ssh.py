@@ -101,3 +101,25 @@ def test_wireguard_between_sites_over_ssh(wan_lab):
         assert left.stdout.decode().strip() == "", left.stdout
         assert wan.down(h, runs[h.name]) == []
     assert not ping(a1, b2)
+
+
+def test_a_rebooted_host_comes_back_with_up(wan_lab, hosts_lab):  # noqa: F811
+    """A power cycle takes wireguard-go, its PID file (/run) and the host's links and routes; status
+    says so, and the same up brings the host back, its peers shaking hands with it again."""
+    plan, secrets, ssh, runs = wan_lab
+    for h in plan.hosts:
+        wan.up(plan, h.name, runs[h.name], secrets.open)
+    a1, b1 = plan.hosts[0], plan.hosts[2]
+    hosts_lab.reboot(b1.name)
+    st = wan.status(plan, b1.name, runs[b1.name])  # the transport reconnects to the new sshd
+    assert not st.interface_up and len(st.problems) == 1 and st.problems[0].startswith("interface ocwg0 is not up: ")
+    ssh[b1.name].run(["sh", "-c", 'ip link add "$1" type veth peer name "$1-p" && ip addr add "$2/24" dev "$1" '
+                      '&& ip link set "$1" up && ip link set "$1-p" up && sysctl -qw net.ipv4.ip_forward=1',
+                      "sh", STAND_IN, first(b1.box_cidr)])
+    t0 = time.monotonic()
+    again = wan.up(plan, b1.name, runs[b1.name], secrets.open)
+    assert again.created and again.backend == "wireguard-go"
+    while ssh[a1.name].run(["ping", "-c1", "-W1", "-I", first(a1.box_cidr), first(b1.box_cidr)], check=False).returncode:
+        assert time.monotonic() - t0 < 15, "a1 never reached the rebooted b1"
+    print(f"\nrebooted host: up again and a1's first box ping answered {time.monotonic() - t0:.2f} s")
+    assert wan.status(plan, a1.name, runs[a1.name]).peers[b1.name].fresh
