@@ -22,7 +22,9 @@
 # ends its whole PID namespace, so whatever ran on the host (boxes' supervisords included) ends too.
 #
 # One lab per machine at a time (the names are fixed): a second `up` while a lab is up is refused,
-# naming the DIR to pass to `down`. On a failure half way, `up` removes what it made.
+# naming the DIR to pass to `down`. On a failure half way, `up` removes what it made. `down` leaves
+# DIR's files; an `up` of the same DIR after a `down` keeps its keys (and so its sites.yaml) and the
+# hosts' disks (/root, /var/lib/overcloud), while /run and /tmp start empty as after a reboot.
 set -euo pipefail
 
 MARKER=/run/overcloud-hosts-lab.dir   # the DIR of the lab that is up
@@ -262,7 +264,10 @@ up() {
     if [ ! -d /var/lib/overcloud ]; then mkdir -p /var/lib/overcloud; created_varlib=1; fi
     echo "created_varlib=$created_varlib" >"$dir/lab.env"
 
-    ssh-keygen -q -t ed25519 -N '' -C "hosts-lab client" -f "$dir/client_key" <<<y >/dev/null
+    # keys are kept across down/up of the same DIR: its sites.yaml (and pins made from it) stay valid
+    if [ ! -f "$dir/client_key" ] || [ ! -f "$dir/client_key.pub" ]; then
+        ssh-keygen -q -t ed25519 -N '' -C "hosts-lab client" -f "$dir/client_key" <<<y >/dev/null
+    fi
     chmod 600 "$dir/client_key"
 
     sysctl -qw net.ipv4.ip_forward=1
@@ -281,12 +286,15 @@ up() {
         hd="$dir/hosts/$h"
         n=$(host_num "$h")
         mkdir -p "$hd"/{run,root/.ssh,var-lib-overcloud,etc-ssh,etc-netns,tmp}
+        find "$hd/run" "$hd/tmp" -mindepth 1 -delete  # (an earlier up of this DIR) memory does not survive
         chmod 700 "$hd/root" "$hd/root/.ssh"
         chmod 1777 "$hd/tmp"
         : >"$hd/pids"
         cp "$dir/client_key.pub" "$hd/root/.ssh/authorized_keys"
         chmod 600 "$hd/root/.ssh/authorized_keys"
-        ssh-keygen -q -t ed25519 -N '' -C "$h" -f "$hd/etc-ssh/ssh_host_ed25519_key" <<<y >/dev/null
+        if [ ! -f "$hd/etc-ssh/ssh_host_ed25519_key" ] || [ ! -f "$hd/etc-ssh/ssh_host_ed25519_key.pub" ]; then
+            ssh-keygen -q -t ed25519 -N '' -C "$h" -f "$hd/etc-ssh/ssh_host_ed25519_key" <<<y >/dev/null
+        fi
         if [ -f /etc/ssh/moduli ]; then cp /etc/ssh/moduli "$hd/etc-ssh/moduli"; fi
         cat >"$hd/etc-ssh/sshd_config" <<EOF
 # hosts-lab: $h

@@ -33,6 +33,7 @@ def test_down_leaves_nothing_even_what_ran_on_the_hosts_then_up_again(hosts_lab)
         h.run(["sh", "-c", "ip netns add labbox && ip link add lb0 type veth peer name lb1 netns labbox"])
     t.close()
     transport.shutdown()
+    sites_before = hosts_lab.sites_file.read_text()
     assert any(f"sleep\0{mark}".encode() in p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists())
     hosts_lab.down()
     try:
@@ -49,7 +50,8 @@ def test_down_leaves_nothing_even_what_ran_on_the_hosts_then_up_again(hosts_lab)
         r = subprocess.run(["bash", str(SCRIPT), "down", str(hosts_lab.dir)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
     finally:
-        hosts_lab.up()  # the session's other tests go on with a fresh lab (new host keys, new sites.yaml)
+        hosts_lab.up()  # the session's other tests go on with the lab: same DIR, same keys
+    assert hosts_lab.sites_file.read_text() == sites_before  # pins made before the down stay valid
     t = transport.SSHTransport(hosts_lab.host_configs())
     try:
         assert {n: r.stdout for n, r in t.run_all(["hostname"]).items()} == {h: f"{h}\n".encode() for h in HOSTS}

@@ -262,7 +262,6 @@ def test_unreachable_address_times_out_naming_the_host(ssh_host):
     with pytest.raises(SSHTimeout, match=r"ghost \(10\.77\.0\.99:22\): no SSH connection within 1\.5 s") as exc:
         h.run(["true"], timeout=5)
     assert exc.value.host == "ghost (10.77.0.99:22)"
-    assert time.monotonic() - started < 10  # bounded (not a performance assertion: the call must end)
     assert not h.connected
     # a call's own timeout shorter than the connect timeout: it says the command never started, and why
     h = ssh_host("och-a1", name="ghost", address="10.77.0.99", connect_timeout=20)
