@@ -188,3 +188,11 @@ def test_status_names_a_peer_missing_from_the_interface(plan):
 def test_errors_name_the_host():
     err = wan.WanError("a1", "wg syncconf failed", site="a")
     assert str(err) == "host a1: wg syncconf failed" and err.site == "a" and err.host == "a1"
+
+
+def test_the_local_runner_reports_a_missing_program_as_exit_127():
+    run = wan.local_runner()
+    assert run(["sh", "-c", "cat; exit 3"], input=b"in").returncode == 3
+    assert run(["sh", "-c", "cat"], input=b"in").stdout == b"in"
+    res = run(["/nonexistent/wg", "show"])
+    assert res.returncode == 127 and b"nonexistent" in res.stderr
