@@ -18,6 +18,7 @@ Usage: bench/coldstart.py [--rounds 2] [--warm 2] [--drop-caches]
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import re
 import statistics
 import subprocess
@@ -53,18 +54,25 @@ def durations(d: dict) -> dict[str, float]:
     return {t["task"]: t["duration_s"] for t in d["workflow"]["workflows"]["create_overcloud"]}
 
 
-def timeline(log: str) -> list[str]:
-    """The Construction DataLake's start-up, as the Tower logged it (relative to its first line)."""
+def _at(line: str) -> dt.datetime:
+    """A Tower log line's time (``%(asctime)s``: local time, which is UTC on our hosts)."""
+    return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=dt.timezone.utc)
+
+
+def timeline(log: str, d: dict) -> list[str]:
+    """The Construction DataLake's start-up as the Tower logged it, and when the cold create's
+    tasks started, in seconds after the Tower's first log line."""
     lines = [ln for ln in log.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", ln)]
     if not lines:
         return []
-    t0 = ts(lines[0][:19].replace(" ", "T") + "." + lines[0][20:23])
-    out = []
-    for ln in lines:
-        if "onstruction DataLake" in ln or "Tower on http" in ln:
-            at = ts(ln[:19].replace(" ", "T") + "." + ln[20:23])
-            out.append(f"+{(at - t0).total_seconds():6.2f} s  {ln.split(': ', 1)[-1]}")
-    return out
+    t0 = _at(lines[0])
+    events = [(_at(ln), ln.split(": ", 1)[-1]) for ln in lines if "onstruction DataLake" in ln or "Tower on http" in ln]
+    tasks = {t["task"]: t for t in d["workflow"]["workflows"]["create_overcloud"]}
+    events.append((ts(d["created_at"]), "the cold create is recorded"))
+    for name in ("datalake", "fabric"):
+        events.append((ts(tasks[name]["started_at"]), f"its {name} task starts"))
+    events.append((ts(d["ready_at"]), "it is READY"))
+    return [f"+{(at - t0).total_seconds():6.2f} s  {text}" for at, text in sorted(events)]
 
 
 def main() -> int:
@@ -92,7 +100,7 @@ def main() -> int:
             log = (c.state_dir / "tower.log").read_text(errors="replace")
         print(f"round {rnd}: /healthz after {health[-1]:.2f} s; cold create {cold:.2f} s; warm "
               + ", ".join(f"{w:.2f}" for w in round_warm) + " s")
-        for line in timeline(log):
+        for line in timeline(log, dc):
             print("   " + line)
         a, b = durations(dc), durations(dw)
         diff = sorted(((a[t] - b.get(t, 0.0), t) for t in a), reverse=True)[:4]

@@ -144,14 +144,13 @@ class Tower:
         cdl.start_background(artifacts, when_running=lambda: self.local.allow_host_services([(cdl.bind_ip, cdl.s3_port)]))
 
     def construction_datalake(self, timeout: float = 60.0) -> ConstructionDataLake:
-        from overcloud.components.construction import ConstructionError
-
+        """The Construction DataLake as soon as URLs to it can be made (its ports are chosen,
+        a moment after serve), so a create right after serve starts its boxes' programs while
+        the store is still starting; its client(), credentials() and filer_auth() wait until it
+        runs. Raises UnderCloudError (ConstructionError) saying why when it did not start."""
         if self.construction is None:
             raise UnderCloudError("no Construction DataLake: this Tower has no local site to run it on")
-        try:
-            self.construction.wait_running(timeout)
-        except ConstructionError as exc:
-            raise UnderCloudError(str(exc)) from exc
+        self.construction.wait_addressable(timeout)
         return self.construction
 
     def _make_drivers(self) -> None:
