@@ -130,8 +130,9 @@ class Tower:
     def _start_construction(self) -> None:
         """Start the Construction DataLake and publish the artifacts boxes fetch, at serve and
         in the background (issue 11, cold start): the API answers meanwhile, and a create that
-        comes earlier waits only for what it still needs (the store in construction_datalake,
-        one artifact in ``program``), or fails with the reason."""
+        comes earlier waits only for what it still needs (the store's ports in
+        construction_datalake, one artifact in the host's cache in ``program``, the running
+        store only to talk to it), or fails with the reason. See docs/datalake.md."""
         from overcloud.datalake import seaweed
 
         cdl = self.construction
