@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import overcloud
-from overcloud.underclouds.local import box_handle
+from overcloud.underclouds.local import box_handle, net
 from overcloud.underclouds.ssh import hostprep
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
@@ -102,7 +102,7 @@ def _nothing_left(handle: str) -> list[str]:
     left = []
     if os.path.exists(f"/run/netns/{handle}"):
         left.append("netns")
-    if subprocess.run(["ip", "link", "show", f"v{handle}"[:15]], capture_output=True).returncode == 0:
+    if subprocess.run(["ip", "link", "show", net.host_veth_name(handle)], capture_output=True).returncode == 0:
         left.append("veth")
     if os.path.exists(f"/etc/netns/{handle}"):
         left.append("/etc/netns")
@@ -175,6 +175,32 @@ def test_a_make_box_killed_midway_is_finished_by_the_next_call(host, runner):
     assert [p for p in _pids_of(handle) if "supervisord" in _cmdline(p)]
     status, gone, err = call("destroy-box", {"boxes": answer["boxes"]})
     assert status == 0, (gone, err)
+    assert _nothing_left(handle) == []
+    assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
+
+
+def test_a_destroy_box_cut_short_is_finished_by_the_next_call(host):
+    """What a destroy-box killed midway leaves (its processes killed, cgroups and host veth
+    removed; namespace, /etc/netns, state dir and lease still there), made by hand at that
+    exact point (a real kill -9 lands too late: the whole destroy takes milliseconds once the
+    box's processes are gone); destroy-box again removes the rest."""
+    from overcloud.boxes.cgroups import Cgroups
+
+    call, _, _, _ = host
+    oc = uuid.uuid4().hex
+    handle = box_handle(oc, "d1")
+    status, made, err = call("make-box", {"specs": [spec(oc, "d1")]})
+    assert status == 0, (made, err)
+    for pid in _pids_of(handle):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _pids_of(handle) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    Cgroups().remove(handle)
+    subprocess.run(["ip", "link", "del", made["boxes"][0]["extra"]["host_veth"]], check=True)
+    assert _nothing_left(handle) == ["netns", "/etc/netns"]  # and the lease and state dir
+    status, gone, err = call("destroy-box", {"boxes": made["boxes"]})
+    assert status == 0 and gone["ok"], (gone, err)
     assert _nothing_left(handle) == []
     assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
 
