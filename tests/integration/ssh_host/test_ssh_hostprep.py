@@ -140,9 +140,16 @@ def test_what_a_killed_install_left_is_cleaned_up(artifact, runner, tmp_path):
     (unpacking / "overcloud").mkdir(parents=True)
     half = root / f"bundle-{artifact.sha256}.pyz"
     half.write_bytes(artifact.path.read_bytes()[:1000])  # transferred in part, never checked
+    # another Tower's zip, uploaded a moment ago and waiting for its unpack: left alone; an old one is not
+    in_flight = root / f"bundle-{'e' * 64}.pyz"
+    in_flight.write_bytes(b"zip")
+    forgotten = root / f"bundle-{'f' * 64}.pyz"
+    forgotten.write_bytes(b"zip")
+    os.utime(forgotten, (time.time() - 7200, time.time() - 7200))
     done = hostprep.install_bundle(runner, artifact.path, artifact.sha256, tower_id=tower(), root=str(root))
-    assert done.transferred and set(done.removed) == {upload.name, unpacking.name}
-    assert {p.name for p in root.iterdir() if p.name.startswith((".upload", ".bundle", "bundle"))} == {f"bundle-{artifact.sha256}"}
+    assert done.transferred and set(done.removed) == {upload.name, unpacking.name, forgotten.name}
+    assert {p.name for p in root.iterdir() if p.name.startswith((".upload", ".bundle", "bundle"))} == {
+        f"bundle-{artifact.sha256}", in_flight.name}
 
 
 def _other_bundle(tmp_path: Path) -> bundle.Artifact:

@@ -42,6 +42,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ MAX_INPUT = 1 << 20
 BUNDLE_PREFIX = "bundle-"
 INSTALLED = ".installed"  # written last into an unpacked bundle: its SHA-256
 TOWER_BUNDLE = "bundle"  # <root>/<tower id>/bundle: the bundle that Tower uses on this host
+UPLOAD_GRACE = 3600.0  # seconds an uploaded, not yet unpacked zip is safe from gc
 
 TOWER_ID = re.compile(r"^[0-9a-f]{16}$")
 OVERCLOUD_ID = re.compile(r"^[0-9a-f]{8,64}$")
@@ -176,7 +178,9 @@ def gc(tower_id: str | None) -> dict[str, Any]:
             sha = bundle_sha(p) if p.name.startswith(BUNDLE_PREFIX) else None
             # what an unpack or an upload killed midway left (named by the pid that made it)
             stale_tmp = p.name.startswith((f".{BUNDLE_PREFIX}", ".upload-")) and not _pid_alive(p.name.rsplit(".", 1)[-1])
-            if stale_tmp or (sha is not None and sha not in wanted and str(p) not in running):
+            # a zip just uploaded by another Tower waits for its unpack (the next round trip)
+            fresh_zip = p.name.endswith(".pyz") and time.time() - p.stat().st_mtime < UPLOAD_GRACE
+            if stale_tmp or (sha is not None and sha not in wanted and str(p) not in running and not fresh_zip):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

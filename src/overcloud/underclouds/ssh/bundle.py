@@ -30,6 +30,7 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -62,6 +63,7 @@ ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 SKIP_DIRS = {"__pycache__", "tests", "test"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 COMPILED_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
+TEMPORARY = re.compile(r"\.tmp(\d|$)|~$")  # write_atomic's <stem>.tmp<pid>.<thread>, editor backups
 
 #: The bundle's entry point: stdlib only for ``unpack`` (it must work before anything else),
 #: everything else goes to the agent module.
@@ -111,9 +113,9 @@ def sources() -> list[tuple[str, Path]]:
 def _walk(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info") and d[0] != ".")
         for f in sorted(filenames):
-            if not f.endswith(SKIP_SUFFIXES):
+            if not f.endswith(SKIP_SUFFIXES) and f[0] != "." and not TEMPORARY.search(f):
                 found.append(Path(dirpath) / f)
     return found
 
