@@ -177,20 +177,29 @@ def host_allow_set(bridges: Iterable[str]) -> str:
     return "allow_" + _bridges_hash(bridges)
 
 
-def install_host_guard(bridges: list[str]) -> None:
+def install_host_guard(bridges: list[str], peer_cidrs: Iterable[str] = ()) -> None:
     """Forward only between our bridges; drop our bridges <-> anything else. Input from our
     bridges to the host itself (any local address: every bridge's gateway, another Tower's,
     the host's own): established/related traffic and the services in the allow set (the
     Construction DataLake's S3 port, see :func:`allow_host_services`) only. The allow set is
     kept as it is (``add set`` leaves its elements), so a restart does not cut boxes off the
-    store until it is up again."""
+    store until it is up again.
+
+    ``peer_cidrs`` (a remote host of the ssh UnderCloud): the other hosts' box subnets, which
+    boxes here may reach and be reached from (routed via the site LAN or WireGuard)."""
     chain, inp, allow = host_guard_chain(bridges), host_input_chain(bridges), host_allow_set(bridges)
     names = ", ".join(f'"{b}"' for b in sorted(bridges))
+    peers = ", ".join(str(ipaddress.IPv4Network(c)) for c in peer_cidrs)
+    peer_rules = (
+        f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} ip daddr {{ {peers} }} accept\n"
+        f"add rule inet {HOST_TABLE} {chain} oifname {{ {names} }} ip saddr {{ {peers} }} accept\n"
+    ) if peers else ""
     nft(
         f"add table inet {HOST_TABLE}\n"
         f"add chain inet {HOST_TABLE} {chain} {{ type filter hook forward priority 0; policy accept; }}\n"
         f"flush chain inet {HOST_TABLE} {chain}\n"
         f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} oifname {{ {names} }} accept\n"
+        + peer_rules +
         f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} drop\n"
         f"add rule inet {HOST_TABLE} {chain} oifname {{ {names} }} drop\n"
         f"add set inet {HOST_TABLE} {allow} {{ type ipv4_addr . inet_service; }}\n"

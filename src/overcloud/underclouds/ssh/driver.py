@@ -1,0 +1,471 @@
+"""The ``ssh`` UnderCloud driver: boxes on remote hosts, over SSH.
+
+:class:`SSHUnderCloud` owns what every ssh site of one Tower shares: the transport (one kept
+connection per host), the hosts' preparation (the bundle installed, the box bridge and host
+guard, the WAN: WireGuard between sites, routes inside a site), and the overlay leases (VNI and
+/24 per OverCloud, kept in the Tower's state dir, ``<state>/ssh``). :class:`SSHSite` is the
+:class:`~overcloud.underclouds.base.UnderCloudDriver` of one site; all ssh sites share one
+overlay domain, so an OverCloud across ``ssh-a`` and ``ssh-b`` gets one VXLAN overlay.
+
+On each host, boxes are made by the same ``LocalHost`` code as on the Tower's machine, driven
+by the agent (``underclouds/ssh/agent.py``: make-box, destroy-box, list-tagged, sweep) and by
+``boxctl`` (host guard with the peers' box subnets, overlay join and leave, supervisor calls).
+Each host is a one-site ``LocalHost`` whose site is the ssh site's name, with bridge
+:data:`BRIDGE` and the host's ``box_cidr``.
+
+Placement: boxes go to the site's host with the most free CPUs (then memory) of what it lends
+(``cpus``, ``memory_mb``), counting the boxes this Tower has there; a box that exists already
+(same OverCloud and name) stays where it is, so an acquire run again finds it.
+
+See docs/remote-hosts.md, "The ssh driver".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from overcloud.underclouds.base import (
+    Box,
+    BoxSpec,
+    Overlay,
+    Quota,
+    TaggedResource,
+    UnderCloudDriver,
+    UnderCloudError,
+)
+from overcloud.underclouds.local.host import box_handle
+from overcloud.underclouds.ssh.session import BOXCTL, HOST_PYTHON, RemoteBoxSession, decode
+from overcloud.underclouds.ssh.sites import SSHHostConfig, SSHSiteConfig
+
+logger = logging.getLogger(__name__)
+
+BRIDGE = "ocbx0"  # the box bridge on every remote host
+HOST_ROOT = "/var/lib/overcloud/host"
+WG_POOL = "100.79.0.0/24"  # WireGuard interface addresses (/32 each), outside every box subnet
+
+
+def _parallel(fn: Callable[[Any], Any], items: list) -> list[tuple[Any, Any, BaseException | None]]:
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="ssh-uc") as pool:
+        futures = [(item, pool.submit(fn, item)) for item in items]
+        out = []
+        for item, fut in futures:
+            try:
+                out.append((item, fut.result(), None))
+            except BaseException as exc:  # noqa: BLE001 - collected; the caller decides
+                out.append((item, None, exc))
+        return out
+
+
+class RemoteHost:
+    """One remote host as the driver sees it: its connection, its site and its bundle."""
+
+    def __init__(self, world: "SSHUnderCloud", site: str, config: SSHHostConfig, ssh: Any):
+        if not config.box_cidr:
+            raise UnderCloudError(f"ssh host {config.endpoint} of site {site} has no box_cidr", site=site)
+        self.world = world
+        self.name = config.name
+        self.site = site
+        self.config = config
+        self.ssh = ssh
+        self.tower_id = world.tower_id
+        self.state_dir = f"{HOST_ROOT}/{world.tower_id}"
+        self.bundle_dir = ""  # set by prepare
+        self.vxlan_mtu: int | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteHost({self.name}, site {self.site})"
+
+    def run(self, argv: list[str], input: bytes | None = None, timeout: float = 120):
+        """``run(argv, input=None)`` as hostprep and wan want it: exit statuses read by the caller."""
+        return self.ssh.run(argv, input=input, check=False, timeout=timeout, max_output=16 << 20)
+
+    def config_req(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "tower_id": self.tower_id,
+            "sites": [{"name": self.site, "bridge": BRIDGE, "cidr": self.config.box_cidr}],
+            "overlay_cidr": self.world.overlay_cidr,
+            "max_boxes": self.world.max_boxes,
+            **extra,
+        }
+
+    def agent(self, op: str, timeout: float = 120, **extra: Any) -> dict[str, Any]:
+        from overcloud.underclouds.ssh import hostprep
+
+        r = self.run(hostprep.agent_command(self.bundle_dir, op), input=json.dumps(self.config_req(**extra)).encode(),
+                     timeout=timeout)
+        try:
+            answer = json.loads(r.stdout.decode() or "null")
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and answer.get("ok") and r.returncode == 0:
+            return answer
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            raise UnderCloudError(f"host {self.config.endpoint}: {op}: {answer['error'].get('message')}", site=self.site)
+        err = r.stderr.decode("utf-8", "replace").strip()[-800:]
+        raise UnderCloudError(f"host {self.config.endpoint}: {op} exited {r.returncode}" + (f": {err}" if err else ""),
+                              site=self.site)
+
+    def boxctl(self, op: str, timeout: float = 120, **extra: Any) -> Any:
+        from overcloud.underclouds.base import Completed
+
+        argv = [HOST_PYTHON, "-IS", self.bundle_dir, "module", BOXCTL, op]
+        r = self.run(argv, input=json.dumps(self.config_req(**extra)).encode(), timeout=timeout)
+        return decode(Completed(r.returncode, r.stdout, r.stderr), f"host {self.config.endpoint}: {op}")
+
+
+class SSHUnderCloud:
+    """Every ssh site of one Tower: hosts, their preparation, the WAN and the overlays."""
+
+    def __init__(self, sites: list[SSHSiteConfig], *, state_dir: Path, tower_id: str,
+                 seal: Callable[[str], str], unseal: Callable[[str], str],
+                 overlay_cidr: str = "10.250.0.0/16", max_boxes: int = 200,
+                 bundle_cache: Path | None = None):
+        from overcloud.underclouds.local.leases import HostLeases, LeaseStore
+        from overcloud.underclouds.ssh.transport import SSHTransport
+
+        self.configs = list(sites)
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tower_id = tower_id
+        self.overlay_cidr = overlay_cidr
+        self.max_boxes = max_boxes
+        self._seal, self._unseal = seal, unseal
+        self.bundle_cache = Path(bundle_cache or self.state_dir / "host-bundle")
+        self.transport = SSHTransport([h for s in self.configs for h in s.hosts])
+        self.hosts: dict[str, RemoteHost] = {}
+        for s in self.configs:
+            for h in s.hosts:
+                self.hosts[h.name] = RemoteHost(self, s.name, h, self.transport.host(h.name))
+        # overlay leases (VNI, subnet) of this Tower's ssh OverClouds: the hosts' kernels only
+        # see them inside box namespaces, so the Tower's own claims keep them apart
+        self.leases = LeaseStore(self.state_dir, HostLeases(self.state_dir / "claims"), tower_id)
+        self.sites: dict[str, SSHSite] = {s.name: SSHSite(self, s) for s in self.configs}
+        self._lock = threading.Lock()
+        self._prepared = False
+        self.wan_states: dict[str, Any] = {}
+
+    # -- preparation ---------------------------------------------------------------------------
+    def site_hosts(self, site: str) -> list[RemoteHost]:
+        return [h for h in self.hosts.values() if h.site == site]
+
+    def prepare(self) -> None:
+        """Every host checked, the bundle installed, the box bridge and host guard up, the WAN
+        up. Once per Tower process (idempotent on the hosts: run again after a restart)."""
+        if self._prepared:
+            return
+        with self._lock:
+            if self._prepared:
+                return
+            from overcloud.underclouds.ssh import bundle, hostprep
+
+            art = bundle.host_bundle(self.bundle_cache)
+            all_cidrs = {h.name: h.config.box_cidr for h in self.hosts.values()}
+
+            def prep(h: RemoteHost) -> None:
+                _, installed = hostprep.prepare_host(h.run, art.path, art.sha256, tower_id=self.tower_id, host=h.name)
+                h.bundle_dir = installed.path
+                peers = [c for n, c in all_cidrs.items() if n != h.name]
+                h.boxctl("ensure-host", peer_cidrs=peers)
+
+            errors = [(h, e) for h, _, e in _parallel(prep, list(self.hosts.values())) if e is not None]
+            if errors:
+                h, e = errors[0]
+                raise UnderCloudError(f"preparing ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
+            self._wan_up()
+            self._prepared = True
+
+    def wan_plan(self):
+        from overcloud.underclouds.ssh import wan
+        from overcloud.files import write_atomic
+
+        path = self.state_dir / "wan-keys.json"
+        keys = json.loads(path.read_text()) if path.exists() else {}
+        changed = False
+        pool = list(ipaddress.ip_network(WG_POOL).hosts())
+        hosts = []
+        for i, h in enumerate(sorted(self.hosts.values(), key=lambda x: x.name)):
+            if h.name not in keys:
+                k = wan.make_keys(self._seal)
+                keys[h.name] = {"public": k.public, "sealed_private": k.sealed_private}
+                changed = True
+            if not h.config.lan_address:
+                raise UnderCloudError(f"ssh host {h.config.endpoint} has no lan_address", site=h.site)
+            hosts.append(wan.WanHost(name=h.name, site=h.site, wan_address=h.config.address,
+                                     lan_address=h.config.lan_address, box_cidr=h.config.box_cidr,
+                                     wg_address=str(pool[i]), keys=wan.WanKeys(**keys[h.name])))
+        if changed:
+            write_atomic(path, json.dumps(keys))
+            path.chmod(0o600)
+        return wan.WanPlan(tuple(hosts))
+
+    def _wan_up(self) -> None:
+        from overcloud.underclouds.ssh import wan
+
+        plan = self.wan_plan()
+        results = _parallel(lambda h: wan.up(plan, h.name, h.run, self._unseal), list(self.hosts.values()))
+        errors = [(h, e) for h, _, e in results if e is not None]
+        if errors:
+            h, e = errors[0]
+            raise UnderCloudError(f"WAN up on ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
+        for h, state, _ in results:
+            h.vxlan_mtu = state.vxlan_mtu
+            self.wan_states[h.name] = state
+
+    def wan_down(self) -> None:
+        from overcloud.underclouds.ssh import wan
+
+        plan = self.wan_plan()
+        _parallel(lambda h: wan.down(plan.host(h.name), h.run), list(self.hosts.values()))
+
+    # -- boxes ---------------------------------------------------------------------------------
+    def host_of(self, box: Box) -> RemoteHost:
+        name = box.extra.get("host")
+        if name not in self.hosts:
+            raise UnderCloudError(f"box {box.name} names no host of the ssh sites ({name!r})",
+                                  overcloud_id=box.overcloud_id, site=box.site)
+        return self.hosts[name]
+
+    def session(self, box: Box) -> RemoteBoxSession:
+        self.prepare()
+        return RemoteBoxSession(self.host_of(box), box)
+
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
+        self.prepare()
+        try:
+            lease = self.leases.reserve_overlay(overcloud_id, self.overlay_cidr, [b.name for b in boxes])
+            by_host: dict[str, list[Box]] = {}
+            for b in boxes:
+                by_host.setdefault(self.host_of(b).name, []).append(b)
+            peers = [b.address for b in boxes]
+
+            def join(name: str) -> None:
+                h = self.hosts[name]
+                routes = [o.config.box_cidr for o in self.hosts.values() if o.name != name]
+                h.boxctl("join", vni=lease["vni"], subnet=lease["subnet"], addresses=lease["addresses"], peers=peers,
+                         routes=routes, boxes=[{"handle": b.handle, "name": b.name, "address": b.address,
+                                                "site": b.site, "overcloud_id": b.overcloud_id} for b in by_host[name]])
+
+            errors = [e for _, _, e in _parallel(join, sorted(by_host)) if e is not None]
+            if errors:
+                raise errors[0]
+        except UnderCloudError:
+            raise
+        except Exception as exc:
+            raise UnderCloudError(f"overlay for {overcloud_id} failed: {exc}", overcloud_id=overcloud_id) from exc
+        for b in boxes:
+            b.overlay_address = lease["addresses"][b.name]
+        return Overlay(overcloud_id, lease["vni"], lease["subnet"], dict(lease["addresses"]))
+
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
+        self.prepare()
+        by_host: dict[str, list[Box]] = {}
+        for b in boxes:
+            by_host.setdefault(self.host_of(b).name, []).append(b)
+        results = _parallel(lambda n: self.hosts[n].boxctl("leave", boxes=[
+            {"handle": b.handle, "name": b.name} for b in by_host[n]]), sorted(by_host))
+        errors = [(n, e) for n, _, e in results if e is not None]
+        if errors:
+            n, e = errors[0]
+            raise UnderCloudError(f"removing overlay of {overcloud_id} on {n} failed: {e}", overcloud_id=overcloud_id) from e
+        for b in boxes:
+            b.overlay_address = None
+        self.leases.delete_overlay(overcloud_id)
+
+    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
+        self.prepare()
+        extra = {"overcloud_id": overcloud_id} if overcloud_id else {}
+        results = _parallel(lambda h: h.agent("list-tagged", **extra)["resources"], list(self.hosts.values()))
+        found: list[TaggedResource] = []
+        for h, res, err in results:
+            if err is not None:
+                raise UnderCloudError(f"listing what this Tower made on {h.config.endpoint} failed: {err}") from err
+            found += [TaggedResource(r["overcloud_id"], r["kind"], f"{h.name}: {r['name']}") for r in res]
+        for lease in self.leases.overlays():
+            if overcloud_id is None or lease["overcloud_id"] == overcloud_id:
+                found.append(TaggedResource(lease["overcloud_id"], "lease", f"ssh overlay lease {lease['overcloud_id']}"))
+        return found
+
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        self.prepare()
+        ids = sorted(overcloud_ids)
+        results = _parallel(lambda h: h.agent("sweep", overcloud_ids=ids)["removed"], list(self.hosts.values()))
+        removed: list[TaggedResource] = []
+        errors = []
+        for h, res, err in results:
+            if err is not None:
+                errors.append((h, err))
+                continue
+            removed += [TaggedResource(r["overcloud_id"], r["kind"], f"{h.name}: {r['name']}") for r in res]
+        for oc in ids:
+            if self.leases.overlay(oc) is not None:
+                removed.append(TaggedResource(oc, "lease", f"ssh overlay lease {oc}"))
+                self.leases.delete_overlay(oc)
+        if errors:
+            h, e = errors[0]
+            raise UnderCloudError(f"sweep on {h.config.endpoint} incomplete: {e}") from e
+        return removed
+
+    def teardown(self) -> None:
+        """Remove the box bridges, host guards and the WAN from every host (refused on a host
+        where boxes remain); the bundle stays for the next Tower start."""
+        self.prepare()
+        errors = [(h, e) for h, _, e in _parallel(lambda h: h.agent("teardown-site"), list(self.hosts.values()))
+                  if e is not None]
+        self.wan_down()
+        self._prepared = False
+        if errors:
+            h, e = errors[0]
+            raise UnderCloudError(f"tearing down ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, list[dict[str, Any]]]
+          ) -> dict[str, list[BoxSpec]]:
+    """Which host each spec goes to: where its box exists already, else the host with the most
+    free CPUs (then memory) that fits it. ``inventory``: each host's box leases (with flavor).
+    Raises UnderCloudError when a box fits nowhere."""
+    where: dict[str, str] = {}
+    free: dict[str, list[float]] = {}
+    for h in hosts:
+        used_cpu = sum(float((b.get("flavor") or {}).get("cpus", 0)) for b in inventory.get(h.name, []))
+        used_mem = sum(int((b.get("flavor") or {}).get("memory_mb", 0)) for b in inventory.get(h.name, []))
+        free[h.name] = [h.config.cpus - used_cpu, h.config.memory_mb - used_mem]
+        for b in inventory.get(h.name, []):
+            where[b["handle"]] = h.name
+    out: dict[str, list[BoxSpec]] = {}
+    for spec in sorted(specs, key=lambda s: (-s.flavor.cpus, -s.flavor.memory_mb, s.name)):
+        handle = box_handle(spec.overcloud_id, spec.name)
+        if handle in where:
+            out.setdefault(where[handle], []).append(spec)
+            continue
+        fits = [n for n, (c, m) in free.items() if c + 1e-9 >= spec.flavor.cpus and m >= spec.flavor.memory_mb]
+        if not fits:
+            room = ", ".join(f"{n}: {c:g} CPUs {m} MiB" for n, (c, m) in sorted(free.items()))
+            raise UnderCloudError(f"no host of the site has room for box {spec.name} ({spec.flavor.name}: "
+                                  f"{spec.flavor.cpus:g} CPUs, {spec.flavor.memory_mb} MiB); free: {room}",
+                                  overcloud_id=spec.overcloud_id, site=spec.site)
+        best = max(fits, key=lambda n: (free[n][0], free[n][1], n))
+        free[best][0] -= spec.flavor.cpus
+        free[best][1] -= spec.flavor.memory_mb
+        where[handle] = best
+        out.setdefault(best, []).append(spec)
+    return out
+
+
+class SSHSite(UnderCloudDriver):
+    """One ssh site: the driver the workflows call."""
+
+    kind = "ssh"
+
+    def __init__(self, world: SSHUnderCloud, config: SSHSiteConfig):
+        super().__init__(config.name)
+        self.world = world
+        self.config = config
+
+    @property
+    def hosts(self) -> list[RemoteHost]:
+        return self.world.site_hosts(self.name)
+
+    @property
+    def overlay_domain(self) -> object:
+        return self.world
+
+    def inventory(self) -> dict[str, list[dict[str, Any]]]:
+        self.world.prepare()
+        results = _parallel(lambda h: h.boxctl("boxes"), self.hosts)
+        out = {}
+        for h, boxes, err in results:
+            if err is not None:
+                raise UnderCloudError(f"site {self.name}: asking {h.config.endpoint} for its boxes failed: {err}",
+                                      site=self.name) from err
+            out[h.name] = boxes
+        return out
+
+    def acquire(self, specs: list[BoxSpec]) -> list[Box]:
+        if not specs:
+            return []
+        ids = {s.overcloud_id for s in specs}
+        oc = next(iter(ids)) if len(ids) == 1 else None
+        wrong = [s.name for s in specs if s.site != self.name]
+        if wrong:
+            raise UnderCloudError(f"boxes {wrong} are not for site {self.name}", overcloud_id=oc, site=self.name)
+        inventory = self.inventory()
+        existing = {b["handle"] for boxes in inventory.values() for b in boxes}
+        placed = place(specs, self.hosts, inventory)
+        hosts = {h.name: h for h in self.hosts}
+
+        def make(name: str) -> list[Box]:
+            h = hosts[name]
+            answer = h.agent("make-box", timeout=180, specs=[
+                {"overcloud_id": s.overcloud_id, "name": s.name, "role": s.role, "site": s.site,
+                 "flavor": {"name": s.flavor.name, "cpus": s.flavor.cpus, "memory_mb": s.flavor.memory_mb}}
+                for s in placed[name]])
+            boxes = []
+            for d in answer["boxes"]:
+                box = Box.from_dict(d)
+                box.extra = {**box.extra, "host": h.name, "host_address": h.config.address,
+                             "lan_address": h.config.lan_address, "bundle_dir": h.bundle_dir}
+                boxes.append(box)
+            return boxes
+
+        results = _parallel(make, sorted(placed))
+        errors = [(n, e) for n, _, e in results if e is not None]
+        if not errors:
+            by_name = {b.name: b for _, boxes, _ in results for b in boxes}
+            return [by_name[s.name] for s in specs]
+        # all or nothing: undo what this call made on the hosts that succeeded (a failed host's
+        # make-box undid its own)
+        undo = [b for _, boxes, e in results if e is None for b in boxes if b.handle not in existing]
+        try:
+            self.release(undo)
+        except UnderCloudError as exc:
+            logger.error("undoing boxes after a failed acquire on site %s: %s", self.name, exc)
+        name, cause = errors[0]
+        raise UnderCloudError(f"acquiring {len(specs)} box(es) on site {self.name} failed on host {name}: {cause}",
+                              overcloud_id=oc, site=self.name) from cause
+
+    def release(self, boxes: list[Box]) -> None:
+        mine = [b for b in boxes if b.site == self.name]
+        if not mine:
+            return
+        self.world.prepare()
+        by_host: dict[str, list[Box]] = {}
+        for b in mine:
+            by_host.setdefault(self.world.host_of(b).name, []).append(b)
+        results = _parallel(lambda n: self.world.hosts[n].agent("destroy-box", timeout=180, boxes=[
+            b.to_dict() for b in by_host[n]]), sorted(by_host))
+        errors = [(n, e) for n, _, e in results if e is not None]
+        if errors:
+            n, cause = errors[0]
+            raise UnderCloudError(f"releasing boxes on {n} (site {self.name}) failed: {cause}",
+                                  overcloud_id=mine[0].overcloud_id, site=self.name) from cause
+
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
+        return self.world.join_overlay(overcloud_id, boxes)
+
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
+        self.world.leave_overlay(overcloud_id, boxes)
+
+    def connect(self, box: Box) -> RemoteBoxSession:
+        return self.world.session(box)
+
+    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
+        """Everything this Tower made on every ssh host (all ssh sites are one overlay domain)."""
+        return self.world.list_tagged(overcloud_id)
+
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        return self.world.sweep(overcloud_ids)
+
+    def quota(self) -> Quota:
+        used = sum(len(v) for v in self.inventory().values())
+        return Quota(max_boxes=self.world.max_boxes, used_boxes=used)

@@ -1,0 +1,109 @@
+"""The ssh UnderCloud driver on the simulated hosts, without a Tower: boxes acquired on ssh-a
+and ssh-b land on the hosts by free capacity, their sessions run commands, programs and
+files in them, boxes on different hosts and sites reach each other over the overlay (VXLAN
+across hosts inside a site, through WireGuard between sites), and release leaves nothing on
+any host (checked over SSH and from outside)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+
+import pytest
+from cryptography.fernet import Fernet
+
+from overcloud.identity.secrets import SecretBox
+from overcloud.underclouds.base import BoxSpec, resolve_flavor
+from overcloud.underclouds.ssh.driver import SSHUnderCloud
+from overcloud.underclouds.ssh.sites import load_ssh_sites_file
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def world(hosts_lab, tmp_path_factory):  # noqa: F811
+    box = SecretBox(Fernet.generate_key())
+    w = SSHUnderCloud(load_ssh_sites_file(hosts_lab.sites_file), state_dir=tmp_path_factory.mktemp("ssh-state"),
+                      tower_id=secrets.token_hex(8), seal=box.seal, unseal=box.open,
+                      overlay_cidr="10.250.0.0/16", bundle_cache=tmp_path_factory.mktemp("bundle"))
+    t0 = time.perf_counter()
+    w.prepare()
+    print(f"\n[measure] prepare 4 hosts (bundle, ensure-host, WAN): {time.perf_counter() - t0:.2f}s")
+    yield w
+    try:
+        w.teardown()
+    finally:
+        w.close()
+
+
+def test_boxes_on_two_sites_reach_each_other_and_release_leaves_nothing(world, hosts_lab):  # noqa: F811
+    oc = uuid.uuid4().hex
+    small = resolve_flavor("small")
+    a, b = world.sites["ssh-a"], world.sites["ssh-b"]
+    t0 = time.perf_counter()
+    boxes_a = a.acquire([BoxSpec(oc, "p0", "post", "ssh-a", small), BoxSpec(oc, "c1", "cluster", "ssh-a", small)])
+    boxes_b = b.acquire([BoxSpec(oc, "c2", "cluster", "ssh-b", small)])
+    print(f"[measure] acquire 2 + 1 boxes: {time.perf_counter() - t0:.2f}s")
+    boxes = boxes_a + boxes_b
+    try:
+        # placement: the two boxes of ssh-a on its two hosts (equal free capacity), c2 on ssh-b
+        assert {x.extra["host"] for x in boxes_a} == {"och-a1", "och-a2"}
+        assert boxes_b[0].extra["host"] in ("och-b1", "och-b2")
+        # again: the same boxes, found where they are
+        again = a.acquire([BoxSpec(oc, "p0", "post", "ssh-a", small), BoxSpec(oc, "c1", "cluster", "ssh-a", small)])
+        assert [(x.handle, x.extra["host"]) for x in again] == [(x.handle, x.extra["host"]) for x in boxes_a]
+        for x in boxes:
+            host = x.extra["host"]
+            assert x.handle in hosts_lab.outside(host, ["ip", "netns", "list"]).stdout
+            s = world.session(x)
+            assert s.run(["hostname"]).stdout.decode().strip() == host
+            assert x.address in s.run(["ip", "-br", "addr", "show", "eth0"]).stdout.decode()
+            s.put_file("probe/x.txt", b"hello " + x.name.encode())
+            assert s.get_file("probe/x.txt") == b"hello " + x.name.encode()
+            assert s.supervisor_running()
+        t0 = time.perf_counter()
+        overlay = a.join_overlay(oc, boxes)
+        print(f"[measure] overlay over 3 hosts, 2 sites: {time.perf_counter() - t0:.2f}s")
+        assert set(overlay.addresses) == {"p0", "c1", "c2"}
+        p0, c1, c2 = boxes
+        sp = world.session(p0)
+        # VXLAN across hosts inside ssh-a, and through WireGuard to ssh-b
+        for peer in (c1, c2):
+            r = sp.run(["ping", "-c", "1", "-W", "3", peer.overlay_address], check=False)
+            assert r.returncode == 0, (peer.name, r.stderr)
+        deadline = time.monotonic() + 20
+        while not sp.tcp_check(c2.overlay_address, 9001, timeout=1.0):  # c2's health answers on the overlay
+            assert time.monotonic() < deadline, "c2's health port never answered across sites"
+            time.sleep(0.3)
+        sock = sp.connect_tcp(c2.overlay_address, 9001)
+        try:
+            sock.settimeout(10)
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        finally:
+            sock.close()
+        assert c2.handle.encode() in data
+        # a program, and HTTP from the box over connect_tcp
+        world.session(c2).add_program("web", ["/usr/bin/python3", "-m", "http.server", "--bind",
+                                              c2.overlay_address, "8080"], directory=world.session(c2).box_dir)
+        deadline = time.monotonic() + 20
+        while world.session(c2).program_states().get("web") != "RUNNING" or not sp.tcp_check(c2.overlay_address, 8080):
+            assert time.monotonic() < deadline, world.session(c2).tail_log("web", "err")
+            time.sleep(0.3)
+        status, _, body = sp.http("GET", f"http://{c2.overlay_address}:8080/")
+        assert status == 200 and b"logs" in body
+        assert world.session(c2).remove_programs(["web"]) == ["web"]
+        # a box of ssh-a does not reach a box of another OverCloud's... (isolation: not here)
+    finally:
+        t0 = time.perf_counter()
+        world.leave_overlay(oc, boxes)
+        a.release(boxes_a)
+        b.release(boxes_b)
+        print(f"[measure] leave overlay + release 3 boxes: {time.perf_counter() - t0:.2f}s")
+    assert world.list_tagged(oc) == []
+    for host in ("och-a1", "och-a2", "och-b1", "och-b2"):
+        assert oc[:8] not in hosts_lab.outside(host, ["ip", "netns", "list"]).stdout
+        ps = hosts_lab.outside(host, ["ps", "-eo", "args"]).stdout
+        assert oc[:8] not in ps
