@@ -1,7 +1,8 @@
 """The OverCloud Datastore: Prometheus + node-exporter on the DevOps Post, driven in-process.
 
-Everything here is argv builders, a config generator and httpx calls, so a caller may run it in
-a thread that entered a box's network namespace (sockets are created in the caller's netns).
+Everything here is argv builders, a config generator and httpx calls; the calls take an
+``http=`` client, so the Tower asks Prometheus from inside the Post over the Post's BoxSession
+(``session.http_client()``: its connections are opened in the box).
 
 Config choice: the whole ``prometheus.yml`` is regenerated (``scrape_config``) and applied with
 SIGHUP, sent by the caller (the box's supervisord: ``signalProcess``). Prometheus runs WITHOUT

@@ -153,7 +153,9 @@ class BoxCommandError(UnderCloudError):
     def __init__(self, box: str, argv: list[str], completed: Completed):
         err = completed.stderr.decode("utf-8", "replace").strip()[-2000:]
         what = "timed out" if completed.returncode is None else f"exited {completed.returncode}"
-        super().__init__(f"{' '.join(argv[:3])} in box {box} {what}" + (f": {err}" if err else ""))
+        command = " ".join(argv[:3])
+        command = command if len(command) <= 80 else command[:77] + "..."
+        super().__init__(f"{command} in box {box} {what}" + (f": {err}" if err else ""))
         self.box, self.argv, self.completed = box, argv, completed
 
 
