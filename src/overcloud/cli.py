@@ -625,13 +625,17 @@ def demo(
     if "dashboard" not in existing:
         compose(overcloud_id, pattern_dir, dry_run=False, runtime="auto", wait=True, timeout=120)
     dash = client.call("GET", f"/overclouds/{overcloud_id}/services/dashboard", params={"logs": 0})
-    url = f"http://{dash['services'][0]['host_endpoints'][0]}/" if dash["services"][0]["host_endpoints"] else "(not ready)"
+    urls = [u + "/" for s in dash["services"] for u in s.get("urls", [])]
+    url = "   ".join(urls) or "(not published: no ready replica yet, or not a NodePort Service)"
+    detail = client.call("GET", f"/overclouds/{overcloud_id}")
+    s3 = ((detail.get("datalake") or {}).get("published") or {}).get("s3")
     edge = next((r for s in client.call("GET", f"/overclouds/{overcloud_id}/services") if s["name"] == "broker"
                  for r in s["replicas"]), None)
     handle = f"oc-{overcloud_id[:8]}-{edge['box']}" if edge else "oc-<id>-<box>"
     out.print(f"""
 [bold]smart-energy is running on {overcloud_id}[/]
-  dashboard      {url}   (a box's site address: reachable from this host)
+  dashboard      {url}   (NodePort: published on its box's site address)
+  datalake S3    {s3 or "(no DataLake)"}   (the Post's site address; authenticated S3 only: `overcloud datalake credentials {overcloud_id}`)
   services       .venv/bin/overcloud services {overcloud_id}
   logs           .venv/bin/overcloud logs {overcloud_id} analyzer -f
   inject a fault ip netns exec {handle} mosquitto_pub -h mqtt -t se/fault/all -m '{{"kind":"overheat"}}'

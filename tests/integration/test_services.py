@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from kernel import leftovers
 from towers import wait_for
@@ -142,8 +143,10 @@ def test_smart_energy_end_to_end_on_podman(tower, oc):
     assert all(s["status"] == "READY" for s in svc.values()), svc
     broker_box = svc["broker"]["replicas"][0]["box"]
     cloud_box = svc["analyzer"]["replicas"][0]["box"]
-    # the dashboard answers on its box's site address, from this host
-    assert svc["dashboard"]["services"][0]["host_endpoints"]
+    # the dashboard is a NodePort: it answers on its box's site address, from this host
+    [url] = svc["dashboard"]["services"][0]["urls"]
+    assert url.endswith(":30850")
+    assert httpx.get(url + "/", timeout=5, trust_env=False).status_code == 200
     device = "sensors-0-pi0"
     normal = wait_for(lambda: http_json(oc, cloud_box, "http://collector:8000/latest").get(device), "first reading")
     assert normal["mode"] == "normal"

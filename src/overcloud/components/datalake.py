@@ -13,6 +13,11 @@ repository and written 0600 into a 0700 ``weed-security/`` dir of each box, read
 even one sharing a cluster box's network namespace with its volume server, reaches the
 DataLake only through S3 with keys.
 
+The S3 gateway alone is also published on the Post's site address (``PUBLISHED``: an nft
+table of the Post rewriting ``<site address>:8333`` to the gateway; the box firewall admits
+only such rewritten connections from the site network), so S3 with the OverCloud's keys is
+reachable from where the user is; the master, filer and volume servers never are.
+
 Everything that talks to SeaweedFS does so from inside a box, through its BoxSession: HTTP
 readiness checks over the session's own connections (``session.http_client``), S3 work (the
 bucket, restore, the round trip, the archive copy) as ``overcloud.datalake.boxops``, run in
@@ -46,6 +51,7 @@ SECURITY = "datalake.security"
 SECURITY_DIR = "weed-security"
 PROGRAMS = ("weed-s3", "weed-filer", "weed-volume", "weed-master")  # stop order
 BOXOPS = "overcloud.datalake.boxops"  # what runs inside a box (see its module doc)
+PUBLISHED = "overcloud_pub"  # the Post's nft table publishing S3 on its site address
 
 
 class DataLakeError(RuntimeError):
@@ -196,6 +202,7 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
         step("s3 up")
     finally:
         http.close()
+    publish_s3(post_s, post.address, post_ip)
 
     keys = {"s3": ep["s3"], "filer": ep["filer"], "access": access, "secret": secret, "bucket": BUCKET, "security": sec}
     prepare = dict(keys, restore_from=conf["restore_from"])
@@ -218,6 +225,8 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
         "replication_note": "one copy per object: only one volume server" if replication == "000"
         else "a second copy of every object on another volume server (001)",
         "volume_servers": [{"box": b.name, "site": b.site, "url": f"{addr[b.name]}:{VOLUME}"} for b in clusters],
+        # S3 only (with the OverCloud's keys), on the Post's site address: reachable from where the user is
+        "published": {"s3": f"http://{post.address}:{S3}"},
         "restored_from": conf["restore_from"],
         "restored": restored,
         "ready_seconds": round(time.monotonic() - t0, 3),
@@ -237,8 +246,32 @@ def deploy_revert(ctx: ActionContext, result, overcloud_id: str, boxes: list[dic
     _stop(ctx.services, boxes)
 
 
+def publish_s3(session, site_address: str, s3_ip: str) -> None:
+    """Publish the S3 gateway (``s3_ip``:S3) on the Post's site address, same port: one nft
+    table of the Post, replaced atomically. Nothing else of the DataLake is published."""
+    script = (f"table ip {PUBLISHED}\ndelete table ip {PUBLISHED}\ntable ip {PUBLISHED} {{\n"
+              f"  chain published {{\n    type nat hook prerouting priority -100; policy accept;\n"
+              f"    ip daddr {site_address} tcp dport {S3} dnat to {s3_ip}:{S3} comment \"datalake-s3\"\n  }}\n}}\n")
+    session.run(["nft", "-f", "-"], input=script, timeout=10)
+
+
+def unpublish_s3(session) -> None:
+    """Take S3 off the Post's site address (idempotent: a box or table already gone is fine)."""
+    try:
+        session.run(["nft", "-f", "-"], input=f"table ip {PUBLISHED}\ndelete table ip {PUBLISHED}\n", timeout=10, check=False)
+    except Exception as exc:  # noqa: BLE001 - the box may be gone already
+        logger.info("unpublishing S3: %s", exc)
+
+
 def _stop(sb: Southbound, boxes: list[dict[str, Any]]) -> list[str]:
-    """Remove the SeaweedFS programs from every box, S3 first and master last."""
+    """Take S3 off the Post's site address, then remove the SeaweedFS programs from every box,
+    S3 first and master last."""
+    post = next((Box.from_dict(b) for b in boxes if b.get("role") == "post"), None)
+    if post is not None:
+        try:
+            unpublish_s3(sb.session(post))
+        except Exception as exc:  # noqa: BLE001 - its site may be gone; the programs go below anyway
+            logger.info("unpublishing S3 on %s: %s", post.name, exc)
     return remove_everywhere(sb, boxes, PROGRAMS)
 
 

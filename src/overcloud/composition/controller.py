@@ -41,8 +41,8 @@ from overcloud.composition import images as img
 from overcloud.composition import placement as pl
 from overcloud.composition import probes, rollout, stitching, views
 from overcloud.composition import runtime as rt
-from overcloud.composition.pattern import (Deployment, Pattern, PatternError, Probe, deployment_of, generation_of,
-                                          templates_of)
+from overcloud.composition.pattern import (NODE_PORTS, Deployment, Pattern, PatternError, Probe, deployment_of,
+                                          generation_of, templates_of)
 from overcloud.southbound import Southbound, box_obj
 
 
@@ -220,6 +220,7 @@ class ServiceController:
             fresh = [sv.name for sv in pattern.services if sv.name not in vips]
             vips.update(zip(fresh, stitching.next_vips(
                 [sv.get("vip") for r in existing.values() for sv in r.spec["services"]], len(fresh))))
+            _node_ports(pattern, existing, current)
             specs = {d.name: {"deployment": rollout.comparable(dataclasses.asdict(d)),
                               "services": rollout.comparable([{**dataclasses.asdict(s), "vip": vips[s.name]}
                                                               for s in pattern.services_of(d)]),
@@ -244,7 +245,8 @@ class ServiceController:
                 "placement": [{"replica": f"{a.deployment}-{a.index}", "deployment": a.deployment, "box": a.box,
                                "site": a.site, "address": boxes[a.box].overlay_address} for a in
                               sorted(plan, key=lambda a: (a.deployment, a.index))],
-                "services": [{"name": s.name, "ports": [p.port for p in s.ports], "vip": vips[s.name],
+                "services": [{"name": s.name, "ports": [p.port for p in s.ports], "vip": vips[s.name], "type": s.type,
+                              **({"node_ports": [p.node_port for p in s.ports]} if s.type == "NodePort" else {}),
                               "deployments": [d.name for d in pattern.deployments if s.selects(d)]} for s in pattern.services],
             }
             result["start_order"] = [wave for wave in result["start_order"] if wave]
@@ -821,7 +823,7 @@ class ServiceController:
         svcs = stitching.services(self.repo.services(overcloud_id), boxes)
         vip_names = {s["vip"]: f"svc/{name}" for name, s in svcs.items() if s["vip"]}
         for b in oc.boxes:
-            want = (stitching.hosts(base, svcs), stitching.nat_script(svcs, b.site), vip_names)
+            want = (stitching.hosts(base, svcs), stitching.nat_script(svcs, b.site, b), vip_names)
             if self._stitched.get(b.handle) == want:
                 continue
             try:
@@ -860,6 +862,40 @@ class ServiceController:
 
     def workloads_by_box(self, overcloud_id: str) -> dict[str, list[dict[str, Any]]]:
         return views.workloads_by_box(self.repo.services(overcloud_id))
+
+
+def _node_ports(pattern: Pattern, existing: dict[str, Any], current: dict[str, Any]) -> None:
+    """Give every port of the pattern's NodePort Services its nodePort: the one asked for, else
+    the one it had (a re-apply keeps it), else the lowest free one. A nodePort is one Service's
+    in an OverCloud (each box publishes on its own site address): one that another composed
+    Service holds is a PatternError naming the field."""
+    lo, hi = NODE_PORTS
+    mine = {s.name for s in pattern.services}
+    held = {p["node_port"]: s["name"] for r in existing.values() for s in r.spec["services"]
+            for p in s["ports"] if p.get("node_port") and s["name"] not in mine}
+    had = {(s["name"], p["port"]): p["node_port"] for r in current.values() for s in r.spec["services"]
+           for p in s["ports"] if p.get("node_port")}
+    for s in pattern.services:
+        for j, p in enumerate(s.ports):
+            if s.type == "NodePort" and p.node_port in held:
+                raise PatternError(f"Service/{s.name}", f"spec.ports[{j}].nodePort",
+                                   f"{p.node_port} is already published by Service/{held[p.node_port]} on this "
+                                   f"OverCloud; leave nodePort out to get a free one")
+    asked = {p.node_port for s in pattern.services for p in s.ports if p.node_port}
+    for s in pattern.services:
+        if s.type != "NodePort":
+            continue
+        for p in s.ports:
+            if p.node_port:
+                continue
+            old = had.get((s.name, p.port))
+            if old and old not in held and old not in asked:
+                p.node_port = old
+            else:
+                p.node_port = next((n for n in range(lo, hi + 1) if n not in held and n not in asked), None)
+                if p.node_port is None:
+                    raise PatternError(f"Service/{s.name}", "spec.type", f"every nodePort from {lo} to {hi} is taken")
+            asked.add(p.node_port)
 
 
 def _status(replicas: list[dict[str, Any]], current: str, rolling: bool = False) -> str:

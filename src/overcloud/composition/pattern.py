@@ -36,6 +36,8 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 VAR_REF = re.compile(r"\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 KINDS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1"}
+SERVICE_TYPES = ("ClusterIP", "NodePort")
+NODE_PORTS = (30000, 32767)  # Kubernetes' default --service-node-port-range
 
 
 class PatternError(ValueError):
@@ -158,6 +160,7 @@ class ServicePort:
     name: str | None
     port: int  # on the Service's virtual IP
     target_port: int | str | None = None  # on the replicas: a number, a container port's name, or the same as port
+    node_port: int | None = None  # type NodePort: on the site address of the boxes running its replicas
 
     def target(self, d: "Deployment") -> int:
         """The replica port this Service port leads to, in Deployment ``d``."""
@@ -173,6 +176,7 @@ class Service:
     name: str
     selector: dict[str, str]
     ports: list[ServicePort]
+    type: str = "ClusterIP"  # or "NodePort": published on its replicas' boxes' site addresses
 
     def selects(self, d: Deployment) -> bool:
         return all(d.labels.get(k) == v for k, v in self.selector.items())
@@ -239,8 +243,8 @@ class Pattern:
                 for c in d["containers"]
             ]
             deployments.append(Deployment(**{**d, "containers": containers}))
-        services = [Service(name=s["name"], selector=s["selector"], ports=[ServicePort(**p) for p in s["ports"]])
-                    for s in data["services"]]
+        services = [Service(name=s["name"], selector=s["selector"], ports=[ServicePort(**p) for p in s["ports"]],
+                            type=s.get("type", "ClusterIP")) for s in data["services"]]
         return cls(deployments, services, data["configmaps"], data["documents"])
 
 
@@ -803,9 +807,11 @@ def _deployment(check: _Check, doc: dict[str, Any], name: str, configmaps: dict[
 
 def _service(check: _Check, doc: dict[str, Any], name: str) -> Service:
     spec = check.mapping(doc.get("spec"), "spec", {"selector", "ports", "type"}, {"selector", "ports"})
-    if spec.get("type", "ClusterIP") != "ClusterIP":
-        raise check.fail("spec.type", "only ClusterIP Services are supported (every box of the OverCloud reaches them; "
-                         "the Tower's host reaches replicas on their boxes' site addresses)")
+    kind = spec.get("type", "ClusterIP")
+    if kind not in SERVICE_TYPES:
+        raise check.fail("spec.type", f"{shown(kind)} is not supported: ClusterIP (every box of the OverCloud reaches "
+                         f"it) or NodePort (also published on the site address of the boxes running its replicas, "
+                         f"ports {NODE_PORTS[0]}-{NODE_PORTS[1]})")
     selector = check.labels(spec["selector"], "spec.selector")
     if not selector:
         raise check.fail("spec.selector", "must select the pods it serves")
@@ -814,8 +820,13 @@ def _service(check: _Check, doc: dict[str, Any], name: str) -> Service:
     ports = []
     for i, p in enumerate(spec["ports"]):
         f = f"spec.ports[{i}]"
-        p = check.mapping(p, f, {"name", "port", "targetPort", "protocol"}, {"port"})
+        p = check.mapping(p, f, {"name", "port", "targetPort", "protocol", "nodePort"}, {"port"})
         port = check.integer(p["port"], f"{f}.port", 1, 65535)
+        node_port = p.get("nodePort")
+        if node_port is not None:
+            if kind != "NodePort":
+                raise check.fail(f"{f}.nodePort", "only a Service of type: NodePort has a nodePort")
+            node_port = check.integer(node_port, f"{f}.nodePort", *NODE_PORTS)
         if p.get("protocol", "TCP") != "TCP":
             raise check.fail(f"{f}.protocol", "only TCP is supported")
         target = p.get("targetPort")
@@ -824,8 +835,8 @@ def _service(check: _Check, doc: dict[str, Any], name: str) -> Service:
                 check.string(target, f"{f}.targetPort", DNS_LABEL, "port name")
             else:
                 target = check.integer(int(target) if isinstance(target, str) else target, f"{f}.targetPort", 1, 65535)
-        ports.append(ServicePort(name=p.get("name"), port=port, target_port=target))
-    return Service(name=name, selector=selector, ports=ports)
+        ports.append(ServicePort(name=p.get("name"), port=port, target_port=target, node_port=node_port))
+    return Service(name=name, selector=selector, ports=ports, type=kind)
 
 
 def _configmap(check: _Check, doc: dict[str, Any]) -> dict[str, str]:
@@ -880,6 +891,15 @@ def parse(documents: list[dict[str, Any]]) -> Pattern:
     if not deployments:
         raise PatternError("pattern", None, "no Deployment: nothing to run")
     pattern = Pattern(deployments, services, configmaps, documents)
+    asked: dict[int, str] = {}
+    for s in services:
+        for j, p in enumerate(s.ports):
+            if p.node_port is not None:
+                if p.node_port in asked:
+                    raise PatternError(f"Service/{s.name}", f"spec.ports[{j}].nodePort",
+                                       f"{p.node_port} is also asked for by {asked[p.node_port]}; a nodePort is one "
+                                       f"Service's in an OverCloud")
+                asked[p.node_port] = f"Service/{s.name}"
     for s in services:
         if not any(s.selects(d) for d in deployments):
             raise PatternError(f"Service/{s.name}", "spec.selector", f"{s.selector} selects no Deployment's pods")

@@ -8,7 +8,12 @@ composed. In every box of the OverCloud:
 * an nftables ``nat output`` chain rewrites ``VIP:port`` to a ready replica's overlay address
   and target port, round-robin over the ready replicas of the box's own site when there are
   any, else over all of them (kube-proxy's job, topology-aware);
-* a VIP with no ready replica answers a connection with a TCP reset at once, not a timeout.
+* a VIP with no ready replica answers a connection with a TCP reset at once, not a timeout;
+* a ``type: NodePort`` Service is also published on the site address of every box running a
+  ready replica of it: ``<site address>:<nodePort>`` is rewritten (``prerouting``) to that
+  replica's overlay address and target port. The box firewall admits from the site network
+  only what this table rewrote (see the UnderCloud's box firewall), so ClusterIP Services and
+  every other port of a box stay unreachable from there.
 
 Pure functions of the repository's rows; the controller writes what they return.
 """
@@ -54,7 +59,8 @@ def services(rows: Iterable[Any], boxes: dict[str, Any]) -> dict[str, dict[str, 
         templates = templates_of(row.spec, row.replicas)
         for s, raw in zip(svcs, row.spec["services"]):
             entry = out.setdefault(s.name, {"vip": raw.get("vip"), "ports": [(p.name, p.port) for p in s.ports],
-                                            "endpoints": []})
+                                            "type": s.type, "endpoints": [],
+                                            "node_ports": {p.port: p.node_port for p in s.ports if p.node_port}})
             for r in row.replicas:
                 b = boxes.get(r["box"])
                 if r["ready"] and b is not None and b.overlay_address:
@@ -95,8 +101,35 @@ def service_env(svcs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return env
 
 
-def nat_script(svcs: dict[str, dict[str, Any]], site: str) -> str:
-    """The box's whole service table, replaced atomically by ``nft -f``."""
+def publications(svcs: dict[str, dict[str, Any]], box: Any) -> list[dict[str, Any]]:
+    """The NodePorts ``box`` publishes: one per port of each NodePort Service with a ready
+    replica on it (the box's own replica serves what reaches its site address)."""
+    out: dict[int, dict[str, Any]] = {}
+    for name, s in sorted(svcs.items()):
+        if s.get("type") != "NodePort":
+            continue
+        for e in s["endpoints"]:
+            if e["box"] != box.name:
+                continue
+            for port, node_port in sorted(s["node_ports"].items()):
+                out.setdefault(node_port, {"service": name, "node_port": node_port, "site_address": box.address,
+                                           "address": e["address"], "target": e["targets"][port]})
+    return [out[k] for k in sorted(out)]
+
+
+def node_port_urls(svcs: dict[str, dict[str, Any]], name: str) -> list[str]:
+    """``http://<site address>:<nodePort>`` of every box publishing Service ``name``."""
+    s = svcs.get(name) or {}
+    if s.get("type") != "NodePort":
+        return []
+    urls = [f"http://{e['site_address']}:{s['node_ports'][port]}" for e in sorted(s["endpoints"], key=lambda e: e["box"])
+            for _, port in s["ports"] if port in s["node_ports"]]
+    return list(dict.fromkeys(urls))
+
+
+def nat_script(svcs: dict[str, dict[str, Any]], site: str, box: Any = None) -> str:
+    """The box's whole service table, replaced atomically by ``nft -f``; with ``box``, also
+    the NodePorts it publishes on its site address."""
     rules = []
     for name, s in sorted(svcs.items()):
         if not s["vip"] or not s["endpoints"]:
@@ -107,12 +140,19 @@ def nat_script(svcs: dict[str, dict[str, Any]], site: str) -> str:
             rules.append(f"    ip daddr {s['vip']} tcp dport {port} dnat ip addr . port to numgen inc mod {len(eps)} "
                          f"map {{ {choices} }} comment \"{name}\"")
     body = "\n".join(rules)
+    published = "\n".join(
+        f"    ip daddr {p['site_address']} tcp dport {p['node_port']} dnat to {p['address']}:{p['target']} "
+        f"comment \"{p['service']}\"" for p in (publications(svcs, box) if box is not None else []))
     return f"""table ip {NFT_TABLE}
 delete table ip {NFT_TABLE}
 table ip {NFT_TABLE} {{
   chain services {{
     type nat hook output priority -100; policy accept;
 {body}
+  }}
+  chain published {{
+    type nat hook prerouting priority -100; policy accept;
+{published}
   }}
   chain unserved {{
     type filter hook output priority 0; policy accept;

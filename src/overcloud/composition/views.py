@@ -35,10 +35,12 @@ def describe(sb, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, An
         "images": sorted(d.images), "depends_on": row.spec.get("depends_on", []),
         "requests": {"cpu": d.cpu_request, "memory": d.memory_request},
         "node_selector": d.node_selector,
-        "services": [{"name": s.name, "ports": [p.port for p in s.ports], "vip": svcs[s.name]["vip"],
+        # a NodePort Service's urls: where it is published (the site address of each box running a
+        # ready replica); nothing else of a box is reachable from the site network
+        "services": [{"name": s.name, "type": s.type, "ports": [p.port for p in s.ports], "vip": svcs[s.name]["vip"],
+                      **({"node_ports": [p.node_port for p in s.ports]} if s.type == "NodePort" else {}),
                       "endpoints": [f"{e['address']}:{e['targets'][p.port]}" for e in svcs[s.name]["endpoints"] for p in s.ports],
-                      "host_endpoints": [f"{e['site_address']}:{e['targets'][p.port]}" for e in svcs[s.name]["endpoints"]
-                                         for p in s.ports]}
+                      "urls": stitching.node_port_urls(svcs, s.name)}
                      for s in services],
         "replicas": replicas,
         "created_at": row.created_at.isoformat() if row.created_at else None,

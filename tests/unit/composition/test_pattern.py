@@ -294,7 +294,8 @@ def manifests(draw):
                            "template": {"metadata": {"labels": {"app": app}}, "spec": spec}}}
     service_port = draw(st.fixed_dictionaries({"port": _port}, optional={
         "targetPort": st.one_of(_port, st.sampled_from(port_names + ["nope"])), "name": _name,
-        "protocol": _mostly(st.just("TCP"), st.just("UDP"))}))
+        "protocol": _mostly(st.just("TCP"), st.just("UDP")),
+        "nodePort": _mostly(st.integers(30000, 32767), st.sampled_from([80, 29999, 32768, "30001"]))}))
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": draw(_name)},
                "spec": {"selector": {"app": app}, "ports": [service_port],
                         **draw(st.fixed_dictionaries({}, optional={"type": _mostly(st.just("ClusterIP"), st.just("NodePort"))}))}}

@@ -388,7 +388,11 @@ def box_eth0_mac(handle: str) -> str:
 
 
 def box_firewall(handle: str, gateways: Iterable[str], peers: Iterable[str]) -> None:
-    """(Re)write the box's input firewall in one transaction."""
+    """(Re)write the box's input firewall in one transaction. From the site network (``eth0``)
+    it admits only ICMP from the gateways (the host pings boxes) and what the box's own tables
+    rewrote to a published port (``ct status dnat``: a NodePort, the DataLake's S3 on the Post;
+    see composition.stitching); nothing a box listens on is reachable there otherwise. A NodePort
+    that is not published (any more) is refused at once, as kube-proxy does; the rest is dropped."""
     gw = ", ".join(sorted(gateways))
     peer_list = sorted(peers)
     peer_elements = f"elements = {{ {', '.join(peer_list)} }}" if peer_list else ""
@@ -403,7 +407,9 @@ table inet {BOX_TABLE} {{
     iif "lo" accept
     ct state established,related accept
     iifname "{VXLAN_DEV}" accept
-    ip saddr @gateways accept
+    ip saddr @gateways meta l4proto icmp accept
+    iifname "eth0" ct status dnat accept
+    iifname "eth0" tcp dport 30000-32767 reject with tcp reset
     ip saddr @peers udp dport {VXLAN_PORT} accept
   }}
 }}
