@@ -196,6 +196,8 @@ class Tower:
         restore = plan.datalake.get("restore_from")
         if restore:
             self.archive(restore, tenant_id)  # unknown or another tenant's: ArchiveNotFound
+        if plan.datalake_enabled and self.construction is not None:
+            self.construction.refuse_if_failed()  # its store did not start: 503 with the reason, now
         with self._lock:  # quota check and insert as one step, so 20 parallel creates cannot overshoot
             wanted = plan.clusters + 1
             used = self.repo.count_boxes() + self._pending_boxes()

@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 
 from overcloud.files import sha256_file, write_private
@@ -314,6 +315,16 @@ class ConstructionDataLake:
         if self._start_error is not None:
             raise ConstructionError(f"the Construction DataLake did not start: {self._start_error}") from self._start_error
 
+    def refuse_if_failed(self) -> None:
+        """Never waits: raises ConstructionError (an UnderCloudError: the API's 503) when the
+        store that :meth:`start_background` started did not start, so a create that needs it
+        is refused at once with the reason, rather than failing in its DataLake task (where the
+        Fabric task beside it then waits out its own timeout for SeaweedFS targets that never
+        come up: 120 s, measured)."""
+        if self._start_error is not None:
+            raise ConstructionError(f"the Construction DataLake did not start: {self._start_error}; OverClouds "
+                                    "with a DataLake cannot be made until it runs (fix it, then restart the Tower)")
+
     def wait_addressable(self, timeout: float = 60.0) -> None:
         """Wait until URLs to a store that :meth:`start_background` is starting can be made
         (its ports are chosen: a fraction of a second after serve), not until it runs; raises
@@ -457,7 +468,7 @@ table inet overcloud_cdl_{self.tag} {{
             "get_object", Params={"Bucket": ARTIFACTS, "Key": f"sha256/{sha}"}, ExpiresIn=PRESIGN_SECONDS
         )
 
-    def program(self, path: Path, args: list[str], url_dir: Path) -> list[str]:
+    def program(self, path: Path, args: list[str], url_dir: Path, session: Any = None) -> list[str]:
         """A supervisord command that fetches artifact ``path`` into the box cache, then runs it.
         The presigned URL goes to ``url_dir/<sha>.url`` (0600), refreshed on every call, so the
         command itself is the same every time (supervisord does not restart the program when a
@@ -466,6 +477,16 @@ table inet overcloud_cdl_{self.tag} {{
         cached (:meth:`cached_here`); the URL needs the store's ports, not the store itself."""
         self.wait_addressable()
         sha = self.cached_here(path)
+        stage = getattr(session, "stage_artifact", None)
+        if stage is not None:
+            # a box on another machine (the ssh UnderCloud) cannot reach this store: the
+            # artifact goes into its host's cache through the session, content-addressed, and
+            # fetch.py (the bundle's, under the host's python3) finds it there and checks it
+            cache = stage(path, sha)
+            url_file = f"{url_dir}/{sha}.url"
+            session.put_file(os.path.relpath(url_file, session.box_dir), self.artifact_url(sha), mode=0o600)
+            fetch_py = f"{session.bundle_dir}/overcloud/boxes/fetch.py"
+            return [session.program_python()[0], "-I", "-S", fetch_py, f"@{url_file}", sha, cache, "--", *args]
         url_dir.mkdir(parents=True, exist_ok=True)
         url_file = url_dir / f"{sha}.url"
         write_private(url_file, self.artifact_url(sha))
