@@ -324,12 +324,22 @@ def test_boxes_reach_only_the_allowed_host_service(host, two, other_tower):
                 assert not reaches(host, box, addr, anywhere.port, 0.3), (box.name, addr, "0.0.0.0 listener")
             assert not reaches(host, box, gw_other, other_store.port, 0.3), (box.name, "the other Tower's store")
             assert not reaches(host, box, gw_b, store.port, 0.3), (box.name, "the store port at another address")
-        # traffic the host starts still works: a listener in a box, a connection from the host
-        _, t = serve_once(host, a1, a1.address, 7302)
+        # traffic the host starts reaches a box listener only where the box publishes it (a
+        # DNAT of its own tables, as a NodePort is; issue 11.6): otherwise dropped
+        _, t = serve_once(host, a1, "0.0.0.0", 7302)
         try:
-            with socket.create_connection((a1.address, 7302), timeout=2) as s:
+            with pytest.raises(OSError):
+                socket.create_connection((a1.address, 7302), timeout=1).close()
+            publish = (f"table ip t_pub {{\n chain p {{\n  type nat hook prerouting priority -100; policy accept;\n"
+                       f"  ip daddr {a1.address} tcp dport 30302 dnat to {a1.address}:7302\n }}\n}}\n")
+            assert subprocess.run(["ip", "netns", "exec", a1.handle, "nft", "-f", "-"], input=publish, text=True,
+                                  capture_output=True).returncode == 0
+            with socket.create_connection((a1.address, 30302), timeout=2) as s:
                 s.settimeout(2)
                 assert s.recv(2) == b"hi"
+            in_box(a1.handle, "nft", "delete", "table", "ip", "t_pub")
+            with pytest.raises(ConnectionRefusedError):  # an unpublished NodePort is refused at once
+                socket.create_connection((a1.address, 30302), timeout=2).close()
         finally:
             t.stop.set()
         assert host_ping(b3.address)
