@@ -105,4 +105,9 @@ def test_the_local_driver_keeps_the_whole_contract():
             "tcp_check", "connect_tcp", "http", "set_hosts"} <= wanted
     missing = [n for n in wanted if not callable(getattr(LocalBoxSession, n, None))]
     assert not missing, missing
+    attributes = set(base.BoxSession.__annotations__) - {"box"}
+    assert {"box_dir", "log_dir", "etc_dir", "container_network", "owner_id"} <= attributes
+    for name in attributes:  # properties of the class, or set by its __init__
+        assert hasattr(LocalBoxSession, name) or f"self.{name} =" in Path(base.__file__).with_name("local").joinpath(
+            "session.py").read_text(), name
     assert not hasattr(base.BoxSession, "call") and not hasattr(LocalBoxSession, "call")

@@ -177,6 +177,12 @@ class BoxSession(Protocol):
     log_dir: str
     #: the directory whose ``hosts`` and ``resolv.conf`` the box's processes see
     etc_dir: str
+    #: for a container engine on the box's host: ``--network`` joining the box's network,
+    #: ``--cgroup-parent`` nesting under the box's limits (None: the engine places it itself),
+    #: and the id everything made for the box is tagged with (its Tower's)
+    container_network: str
+    container_cgroup_parent: str | None
+    owner_id: str
 
     # -- commands ----------------------------------------------------------------
     def run(self, argv: list[str], *, input: bytes | str | None = None, timeout: float = 30,
