@@ -39,7 +39,7 @@ Where to look:
   live         .venv/bin/overcloud top $ID              (per-box CPU, memory, network; busiest flows)
   graph        .venv/bin/overcloud -o dot topology $ID
   services     .venv/bin/overcloud services $ID      (smart-energy: placement, replicas, restarts)
-  datalake     .venv/bin/overcloud datalake credentials $ID   (S3 keys; endpoints are inside the OverCloud)
+  datalake     .venv/bin/overcloud datalake credentials $ID   (S3 keys; S3 is published on the Post's site address, printed above)
   API          curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/overclouds/$ID
   events       curl -N -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/overclouds/$ID/events
   metrics      curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" $URL/metrics

@@ -213,3 +213,21 @@ def test_the_datalake_s3_alone_is_published_on_the_posts_site_address(tower, ocs
     for box in a["clusters"]:
         assert connects(box["address"], 8080) == "timeout", box
     s3.delete_object(Bucket=bucket, Key="from-the-host.txt")
+
+
+def test_overcloud_demo_prints_the_published_urls(tower, ocs):
+    a, _ = ocs
+    oid = a["overcloud_ID"]
+    # a dashboard already composed (demo then only prints): the web pattern under that name
+    dash = WEB.replace("name: web}", "name: dashboard}").replace("app: web", "app: dashboard") \
+              .replace("[{port: 80, targetPort: http}]", "[{port: 80, targetPort: http, nodePort: 30850}]")
+    dash = dash.split("---\napiVersion: v1\nkind: Service\nmetadata: {name: web-internal}")[0]
+    r = compose(tower, a, dash)
+    assert r.status_code == 201, r.text
+    [url] = service(tower, a, "dashboard")["services"][0]["urls"]
+    out = tower.cli("demo", oid, "--pattern", str(SMART), check=True, timeout=600).stdout
+    assert f"dashboard      {url}/" in out, out
+    assert f"http://{a['post']['address']}:8333" in out, out
+    assert httpx.get(url, timeout=5, trust_env=False).text == "dashboard-0"
+    with tower.client() as c:
+        assert c.delete(f"/overclouds/{oid}/services/dashboard").status_code == 200
