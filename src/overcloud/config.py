@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PORT = 6125
@@ -64,7 +64,9 @@ def tower_identity(state_dir: Path) -> str:
 
 
 class SiteSettings(BaseModel):
-    """One UnderCloud site the Tower may build on."""
+    """One UnderCloud site the Tower may build on. Sites of kind ``ssh`` (hosts, keys, pinned
+    host keys) are read from ``OVERCLOUD_SITES_FILE`` / ``OVERCLOUD_SITES`` by
+    ``underclouds/ssh/sites.py`` and appear here by name, kind and labels."""
 
     name: str
     kind: str = "local"
@@ -128,6 +130,24 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _with_ssh_sites(self) -> "Settings":
+        """The ssh sites of ``OVERCLOUD_SITES_FILE`` join the configured sites (after them, so
+        ``"provider": "local"`` still picks the first local site and ``"ssh"`` the first ssh one).
+        A site file that cannot be used is refused here, naming the site, host and field."""
+        if os.environ.get("OVERCLOUD_SITES_FILE"):
+            known = {s.name for s in self.sites}
+            self.sites = list(self.sites) + [
+                SiteSettings(name=c.name, kind="ssh", labels=dict(c.labels))
+                for c in self.ssh_site_configs() if c.name not in known]
+        return self
+
+    def ssh_site_configs(self) -> list:
+        """The ssh sites (``SSHSiteConfig``) of ``OVERCLOUD_SITES_FILE`` or ``OVERCLOUD_SITES``."""
+        from overcloud.underclouds.ssh.sites import ssh_sites_from_env
+
+        return ssh_sites_from_env()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -68,6 +68,7 @@ class Tower:
         self.metrics = metrics or TowerMetrics()
         self.drivers: dict[str, UnderCloudDriver] = {}
         self.local = None  # the LocalHost when any local site is configured
+        self.ssh = None  # the SSHUnderCloud when any ssh site is configured
         self.engine: WorkflowEngine | None = None
         self._lock = threading.Lock()
         self._runs: dict[str, threading.Event] = {}  # run_id -> set once its outcome is recorded
@@ -173,14 +174,39 @@ class Tower:
                 self.settings.state_dir, bind_ip=self.local.gateways[local_sites[0].name],
                 bridges=self.local.bridges, secrets=self.secrets,
             )
+        ssh_sites = [s for s in self.settings.sites if s.kind == "ssh"]
+        if ssh_sites:
+            from overcloud.underclouds.ssh.driver import SSHUnderCloud
+
+            configs = {c.name: c for c in self.settings.ssh_site_configs()}
+            missing = [s.name for s in ssh_sites if s.name not in configs]
+            if missing:
+                raise UnderCloudError(f"ssh sites {', '.join(missing)} have no hosts: define them in "
+                                      "OVERCLOUD_SITES_FILE or OVERCLOUD_SITES")
+            self.ssh = SSHUnderCloud(
+                [configs[s.name] for s in ssh_sites], state_dir=self.settings.state_dir / "ssh", tower_id=self.id,
+                seal=self.secrets.seal, unseal=self.secrets.open, overlay_cidr=self.settings.overlay_cidr,
+                max_boxes=self.settings.max_boxes, bundle_cache=self.settings.state_dir / "host-bundle",
+            )
+            self.drivers.update(self.ssh.sites)
+            # hosts checked, bundle installed, bridges and WAN up before the first create needs them
+            threading.Thread(target=self._prepare_ssh, name="ssh-prepare", daemon=True).start()
         for site in self.settings.sites:
-            if site.kind != "local":
+            if site.kind not in ("local", "ssh"):
                 raise UnderCloudError(f"site {site.name}: the {site.kind} UnderCloud driver is not built yet")
+
+    def _prepare_ssh(self) -> None:
+        try:
+            self.ssh.prepare()
+        except Exception as exc:  # noqa: BLE001 - the first acquire tries again and fails with the reason
+            logger.error("preparing the ssh hosts failed (the first create on them tries again): %s", exc)
 
     def close(self) -> None:
         self._closing.set()
         self._resumer.shutdown(wait=False, cancel_futures=True)
         self.services.close()
+        if self.ssh is not None:
+            self.ssh.close()
         if self.engine is not None:
             self.engine.close()
         self._events.put(None)

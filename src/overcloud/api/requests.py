@@ -15,7 +15,7 @@ from overcloud.plan import CreatePlan, SitePlan
 from overcloud.underclouds.base import known_sizes, resolve_flavor
 
 #: provider spellings the seed used, mapped to our UnderCloud kinds
-KIND_ALIASES = {"local": "local", "aws": "aws", "amazon": "aws", "ec2": "aws", "openstack": "openstack"}
+KIND_ALIASES = {"local": "local", "ssh": "ssh", "aws": "aws", "amazon": "aws", "ec2": "aws", "openstack": "openstack"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 

@@ -26,6 +26,7 @@ the box with ``session.run_module``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -110,6 +111,30 @@ def filer_auth(sb: Southbound, overcloud_id: str):
     return clients.FilerJwt.of(security(sb, overcloud_id))
 
 
+def box_op(session: Any, op: str, args: dict[str, Any], timeout: float) -> Any:
+    """One operation of ``overcloud.datalake.boxops`` with its network in ``session``'s box.
+
+    Where the box's host runs our whole package (this machine), it runs there with
+    ``run_module``. A box on another machine has only the host bundle (no boto3): the
+    operation runs here, its connections to the DataLake's S3 and filer opened from the box
+    through the session (``loopback_relay``), so the bytes still leave from the box. The
+    Construction DataLake (``cdl_s3``) is reached directly from here, where it runs."""
+    relay = getattr(session, "loopback_relay", None)
+    if relay is None:
+        return entry.call(session, BOXOPS, op, args, timeout=timeout)
+    from urllib.parse import urlsplit
+
+    from overcloud.datalake import boxops
+
+    with contextlib.ExitStack() as stack:
+        args = dict(args)
+        for key in ("s3", "filer"):
+            if args.get(key):
+                u = urlsplit(args[key])
+                args[key] = f"{u.scheme}://{stack.enter_context(relay(u.hostname, u.port))}"
+        return boxops.OPS[op](args)
+
+
 def endpoints(post_ip: str) -> dict[str, str]:
     return {
         "master": f"http://{post_ip}:{MASTER}",
@@ -164,7 +189,7 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
         session.make_dirs([name])  # its data dir (the volume of a box's disk)
         # stopped only when the DataLake is reclaimed (after preserve) or reverted: its data is
         # going away with the box, so a graceful stop (volume servers wait 10 s) buys nothing
-        session.add_program(name, cdl.program(weed, argv[1:], Path(session.box_dir) / "artifacts"), startsecs=0,
+        session.add_program(name, cdl.program(weed, argv[1:], Path(session.box_dir) / "artifacts", session=session), startsecs=0,
                             startretries=10, stopsignal="KILL")
 
     steps: dict[str, float] = {}
@@ -209,11 +234,11 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
     if conf["restore_from"]:
         cdl_access, cdl_secret = cdl.credentials()
         prepare.update(cdl_s3=cdl.s3_endpoint, cdl_access=cdl_access, cdl_secret=cdl_secret)
-    restored = entry.call(post_s, BOXOPS, "prepare", prepare, timeout=3600 if conf["restore_from"] else 120)
+    restored = box_op(post_s, "prepare", prepare, timeout=3600 if conf["restore_from"] else 120)
     step("bucket" + (" + restore" if conf["restore_from"] else ""))
     # ready only when a cluster box really writes and reads, over the overlay
     check_box = clusters[0]
-    check = entry.call(sb.session(check_box), BOXOPS, "round-trip", keys, timeout=120)
+    check = box_op(sb.session(check_box), "round-trip", keys, timeout=120)
     step("round trip from a cluster box")
     info = {
         "steps_seconds": steps,
@@ -304,7 +329,7 @@ def preserve(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]],
 
     t0 = time.monotonic()
     try:
-        manifest = entry.call(sb.session(post), BOXOPS, "archive", copy, timeout=24 * 3600)
+        manifest = box_op(sb.session(post), "archive", copy, timeout=24 * 3600)
     except Exception as exc:
         raise DataLakeError(f"preserving the DataLake failed, so nothing was destroyed: {exc}") from exc
     secs = time.monotonic() - t0

@@ -60,3 +60,24 @@ def test_session_paths_stay_under_the_box_dir():
     for bad in ("../x", "/etc/passwd", "a/../../x"):
         with pytest.raises(ValueError):
             s._path(bad)
+
+
+def test_a_box_read_back_without_extra_is_found_on_the_host_of_its_address(tmp_path):
+    from overcloud.underclouds.ssh.driver import SSHUnderCloud
+    from overcloud.underclouds.ssh.sites import SSHSiteConfig
+
+    key = tmp_path / "k"
+    import asyncssh
+
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
+    hosts = tuple(SSHHostConfig(name=n, address=f"10.77.0.{i}", key_file=key, host_key="SHA256:x",
+                                box_cidr=f"10.79.{i}.0/24", lan_address=f"10.78.1.{i}") for i, n in ((1, "h1"), (2, "h2")))
+    w = SSHUnderCloud([SSHSiteConfig("ssh-a", hosts)], state_dir=tmp_path / "s", tower_id="0" * 16,
+                      seal=str, unseal=str)
+    try:
+        box = Box(OC, "c1", "cluster", "ssh-a", resolve_flavor("small"), box_handle(OC, "c1"), "10.79.2.7")
+        assert w.host_of(box).name == "h2"
+        with pytest.raises(UnderCloudError, match="names no host"):
+            w.host_of(Box(OC, "c2", "cluster", "ssh-a", resolve_flavor("small"), box_handle(OC, "c2"), "10.79.9.7"))
+    finally:
+        w.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 BRIDGE = "ocbx0"  # the box bridge on every remote host
 HOST_ROOT = "/var/lib/overcloud/host"
+ARTIFACT_CACHE = "/var/lib/overcloud/artifact-cache"  # content-addressed, shared by every Tower on the host
 WG_POOL = "100.79.0.0/24"  # WireGuard interface addresses (/32 each), outside every box subnet
 
 
@@ -79,6 +81,8 @@ class RemoteHost:
         self.state_dir = f"{HOST_ROOT}/{world.tower_id}"
         self.bundle_dir = ""  # set by prepare
         self.vxlan_mtu: int | None = None
+        self._stage_lock = threading.Lock()
+        self._staged: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RemoteHost({self.name}, site {self.site})"
@@ -86,6 +90,31 @@ class RemoteHost:
     def run(self, argv: list[str], input: bytes | None = None, timeout: float = 120):
         """``run(argv, input=None)`` as hostprep and wan want it: exit statuses read by the caller."""
         return self.ssh.run(argv, input=input, check=False, timeout=timeout, max_output=16 << 20)
+
+    def stage_artifact(self, path: Path, sha256: str) -> str:
+        """Put a content-addressed artifact (``weed``) into the host's artifact cache, unless it
+        is there; returns the cache dir (``fetch.py`` finds ``<cache>/<sha256>`` and checks it).
+        The bytes go over the SSH connection and are checked on the host before the rename."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("sha256 must be 64 hex digits")
+        with self._stage_lock:  # one transfer per artifact and host, whatever asks at once
+            if sha256 in self._staged:
+                return ARTIFACT_CACHE
+            r = self.run(["test", "-f", f"{ARTIFACT_CACHE}/{sha256}"], timeout=30)
+            if r.returncode != 0:
+                script = (
+                    'set -e; umask 022; mkdir -p "$1"; t="$1/.$2.part$$"; trap \'rm -f "$t"\' EXIT; cat > "$t"; '
+                    's=$(sha256sum "$t" | cut -d" " -f1); '
+                    'if [ "$s" != "$2" ]; then echo "sha256 of the transferred artifact is $s, expected $2" >&2; exit 3; fi; '
+                    'chmod 755 "$t"; mv -f "$t" "$1/$2"; trap - EXIT'
+                )
+                r = self.run(["sh", "-c", script, "sh", ARTIFACT_CACHE, sha256], input=Path(path).read_bytes(), timeout=600)
+                if r.returncode != 0:
+                    raise UnderCloudError(f"host {self.config.endpoint}: putting {Path(path).name} into the artifact "
+                                          f"cache failed (exit {r.returncode}): "
+                                          f"{r.stderr.decode('utf-8', 'replace').strip()[-300:]}", site=self.site)
+            self._staged.add(sha256)
+        return ARTIFACT_CACHE
 
     def config_req(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -227,7 +256,13 @@ class SSHUnderCloud:
 
     # -- boxes ---------------------------------------------------------------------------------
     def host_of(self, box: Box) -> RemoteHost:
+        """The box's host: ``extra["host"]`` as acquire set it, else (a box read back from the
+        repository, which keeps no ``extra``) the host whose ``box_cidr`` holds its address."""
         name = box.extra.get("host")
+        if name is None and box.address:
+            addr = ipaddress.ip_address(box.address)
+            name = next((h.name for h in self.hosts.values() if h.site == box.site
+                         and addr in ipaddress.ip_network(h.config.box_cidr)), None)
         if name not in self.hosts:
             raise UnderCloudError(f"box {box.name} names no host of the ssh sites ({name!r})",
                                   overcloud_id=box.overcloud_id, site=box.site)

@@ -17,10 +17,13 @@ See docs/remote-hosts.md, "The ssh driver".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import shlex
-from collections.abc import Iterable, Mapping
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from overcloud.underclouds.base import Box, BoxCommandError, BoxHttp, Completed, UnderCloudError
@@ -56,6 +59,11 @@ class RemoteBoxSession(BoxHttp):
         """The interpreter prefix of box programs written in our Python: the host's python3 on
         the bundle (``+ ["module", "overcloud.x", ...]``)."""
         return [HOST_PYTHON, "-IS", self.bundle_dir]
+
+    def stage_artifact(self, path: Any, sha256: str) -> str:
+        """Put a content-addressed artifact into the box's host's cache (over SSH, checked
+        there); returns the cache dir for ``fetch.py``. See components/construction.py."""
+        return self.host.stage_artifact(path, sha256)
 
     @property
     def owner_id(self) -> str:
@@ -211,6 +219,67 @@ class RemoteBoxSession(BoxHttp):
         except BaseException:
             stream.close()
             raise
+
+    @contextlib.contextmanager
+    def loopback_relay(self, host: str, port: int) -> Iterator[str]:
+        """``127.0.0.1:<port>`` on the Tower whose connections are opened from the box to
+        ``host:port`` (each one a :meth:`connect_tcp`), while the ``with`` lasts: for our
+        Python that needs a library the host bundle does not carry (boto3 for the DataLake's
+        operations), run on the Tower with its network in the box."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        stop = threading.Event()
+        conns: list[socket.socket] = []
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while chunk := src.recv(65536):
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (dst, src):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        def serve(client: socket.socket) -> None:
+            try:
+                upstream = self.connect_tcp(host, port, timeout=10.0)
+            except OSError:
+                client.close()
+                return
+            conns.extend((client, upstream))
+            t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            t.start()
+            pump(client, upstream)
+            t.join()
+            client.close()
+            upstream.close()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    client, _ = listener.accept()
+                except (TimeoutError, socket.timeout):
+                    continue
+                except OSError:
+                    return
+                client.settimeout(None)
+                threading.Thread(target=serve, args=(client,), name="box-relay", daemon=True).start()
+
+        acceptor = threading.Thread(target=accept, name="box-relay-accept", daemon=True)
+        acceptor.start()
+        try:
+            yield f"127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            stop.set()
+            acceptor.join(2)
+            listener.close()
+            for c in list(conns):
+                with contextlib.suppress(OSError):
+                    c.close()
 
 
 def decode(done: Completed, what: str) -> Any:

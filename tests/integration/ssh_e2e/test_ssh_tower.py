@@ -1,0 +1,95 @@
+"""A Tower with the hosts lab's sites file (OVERCLOUD_SITES_FILE): the seed's request on
+``"provider": "ssh"`` reaches READY (Post, clusters, DataLake, Fabric) with every box on the
+lab's remote hosts, and delete leaves nothing on any host. The same request on the local
+UnderCloud, on the same Tower, is timed beside it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+
+HOSTS = ("och-a1", "och-a2", "och-b1", "och-b2")
+SEED = {"provider": "ssh", "number": "2", "size": "m1.small"}
+
+
+def _teardown_hosts(state_dir) -> None:
+    from overcloud.config import tower_identity
+    from overcloud.identity.secrets import SecretBox, load_key
+    from overcloud.underclouds.ssh.driver import SSHUnderCloud
+    from overcloud.underclouds.ssh.sites import load_ssh_sites_file
+    import os
+
+    box = SecretBox(load_key(state_dir))
+    w = SSHUnderCloud(load_ssh_sites_file(os.environ["OC_TEST_SITES_FILE"]), state_dir=state_dir / "ssh",
+                      tower_id=tower_identity(state_dir), seal=box.seal, unseal=box.open,
+                      bundle_cache=state_dir / "host-bundle")
+    try:
+        left = w.list_tagged()
+        if left:
+            w.sweep({r.overcloud_id for r in left})
+        w.teardown()
+        assert not left, [r.name for r in left][:10]
+    finally:
+        w.close()
+
+
+def _create(tower: TowerProcess, body: dict, timeout: float = 300) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    with tower.client() as c:
+        r = c.post("/overclouds", json=body, params={"wait": "true"}, timeout=timeout)
+    assert r.status_code in (200, 201, 202), r.text
+    d = r.json()
+    return d, time.perf_counter() - t0
+
+
+def _delete(tower: TowerProcess, oc: str) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    d = tower.delete_and_wait(oc, timeout=300)
+    return d, time.perf_counter() - t0
+
+
+def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))
+    tower = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
+                         OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
+    try:
+        with tower.client() as c:
+            kinds = {u["name"]: u.get("kind") for u in c.get("/underclouds").json()} \
+                if c.get("/underclouds").status_code == 200 else {}
+        print(f"\nunderclouds: {kinds}")
+        d, created = _create(tower, SEED)
+        oc = d.get("overcloud_ID") or d.get("id")
+        if d["status"] != "READY":
+            print(tower.log.read_text()[-6000:])
+        assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
+        with tower.client() as c:
+            detail = c.get(f"/overclouds/{oc}").json()
+        boxes = detail.get("boxes") or []
+        print(f"[measure] ssh create (Post + 2 clusters): {created:.2f}s")
+        for b in boxes:
+            assert b["site"] == "ssh-a", b
+        # the boxes are on the remote hosts, not here
+        on_hosts = " ".join(hosts_lab.outside(h, ["ip", "netns", "list"]).stdout for h in HOSTS)
+        assert on_hosts.count(oc[:8]) == 3, on_hosts
+        d, deleted = _delete(tower, oc)
+        print(f"[measure] ssh delete: {deleted:.2f}s")
+        assert d["status"] == "DELETED", (d.get("error"), d.get("error_task"))
+        for h in HOSTS:
+            assert oc[:8] not in hosts_lab.outside(h, ["ip", "netns", "list"]).stdout, h
+            assert oc[:8] not in hosts_lab.outside(h, ["ps", "-eo", "args"]).stdout, h
+        # the same request on the local UnderCloud, for the ratio
+        d, created_l = _create(tower, {**SEED, "provider": "local"})
+        assert d["status"] == "READY", d.get("error")
+        _, deleted_l = _delete(tower, d.get("overcloud_ID") or d.get("id"))
+        print(f"[measure] local create {created_l:.2f}s, delete {deleted_l:.2f}s; "
+              f"ssh/local create {created / created_l:.2f}x, delete {deleted / deleted_l:.2f}x")
+    finally:
+        try:
+            tower.cleanup()
+        finally:
+            _teardown_hosts(tower.state_dir)
