@@ -53,6 +53,14 @@ def _delete(tower: TowerProcess, oc: str) -> tuple[dict, float]:
     return d, time.perf_counter() - t0
 
 
+def _task_times(tower: TowerProcess, oc: str) -> str:
+    """The last workflow's tasks and their durations, for the [measure] lines."""
+    with tower.client() as c:
+        wf = c.get(f"/overclouds/{oc}/workflow").json()
+    tasks = wf["workflows"][wf["current"]]
+    return ", ".join(f"{t['task']} {t['duration_s']:.2f}" for t in tasks if t.get("duration_s") is not None)
+
+
 def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))
     tower = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
@@ -71,13 +79,22 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
             detail = c.get(f"/overclouds/{oc}").json()
         boxes = detail.get("boxes") or []
         print(f"[measure] ssh create (Post + 2 clusters): {created:.2f}s")
+        print(f"[measure] ssh create tasks: {_task_times(tower, oc)}")
         for b in boxes:
             assert b["site"] == "ssh-a", b
         # the boxes are on the remote hosts, not here
         on_hosts = " ".join(hosts_lab.outside(h, ["ip", "netns", "list"]).stdout for h in HOSTS)
         assert on_hosts.count(oc[:8]) == 3, on_hosts
+        # a second create (warm: the hosts are prepared) for the comparison with local
+        d, warm = _create(tower, SEED)
+        assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
+        oc2 = d.get("overcloud_ID") or d.get("id")
+        print(f"[measure] ssh create again (warm): {warm:.2f}s; tasks: {_task_times(tower, oc2)}")
+        created = warm
+        _delete(tower, oc2)
         d, deleted = _delete(tower, oc)
         print(f"[measure] ssh delete: {deleted:.2f}s")
+        print(f"[measure] ssh delete tasks: {_task_times(tower, oc)}")
         assert d["status"] == "DELETED", (d.get("error"), d.get("error_task"))
         for h in HOSTS:
             assert oc[:8] not in hosts_lab.outside(h, ["ip", "netns", "list"]).stdout, h
@@ -85,6 +102,7 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
         # the same request on the local UnderCloud, for the ratio
         d, created_l = _create(tower, {**SEED, "provider": "local"})
         assert d["status"] == "READY", d.get("error")
+        print(f"[measure] local create tasks: {_task_times(tower, d.get('overcloud_ID') or d.get('id'))}")
         _, deleted_l = _delete(tower, d.get("overcloud_ID") or d.get("id"))
         print(f"[measure] local create {created_l:.2f}s, delete {deleted_l:.2f}s; "
               f"ssh/local create {created / created_l:.2f}x, delete {deleted / deleted_l:.2f}x")
