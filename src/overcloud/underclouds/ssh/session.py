@@ -88,8 +88,7 @@ class RemoteBoxSession(BoxHttp):
         try:
             r = self.ssh.run(full, input=input, timeout=timeout, check=False,
                              max_output=(max_output + 1) if max_output is not None else 64 << 20)
-            done = Completed(r.returncode if r.returncode is None or r.returncode >= 0 else r.returncode,
-                             r.stdout, b"" if max_output is not None else r.stderr)
+            done = Completed(r.returncode, r.stdout, b"" if max_output is not None else r.stderr)
         except SSHTimeout as exc:
             done = Completed(None, b"", str(exc).encode())
         if check and done.returncode != 0:
