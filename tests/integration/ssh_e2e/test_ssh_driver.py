@@ -68,10 +68,14 @@ def test_boxes_on_two_sites_reach_each_other_and_release_leaves_nothing(world, h
         assert set(overlay.addresses) == {"p0", "c1", "c2"}
         p0, c1, c2 = boxes
         sp = world.session(p0)
-        # VXLAN across hosts inside ssh-a, and through WireGuard to ssh-b
+        # VXLAN across hosts inside ssh-a, and through WireGuard to ssh-b, at the MTU the WAN
+        # allows across sites (1500 - 80 - 50): a packet of exactly that size with DF crosses
+        mtu = world.overlay_mtu({"ssh-a", "ssh-b"}, list(world.hosts))
+        assert mtu == 1370, mtu
+        assert f"mtu {mtu} " in sp.run(["ip", "link", "show", "vx0"]).stdout.decode()
         for peer in (c1, c2):
-            r = sp.run(["ping", "-c", "1", "-W", "3", peer.overlay_address], check=False)
-            assert r.returncode == 0, (peer.name, r.stderr)
+            r = sp.run(["ping", "-c", "1", "-W", "3", "-M", "do", "-s", str(mtu - 28), peer.overlay_address], check=False)
+            assert r.returncode == 0, (peer.name, r.stdout, r.stderr)
         deadline = time.monotonic() + 20
         while not sp.tcp_check(c2.overlay_address, 9001, timeout=1.0):  # c2's health answers on the overlay
             assert time.monotonic() < deadline, "c2's health port never answered across sites"

@@ -17,7 +17,6 @@ Standard library and our host-side package only (it runs under the host's ``pyth
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import selectors
@@ -91,6 +90,8 @@ def join(req: dict[str, Any]) -> dict[str, Any]:
             net_run(["ip", "-n", handle, "route", "replace", cidr, "via", gateway])
         net.box_firewall(handle, gateways, peers)
         net.ensure_vxlan(handle, vni, address, addresses[name], subnet.prefixlen, peers, host.tag(oc, name))
+        if req.get("mtu"):  # what every underlay path between the OverCloud's hosts carries
+            net_run(["ip", "-n", handle, "link", "set", net.VXLAN_DEV, "mtu", str(int(req["mtu"]))])
         sup = host.supervisor(handle)
         sup.set_hosts(addresses)
         sup.enable_inet(addresses[name])

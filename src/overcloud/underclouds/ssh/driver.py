@@ -280,12 +280,13 @@ class SSHUnderCloud:
             for b in boxes:
                 by_host.setdefault(self.host_of(b).name, []).append(b)
             peers = [b.address for b in boxes]
+            mtu = self.overlay_mtu({b.site for b in boxes}, list(by_host))
 
             def join(name: str) -> None:
                 h = self.hosts[name]
                 routes = [o.config.box_cidr for o in self.hosts.values() if o.name != name]
                 h.boxctl("join", vni=lease["vni"], subnet=lease["subnet"], addresses=lease["addresses"], peers=peers,
-                         routes=routes, boxes=[{"handle": b.handle, "name": b.name, "address": b.address,
+                         routes=routes, mtu=mtu, boxes=[{"handle": b.handle, "name": b.name, "address": b.address,
                                                 "site": b.site, "overcloud_id": b.overcloud_id} for b in by_host[name]])
 
             errors = [e for _, _, e in _parallel(join, sorted(by_host)) if e is not None]
@@ -298,6 +299,17 @@ class SSHUnderCloud:
         for b in boxes:
             b.overlay_address = lease["addresses"][b.name]
         return Overlay(overcloud_id, lease["vni"], lease["subnet"], dict(lease["addresses"]))
+
+    def overlay_mtu(self, sites: set[str], hosts: list[str]) -> int | None:
+        """The VXLAN MTU every underlay path between these hosts carries, from what the WAN's
+        ``up`` found: LAN − 50 inside one site, WAN − 80 − 50 across sites (see "MTU" above);
+        None when unknown (the device keeps its default)."""
+        states = [self.wan_states[n] for n in hosts if n in self.wan_states]
+        if len(sites) > 1:
+            found = [s.vxlan_mtu for s in states if s.vxlan_mtu]
+        else:
+            found = [s.lan_mtu - 50 for s in states if s.lan_mtu]
+        return min(found) if found else None
 
     def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
         self.prepare()
