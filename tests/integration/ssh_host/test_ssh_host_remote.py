@@ -45,15 +45,19 @@ def call(run, installed: str, op: str, req: dict) -> dict:
 def test_prepare_a_remote_host_and_make_a_box_there(remote, hosts_lab, artifact):  # noqa: F811
     ssh, run = remote
     tower_id = secrets.token_hex(8)
+    # a root of its own: the session's other tests (a Tower on the ssh sites) may already have
+    # installed this very bundle at the default root, and then nothing would be transferred
+    root = f"/var/lib/overcloud/host-test-{tower_id}"
     trips = ssh.round_trips
     t0 = time.perf_counter()
-    facts, installed = hostprep.prepare_host(run, artifact.path, artifact.sha256, tower_id=tower_id, host=HOST)
+    facts, installed = hostprep.prepare_host(run, artifact.path, artifact.sha256, tower_id=tower_id, host=HOST,
+                                             root=root)
     print(f"\nprepare {HOST} over SSH: {time.perf_counter() - t0:.3f}s, {ssh.round_trips - trips} round trips "
           f"(install {installed.seconds:.3f}s)")
     assert facts.os_id == "debian" and installed.transferred
     trips = ssh.round_trips
     t0 = time.perf_counter()
-    _, again = hostprep.prepare_host(run, artifact.path, artifact.sha256, tower_id=tower_id, host=HOST)
+    _, again = hostprep.prepare_host(run, artifact.path, artifact.sha256, tower_id=tower_id, host=HOST, root=root)
     print(f"prepare again: {time.perf_counter() - t0:.3f}s, {ssh.round_trips - trips} round trips")
     assert not again.transferred and ssh.round_trips - trips == 2  # the check and the look
 
@@ -87,4 +91,5 @@ def test_prepare_a_remote_host_and_make_a_box_there(remote, hosts_lab, artifact)
     finally:
         call(run, installed.path, "sweep", {**base, "overcloud_ids": [oc]})
         call(run, installed.path, "teardown-site", base)
+        run(["rm", "-rf", root])
     assert "ocsbr" not in hosts_lab.outside(HOST, ["ip", "-br", "link"]).stdout
