@@ -209,6 +209,11 @@ def show(overcloud_id: str) -> None:
         f = b["flavor"]
         t.add_row(b["name"], b["role"], b["site"], b["address"], b["overlay_address"] or "", f"{f['name']} ({f['cpus']:g} CPU, {f['memory_mb']} MiB)", b["state"])
     _emit(d, t)
+    if STATE["output"] == Output.table:  # what is published on site addresses: reachable from where the user is
+        s3 = ((d.get("datalake") or {}).get("published") or {}).get("s3")
+        for name, url in ([("datalake S3", s3)] if s3 else []) + [(s["name"], u) for s in d.get("services") or []
+                                                                   for u in s.get("urls") or []]:
+            out.print(f"published  {name:<14} {url}", highlight=False, soft_wrap=True)
     if STATE["output"] == Output.table and d.get("error"):
         out.print(f"[red]failed in {d['error']['task']}: {d['error']['cause']}[/]")
 

@@ -178,6 +178,7 @@ def test_bad_nodeports_are_refused_naming_the_field(tower, ocs, node_port, words
     assert (body["manifest"], body["field"]) == ("Service/api", "spec.ports[0].nodePort") and words in body["message"], body
     with tower.client() as c:
         assert "api" not in {s["name"] for s in c.get(f"/overclouds/{a['overcloud_ID']}/services").json()}
+        c.delete(f"/overclouds/{a['overcloud_ID']}/services/web")  # the boxes' ports free for the next test
 
 
 def test_the_datalake_s3_alone_is_published_on_the_posts_site_address(tower, ocs):
@@ -229,5 +230,11 @@ def test_overcloud_demo_prints_the_published_urls(tower, ocs):
     assert f"dashboard      {url}/" in out, out
     assert f"http://{a['post']['address']}:8333" in out, out
     assert httpx.get(url, timeout=5, trust_env=False).text == "dashboard-0"
+    # the OverCloud's detail and `overcloud show` say what is published too
+    with tower.client() as c:
+        listed = {s["name"]: s["urls"] for s in c.get(f"/overclouds/{oid}").json()["services"]}
+    assert listed["dashboard"] == [url]
+    shown = tower.cli("show", oid, check=True).stdout
+    assert f"published  dashboard      {url}" in shown and f"datalake S3    http://{a['post']['address']}:8333" in shown, shown
     with tower.client() as c:
         assert c.delete(f"/overclouds/{oid}/services/dashboard").status_code == 200
