@@ -77,7 +77,8 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
         assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
         with tower.client() as c:
             detail = c.get(f"/overclouds/{oc}").json()
-        boxes = detail.get("boxes") or []
+        boxes = [detail["post"], *detail["clusters"]]
+        assert len(boxes) == 3
         print(f"[measure] ssh create (Post + 2 clusters): {created:.2f}s")
         print(f"[measure] ssh create tasks: {_task_times(tower, oc)}")
         for b in boxes:
@@ -85,6 +86,20 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
         # the boxes are on the remote hosts, not here
         on_hosts = " ".join(hosts_lab.outside(h, ["ip", "netns", "list"]).stdout for h in HOSTS)
         assert on_hosts.count(oc[:8]) == 3, on_hosts
+        # the seed's heterogeneous body across the two ssh sites: DataLake and Fabric span
+        # WireGuard (volume servers and scrape targets on ssh-b, master and Prometheus on ssh-a)
+        d, hetero = _create(tower, {"provider": "heterogeneous",
+                                    "ssh-a": {"number": "1", "size": "small", "post": "yes"},
+                                    "ssh-b": {"number": "1", "size": "small"}})
+        assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
+        oc3 = d.get("overcloud_ID") or d.get("id")
+        with tower.client() as c:
+            detail3 = c.get(f"/overclouds/{oc3}").json()
+            sites = sorted(b["site"] for b in [detail3["post"], *detail3["clusters"]])
+        assert sites == ["ssh-a", "ssh-a", "ssh-b"], sites
+        print(f"[measure] ssh-a + ssh-b create: {hetero:.2f}s; tasks: {_task_times(tower, oc3)}")
+        d, _ = _delete(tower, oc3)
+        assert d["status"] == "DELETED", (d.get("error"), d.get("error_task"))
         # a second create (warm: the hosts are prepared) for the comparison with local
         d, warm = _create(tower, SEED)
         assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
