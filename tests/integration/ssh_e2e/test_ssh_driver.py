@@ -111,3 +111,26 @@ def test_boxes_on_two_sites_reach_each_other_and_release_leaves_nothing(world, h
         assert oc[:8] not in hosts_lab.outside(host, ["ip", "netns", "list"]).stdout
         ps = hosts_lab.outside(host, ["ps", "-eo", "args"]).stdout
         assert oc[:8] not in ps
+
+
+def test_an_acquire_that_fails_on_one_host_leaves_nothing_on_the_others(world, hosts_lab):  # noqa: F811
+    """All or nothing across hosts: c1 is placed on och-a2 (most room, then the name), where a
+    namespace of its handle exists that this Tower did not make; a2's make-box refuses it, and
+    the p0 made meanwhile on och-a1 is destroyed again. The foreign namespace is left alone."""
+    from overcloud.underclouds.base import UnderCloudError
+    from overcloud.underclouds.local import box_handle
+
+    oc = uuid.uuid4().hex
+    small = resolve_flavor("small")
+    foreign = box_handle(oc, "c1")
+    hosts_lab.outside("och-a2", ["ip", "netns", "add", foreign])
+    try:
+        with pytest.raises(UnderCloudError) as err:
+            world.sites["ssh-a"].acquire([BoxSpec(oc, "p0", "post", "ssh-a", small),
+                                          BoxSpec(oc, "c1", "cluster", "ssh-a", small)])
+        assert "och-a2" in str(err.value) and "not this Tower's" in str(err.value), str(err.value)
+        assert world.list_tagged(oc) == []
+        assert oc[:8] not in hosts_lab.outside("och-a1", ["ip", "netns", "list"]).stdout
+        assert foreign in hosts_lab.outside("och-a2", ["ip", "netns", "list"]).stdout
+    finally:
+        hosts_lab.outside("och-a2", ["ip", "netns", "del", foreign])
