@@ -105,6 +105,16 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
         assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
         oc2 = d.get("overcloud_ID") or d.get("id")
         print(f"[measure] ssh create again (warm): {warm:.2f}s; tasks: {_task_times(tower, oc2)}")
+        # the Tower reaches the remote Post's Prometheus through the session: PromQL, topology,
+        # and the health watch keeps the OverCloud READY over several scrape intervals
+        with tower.client() as c:
+            r = c.get(f"/overclouds/{oc2}/metrics", params={"query": "up"})
+            assert r.status_code == 200, r.text
+            up = r.json()["result"]
+            assert up and all(x["value"][1] == "1" for x in up), up
+            assert c.get(f"/overclouds/{oc2}/topology").status_code == 200
+            time.sleep(4)
+            assert c.get(f"/overclouds/{oc2}").json()["status"] == "READY"
         created = warm
         _delete(tower, oc2)
         d, deleted = _delete(tower, oc)
