@@ -152,7 +152,10 @@ def test_a_nodeport_is_reached_from_the_host_and_nothing_else_is(tower, ocs):
     probe = ("import socket,sys\nfor a in sys.argv[1:]:\n h,p=a.rsplit(':',1)\n"
              " try: socket.create_connection((h,int(p)),timeout=1.5).close(); print(a,'open')\n"
              " except OSError as e: print(a,'closed')\n")
-    targets = [f"{box['overlay_address']}:{node_port}", f"{box['overlay_address']}:8070", f"{published['vip']}:80"]
+    # nor at the box's site address, which the host would route to it from another bridge: a
+    # published port is for where the user is (the host), not for other OverClouds' boxes
+    targets = [f"{box['overlay_address']}:{node_port}", f"{box['overlay_address']}:8070", f"{published['vip']}:80",
+               f"{box['address']}:{node_port}"]
     out = in_box(b, b["clusters"][0]["name"], "python3", "-c", probe, *targets)
     assert out.returncode == 0 and out.stdout.split() == [w for t in targets for w in (t, "closed")], out
     # the same pattern applied again keeps its nodePort (and changes nothing)

@@ -391,7 +391,9 @@ def box_firewall(handle: str, gateways: Iterable[str], peers: Iterable[str]) -> 
     """(Re)write the box's input firewall in one transaction. From the site network (``eth0``)
     it admits only ICMP from the gateways (the host pings boxes) and what the box's own tables
     rewrote to a published port (``ct status dnat``: a NodePort, the DataLake's S3 on the Post;
-    see composition.stitching); nothing a box listens on is reachable there otherwise. A NodePort
+    see composition.stitching), from the gateways only: a published port is for where the user
+    is (the host), not for other OverClouds' boxes, whose packets the host would route here from
+    another bridge. Nothing a box listens on is reachable there otherwise. A NodePort
     that is not published (any more) is refused at once, as kube-proxy does; the rest is dropped."""
     gw = ", ".join(sorted(gateways))
     peer_list = sorted(peers)
@@ -408,7 +410,7 @@ table inet {BOX_TABLE} {{
     ct state established,related accept
     iifname "{VXLAN_DEV}" accept
     ip saddr @gateways meta l4proto icmp accept
-    iifname "eth0" ct status dnat accept
+    iifname "eth0" ip saddr @gateways ct status dnat accept
     iifname "eth0" tcp dport 30000-32767 reject with tcp reset
     ip saddr @peers udp dport {VXLAN_PORT} accept
   }}
