@@ -22,42 +22,20 @@ from towers import wait_for
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/overcloud/smart-energy:latest"
 from test_services import SMART  # noqa: E402
+from test_services import WEB as WEB_CLUSTER_IP  # noqa: E402
 
-WEB = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      nodeSelector: {overcloud.io/tier: edge}
-      containers:
-        - name: web
-          image: IMAGE
-          imagePullPolicy: Never
-          command: [python3, -c, "import http.server as h, os\\nclass H(h.BaseHTTPRequestHandler):\\n def do_GET(s):\\n  b = os.environ['OVERCLOUD_REPLICA'].encode(); s.send_response(200); s.send_header('Content-Length', str(len(b))); s.end_headers(); s.wfile.write(b)\\n def log_message(s, *a): pass\\nh.ThreadingHTTPServer(('0.0.0.0', 8070), H).serve_forever()"]
-          ports: [{containerPort: 8070, name: http}]
-          resources: {requests: {cpu: 50m, memory: 32Mi}}
-          readinessProbe: {httpGet: {path: /, port: 8070}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{port: 80, targetPort: http}]
----
+# test_services' web Deployment and Service, the Service made a NodePort (no nodePort asked:
+# a free one), plus a ClusterIP Service onto the replica's own port
+WEB = WEB_CLUSTER_IP.replace("metadata: {name: web}\nspec:\n  selector:",
+                             "metadata: {name: web}\nspec:\n  type: NodePort\n  selector:") + """---
 apiVersion: v1
 kind: Service
 metadata: {name: web-internal}
 spec:
   selector: {app: web}
   ports: [{port: 8070}]
-""".replace("IMAGE", IMAGE)
+"""
+assert "type: NodePort" in WEB
 
 API = """
 apiVersion: apps/v1
