@@ -361,3 +361,41 @@ class UnderCloudDriver(abc.ABC):
     @abc.abstractmethod
     def quota(self) -> Quota:
         """How many boxes this UnderCloud may still lend."""
+
+
+class OverlayDomain(Protocol):
+    """What several sites share when their boxes meet in one overlay: every local site of one
+    host (one kernel), every ssh site of one Tower (hosts routed to each other)."""
+
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay: ...
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None: ...
+    def session(self, box: Box) -> BoxSession: ...
+    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]: ...
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]: ...
+
+
+class DomainSite(UnderCloudDriver):
+    """A site whose overlay, sessions, inventory and sweep are its domain's (``self.domain``);
+    the site itself lends and takes back boxes and counts its quota."""
+
+    domain: OverlayDomain
+
+    @property
+    def overlay_domain(self) -> object:
+        return self.domain
+
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
+        return self.domain.join_overlay(overcloud_id, boxes)
+
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
+        self.domain.leave_overlay(overcloud_id, boxes)
+
+    def connect(self, box: Box) -> BoxSession:
+        return self.domain.session(box)
+
+    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
+        """Everything the domain holds (its sites share it): one site's answer is all of theirs."""
+        return self.domain.list_tagged(overcloud_id)
+
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        return self.domain.sweep(overcloud_ids)

@@ -182,8 +182,8 @@ def two(host):
     boxes = acquire_all(host, [spec(a, "a1", "i-a"), spec(a, "a2", "i-b"),
                                spec(b, "b1", "i-a"), spec(b, "b2", "i-a"), spec(b, "b3", "i-b")])
     by = {x.name: x for x in boxes}
-    ovl_a = host.create_overlay(a, [by["a1"], by["a2"]])
-    ovl_b = host.create_overlay(b, [by["b1"], by["b2"], by["b3"]])
+    ovl_a = host.join_overlay(a, [by["a1"], by["a2"]])
+    ovl_b = host.join_overlay(b, [by["b1"], by["b2"], by["b3"]])
     yield by, ovl_a, ovl_b
     release_all(host, boxes)
     assert host.list_tagged(a) == [] and host.list_tagged(b) == []

@@ -149,7 +149,7 @@ def oc1(host):
     t0 = time.perf_counter()
     boxes = acquire_all(host, specs)
     t1 = time.perf_counter()
-    overlay = host.create_overlay(oc, boxes)
+    overlay = host.join_overlay(oc, boxes)
     t2 = time.perf_counter()
     print(f"\nacquire 4 boxes {t1 - t0:.3f}s, overlay {t2 - t1:.3f}s")
     yield oc, {b.name: b for b in boxes}, overlay
@@ -219,7 +219,7 @@ def test_two_overclouds_are_isolated(host, oc1):
     other = new_id()
     theirs = acquire_all(host, [spec(other, "p0", "t-a", "post"), spec(other, "c1", "t-b")])
     try:
-        host.create_overlay(other, theirs)
+        host.join_overlay(other, theirs)
         assert theirs[0].overlay_address != boxes["p0"].overlay_address
         _, t = serve_once(host, boxes["p0"], "0.0.0.0", 7200)
         _, t2 = serve_once(host, theirs[0], "0.0.0.0", 7200)
@@ -322,7 +322,7 @@ def test_every_box_resource_carries_the_tower_id_and_is_found_by_it(host):
     whose lease and state dir are gone is still found, and swept, by those tags alone."""
     oc = new_id()
     boxes = acquire_all(host, [spec(oc, "p0", "t-a", "post"), spec(oc, "c1", "t-b")])
-    host.create_overlay(oc, boxes)
+    host.join_overlay(oc, boxes)
     tag = host.tag(oc, "c1")
     assert tag.endswith(":" + host.tower_id) and len(host.tower_id) == 16
     h = boxes[1].handle
@@ -341,7 +341,7 @@ def test_every_box_resource_carries_the_tower_id_and_is_found_by_it(host):
 def test_release_leaves_nothing(host):
     oc = new_id()
     boxes = acquire_all(host, [spec(oc, "p0", "t-a", "post"), spec(oc, "c1", "t-b")])
-    host.create_overlay(oc, boxes)
+    host.join_overlay(oc, boxes)
     host.supervisor(boxes[1]).add_program("sleeper", "sleep 600", startsecs=0)
     handles = [b.handle for b in boxes]
     t0 = time.perf_counter()
@@ -406,7 +406,7 @@ def test_concurrent_acquires_get_distinct_addresses(host):
         addresses = [b.address for boxes in results for b in boxes]
         assert len(addresses) == len(set(addresses)) == 6
         with ThreadPoolExecutor(3) as pool:
-            overlays = list(pool.map(lambda x: x[0].create_overlay(x[1], x[2]), zip(hosts, ids, results)))
+            overlays = list(pool.map(lambda x: x[0].join_overlay(x[1], x[2]), zip(hosts, ids, results)))
         assert len({o.subnet for o in overlays}) == 3 and len({o.vni for o in overlays}) == 3
     finally:
         for boxes in results:

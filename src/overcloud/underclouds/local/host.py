@@ -39,6 +39,7 @@ from overcloud.underclouds.local import net
 from overcloud.underclouds.base import (
     Box,
     BoxSpec,
+    DomainSite,
     Overlay,
     Quota,
     TaggedResource,
@@ -263,7 +264,7 @@ class LocalHost:
         return BoxSupervisor(handle, self.boxes_dir / handle, self.cgroups)
 
     # -- overlays ------------------------------------------------------
-    def create_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
+    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
         """Join ``boxes`` (any sites) in the OverCloud's VXLAN overlay;
         sets ``box.overlay_address``. Idempotent per overcloud_id; call it
         again with more boxes to grow the overlay."""
@@ -296,7 +297,7 @@ class LocalHost:
             raise UnderCloudError(f"overlay for {overcloud_id} failed: {exc}", overcloud_id=overcloud_id) from exc
         return Overlay(overcloud_id, lease["vni"], lease["subnet"], dict(lease["addresses"]))
 
-    def delete_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
+    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
         """Remove vx0 and VXLAN peers from the boxes, then the overlay lease."""
         gateways = list(self.gateways.values())
 
@@ -520,14 +521,15 @@ class LocalHost:
         return removed
 
 
-class LocalSite(UnderCloudDriver):
-    """One local site (a bridge); the driver the workflows call."""
+class LocalSite(DomainSite):
+    """One local site (a bridge); the driver the workflows call. Its domain is the host: the
+    overlay of all local sites is made in one call, and inventory and sweep are the host's."""
 
     kind = "local"
 
     def __init__(self, host: LocalHost, config: LocalSiteConfig):
         super().__init__(config.name)
-        self.host = host
+        self.host = self.domain = host
         self.config = config
 
     def acquire(self, specs: list[BoxSpec]) -> list[Box]:
@@ -575,28 +577,6 @@ class LocalSite(UnderCloudDriver):
                 overcloud_id=box.overcloud_id,
                 site=self.name,
             ) from cause
-
-    @property
-    def overlay_domain(self) -> object:
-        return self.host  # one kernel: the overlay of all local sites is made in one call
-
-    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
-        """Boxes of every local site of this host join in one call (see LocalHost.create_overlay)."""
-        return self.host.create_overlay(overcloud_id, boxes)
-
-    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
-        self.host.delete_overlay(overcloud_id, boxes)
-
-    def connect(self, box: Box) -> LocalBoxSession:
-        return self.host.session(box)
-
-    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
-        """Resources of this host (all sites share the kernel); see LocalHost."""
-        return self.host.list_tagged(overcloud_id)
-
-    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
-        """Everything of these ids on this host, every local site (see LocalHost.sweep)."""
-        return self.host.sweep(overcloud_ids)
 
     def quota(self) -> Quota:
         # the limit is the host's: every local site shares its cores and memory

@@ -72,7 +72,7 @@ def boxes(req: dict[str, Any]) -> list[dict[str, Any]]:
 def join(req: dict[str, Any]) -> dict[str, Any]:
     """Join this host's ``boxes`` to an OverCloud's overlay made by the Tower (``vni``,
     ``subnet``, ``addresses`` by box name, ``peers``: every box's site address): what
-    LocalHost.create_overlay does per box, plus a route to each other host's box subnet."""
+    LocalHost.join_overlay does per box, plus a route to each other host's box subnet."""
     from overcloud.underclouds.local import net
 
     host = _host(req)
@@ -117,7 +117,7 @@ def leave(req: dict[str, Any]) -> dict[str, Any]:
         net.box_firewall(handle, gateways, [])
         try:
             host.supervisor(handle).remove_program("overcloud-health")
-        except Exception:  # noqa: BLE001 - as LocalHost.delete_overlay
+        except Exception:  # noqa: BLE001 - as LocalHost.leave_overlay
             pass
         if host.leases.box(handle) is not None:
             host.leases.update_box(handle, overlay=None)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from overcloud.underclouds.base import (
     Box,
     BoxSpec,
+    DomainSite,
     Overlay,
     Quota,
     TaggedResource,
@@ -409,23 +410,20 @@ def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, li
     return out
 
 
-class SSHSite(UnderCloudDriver):
-    """One ssh site: the driver the workflows call."""
+class SSHSite(DomainSite):
+    """One ssh site: the driver the workflows call. Its domain is the world of every ssh host
+    of this Tower (one overlay across sites, inventory and sweep of all hosts)."""
 
     kind = "ssh"
 
     def __init__(self, world: SSHUnderCloud, config: SSHSiteConfig):
         super().__init__(config.name)
-        self.world = world
+        self.world = self.domain = world
         self.config = config
 
     @property
     def hosts(self) -> list[RemoteHost]:
         return self.world.site_hosts(self.name)
-
-    @property
-    def overlay_domain(self) -> object:
-        return self.world
 
     def inventory(self) -> dict[str, list[dict[str, Any]]]:
         self.world.prepare()
@@ -496,22 +494,6 @@ class SSHSite(UnderCloudDriver):
             n, cause = errors[0]
             raise UnderCloudError(f"releasing boxes on {n} (site {self.name}) failed: {cause}",
                                   overcloud_id=mine[0].overcloud_id, site=self.name) from cause
-
-    def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
-        return self.world.join_overlay(overcloud_id, boxes)
-
-    def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
-        self.world.leave_overlay(overcloud_id, boxes)
-
-    def connect(self, box: Box) -> RemoteBoxSession:
-        return self.world.session(box)
-
-    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
-        """Everything this Tower made on every ssh host (all ssh sites are one overlay domain)."""
-        return self.world.list_tagged(overcloud_id)
-
-    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
-        return self.world.sweep(overcloud_ids)
 
     def quota(self) -> Quota:
         """Boxes this Tower has on the site's hosts (their lease files, one plain command per
