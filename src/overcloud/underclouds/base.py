@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -127,6 +129,22 @@ class TaggedResource:
 class Quota:
     max_boxes: int
     used_boxes: int
+
+
+def parallel(fn: Callable[[Any], Any], items: list, *, name: str = "uc") -> list[tuple[Any, Any, BaseException | None]]:
+    """Run ``fn`` over ``items`` in up to 16 threads (named ``name``); ``(item, result, error)``
+    for every item, in order: every item is tried, and the caller decides what an error means."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix=name) as pool:
+        futures = [(item, pool.submit(fn, item)) for item in items]
+        out = []
+        for item, fut in futures:
+            try:
+                out.append((item, fut.result(), None))
+            except BaseException as exc:  # noqa: BLE001 - collected; the caller decides
+                out.append((item, None, exc))
+        return out
 
 
 class UnderCloudError(Exception):

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from overcloud.underclouds.base import (
     TaggedResource,
     UnderCloudDriver,
     UnderCloudError,
+    parallel,
 )
 from overcloud.underclouds.local.leases import HostLeases, LeaseStore
 from overcloud.underclouds.local.session import LocalBoxSession
@@ -82,23 +82,8 @@ def _handle_prefix(overcloud_id: str) -> str:
     return f"{HANDLE_PREFIX}{overcloud_id[:8]}-"
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(1, min(16, n)), thread_name_prefix="local-uc")
-
-
 def _parallel(fn, items: list) -> list[tuple[Any, Any, BaseException | None]]:
-    """Run fn over items in threads; (item, result, error) for every item."""
-    if not items:
-        return []
-    with _pool(len(items)) as pool:
-        futures = [(item, pool.submit(fn, item)) for item in items]
-        out = []
-        for item, fut in futures:
-            try:
-                out.append((item, fut.result(), None))
-            except BaseException as exc:  # collected; the caller decides
-                out.append((item, None, exc))
-        return out
+    return parallel(fn, items, name="local-uc")
 
 
 class LocalHost:

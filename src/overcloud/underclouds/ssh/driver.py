@@ -27,7 +27,6 @@ import json
 import logging
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ from overcloud.underclouds.base import (
     TaggedResource,
     UnderCloudDriver,
     UnderCloudError,
+    parallel,
 )
 from overcloud.underclouds.local.host import box_handle
 from overcloud.underclouds.ssh.session import BOXCTL, HOST_PYTHON, RemoteBoxSession, decode
@@ -54,17 +54,7 @@ WG_POOL = "100.79.0.0/24"  # WireGuard interface addresses (/32 each), outside e
 
 
 def _parallel(fn: Callable[[Any], Any], items: list) -> list[tuple[Any, Any, BaseException | None]]:
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="ssh-uc") as pool:
-        futures = [(item, pool.submit(fn, item)) for item in items]
-        out = []
-        for item, fut in futures:
-            try:
-                out.append((item, fut.result(), None))
-            except BaseException as exc:  # noqa: BLE001 - collected; the caller decides
-                out.append((item, None, exc))
-        return out
+    return parallel(fn, items, name="ssh-uc")
 
 
 class RemoteHost:
