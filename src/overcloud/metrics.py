@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
@@ -48,3 +48,18 @@ class TowerMetrics:
                 yield g
 
         self.registry.register(_StatusCollector())
+
+    def watch_ssh(self, round_trips: Callable[[], dict[str, int]]) -> None:
+        """Report SSH round trips (channel exchanges: commands, file transfers, streams) per
+        remote host since the Tower started, read from the transport at scrape time: what each
+        create and delete costs in exchanges with the hosts (bench/remote.py reads it)."""
+
+        class _SSHCollector:
+            def collect(self):
+                c = CounterMetricFamily("overcloud_ssh_round_trips", "SSH channel exchanges per remote host",
+                                        labels=["host"])
+                for host, n in sorted(round_trips().items()):
+                    c.add_metric([host], n)
+                yield c
+
+        self.registry.register(_SSHCollector())

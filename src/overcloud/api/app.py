@@ -78,6 +78,8 @@ def create_app(tower: Tower) -> FastAPI:
     app.state.streams = EventHub(tower.repo, tower.is_running, max_total=tower.settings.max_streams,
                                  max_per_token=tower.settings.max_streams_per_token)
     tower.metrics.watch_status(tower.repo.count_by_status)
+    if tower.ssh is not None:
+        tower.metrics.watch_ssh(tower.ssh.transport.round_trips)
     return_large_buffers()  # a refused 10 MiB body leaves no memory behind (limits.py)
 
     auth = [Depends(get_principal)]
