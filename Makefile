@@ -56,6 +56,8 @@ bench: install
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/amplification.py
 	$(BIN)/python bench/streams.py
+	$(BIN)/python bench/coldstart.py
+	$(BIN)/python bench/remote.py
 
 # delete every OverCloud of the demo Tower (nothing left behind) and stop it
 demo-stop:

@@ -13,13 +13,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
 
 @contextlib.contextmanager
-def tower(sites: list[dict], overlay: str, log_level: str = "warning") -> Iterator[httpx.Client]:
+def tower(sites: list[dict], overlay: str, log_level: str = "warning", env: dict[str, str] | None = None,
+          cleanup: Callable[[Path], None] | None = None) -> Iterator[httpx.Client]:
+    """``env``: more of the Tower's environment (e.g. OVERCLOUD_SITES_FILE); ``cleanup(state_dir)``
+    runs after the Tower has stopped, before its state dir goes (e.g. the ssh hosts' teardown)."""
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (the local UnderCloud)")
     state = Path(tempfile.mkdtemp(prefix="oc-bench-"))
@@ -27,7 +30,7 @@ def tower(sites: list[dict], overlay: str, log_level: str = "warning") -> Iterat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OVERCLOUD_STATE_DIR": str(state), "OVERCLOUD_SITES": json.dumps(sites),
-           "OVERCLOUD_OVERLAY_CIDR": overlay}
+           "OVERCLOUD_OVERLAY_CIDR": overlay, **(env or {})}
     exe = str(Path(sys.executable).parent / "overcloud")
     log = open(state / "tower.log", "wb")
     proc = subprocess.Popen([exe, "serve", "--port", str(port), "--log-level", log_level], env=env,
@@ -61,5 +64,7 @@ def tower(sites: list[dict], overlay: str, log_level: str = "warning") -> Iterat
         if left:
             host.sweep({r.overcloud_id for r in left})
         host.teardown_sites()
+        if cleanup is not None:
+            cleanup(state)
         shutil.rmtree(state, ignore_errors=True)
         print(f"nothing left behind: {not left}")

@@ -31,6 +31,7 @@ from cryptography.fernet import Fernet
 
 from overcloud.identity.secrets import SecretBox
 from overcloud.underclouds.ssh import wan
+from pcap import Capture
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -231,25 +232,6 @@ def transfer(src: str, dst: str, dst_addr: str, total: int, port: int = 5201) ->
         return int(out[0]), float(out[1])
     finally:
         sink.wait(timeout=30)
-
-
-class Capture:
-    """tcpdump in one namespace on one device, to a pcap file (stopped with SIGINT, by its PID)."""
-
-    def __init__(self, netns: str, dev: str, path: Path):
-        self.path = path
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-i", dev, "-nn", "-U", "-s", "0", "-w", str(path)],
-                                     stderr=subprocess.PIPE, text=True)
-        assert "listening on" in self.proc.stderr.readline()
-
-    def stop(self) -> bytes:
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=10)
-        return self.path.read_bytes()
-
-    def count(self, expr: str) -> int:
-        res = sh("tcpdump", "-r", str(self.path), "-nn", expr)
-        return len(res.stdout.splitlines())
 
 
 def test_cross_site_through_wireguard_and_same_site_in_clear(lab):
