@@ -639,8 +639,8 @@ def demo(
     handle = f"oc-{overcloud_id[:8]}-{edge['box']}" if edge else "oc-<id>-<box>"
     out.print(f"""
 [bold]smart-energy is running on {overcloud_id}[/]
-  dashboard      {url}   (NodePort: published on its box's site address)
-  datalake S3    {s3 or "(no DataLake)"}   (the Post's site address; authenticated S3 only: `overcloud datalake credentials {overcloud_id}`)
+  dashboard      {url}   (NodePort: its box's site address, or its host's on an ssh site)
+  datalake S3    {s3 or "(no DataLake)"}   (the Post's site address, or its host's on an ssh site; authenticated S3 only: `overcloud datalake credentials {overcloud_id}`)
   services       .venv/bin/overcloud services {overcloud_id}
   logs           .venv/bin/overcloud logs {overcloud_id} analyzer -f
   inject a fault ip netns exec {handle} mosquitto_pub -h mqtt -t se/fault/all -m '{{"kind":"overheat"}}'

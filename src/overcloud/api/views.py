@@ -89,7 +89,7 @@ def fabric_view(spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
             "ready_seconds": fabric.get("ready_seconds"), "degraded": info.get("degraded") or {}}
 
 
-def services_view(rows, boxes=()) -> list[dict[str, Any]]:
+def services_view(rows, boxes=(), published: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The detail's short list of composed services (the full view is /services/{name}), with
     the URLs their NodePort Services are published at (``http://<site address>:<nodePort>``)."""
     from overcloud.composition import stitching
@@ -98,7 +98,7 @@ def services_view(rows, boxes=()) -> list[dict[str, Any]]:
     svcs = stitching.services(rows, {b.name: b for b in boxes}) if rows else {}
     return [{"name": r.name, "status": r.status, "runtime": r.runtime,
              "replicas": [f"{x['name']}@{x['box']} {x['state']}" for x in r.replicas],
-             "urls": [u for s in r.spec.get("services", []) for u in stitching.node_port_urls(svcs, s["name"])],
+             "urls": [u for s in r.spec.get("services", []) for u in stitching.node_port_urls(svcs, s["name"], published)],
              "link": f"/overclouds/{r.overcloud_id}/services/{r.name}"} for r in rows]
 
 
@@ -123,7 +123,7 @@ def detail_view(row: OverCloudRow, tasks: list[TaskRow], datalake: dict[str, Any
         "overlay": (row.info or {}).get("overlay"),
         "datalake": datalake_view(spec, datalake),
         "fabric": fabric_view(spec, row.info or {}),
-        "services": services_view(services, row.boxes),
+        "services": services_view(services, row.boxes, (row.info or {}).get("node_ports_published")),
         "workflow": workflow_view(row, tasks),
         "error": None,
         "links": {

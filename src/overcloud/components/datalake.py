@@ -38,7 +38,7 @@ from overcloud.boxes import entry
 from overcloud.components.post import find_post
 from overcloud.components.programs import remove_everywhere
 from overcloud.southbound import Southbound
-from overcloud.underclouds.base import Box
+from overcloud.underclouds.base import Box, UnderCloudError
 from overcloud.workflows.actions import ActionContext, registry
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
         step("s3 up")
     finally:
         http.close()
-    publish_s3(post_s, post.address, post_ip)
+    published = publish_s3(post_s, post.address, post_ip)
 
     keys = {"s3": ep["s3"], "filer": ep["filer"], "access": access, "secret": secret, "bucket": BUCKET, "security": sec}
     prepare = dict(keys, restore_from=conf["restore_from"])
@@ -251,7 +251,7 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
         else "a second copy of every object on another volume server (001)",
         "volume_servers": [{"box": b.name, "site": b.site, "url": f"{addr[b.name]}:{VOLUME}"} for b in clusters],
         # S3 only (with the OverCloud's keys), on the Post's site address: reachable from where the user is
-        "published": {"s3": f"http://{post.address}:{S3}"},
+        "published": published,
         "restored_from": conf["restore_from"],
         "restored": restored,
         "ready_seconds": round(time.monotonic() - t0, 3),
@@ -271,19 +271,28 @@ def deploy_revert(ctx: ActionContext, result, overcloud_id: str, boxes: list[dic
     _stop(ctx.services, boxes)
 
 
-def publish_s3(session, site_address: str, s3_ip: str) -> None:
+def publish_s3(session, site_address: str, s3_ip: str) -> dict[str, Any]:
     """Publish the S3 gateway (``s3_ip``:S3) on the Post's site address, same port: one nft
-    table of the Post, replaced atomically. Nothing else of the DataLake is published."""
+    table of the Post, replaced atomically; then where the user is (``session.publish``: a
+    remote host's address). Nothing else of the DataLake is published. Returns the detail's
+    ``published``: ``{"s3": url}``, or ``{"s3": None, "problem": ...}`` when the host's port is
+    another box's (the DataLake still serves the OverCloud's boxes)."""
     script = (f"table ip {PUBLISHED}\ndelete table ip {PUBLISHED}\ntable ip {PUBLISHED} {{\n"
               f"  chain published {{\n    type nat hook prerouting priority -100; policy accept;\n"
               f"    ip daddr {site_address} tcp dport {S3} dnat to {s3_ip}:{S3} comment \"datalake-s3\"\n  }}\n}}\n")
     session.run(["nft", "-f", "-"], input=script, timeout=10)
+    try:
+        return {"s3": f"http://{session.publish([S3], group='s3')}:{S3}"}
+    except UnderCloudError as exc:
+        logger.warning("publishing S3 of box %s: %s", session.box.name, exc)
+        return {"s3": None, "problem": str(exc)}
 
 
 def unpublish_s3(session) -> None:
     """Take S3 off the Post's site address (idempotent: a box or table already gone is fine)."""
     try:
         session.run(["nft", "-f", "-"], input=f"table ip {PUBLISHED}\ndelete table ip {PUBLISHED}\n", timeout=10, check=False)
+        session.unpublish("s3")
     except Exception as exc:  # noqa: BLE001 - the box may be gone already
         logger.info("unpublishing S3: %s", exc)
 

@@ -44,6 +44,7 @@ from overcloud.composition import runtime as rt
 from overcloud.composition.pattern import (NODE_PORTS, Deployment, Pattern, PatternError, Probe, deployment_of,
                                           generation_of, templates_of)
 from overcloud.southbound import Southbound, box_obj
+from overcloud.underclouds.base import UnderCloudError
 
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ BOX_GRACE = 5.0
 MAX_BACKOFF = 30.0
 PROBE_WAIT = 0.05  # a probe's answer is awaited this long in the tick; a slower one is collected later
 PROBE_THREADS = 8
+PUBLISHED_INFO = stitching.PUBLISHED_INFO
 
 
 class ServiceConflict(RuntimeError):
@@ -822,6 +824,8 @@ class ServiceController:
         base = hosts_entries([box_obj(b) for b in oc.boxes], {b.name: b.overlay_address for b in oc.boxes})
         svcs = stitching.services(self.repo.services(overcloud_id), boxes)
         vip_names = {s["vip"]: f"svc/{name}" for name, s in svcs.items() if s["vip"]}
+        published = dict((oc.info or {}).get(PUBLISHED_INFO) or {})
+        before = dict(published)
         for b in oc.boxes:
             want = (stitching.hosts(base, svcs), stitching.nat_script(svcs, b.site, b), vip_names)
             if self._stitched.get(b.handle) == want:
@@ -831,9 +835,33 @@ class ServiceController:
                 session.set_hosts(want[0])
                 session.set_service_table(want[1], stitching.VIP_CIDR)
                 _name_vips(session, vip_names)
+                self._publish(session, b, svcs, published)
                 self._stitched[b.handle] = want
-            except (OSError, RuntimeError) as exc:
+            except (OSError, RuntimeError, UnderCloudError) as exc:
                 logger.warning("stitching %s: %s", b.name, exc)
+        if published != before:
+            self.repo.update_info(overcloud_id, **{PUBLISHED_INFO: published})
+
+    @staticmethod
+    def _publish(session, b, svcs: dict[str, Any], published: dict[str, Any]) -> None:
+        """Make the NodePorts the box publishes (its service table rewrites them on its site
+        address) reachable from where the user is, through its session: nothing more for a local
+        box, the box's host's address for a remote one. ``published`` (box name -> address, or
+        ``{"problem": ...}`` when the host's port is another box's) is kept in the OverCloud's
+        info for the URLs."""
+        ports = [p["node_port"] for p in stitching.publications(svcs, b)]
+        if not ports and b.name not in published:
+            return
+        try:
+            address = session.publish(ports, "nodeport")
+        except UnderCloudError as exc:
+            logger.warning("publishing NodePorts of %s: %s", b.name, exc)
+            published[b.name] = {"problem": str(exc)}
+            return
+        if ports:
+            published[b.name] = address
+        else:
+            published.pop(b.name, None)
 
     def scrape_targets(self, overcloud_id: str) -> list[dict[str, Any]]:
         oc = self.repo.get(overcloud_id)

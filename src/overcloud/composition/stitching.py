@@ -117,14 +117,27 @@ def publications(svcs: dict[str, dict[str, Any]], box: Any) -> list[dict[str, An
     return [out[k] for k in sorted(out)]
 
 
-def node_port_urls(svcs: dict[str, dict[str, Any]], name: str) -> list[str]:
-    """``http://<site address>:<nodePort>`` of every box publishing Service ``name``."""
+def node_port_urls(svcs: dict[str, dict[str, Any]], name: str, published: dict[str, Any] | None = None) -> list[str]:
+    """``http://<address>:<nodePort>`` of every box publishing Service ``name``: the address its
+    session published it at (``published``, the OverCloud's info :data:`PUBLISHED_INFO`: a
+    remote box's host address), else its site address. A box whose host refused the port has
+    no URL."""
     s = svcs.get(name) or {}
     if s.get("type") != "NodePort":
         return []
-    urls = [f"http://{e['site_address']}:{s['node_ports'][port]}" for e in sorted(s["endpoints"], key=lambda e: e["box"])
-            for _, port in s["ports"] if port in s["node_ports"]]
+    published = published or {}
+    urls = []
+    for e in sorted(s["endpoints"], key=lambda e: e["box"]):
+        address = published.get(e["box"], e["site_address"])
+        if not isinstance(address, str):
+            continue  # {"problem": ...}
+        urls += [f"http://{address}:{s['node_ports'][port]}" for _, port in s["ports"] if port in s["node_ports"]]
     return list(dict.fromkeys(urls))
+
+
+#: the OverCloud info key where the service controller keeps where each box's NodePorts are
+#: published (box name -> address, or {"problem": ...})
+PUBLISHED_INFO = "node_ports_published"
 
 
 def nat_script(svcs: dict[str, dict[str, Any]], site: str, box: Any = None) -> str:

@@ -40,7 +40,7 @@ def describe(sb, oc, row, rows: Iterable[Any], *, logs: int = 0) -> dict[str, An
         "services": [{"name": s.name, "type": s.type, "ports": [p.port for p in s.ports], "vip": svcs[s.name]["vip"],
                       **({"node_ports": [p.node_port for p in s.ports]} if s.type == "NodePort" else {}),
                       "endpoints": [f"{e['address']}:{e['targets'][p.port]}" for e in svcs[s.name]["endpoints"] for p in s.ports],
-                      "urls": stitching.node_port_urls(svcs, s.name)}
+                      "urls": stitching.node_port_urls(svcs, s.name, (oc.info or {}).get(stitching.PUBLISHED_INFO))}
                      for s in services],
         "replicas": replicas,
         "created_at": row.created_at.isoformat() if row.created_at else None,

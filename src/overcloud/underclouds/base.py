@@ -268,6 +268,19 @@ class BoxSession(Protocol):
     def tail_log(self, program: str, stream: str = "out", max_bytes: int = 64 * 1024) -> bytes:
         """The last ``max_bytes`` of a program's stdout (or ``stream="err"``) log."""
 
+    # -- publishing: what the user reaches from where the Tower is ---------------------
+    #: the address published ports are reached at (a local box's site address; a remote box's
+    #: host address)
+    published_address: str
+
+    def publish(self, ports: Iterable[int], group: str = "nodeport") -> str:
+        """Make the box's published ``ports`` (its service table rewrites them on its site
+        address) reachable at :attr:`published_address`, same numbers, replacing what the
+        group published before (no ports: unpublish); returns the address. Refused
+        (UnderCloudError) when another box holds one of them there."""
+
+    def unpublish(self, group: str = "nodeport") -> None: ...
+
     # -- network ---------------------------------------------------------------------
     def tcp_check(self, host: str, port: int, timeout: float = 1.0) -> bool:
         """Whether a TCP connection from the box to ``host:port`` succeeds."""

@@ -35,6 +35,7 @@ from overcloud.boxes.supervision import ETC_NETNS, BoxSupervisor
 from overcloud.files import write_atomic
 from overcloud.underclouds.local import containers
 from overcloud.underclouds.local import net
+from overcloud.underclouds.local import publish
 from overcloud.underclouds.base import (
     Box,
     BoxSpec,
@@ -371,6 +372,7 @@ class LocalHost:
         sup.stop_box()
         self.cgroups.remove(handle)
         net.delete_vxlan(handle)
+        publish.unpublish(handle)  # ports it published on the host's address (a remote host's)
         net.unpin_port(self.pin_table, net.host_veth_name(handle))
         net.delete_link(net.host_veth_name(handle))
         net.remove_netns(handle)
@@ -398,6 +400,7 @@ class LocalHost:
             left.append(f"state dir {self.boxes_dir / handle}")
         if self.leases.box(handle) is not None:
             left.append(f"lease {handle}")
+        left += [f"nft table {t}" for t in publish.of_box(handle)]
         return left
 
     # -- finding -------------------------------------------------------
@@ -473,9 +476,13 @@ class LocalHost:
             if box_handle(oc, name) in owner and kind == "veth":
                 found.append(TaggedResource(oc, "veth", f"veth {ifname}"))
         pins = net.pinned_ports(self.pin_table)
+        published = publish.tables()
         for h, oc in sorted(owner.items()):
             if net.host_veth_name(h) in pins:
                 found.append(TaggedResource(oc, "nftables", f"bridge pin {net.host_veth_name(h)} of {h}"))
+            for t in sorted(published):
+                if t.startswith(f"{publish.PREFIX}{h.replace('-', '_')}_"):
+                    found.append(TaggedResource(oc, "nftables", f"published ports table {t} of {h}"))
         for lease in self.leases.overlays():
             if overcloud_id is None or lease["overcloud_id"] == overcloud_id:
                 found.append(TaggedResource(lease["overcloud_id"], "lease", f"overlay lease {lease['overcloud_id']}"))
@@ -491,7 +498,7 @@ class LocalHost:
             tagged = self.list_tagged(oc)
             handles = {  # "netns <h>", "cgroup overcloud/<h>", "lease <h>", "/etc/netns/<h>", "<boxes>/<h>"
                 Path(r.name.split()[-1]).name for r in tagged
-                if r.kind in ("netns", "cgroup", "statedir") or r.name.startswith("lease ")
+                if r.kind in ("netns", "cgroup", "statedir") or r.name.startswith(("lease ", "published ports table "))
             }
             handles |= {
                 box_handle(o, n) for _, o, n, _, t in net.host_tagged_links(self.bridges)

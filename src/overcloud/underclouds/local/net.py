@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from overcloud.boxes.netns import create_netns, netns_exists, netns_path, remove_netns, run_in_netns  # noqa: F401
+from overcloud.underclouds.local import publish
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,8 @@ def install_host_guard(bridges: list[str], peer_cidrs: Iterable[str] = ()) -> No
         f"flush chain inet {HOST_TABLE} {chain}\n"
         f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} oifname {{ {names} }} accept\n"
         + peer_rules +
+        # connections to a port a box publishes on the host's address (local/publish.py), both ways
+        f"add rule inet {HOST_TABLE} {chain} ct mark {publish.MARK:#x} accept\n"
         f"add rule inet {HOST_TABLE} {chain} iifname {{ {names} }} drop\n"
         f"add rule inet {HOST_TABLE} {chain} oifname {{ {names} }} drop\n"
         f"add set inet {HOST_TABLE} {allow} {{ type ipv4_addr . inet_service; }}\n"

@@ -177,6 +177,19 @@ class LocalBoxSession(BoxHttp):
         except OSError:
             return b""
 
+    # -- publishing --------------------------------------------------------------------------------
+    @property
+    def published_address(self) -> str:
+        """The box's site address: the user is on this host, which reaches it directly."""
+        return self.box.address
+
+    def publish(self, ports: Iterable[int], group: str = "nodeport") -> str:
+        """Nothing to add on the host: the box's own service table publishes on its site address."""
+        return self.box.address
+
+    def unpublish(self, group: str = "nodeport") -> None:
+        return None
+
     # -- network ---------------------------------------------------------------------------------
     def tcp_check(self, host: str, port: int, timeout: float = 1.0) -> bool:
         return self._net.tcp_check(host, port, timeout)

@@ -125,6 +125,23 @@ def leave(req: dict[str, Any]) -> dict[str, Any]:
     return {"left": left}
 
 
+def publish(req: dict[str, Any]) -> list[int]:
+    """Publish a box's ``ports`` on this host's ``address`` (see overcloud.underclouds.local.publish);
+    no ports: unpublish that group."""
+    from overcloud.underclouds.local import publish as pub
+
+    handle = req.get("handle")
+    if not isinstance(handle, str) or not HANDLE.match(handle):
+        raise ValueError("handle must be a box handle")
+    ports = req.get("ports")
+    if not isinstance(ports, list) or not all(isinstance(p, int) for p in ports):
+        raise ValueError("ports must be a list of port numbers")
+    bridge = req["sites"][0]["bridge"]
+    return pub.publish(handle=handle, group=str(req.get("group")), address=str(req.get("address")),
+                       box_address=str(req.get("box_address")), bridge=bridge, ports=ports,
+                       comment=f"overcloud tower={req.get('tower_id')} box={handle}")
+
+
 def net_run(argv: list[str]) -> None:
     import subprocess
 
@@ -228,7 +245,8 @@ def relay(host: str, port: int, timeout: float) -> int:
                     view = view[n:]
 
 
-OPS = {"ensure-host": ensure_host, "boxes": boxes, "join": join, "leave": leave, "sup": sup, "tcp-check": tcp_check}
+OPS = {"ensure-host": ensure_host, "boxes": boxes, "join": join, "leave": leave, "sup": sup, "tcp-check": tcp_check,
+       "publish": publish}
 
 
 def main(argv: list[str]) -> int:

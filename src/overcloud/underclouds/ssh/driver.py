@@ -78,6 +78,17 @@ class RemoteHost:
     def __repr__(self) -> str:
         return f"RemoteHost({self.name}, site {self.site})"
 
+    @property
+    def public_ip(self) -> str:
+        """The host's address (the site config's ``address``, resolved when a name) where boxes'
+        published ports are reached (see local/publish.py)."""
+        import socket
+
+        try:
+            return str(ipaddress.IPv4Address(self.config.address))
+        except ValueError:
+            return socket.gethostbyname(self.config.address)
+
     def run(self, argv: list[str], input: bytes | None = None, timeout: float = 120):
         """``run(argv, input=None)`` as hostprep and wan want it: exit statuses read by the caller."""
         return self.ssh.run(argv, input=input, check=False, timeout=timeout, max_output=16 << 20)

@@ -190,6 +190,24 @@ class RemoteBoxSession(BoxHttp):
                           str(int(max_bytes))], check=False, max_output=max_bytes + 1)
         return r.stdout if r.returncode == 0 else b""
 
+    # -- publishing ------------------------------------------------------------------------
+    @property
+    def published_address(self) -> str:
+        """Where the box's published ports are reached from: its host's address (the site
+        config's ``address``), through the host's DNAT to the box (local/publish.py)."""
+        return self.host.public_ip
+
+    def publish(self, ports: Iterable[int], group: str = "nodeport") -> str:
+        """Publish ``ports`` (the box's own published ports: its service table rewrites them)
+        on the host's address, same numbers, replacing the group's earlier ones; refused
+        (UnderCloudError) when another box or a host process holds one there."""
+        self.host.boxctl("publish", handle=self.handle, group=group, address=self.host.public_ip,
+                         box_address=self.box.address, ports=sorted({int(p) for p in ports}), timeout=60)
+        return self.host.public_ip
+
+    def unpublish(self, group: str = "nodeport") -> None:
+        self.publish([], group)
+
     # -- network -----------------------------------------------------------------------------
     def tcp_check(self, host: str, port: int, timeout: float = 1.0) -> bool:
         return bool(self._boxctl("tcp-check", {"host": host, "port": int(port), "timeout": timeout}, in_box=True,
