@@ -6,8 +6,9 @@ operation of a module run with :meth:`BoxSession.run_module
 <overcloud.underclouds.base.BoxSession.run_module>`: ``python -m <module> <op>``, its
 arguments as JSON on stdin (keys travel there, never in argv), its result as JSON on stdout.
 
-An operation that raises is answered as ``{"error": {"type", "module", "message"}}``; the
-caller raises it again (:func:`call`): the same class when it is one of ours (or a builtin
+The answer has the host side's one shape (as the ssh agent's): ``{"ok": true, "result": ...}``,
+or, for an operation that raises, ``{"ok": false, "error": {"kind", "type", "module",
+"message"}}``; the caller raises it again (:func:`call`): the same class when it is one of ours (or a builtin
 exception), with the same message, so the Tower's errors read as they did when the code ran
 in-process.
 """
@@ -28,16 +29,17 @@ def main(ops: dict[str, Callable[[dict[str, Any]], Any]], argv: list[str] | None
     """The box side: run ``ops[argv[0]]`` on the JSON of stdin, print its result."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in ops:
-        print(json.dumps({"error": {"type": "ValueError", "module": "builtins",
-                                    "message": f"unknown operation {argv[:1]}; have {', '.join(sorted(ops))}"}}))
+        print(json.dumps({"ok": False, "error": {"kind": "input", "type": "ValueError", "module": "builtins",
+                                                 "message": f"unknown operation {argv[:1]}; have {', '.join(sorted(ops))}"}}))
         return FAILED
     try:
         args = json.loads(sys.stdin.read() or "{}")
         result = ops[argv[0]](args)
     except Exception as exc:  # noqa: BLE001 - handed to the Tower, which raises it again
-        print(json.dumps({"error": {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}}))
+        print(json.dumps({"ok": False, "error": {"kind": "failed", "type": type(exc).__name__,
+                                                 "module": type(exc).__module__, "message": str(exc)}}))
         return FAILED
-    sys.stdout.write(json.dumps({"result": result}, default=str))
+    sys.stdout.write(json.dumps({"ok": True, "result": result}, default=str))
     return OK
 
 
@@ -74,7 +76,7 @@ def call(session, module: str, op: str, args: dict[str, Any], *, timeout: float 
         answer = json.loads(done.stdout.decode() or "null")
     except ValueError:
         answer = None
-    if isinstance(answer, dict) and "result" in answer and done.returncode == OK:
+    if isinstance(answer, dict) and answer.get("ok") is True and "result" in answer and done.returncode == OK:
         return answer["result"]
     if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
         raise _exception(answer["error"])

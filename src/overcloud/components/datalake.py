@@ -114,14 +114,14 @@ def filer_auth(sb: Southbound, overcloud_id: str):
 def box_op(session: Any, op: str, args: dict[str, Any], timeout: float) -> Any:
     """One operation of ``overcloud.datalake.boxops`` with its network in ``session``'s box.
 
-    Where the box's host runs our whole package (this machine), it runs there with
-    ``run_module``. A box on another machine has only the host bundle (no boto3): the
-    operation runs here, its connections to the DataLake's S3 and filer opened from the box
-    through the session (``loopback_relay``), so the bytes still leave from the box. The
-    Construction DataLake (``cdl_s3``) is reached directly from here, where it runs."""
-    relay = getattr(session, "loopback_relay", None)
-    if relay is None:
+    Where the box's host runs our whole package (``session.full_package``: this machine), it
+    runs there with ``run_module``. A box on another machine has only the host bundle (no
+    boto3): the operation runs here, its connections to the DataLake's S3 and filer opened
+    from the box through the session (``loopback_relay``), so the bytes still leave from the
+    box. The Construction DataLake (``cdl_s3``) is reached directly from here, where it runs."""
+    if session.full_package:
         return entry.call(session, BOXOPS, op, args, timeout=timeout)
+    relay = session.loopback_relay
     from urllib.parse import urlsplit
 
     from overcloud.datalake import boxops

@@ -27,10 +27,11 @@ Values crossing this boundary are plain dataclasses that serialise to JSON
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -296,6 +297,18 @@ class BoxSession(Protocol):
              headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
         """One HTTP request from the box: (status, headers, body)."""
 
+    # -- our Python that the box's host cannot run -------------------------------------
+    #: whether :meth:`run_module` on the box's host has the Tower's whole package and its
+    #: dependencies (a local box: the Tower's own machine). A remote host has the host bundle
+    #: only (standard library, pyroute2, supervisor): Python that needs more (boto3) runs on
+    #: the Tower instead, its connections opened from the box through :meth:`loopback_relay`.
+    full_package: bool
+
+    def loopback_relay(self, host: str, port: int) -> contextlib.AbstractContextManager[str]:
+        """``with session.loopback_relay(host, port) as addr``: ``127.0.0.1:<port>`` on the
+        Tower whose connections are opened from the box to ``host:port`` (each a
+        :meth:`connect_tcp`) while the ``with`` lasts."""
+
 
 class BoxHttp:
     """HTTP from a box, built once on ``connect_tcp`` for every kind of session: an httpx
@@ -338,6 +351,68 @@ class BoxHttp:
         with self.http_client(timeout) as client:
             r = client.request(method, url, content=body, headers=dict(headers or {}))
             return r.status_code, dict(r.headers), r.content
+
+    @contextlib.contextmanager
+    def loopback_relay(self, host: str, port: int) -> Iterator[str]:
+        """See :meth:`BoxSession.loopback_relay`: a listener on the Tower's loopback, each
+        connection relayed to one :meth:`connect_tcp` from the box."""
+        import socket
+        import threading
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        stop = threading.Event()
+        conns: list[Any] = []
+
+        def pump(src: Any, dst: Any) -> None:
+            try:
+                while chunk := src.recv(65536):
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (dst, src):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        def serve(client: socket.socket) -> None:
+            try:
+                upstream = self.connect_tcp(host, port, timeout=10.0)
+            except OSError:
+                client.close()
+                return
+            conns.extend((client, upstream))
+            t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            t.start()
+            pump(client, upstream)
+            t.join()
+            client.close()
+            upstream.close()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    client, _ = listener.accept()
+                except (TimeoutError, socket.timeout):
+                    continue
+                except OSError:
+                    return
+                client.settimeout(None)
+                threading.Thread(target=serve, args=(client,), name="box-relay", daemon=True).start()
+
+        acceptor = threading.Thread(target=accept, name="box-relay-accept", daemon=True)
+        acceptor.start()
+        try:
+            yield f"127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            stop.set()
+            acceptor.join(2)
+            listener.close()
+            for c in list(conns):
+                with contextlib.suppress(OSError):
+                    c.close()
 
 
 class UnderCloudDriver(abc.ABC):

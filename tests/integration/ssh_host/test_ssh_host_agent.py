@@ -50,7 +50,7 @@ def host(artifact, runner, tmp_path_factory, agent):
     assert status == 0 and answer["ok"], (answer, err)
     yield call, installed, root, tower_id
     status, answer, _ = call("list-tagged")
-    left = {r["overcloud_id"] for r in answer.get("resources", [])}
+    left = {r["overcloud_id"] for r in answer["result"].get("resources", [])}
     if left:
         call("sweep", {"overcloud_ids": sorted(left)})
     status, answer, err = call("teardown-site")
@@ -73,19 +73,19 @@ def test_hello_runs_on_debians_python_without_the_venv(host, runner, agent, make
     status, answer, err = agent(hidden, installed.path, "hello")
     print(f"\nhello {time.perf_counter() - t0:.3f}s")
     assert status == 0 and answer["ok"], (answer, err)
-    assert answer["executable"] == "/usr/bin/python3" and answer["python"] >= "3.11"
-    assert answer["bundle"]["sha256"] == installed.sha256 and answer["bundle"]["unpacked"]
-    assert set(answer["bundle"]["distributions"]) == {"pyroute2", "supervisor"}
-    for name, origin in answer["modules"].items():
+    assert answer["result"]["executable"] == "/usr/bin/python3" and answer["result"]["python"] >= "3.11"
+    assert answer["result"]["bundle"]["sha256"] == installed.sha256 and answer["result"]["bundle"]["unpacked"]
+    assert set(answer["result"]["bundle"]["distributions"]) == {"pyroute2", "supervisor"}
+    for name, origin in answer["result"]["modules"].items():
         assert origin and origin.startswith(installed.path + "/"), (name, origin)
-    assert answer["os"]["id"] == "debian" and int(answer["os"]["version_id"]) >= 12
-    caps = answer["capabilities"]
+    assert answer["result"]["os"]["id"] == "debian" and int(answer["result"]["os"]["version_id"]) >= 12
+    caps = answer["result"]["capabilities"]
     assert set(caps) == {"wireguard_kernel", "wireguard_go", "cgroup_v2", "cap_net_admin"} and caps["cap_net_admin"]
     probe = subprocess.run(["ip", "link", "add", "ocwgt-hello", "type", "wireguard"], capture_output=True).returncode == 0
     if probe:
         subprocess.run(["ip", "link", "del", "ocwgt-hello"], capture_output=True)
     assert caps["wireguard_kernel"] is probe  # False here: this kernel has none (FACTS.md)
-    assert answer["cpus"] >= 1 and 0 < answer["memory_mb"]["available"] <= answer["memory_mb"]["total"]
+    assert answer["result"]["cpus"] >= 1 and 0 < answer["result"]["memory_mb"]["available"] <= answer["result"]["memory_mb"]["total"]
     assert os.path.isdir(sys.prefix)  # hidden only in that namespace
 
 
@@ -116,7 +116,7 @@ def test_make_and_destroy_a_box(host):
     status, answer, err = call("make-box", {"specs": [spec(oc)]})
     print(f"\nmake-box {time.perf_counter() - t0:.3f}s")
     assert status == 0 and answer["ok"], (answer, err)
-    [box] = answer["boxes"]
+    [box] = answer["result"]["boxes"]
     handle = box_handle(oc, "c1")
     assert box["handle"] == handle and box["address"].startswith("10.213.232.") and box["site"] == "sbh-a"
     assert box["extra"]["box_dir"] == str(root / tower_id / "boxes" / handle)
@@ -128,19 +128,19 @@ def test_make_and_destroy_a_box(host):
     assert f"{box['address']}/24" in r.stdout
 
     status, again, err = call("make-box", {"specs": [spec(oc)]})  # idempotent: the same box
-    assert status == 0 and again["boxes"] == answer["boxes"], (again, err)
+    assert status == 0 and again["result"]["boxes"] == answer["result"]["boxes"], (again, err)
     status, tagged, _ = call("list-tagged", {"overcloud_id": oc})
     kinds = {r["kind"] for r in tagged["resources"]}
     assert {"netns", "veth", "cgroup", "lease", "statedir", "process"} <= kinds, kinds
 
     t0 = time.perf_counter()
-    status, gone, err = call("destroy-box", {"boxes": answer["boxes"]})
+    status, gone, err = call("destroy-box", {"boxes": answer["result"]["boxes"]})
     print(f"destroy-box {time.perf_counter() - t0:.3f}s")
-    assert status == 0 and gone == {"ok": True, "destroyed": [handle]}, (gone, err)
+    assert status == 0 and gone == {"ok": True, "result": {"destroyed": [handle]}}, (gone, err)
     assert _nothing_left(handle) == []
     status, tagged, _ = call("list-tagged", {"overcloud_id": oc})
     assert tagged["resources"] == []
-    status, again, err = call("destroy-box", {"boxes": answer["boxes"]})  # gone already: fine
+    status, again, err = call("destroy-box", {"boxes": answer["result"]["boxes"]})  # gone already: fine
     assert status == 0 and again["ok"], (again, err)
 
 
@@ -171,9 +171,9 @@ def test_a_make_box_killed_midway_is_finished_by_the_next_call(host, runner):
     proc.stderr.close()
     print(f"\nagent killed midway: {killed}")
     status, answer, err = call("make-box", {"specs": [spec(oc, "k1")]})
-    assert status == 0 and answer["boxes"][0]["handle"] == handle, (answer, err)
+    assert status == 0 and answer["result"]["boxes"][0]["handle"] == handle, (answer, err)
     assert [p for p in _pids_of(handle) if "supervisord" in _cmdline(p)]
-    status, gone, err = call("destroy-box", {"boxes": answer["boxes"]})
+    status, gone, err = call("destroy-box", {"boxes": answer["result"]["boxes"]})
     assert status == 0, (gone, err)
     assert _nothing_left(handle) == []
     assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
@@ -197,9 +197,9 @@ def test_a_destroy_box_cut_short_is_finished_by_the_next_call(host):
     while _pids_of(handle) and time.monotonic() < deadline:
         time.sleep(0.01)
     Cgroups().remove(handle)
-    subprocess.run(["ip", "link", "del", made["boxes"][0]["extra"]["host_veth"]], check=True)
+    subprocess.run(["ip", "link", "del", made["result"]["boxes"][0]["extra"]["host_veth"]], check=True)
     assert _nothing_left(handle) == ["netns", "/etc/netns"]  # and the lease and state dir
-    status, gone, err = call("destroy-box", {"boxes": made["boxes"]})
+    status, gone, err = call("destroy-box", {"boxes": made["result"]["boxes"]})
     assert status == 0 and gone["ok"], (gone, err)
     assert _nothing_left(handle) == []
     assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
@@ -209,10 +209,10 @@ def test_sweep_removes_an_overclouds_boxes(host):
     call, _, _, _ = host
     oc = uuid.uuid4().hex
     status, answer, err = call("make-box", {"specs": [spec(oc, "s1"), spec(oc, "s2")]})
-    assert status == 0 and len(answer["boxes"]) == 2, (answer, err)
+    assert status == 0 and len(answer["result"]["boxes"]) == 2, (answer, err)
     status, swept, err = call("sweep", {"overcloud_ids": [oc]})
     assert status == 0 and {r["kind"] for r in swept["removed"]} >= {"netns", "veth"}, (swept, err)
-    for b in answer["boxes"]:
+    for b in answer["result"]["boxes"]:
         assert _nothing_left(b["handle"]) == []
     assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
 

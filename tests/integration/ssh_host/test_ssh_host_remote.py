@@ -39,7 +39,7 @@ def call(run, installed: str, op: str, req: dict) -> dict:
     r = run(hostprep.agent_command(installed, op), input=json.dumps(req).encode())
     answer = json.loads(r.stdout)
     assert r.returncode == 0 and answer["ok"], (op, answer, r.stderr.decode()[-2000:])
-    return answer
+    return answer["result"]
 
 
 def test_prepare_a_remote_host_and_make_a_box_there(remote, hosts_lab, artifact):  # noqa: F811

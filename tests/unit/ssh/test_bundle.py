@@ -172,7 +172,7 @@ def test_debians_python_imports_the_host_side_from_the_bundle_alone(built, tmp_p
     print(f"\nunpack (with compileall) {time.perf_counter() - t0:.3f}s")
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     unpacked = tmp_path / f"bundle-{built.sha256}"
-    assert json.loads(r.stdout) == {"ok": True, "path": str(unpacked), "unpacked": True}
+    assert json.loads(r.stdout) == {"ok": True, "result": {"path": str(unpacked), "unpacked": True}}
     assert not zipped.exists() and (unpacked / ".installed").read_text().strip() == built.sha256
     assert os.access(unpacked / "bin" / "supervisord", os.X_OK)
     probe = f"""
@@ -192,3 +192,13 @@ print(json.dumps({{"outside": outside, "tower_only": sorted(set({list(bundle.TOW
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout) == {"outside": [], "tower_only": [], "gone_in_313": []}
     assert sys.executable != SYSTEM_PYTHON  # the venv's python is not the one that ran it
+
+
+def test_a_build_writes_one_temp_file_and_renames_it_once(tmp_path, monkeypatch):
+    """The bundle is named by its SHA-256 before it is written: one temp file, one rename."""
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append((str(a), str(b))), real(a, b))[1])
+    art = bundle.host_bundle(tmp_path / "cache")
+    assert [b for _, b in renames] == [str(art.path)], renames
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".") and p.name != ".lock") == []

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 class LocalBoxSession(BoxHttp):
     """One local box, as every BoxSession: cheap to make, no state of its own."""
 
+    full_package = True  # the box's host is the Tower's machine: run_module has all of our package
+
     def __init__(self, host: "LocalHost", box: Box):
         self.host = host
         self.box = box

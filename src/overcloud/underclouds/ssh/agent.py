@@ -1,9 +1,19 @@
 """The host side's entry point: what the Tower runs on a remote host, over SSH.
 
 ``python3 <bundle> agent <op>`` reads one JSON object on stdin and writes one on stdout:
-``{"ok": true, ...}``, or ``{"ok": false, "error": {"kind": ..., "message": ...}}`` with exit
-status 2 (bad input: the message says what to fix) or 1 (the operation failed). Never a
-traceback: messages name ids, paths and addresses, never input values that could be secrets.
+``{"ok": true, "result": ...}``, or ``{"ok": false, "error": {"kind": ..., "type": ...,
+"message": ...}}`` with exit status 2 (bad input, kind ``input``: the message says what to fix)
+or 1 (the operation failed, kind ``failed`` or ``internal``). Never a traceback: messages name
+ids, paths and addresses, never input values that could be secrets. Every answer of the host
+side has this one shape: the agent's, ``boxctl``'s, the kept agent's (below) and our box
+modules' (``overcloud.boxes.entry``).
+
+``python3 <bundle> serve`` is the same ops (and ``boxctl``'s) as a kept process: the Tower
+starts it once per host over its kept SSH connection (``ssh/agentlink.py``) and sends one
+request per line on stdin, ``{"id": n, "op": ..., "req": {...}}``; each runs in its own thread
+and its answer comes back as one line ``{"id": n, "ok": ..., ...}``, in any order. It ends at
+EOF on stdin (its channel closed), after the requests under way. One Python start per host
+instead of one per call; requests travel on stdin only, never on argv.
 
 The ops wrap :class:`~overcloud.underclouds.local.LocalHost` -- the very code that makes boxes
 on the Tower's machine -- with a state dir per Tower: ``<host root>/<tower id>/`` (the host
@@ -34,6 +44,7 @@ from __future__ import annotations
 import compileall
 import contextlib
 import fcntl
+import io
 import ipaddress
 import json
 import logging
@@ -460,31 +471,106 @@ OPS = {
 }
 
 
-def run_op(op: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+def answer_error(kind: str, message: str, type_: str = "AgentError") -> dict[str, Any]:
+    """The one error answer of the host side."""
+    return {"ok": False, "error": {"kind": kind, "type": type_, "message": message}}
+
+
+def run_op(op: str, raw: bytes, ops: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """One op: (exit status, the JSON answer)."""
+    ops = OPS if ops is None else ops
     try:
-        if op not in OPS:
-            raise bad(f"unknown op {op!r}; ops: {', '.join(OPS)}")
         if len(raw) > MAX_INPUT:
             raise bad(f"the request is larger than {MAX_INPUT} bytes")
         try:
             req = json.loads(raw or b"{}")
         except ValueError as exc:
             raise bad(f"the request is not JSON ({exc.__class__.__name__} at position {getattr(exc, 'pos', '?')})") from None
+    except AgentError as exc:
+        return exc.status, answer_error(exc.kind, str(exc))
+    return dispatch(op, req, ops)
+
+
+def dispatch(op: str, req: Any, ops: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """``ops[op](req)``: (exit status, the answer)."""
+    try:
+        if op not in ops:
+            raise bad(f"unknown op {op!r}; ops: {', '.join(ops)}")
         if not isinstance(req, dict):
             raise bad("the request must be a JSON object")
-        return 0, {"ok": True, **OPS[op](req)}
+        return 0, {"ok": True, "result": ops[op](req)}
     except AgentError as exc:
-        return exc.status, {"ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
+        return exc.status, answer_error(exc.kind, str(exc))
     except Exception as exc:  # noqa: BLE001 - a message, never a traceback
         from overcloud.underclouds.base import UnderCloudError
 
         kind = "failed" if isinstance(exc, (UnderCloudError, OSError, subprocess.SubprocessError)) else "internal"
-        return 1, {"ok": False, "error": {"kind": kind, "message": f"{op}: {exc.__class__.__name__}: {exc}"}}
+        return 1, answer_error(kind, f"{op}: {exc.__class__.__name__}: {exc}", exc.__class__.__name__)
+
+
+def all_ops() -> dict[str, Any]:
+    """What the kept agent answers: the agent's ops and boxctl's."""
+    from overcloud.underclouds.ssh import boxctl
+
+    return {**OPS, **boxctl.OPS}
+
+
+def serve() -> int:
+    """The kept agent (see the module's docstring): requests by line on stdin, answers by line
+    on stdout, each request in a thread of its own."""
+    import threading
+
+    # our protocol keeps the real stdin/stdout to itself; anything else (a stray print, a child
+    # process) gets /dev/null and stderr, so it can neither read requests nor corrupt answers
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    ops = all_ops()
+    wlock = threading.Lock()
+
+    def write(answer: dict[str, Any]) -> None:
+        line = (json.dumps(answer, default=str) + "\n").encode()
+        with wlock:
+            out.write(line)
+
+    def handle(rid: Any, op: str, req: Any) -> None:
+        try:
+            write({"id": rid, **dispatch(op, req, ops)[1]})
+        except OSError:  # the Tower is gone: nobody to answer
+            pass
+
+    write({"id": 0, "ok": True, "result": {"protocol": PROTOCOL, "pid": os.getpid(), "bundle": bundle_sha(bundle_path())}})
+    threads: list[threading.Thread] = []
+    reader = io.BufferedReader(inp, 1 << 16)
+    while True:
+        line = reader.readline(MAX_INPUT + 1)
+        if not line:
+            break
+        if not line.endswith(b"\n"):  # longer than MAX_INPUT: skip to its end
+            while line and not line.endswith(b"\n"):
+                line = reader.readline(MAX_INPUT + 1)
+            write({"id": None, **answer_error("input", f"a request is larger than {MAX_INPUT} bytes")})
+            continue
+        try:
+            msg = json.loads(line)
+            rid, op, req = msg["id"], str(msg["op"]), msg.get("req", {})
+        except (ValueError, KeyError, TypeError):
+            write({"id": None, **answer_error("input", "a request line is not {\"id\", \"op\", \"req\"} JSON")})
+            continue
+        t = threading.Thread(target=handle, args=(rid, op, req), name=f"agent-{op}", daemon=True)
+        t.start()
+        threads = [x for x in threads if x.is_alive()] + [t]
+    deadline = time.monotonic() + 120  # the channel is closed: finish what is under way, then go
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return 0
 
 
 # -- command line -----------------------------------------------------------------------------
-USAGE = "usage: python3 <bundle> agent <op> < request.json | unpack | gc [--tower ID] | module <overcloud.x> [args...]"
+USAGE = "usage: python3 <bundle> agent <op> < request.json | serve | unpack | gc [--tower ID] | module <overcloud.x> [args...]"
 
 
 def main(argv: list[str]) -> int:
@@ -495,6 +581,8 @@ def main(argv: list[str]) -> int:
             status, answer = run_op(argv[1], sys.stdin.buffer.read(MAX_INPUT + 1))
             sys.stdout.write(json.dumps(answer) + "\n")
             return status
+        if cmd == "serve" and len(argv) == 1:
+            return serve()
         if cmd == "unpack" and len(argv) == 1:
             answer = unpack()
         elif cmd == "gc" and (len(argv) == 1 or (len(argv) == 3 and argv[1] == "--tower")):
@@ -504,12 +592,12 @@ def main(argv: list[str]) -> int:
         else:
             raise bad(USAGE)
     except AgentError as exc:
-        sys.stdout.write(json.dumps({"ok": False, "error": {"kind": exc.kind, "message": str(exc)}}) + "\n")
+        sys.stdout.write(json.dumps(answer_error(exc.kind, str(exc))) + "\n")
         return exc.status
     except OSError as exc:
-        sys.stdout.write(json.dumps({"ok": False, "error": {"kind": "failed", "message": f"{cmd}: {exc}"}}) + "\n")
+        sys.stdout.write(json.dumps(answer_error("failed", f"{cmd}: {exc}", exc.__class__.__name__)) + "\n")
         return 1
-    sys.stdout.write(json.dumps({"ok": True, **answer}) + "\n")
+    sys.stdout.write(json.dumps({"ok": True, "result": answer}) + "\n")
     return 0
 
 

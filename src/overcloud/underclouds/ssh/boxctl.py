@@ -1,8 +1,10 @@
 """Box operations on a remote host, for the ssh driver and its RemoteBoxSession.
 
 Run on the host from the bundle: ``python3 -IS <bundle> module overcloud.underclouds.ssh.boxctl
-<op>``, one JSON object on stdin, ``{"result": ...}`` or ``{"error": {...}}`` on stdout
-(``overcloud.boxes.entry``; the Tower raises the error again). Ops that need the Tower's host
+<op>``, one JSON object on stdin, the agent's answer on stdout (``{"ok": true, "result": ...}``
+or ``{"ok": false, "error": {...}}``; the Tower raises the error again). The Tower normally
+sends these ops to the host's kept agent instead (``agent.serve``: the same functions, no
+Python start per call). Ops that need the Tower's host
 config (``ensure-host``, ``boxes``, ``join``, ``leave``) carry it as the agent's ops do
 (``tower_id``, ``sites``, ``overlay_cidr``, ``max_boxes``); box ops name the box by ``handle``
 and ``box_dir``.
@@ -199,7 +201,15 @@ def sup(req: dict[str, Any]) -> Any:
 
 
 def tcp_check(req: dict[str, Any]) -> bool:
-    """Run in the box's netns: whether a TCP connection to host:port succeeds."""
+    """Whether a TCP connection to host:port succeeds from the box ``handle``'s netns (without
+    a handle: from where this runs)."""
+    handle = req.get("handle")
+    if handle is not None:
+        from overcloud.boxes.netns import NetnsTransport
+
+        if not isinstance(handle, str) or not HANDLE.match(handle):
+            raise ValueError("handle must be a box handle oc-<8 hex>-<name>")
+        return NetnsTransport(handle).tcp_check(str(req["host"]), int(req["port"]), float(req.get("timeout", 1.0)))
     try:
         with socket.create_connection((str(req["host"]), int(req["port"])), timeout=float(req.get("timeout", 1.0))):
             return True
@@ -252,9 +262,16 @@ OPS = {"ensure-host": ensure_host, "boxes": boxes, "join": join, "leave": leave,
 def main(argv: list[str]) -> int:
     if argv[:1] == ["relay"] and len(argv) == 4:
         return relay(argv[1], int(argv[2]), float(argv[3]))
-    from overcloud.boxes import entry
+    import json
 
-    return entry.main(OPS, argv)
+    from overcloud.underclouds.ssh import agent
+
+    if len(argv) != 1:
+        sys.stdout.write(json.dumps(agent.answer_error("input", f"usage: boxctl <op> < request.json; ops: {', '.join(OPS)}")) + "\n")
+        return 2
+    status, answer = agent.run_op(argv[0], sys.stdin.buffer.read(agent.MAX_INPUT + 1), OPS)
+    sys.stdout.write(json.dumps(answer, default=str) + "\n")
+    return status
 
 
 if __name__ == "__main__":

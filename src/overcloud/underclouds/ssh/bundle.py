@@ -36,7 +36,7 @@ import zipfile
 from pathlib import Path
 
 import overcloud
-from overcloud.files import flocked, sha256_file
+from overcloud.files import flocked
 
 #: The distributions the host side imports besides our own package, and why.
 HOST_DISTRIBUTIONS: dict[str, str] = {
@@ -152,20 +152,38 @@ def manifest(files: list[tuple[str, Path]]) -> dict:
     }
 
 
-def write_bundle(files: list[tuple[str, Path]], target: Path) -> str:
-    """Write the zip deterministically; returns its SHA-256."""
+def bundle_bytes(files: list[tuple[str, Path]]) -> bytes:
+    """The zip, deterministically (about 1 MB: made in memory, so its SHA-256 names it before
+    it is written anywhere)."""
     head = [("__main__.py", MAIN.encode()),
             ("BUNDLE.json", (json.dumps(manifest(files), indent=1, sort_keys=True) + "\n").encode())]
     body: list[tuple[str, Path | bytes]] = [(n, p) for n, p in files if n not in HOST_STUBS]
     body += [(n, text.encode()) for n, text in HOST_STUBS.items()]
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w") as zf:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
         for arcname, data in head + sorted(body, key=lambda e: e[0]):
             raw = data if isinstance(data, bytes) else data.read_bytes()
             zf.writestr(_info(arcname), raw, compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-    return sha256_file(target)
+    return buf.getvalue()
+
+
+def _write(target: Path, data: bytes) -> None:
+    """``target`` whole or not at all: a temp file beside it, one rename."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bundle(files: list[tuple[str, Path]], target: Path) -> str:
+    """Write the zip deterministically; returns its SHA-256."""
+    data = bundle_bytes(files)
+    _write(target, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _info(arcname: str) -> zipfile.ZipInfo:
@@ -202,10 +220,10 @@ def host_bundle(cache_dir: Path, keep: int = 3) -> Artifact:
                 return Artifact(NAME, path, sha)
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        tmp = cache_dir / f".build-{os.getpid()}.pyz"
-        sha = write_bundle(files, tmp)
+        data = bundle_bytes(files)
+        sha = hashlib.sha256(data).hexdigest()
         path = cache_dir / f"overcloud-host-{sha}.pyz"
-        os.replace(tmp, path)
+        _write(path, data)  # named by its SHA-256 from the start: one temp file, one rename
         index.write_text(json.dumps({"sha256": sha, "built": time.time()}))
         _prune(cache_dir, keep)
     return Artifact(NAME, path, sha)

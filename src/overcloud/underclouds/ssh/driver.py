@@ -42,7 +42,7 @@ from overcloud.underclouds.base import (
     parallel,
 )
 from overcloud.underclouds.local.host import box_handle
-from overcloud.underclouds.ssh.session import BOXCTL, HOST_PYTHON, RemoteBoxSession, decode
+from overcloud.underclouds.ssh.session import RemoteBoxSession
 from overcloud.underclouds.ssh.sites import SSHHostConfig, SSHSiteConfig
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ BRIDGE = "ocbx0"  # the box bridge on every remote host
 HOST_ROOT = "/var/lib/overcloud/host"
 ARTIFACT_CACHE = "/var/lib/overcloud/artifact-cache"  # content-addressed, shared by every Tower on the host
 WG_POOL = "100.79.0.0/24"  # WireGuard interface addresses (/32 each), outside every box subnet
+READ_OPS = frozenset({"hello", "boxes", "list-tagged"})  # sent again to a new agent if one ended under them
 
 
 def _parallel(fn: Callable[[Any], Any], items: list) -> list[tuple[Any, Any, BaseException | None]]:
@@ -74,6 +75,9 @@ class RemoteHost:
         self.vxlan_mtu: int | None = None
         self._stage_lock = threading.Lock()
         self._staged: set[str] = set()
+        from overcloud.underclouds.ssh.agentlink import AgentLink
+
+        self.link = AgentLink(ssh, lambda: self.bundle_dir)  # the host's kept agent (agent and boxctl ops)
 
     def __repr__(self) -> str:
         return f"RemoteHost({self.name}, site {self.site})"
@@ -128,28 +132,18 @@ class RemoteHost:
         }
 
     def agent(self, op: str, timeout: float = 120, **extra: Any) -> dict[str, Any]:
-        from overcloud.underclouds.ssh import hostprep
-
-        r = self.run(hostprep.agent_command(self.bundle_dir, op), input=json.dumps(self.config_req(**extra)).encode(),
-                     timeout=timeout)
-        try:
-            answer = json.loads(r.stdout.decode() or "null")
-        except ValueError:
-            answer = None
-        if isinstance(answer, dict) and answer.get("ok") and r.returncode == 0:
-            return answer
-        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-            raise UnderCloudError(f"host {self.config.endpoint}: {op}: {answer['error'].get('message')}", site=self.site)
-        err = r.stderr.decode("utf-8", "replace").strip()[-800:]
-        raise UnderCloudError(f"host {self.config.endpoint}: {op} exited {r.returncode}" + (f": {err}" if err else ""),
-                              site=self.site)
+        """An agent op (make-box, destroy-box, list-tagged, sweep, teardown-site) with this
+        Tower's host config, on the host's kept agent: its result."""
+        return self.boxctl(op, timeout, **extra)
 
     def boxctl(self, op: str, timeout: float = 120, **extra: Any) -> Any:
-        from overcloud.underclouds.base import Completed
+        """A boxctl op (ensure-host, boxes, join, leave, ...) likewise: its result."""
+        from overcloud.underclouds.ssh.agentlink import AgentOpError
 
-        argv = [HOST_PYTHON, "-IS", self.bundle_dir, "module", BOXCTL, op]
-        r = self.run(argv, input=json.dumps(self.config_req(**extra)).encode(), timeout=timeout)
-        return decode(Completed(r.returncode, r.stdout, r.stderr), f"host {self.config.endpoint}: {op}")
+        try:
+            return self.link.call(op, self.config_req(**extra), timeout=timeout, idempotent=op in READ_OPS)
+        except AgentOpError as exc:
+            raise UnderCloudError(f"host {self.config.endpoint}: {op}: {exc}", site=self.site) from None
 
 
 class SSHUnderCloud:
@@ -375,6 +369,8 @@ class SSHUnderCloud:
             raise UnderCloudError(f"tearing down ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
 
     def close(self) -> None:
+        for h in self.hosts.values():
+            h.link.close()
         self.transport.close()
 
 

@@ -194,8 +194,8 @@ def _removed(answer: str) -> list[str]:
     import json
 
     try:
-        return list(json.loads(answer).get("removed", []))
-    except (ValueError, AttributeError):
+        return list(json.loads(answer)["result"].get("removed", []))
+    except (ValueError, AttributeError, KeyError, TypeError):
         return []
 
 

@@ -6,9 +6,9 @@ from our bundle), so the session is the local one's operations carried over SSH:
 * ``run``: ``ip netns exec <handle> argv`` on the host (``on_host``: argv on the host).
 * ``run_module``: ``/usr/bin/python3 -IS <bundle> module <module>`` in the box's netns.
 * files: under the box's dir on the host (``put_file`` writes through a temp file and a rename).
-* the supervisor, ``set_hosts``, ``limits``, ``set_service_table``: one call of
-  ``overcloud.underclouds.ssh.boxctl sup`` on the host (the box's supervisord answers on a unix
-  socket there).
+* the supervisor, ``set_hosts``, ``limits``, ``set_service_table``, ``tcp_check``: one request
+  to the host's kept agent (``agentlink``: ``boxctl``'s ``sup`` and ``tcp-check`` ops, no
+  Python start per call; the box's supervisord answers on a unix socket there).
 * ``connect_tcp``: a stream (``SSHHost.open_stream``, a real socket) to ``boxctl relay`` run in
   the box's netns; ``http``/``http_client`` come from :class:`BoxHttp` on top of it.
 
@@ -17,13 +17,9 @@ See docs/remote-hosts.md, "The ssh driver".
 
 from __future__ import annotations
 
-import contextlib
-import json
 import posixpath
 import shlex
-import socket
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from overcloud.underclouds.base import Box, BoxCommandError, BoxHttp, Completed, UnderCloudError
@@ -33,10 +29,14 @@ if TYPE_CHECKING:
 
 BOXCTL = "overcloud.underclouds.ssh.boxctl"
 HOST_PYTHON = "/usr/bin/python3"
+# supervisor methods that may be sent again to a new agent when one ended under them
+IDEMPOTENT_SUP = frozenset({"state", "running", "states", "info", "limits", "hosts", "forget"})
 
 
 class RemoteBoxSession(BoxHttp):
     """One box on a remote host. Cheap to make; everything goes over the host's connection."""
+
+    full_package = False  # the host has the bundle only: boto3 & co. run on the Tower (loopback_relay)
 
     def __init__(self, host: "RemoteHost", box: Box):
         self.host = host
@@ -100,13 +100,18 @@ class RemoteBoxSession(BoxHttp):
         return self.run([*self.program_python(), "module", module, *args], input=input, timeout=timeout,
                         check=check)
 
-    def _boxctl(self, op: str, req: dict[str, Any], *, in_box: bool = False, timeout: float = 60) -> Any:
-        argv = [*self.program_python(), "module", BOXCTL, op]
-        done = self.run(argv, input=json.dumps(req), timeout=timeout, check=False, on_host=not in_box)
-        return decode(done, f"{op} for box {self.box.name} on {self.host.name}")
+    def _boxctl(self, op: str, req: dict[str, Any], *, timeout: float = 60, idempotent: bool = False) -> Any:
+        """One of boxctl's ops on the host's kept agent (see agentlink)."""
+        from overcloud.underclouds.ssh.agentlink import AgentOpError
+
+        try:
+            return self.host.link.call(op, req, timeout=timeout, idempotent=idempotent)
+        except AgentOpError as exc:
+            raise UnderCloudError(f"{op} for box {self.box.name} on {self.host.name}: {exc}") from None
 
     def _sup(self, method: str, **args: Any) -> Any:
-        return self._boxctl("sup", {"handle": self.handle, "box_dir": self.box_dir, "method": method, "args": args})
+        return self._boxctl("sup", {"handle": self.handle, "box_dir": self.box_dir, "method": method, "args": args},
+                            idempotent=method in IDEMPOTENT_SUP)
 
     # -- files -----------------------------------------------------------------------------
     def _path(self, relpath: str) -> str:
@@ -210,8 +215,8 @@ class RemoteBoxSession(BoxHttp):
 
     # -- network -----------------------------------------------------------------------------
     def tcp_check(self, host: str, port: int, timeout: float = 1.0) -> bool:
-        return bool(self._boxctl("tcp-check", {"host": host, "port": int(port), "timeout": timeout}, in_box=True,
-                                 timeout=timeout + 30))
+        return bool(self._boxctl("tcp-check", {"handle": self.handle, "host": host, "port": int(port),
+                                               "timeout": timeout}, timeout=timeout + 30, idempotent=True))
 
     def connect_tcp(self, host: str, port: int, timeout: float = 2.0) -> Any:
         argv = ["ip", "netns", "exec", self.handle, *self.program_python(), "module", BOXCTL, "relay",
@@ -236,81 +241,3 @@ class RemoteBoxSession(BoxHttp):
         except BaseException:
             stream.close()
             raise
-
-    @contextlib.contextmanager
-    def loopback_relay(self, host: str, port: int) -> Iterator[str]:
-        """``127.0.0.1:<port>`` on the Tower whose connections are opened from the box to
-        ``host:port`` (each one a :meth:`connect_tcp`), while the ``with`` lasts: for our
-        Python that needs a library the host bundle does not carry (boto3 for the DataLake's
-        operations), run on the Tower with its network in the box."""
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.settimeout(0.2)
-        stop = threading.Event()
-        conns: list[socket.socket] = []
-
-        def pump(src: socket.socket, dst: socket.socket) -> None:
-            try:
-                while chunk := src.recv(65536):
-                    dst.sendall(chunk)
-            except OSError:
-                pass
-            finally:
-                for s in (dst, src):
-                    with contextlib.suppress(OSError):
-                        s.shutdown(socket.SHUT_RDWR)
-
-        def serve(client: socket.socket) -> None:
-            try:
-                upstream = self.connect_tcp(host, port, timeout=10.0)
-            except OSError:
-                client.close()
-                return
-            conns.extend((client, upstream))
-            t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
-            t.start()
-            pump(client, upstream)
-            t.join()
-            client.close()
-            upstream.close()
-
-        def accept() -> None:
-            while not stop.is_set():
-                try:
-                    client, _ = listener.accept()
-                except (TimeoutError, socket.timeout):
-                    continue
-                except OSError:
-                    return
-                client.settimeout(None)
-                threading.Thread(target=serve, args=(client,), name="box-relay", daemon=True).start()
-
-        acceptor = threading.Thread(target=accept, name="box-relay-accept", daemon=True)
-        acceptor.start()
-        try:
-            yield f"127.0.0.1:{listener.getsockname()[1]}"
-        finally:
-            stop.set()
-            acceptor.join(2)
-            listener.close()
-            for c in list(conns):
-                with contextlib.suppress(OSError):
-                    c.close()
-
-
-def decode(done: Completed, what: str) -> Any:
-    """The result of a boxctl op (see overcloud.boxes.entry), or its error raised again."""
-    from overcloud.boxes import entry
-
-    try:
-        answer = json.loads(done.stdout.decode() or "null")
-    except ValueError:
-        answer = None
-    if isinstance(answer, dict) and "result" in answer and done.returncode == entry.OK:
-        return answer["result"]
-    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-        raise UnderCloudError(f"{what}: {answer['error'].get('type')}: {answer['error'].get('message')}")
-    how = "timed out" if done.returncode is None else f"exited {done.returncode}"
-    err = done.stderr.decode("utf-8", "replace").strip()[-800:]
-    raise UnderCloudError(f"{what} {how}" + (f": {err}" if err else ""))
