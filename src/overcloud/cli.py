@@ -65,9 +65,18 @@ def main_options(
 
 
 def _settings(**overrides: Any) -> Settings:
+    """The Tower's settings; a configuration that cannot be used (a sites file naming a missing
+    key file, a bad value) is an error a person can act on, exit 2, never a traceback."""
+    from pydantic import ValidationError
+
     if STATE["state_dir"] is not None:
         overrides.setdefault("state_dir", STATE["state_dir"])
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ")
+                            + (f" ({'.'.join(map(str, e['loc']))})" if e.get("loc") else "") for e in exc.errors())
+        raise CliError(f"the Tower's configuration cannot be used: {reasons}", 2) from None
 
 
 class Client:

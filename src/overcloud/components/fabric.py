@@ -163,7 +163,12 @@ def health(sb: Southbound, row) -> dict[str, str]:
     problems: dict[str, str] = {}
     boxes = _boxes_of(row)
     for b in boxes:
-        if not sb.session(b).supervisor_running():
+        try:
+            running = sb.session(b).supervisor_running()
+        except Exception as exc:  # noqa: BLE001 - no session: its host is not there (ssh: not answering)
+            problems[b.name] = f"supervisord does not answer ({exc})"[:300]
+            continue
+        if not running:
             problems[b.name] = "supervisord does not answer"
     post = find_post(boxes)
     url = (row.info or {})["fabric"]["prometheus"]

@@ -78,6 +78,13 @@ class RemoteHost:
         from overcloud.underclouds.ssh.agentlink import AgentLink
 
         self.link = AgentLink(ssh, lambda: self.bundle_dir)  # the host's kept agent (agent and boxctl ops)
+        # preparation, per host (see ensure_prepared): a host that fails is retried on the next
+        # need, and its reason is kept for messages and inventory
+        self.prepared = False
+        self.problem: str | None = None  # why the last preparation failed; None once prepared
+        self._prep_lock = threading.Lock()
+        self._prep_attempts = 0
+        self._prepared_connects = -1  # the transport's connection count when last known prepared
 
     def __repr__(self) -> str:
         return f"RemoteHost({self.name}, site {self.site})"
@@ -92,6 +99,49 @@ class RemoteHost:
             return str(ipaddress.IPv4Address(self.config.address))
         except ValueError:
             return socket.gethostbyname(self.config.address)
+
+    @property
+    def prepared_marker(self) -> str:
+        """A file in the host's ``/run`` (empty after a reboot) that says this Tower prepared it."""
+        return f"/run/overcloud/prepared-{self.tower_id}"
+
+    def ensure_prepared(self) -> None:
+        """Prepare this host unless it is (see :meth:`SSHUnderCloud.prepare_host`); raises
+        UnderCloudError naming the host and why. A host prepared earlier is trusted while the
+        transport keeps the same connection; after a new connection (the host, or its sshd,
+        may have restarted) one command checks :attr:`prepared_marker`, and a host that lost it
+        (rebooted: its bridge, guard and WAN are gone) is prepared again. Needs that wait while
+        an attempt runs share its outcome (a dead host costs one connect timeout, not one each);
+        the next need after a failure tries again."""
+        if self.prepared and self.ssh.connects == self._prepared_connects:
+            return
+        seen = self._prep_attempts
+        with self._prep_lock:
+            if self.prepared and self.ssh.connects == self._prepared_connects:
+                return
+            if self._prep_attempts != seen and not self.prepared and self.problem:
+                raise UnderCloudError(self.problem, site=self.site)
+            self._prep_attempts += 1
+            try:
+                if self.prepared:
+                    r = self.run(["test", "-e", self.prepared_marker], timeout=30)
+                    if r.returncode == 0:
+                        self._prepared_connects = self.ssh.connects
+                        return
+                    logger.warning("ssh host %s lost its preparation (restarted?): preparing it again",
+                                   self.config.endpoint)
+                    self.prepared = False
+                self.world.prepare_host(self)
+            except Exception as exc:  # noqa: BLE001 - kept as the host's problem, raised with its name
+                self.prepared = False
+                text = str(exc)
+                self.problem = text if self.name in text else f"preparing ssh host {self.config.endpoint} failed: {text}"
+                self.world.prepare_errors[self.name] = self.problem[:500]
+                raise UnderCloudError(self.problem, site=self.site) from exc
+            self.prepared = True
+            self.problem = None
+            self.world.prepare_errors.pop(self.name, None)
+            self._prepared_connects = self.ssh.connects
 
     def run(self, argv: list[str], input: bytes | None = None, timeout: float = 120):
         """``run(argv, input=None)`` as hostprep and wan want it: exit statuses read by the caller."""
@@ -174,40 +224,80 @@ class SSHUnderCloud:
         self.leases = LeaseStore(self.state_dir, HostLeases(self.state_dir / "claims"), tower_id)
         self.sites: dict[str, SSHSite] = {s.name: SSHSite(self, s) for s in self.configs}
         self._lock = threading.Lock()
-        self._prepared = False
+        self._plan_lock = threading.Lock()  # the bundle and WAN plan (not _lock: health.py holds it around wan_plan)
+        self._bundle: Any = None  # the host bundle (Artifact), built once
+        self._plan: Any = None  # the WAN plan, made once
         self.wan_states: dict[str, Any] = {}
+        # hosts each OverCloud may have something on (written before a make-box there): what
+        # list_tagged and sweep must reach for it; a host that no record names and does not
+        # answer holds nothing of ours and is skipped (see docs/remote-hosts.md, "Faults")
+        self.touched_dir = self.state_dir / "touched"
+        self._touch_lock = threading.Lock()
+        self.prepare_errors: dict[str, str] = {}  # host -> why its last preparation failed
 
     # -- preparation ---------------------------------------------------------------------------
     def site_hosts(self, site: str) -> list[RemoteHost]:
         return [h for h in self.hosts.values() if h.site == site]
 
     def prepare(self) -> None:
-        """Every host checked, the bundle installed, the box bridge and host guard up, the WAN
-        up. Once per Tower process (idempotent on the hosts: run again after a restart)."""
-        if self._prepared:
+        """Every host prepared (see :meth:`prepare_host`), in parallel. Hosts are independent: one
+        that fails does not stop the others, keeps its reason (``RemoteHost.problem``) and is
+        tried again on its next need. Raises UnderCloudError naming every host that failed."""
+        self.ensure(list(self.hosts.values()))
+
+    def ensure(self, hosts: list[RemoteHost]) -> None:
+        """These hosts prepared (in parallel); raises UnderCloudError naming each that failed."""
+        todo = [h for h in hosts if not (h.prepared and h.ssh.connects == h._prepared_connects)]
+        if not todo:
             return
-        with self._lock:
-            if self._prepared:
-                return
-            from overcloud.underclouds.ssh import bundle, hostprep
+        errors = [(h, e) for h, _, e in _parallel(lambda h: h.ensure_prepared(), todo) if e is not None]
+        if errors:
+            h, e = errors[0]
+            text = "; ".join(str(e) for _, e in errors)
+            raise UnderCloudError(text, site=h.site if len(errors) == 1 else None) from e
 
-            art = bundle.host_bundle(self.bundle_cache)
-            all_cidrs = {h.name: h.config.box_cidr for h in self.hosts.values()}
+    @property
+    def _prepared(self) -> bool:
+        """Some host is prepared (its WAN plan made): what health.py asks before reading the WAN."""
+        return any(h.prepared for h in self.hosts.values())
 
-            def prep(h: RemoteHost) -> None:
-                _, installed = hostprep.prepare_host(h.run, art.path, art.sha256, tower_id=self.tower_id, host=h.name)
-                h.bundle_dir = installed.path
-                peers = [c for n, c in all_cidrs.items() if n != h.name]
-                h.boxctl("ensure-host", peer_cidrs=peers)
+    def host_bundle(self):
+        with self._plan_lock:
+            if self._bundle is None:
+                from overcloud.underclouds.ssh import bundle
 
-            errors = [(h, e) for h, _, e in _parallel(prep, list(self.hosts.values())) if e is not None]
-            if errors:
-                h, e = errors[0]
-                raise UnderCloudError(f"preparing ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
-            self._wan_up()
-            self._prepared = True
+                self._bundle = bundle.host_bundle(self.bundle_cache)
+            return self._bundle
+
+    def prepare_host(self, h: RemoteHost) -> None:
+        """One host checked, the bundle installed, the box bridge and host guard (with every
+        other host's box subnet let through) up, its WAN up (WireGuard to the hosts of other
+        sites, routes to the hosts of its own), then :attr:`RemoteHost.prepared_marker`.
+        Idempotent on the host; independent of every other host."""
+        from overcloud.underclouds.ssh import hostprep, wan
+
+        art = self.host_bundle()
+        _, installed = hostprep.prepare_host(h.run, art.path, art.sha256, tower_id=self.tower_id, host=h.name)
+        h.bundle_dir = installed.path
+        h.boxctl("ensure-host", peer_cidrs=[o.config.box_cidr for o in self.hosts.values() if o.name != h.name])
+        try:
+            state = wan.up(self.wan_plan(), h.name, h.run, self._unseal)
+        except Exception as exc:
+            raise UnderCloudError(f"WAN up on ssh host {h.config.endpoint} failed: {exc}", site=h.site) from exc
+        h.vxlan_mtu = state.vxlan_mtu
+        self.wan_states[h.name] = state
+        r = h.run(["sh", "-c", 'mkdir -p /run/overcloud && : > "$1"', "sh", h.prepared_marker], timeout=30)
+        if r.returncode != 0:
+            raise UnderCloudError(f"ssh host {h.config.endpoint}: cannot write {h.prepared_marker} "
+                                  f"(exit {r.returncode})", site=h.site)
 
     def wan_plan(self):
+        with self._plan_lock:
+            if self._plan is None:
+                self._plan = self._make_wan_plan()
+            return self._plan
+
+    def _make_wan_plan(self):
         from overcloud.underclouds.ssh import wan
         from overcloud.files import write_atomic
 
@@ -231,19 +321,6 @@ class SSHUnderCloud:
             path.chmod(0o600)
         return wan.WanPlan(tuple(hosts))
 
-    def _wan_up(self) -> None:
-        from overcloud.underclouds.ssh import wan
-
-        plan = self.wan_plan()
-        results = _parallel(lambda h: wan.up(plan, h.name, h.run, self._unseal), list(self.hosts.values()))
-        errors = [(h, e) for h, _, e in results if e is not None]
-        if errors:
-            h, e = errors[0]
-            raise UnderCloudError(f"WAN up on ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
-        for h, state, _ in results:
-            h.vxlan_mtu = state.vxlan_mtu
-            self.wan_states[h.name] = state
-
     def wan_down(self) -> None:
         from overcloud.underclouds.ssh import wan
 
@@ -264,12 +341,83 @@ class SSHUnderCloud:
                                   overcloud_id=box.overcloud_id, site=box.site)
         return self.hosts[name]
 
+    def hosts_of(self, boxes: list[Box]) -> list[RemoteHost]:
+        """The boxes' hosts, each once, prepared (raises UnderCloudError naming a host that is not)."""
+        hosts = list({h.name: h for h in (self.host_of(b) for b in boxes)}.values())
+        self.ensure(hosts)
+        return hosts
+
+    # -- what each OverCloud may have on which host (see touched_dir) --------------------------
+    def _touched_path(self, overcloud_id: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", overcloud_id) or overcloud_id.startswith("."):
+            raise UnderCloudError(f"bad OverCloud id {overcloud_id[:40]!r}")
+        return self.touched_dir / f"{overcloud_id}.json"
+
+    def touched(self, overcloud_id: str) -> set[str]:
+        """The hosts ``overcloud_id`` may have something on (boxes made or being made there)."""
+        try:
+            return set(json.loads(self._touched_path(overcloud_id).read_text()))
+        except (OSError, ValueError):
+            return set()
+
+    def touched_hosts(self) -> dict[str, set[str]]:
+        """Every OverCloud's touched hosts."""
+        out: dict[str, set[str]] = {}
+        for f in sorted(self.touched_dir.glob("*.json")) if self.touched_dir.is_dir() else []:
+            try:
+                out[f.stem] = set(json.loads(f.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def touch(self, overcloud_id: str, hosts: list[str]) -> None:
+        """Record (before any make-box there) that ``overcloud_id`` may have boxes on ``hosts``."""
+        from overcloud.files import write_atomic
+
+        with self._touch_lock:
+            now = self.touched(overcloud_id)
+            if set(hosts) <= now:
+                return
+            self.touched_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self._touched_path(overcloud_id), json.dumps(sorted(now | set(hosts))))
+
+    def _forget_touched(self, overcloud_id: str) -> None:
+        with self._touch_lock:
+            self._touched_path(overcloud_id).unlink(missing_ok=True)
+
+    def _each_host(self, fn: Callable[[RemoteHost], Any], needed: set[str], what: str,
+                   answers: list[tuple[RemoteHost, Any]] | None = None) -> list[tuple[RemoteHost, Any]]:
+        """``fn`` on every host (prepared first), in parallel; returns the answers (appended to
+        ``answers`` when given). A host that fails but holds nothing of ours (no OverCloud's
+        record names it) is skipped and logged; one in ``needed`` makes it raise
+        UnderCloudError naming it and why (after every host was asked)."""
+        def call(h: RemoteHost) -> Any:
+            h.ensure_prepared()
+            return fn(h)
+
+        answers = [] if answers is None else answers
+        errors = []
+        for h, res, err in _parallel(call, list(self.hosts.values())):
+            if err is None:
+                answers.append((h, res))
+            elif h.name in needed:
+                errors.append((h, err))
+            else:
+                logger.info("%s: skipped ssh host %s, which holds nothing of this Tower's OverClouds and "
+                            "does not answer: %s", what, h.config.endpoint, err)
+        if errors:
+            text = "; ".join(f"{h.config.endpoint}: {e}" if h.name not in str(e) else str(e) for h, e in errors)
+            raise UnderCloudError(f"{what}: not every ssh host that may hold something of it answered: {text}",
+                                  site=errors[0][0].site) from errors[0][1]
+        return answers
+
     def session(self, box: Box) -> RemoteBoxSession:
-        self.prepare()
-        return RemoteBoxSession(self.host_of(box), box)
+        h = self.host_of(box)
+        h.ensure_prepared()
+        return RemoteBoxSession(h, box)
 
     def join_overlay(self, overcloud_id: str, boxes: list[Box]) -> Overlay:
-        self.prepare()
+        self.hosts_of(boxes)
         try:
             lease = self.leases.reserve_overlay(overcloud_id, self.overlay_cidr, [b.name for b in boxes])
             by_host: dict[str, list[Box]] = {}
@@ -308,12 +456,15 @@ class SSHUnderCloud:
         return min(found) if found else None
 
     def leave_overlay(self, overcloud_id: str, boxes: list[Box]) -> None:
-        self.prepare()
         by_host: dict[str, list[Box]] = {}
         for b in boxes:
             by_host.setdefault(self.host_of(b).name, []).append(b)
-        results = _parallel(lambda n: self.hosts[n].boxctl("leave", boxes=[
-            {"handle": b.handle, "name": b.name} for b in by_host[n]]), sorted(by_host))
+
+        def leave(n: str) -> None:  # each host on its own: one that does not answer stops none of the others
+            self.hosts[n].ensure_prepared()
+            self.hosts[n].boxctl("leave", boxes=[{"handle": b.handle, "name": b.name} for b in by_host[n]])
+
+        results = _parallel(leave, sorted(by_host))
         errors = [(n, e) for n, _, e in results if e is not None]
         if errors:
             n, e = errors[0]
@@ -323,37 +474,51 @@ class SSHUnderCloud:
         self.leases.delete_overlay(overcloud_id)
 
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
-        self.prepare()
+        """What this Tower made on the hosts (for one OverCloud or all) and its overlay leases.
+        A host that does not answer is skipped when no record says the OverCloud (any, for
+        ``None``) touched it; otherwise UnderCloudError names it: what is there cannot be told.
+        A record whose hosts all answered with nothing of its OverCloud is dropped."""
         extra = {"overcloud_id": overcloud_id} if overcloud_id else {}
-        results = _parallel(lambda h: h.agent("list-tagged", **extra)["resources"], list(self.hosts.values()))
+        touched = ({overcloud_id: self.touched(overcloud_id)} if overcloud_id else self.touched_hosts())
+        needed = set().union(*touched.values()) if touched else set()
+        answers = self._each_host(lambda h: h.agent("list-tagged", **extra)["resources"], needed,
+                                           f"listing what {'OverCloud ' + overcloud_id if overcloud_id else 'this Tower'} "
+                                           "left on the ssh hosts")
         found: list[TaggedResource] = []
-        for h, res, err in results:
-            if err is not None:
-                raise UnderCloudError(f"listing what this Tower made on {h.config.endpoint} failed: {err}") from err
+        for h, res in answers:
             found += [TaggedResource(r["overcloud_id"], r["kind"], f"{h.name}: {r['name']}") for r in res]
         for lease in self.leases.overlays():
             if overcloud_id is None or lease["overcloud_id"] == overcloud_id:
                 found.append(TaggedResource(lease["overcloud_id"], "lease", f"ssh overlay lease {lease['overcloud_id']}"))
+        if overcloud_id and not found and touched[overcloud_id]:
+            self._forget_touched(overcloud_id)  # its hosts answered (a silent one would have raised): clean
         return found
 
     def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
-        self.prepare()
+        """Remove everything of these OverClouds from every host, and their overlay leases.
+        Hosts that do not answer and no record names for them are skipped; one that a record
+        names makes it raise (after the others are swept), naming it."""
         ids = sorted(overcloud_ids)
-        results = _parallel(lambda h: h.agent("sweep", overcloud_ids=ids)["removed"], list(self.hosts.values()))
+        touched = {oc: self.touched(oc) for oc in ids}
+        needed = set().union(*touched.values()) if touched else set()
         removed: list[TaggedResource] = []
-        errors = []
-        for h, res, err in results:
-            if err is not None:
-                errors.append((h, err))
-                continue
+        failure: UnderCloudError | None = None
+        answers: list[tuple[RemoteHost, Any]] = []
+        try:
+            self._each_host(lambda h: h.agent("sweep", overcloud_ids=ids)["removed"], needed,
+                            f"sweeping {', '.join(ids)}", answers)
+        except UnderCloudError as exc:
+            failure = exc
+        for h, res in answers:
             removed += [TaggedResource(r["overcloud_id"], r["kind"], f"{h.name}: {r['name']}") for r in res]
         for oc in ids:
             if self.leases.overlay(oc) is not None:
                 removed.append(TaggedResource(oc, "lease", f"ssh overlay lease {oc}"))
                 self.leases.delete_overlay(oc)
-        if errors:
-            h, e = errors[0]
-            raise UnderCloudError(f"sweep on {h.config.endpoint} incomplete: {e}") from e
+        if failure is not None:
+            raise failure
+        for oc in ids:
+            self._forget_touched(oc)
         return removed
 
     def teardown(self) -> None:
@@ -363,7 +528,8 @@ class SSHUnderCloud:
         errors = [(h, e) for h, _, e in _parallel(lambda h: h.agent("teardown-site"), list(self.hosts.values()))
                   if e is not None]
         self.wan_down()
-        self._prepared = False
+        for h in self.hosts.values():
+            h.prepared = False
         if errors:
             h, e = errors[0]
             raise UnderCloudError(f"tearing down ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
@@ -374,11 +540,12 @@ class SSHUnderCloud:
         self.transport.close()
 
 
-def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, list[dict[str, Any]]]
-          ) -> dict[str, list[BoxSpec]]:
+def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, list[dict[str, Any]]],
+          unavailable: dict[str, str] | None = None) -> dict[str, list[BoxSpec]]:
     """Which host each spec goes to: where its box exists already, else the host with the most
-    free CPUs (then memory) that fits it. ``inventory``: each host's box leases (with flavor).
-    Raises UnderCloudError when a box fits nowhere."""
+    free CPUs (then memory) that fits it. ``inventory``: each host's box leases (with flavor);
+    ``unavailable``: hosts left out (not answering or not prepared) and why, named when a box
+    fits nowhere. Raises UnderCloudError when a box fits nowhere."""
     where: dict[str, str] = {}
     free: dict[str, list[float]] = {}
     for h in hosts:
@@ -395,9 +562,11 @@ def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, li
             continue
         fits = [n for n, (c, m) in free.items() if c + 1e-9 >= spec.flavor.cpus and m >= spec.flavor.memory_mb]
         if not fits:
-            room = ", ".join(f"{n}: {c:g} CPUs {m} MiB" for n, (c, m) in sorted(free.items()))
+            room = ", ".join(f"{n}: {c:g} CPUs {m} MiB" for n, (c, m) in sorted(free.items())) or "none"
+            down = "; ".join(why for _, why in sorted((unavailable or {}).items()))  # each names its host
             raise UnderCloudError(f"no host of the site has room for box {spec.name} ({spec.flavor.name}: "
-                                  f"{spec.flavor.cpus:g} CPUs, {spec.flavor.memory_mb} MiB); free: {room}",
+                                  f"{spec.flavor.cpus:g} CPUs, {spec.flavor.memory_mb} MiB); free: {room}"
+                                  + (f"; unavailable: {down}" if down else ""),
                                   overcloud_id=spec.overcloud_id, site=spec.site)
         best = max(fits, key=lambda n: (free[n][0], free[n][1], n))
         free[best][0] -= spec.flavor.cpus
@@ -423,15 +592,27 @@ class SSHSite(DomainSite):
         return self.world.site_hosts(self.name)
 
     def inventory(self) -> dict[str, list[dict[str, Any]]]:
-        self.world.prepare()
-        results = _parallel(lambda h: h.boxctl("boxes"), self.hosts)
-        out = {}
-        for h, boxes, err in results:
-            if err is not None:
-                raise UnderCloudError(f"site {self.name}: asking {h.config.endpoint} for its boxes failed: {err}",
-                                      site=self.name) from err
-            out[h.name] = boxes
+        """Each host's boxes of this Tower; raises UnderCloudError naming a host that does not answer."""
+        out, down = self.inventory_of_healthy()
+        if down:
+            raise UnderCloudError(f"site {self.name}: " + "; ".join(down.values()), site=self.name)
         return out
+
+    def inventory_of_healthy(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+        """Each host's boxes of this Tower, from the hosts that are prepared and answer (each
+        prepared first, in parallel), and the others with why (their reason names them)."""
+        def ask(h: RemoteHost) -> list[dict[str, Any]]:
+            h.ensure_prepared()
+            return h.boxctl("boxes")
+
+        out, down = {}, {}
+        for h, boxes, err in _parallel(ask, self.hosts):
+            if err is None:
+                out[h.name] = boxes
+            else:
+                text = str(err)
+                down[h.name] = text if h.name in text else f"{h.config.endpoint}: {text}"
+        return out, down
 
     def acquire(self, specs: list[BoxSpec]) -> list[Box]:
         if not specs:
@@ -441,10 +622,24 @@ class SSHSite(DomainSite):
         wrong = [s.name for s in specs if s.site != self.name]
         if wrong:
             raise UnderCloudError(f"boxes {wrong} are not for site {self.name}", overcloud_id=oc, site=self.name)
-        inventory = self.inventory()
+        inventory, down = self.inventory_of_healthy()
+        # a host that does not answer is left out of placement, unless this OverCloud may have
+        # boxes there already (an acquire run again): placing them elsewhere would make two
+        doubt = {n: why for n, why in down.items() if any(n in self.world.touched(i) for i in ids)}
+        if doubt:
+            raise UnderCloudError(f"acquiring on site {self.name}: "
+                                  + "; ".join(f"{why} (boxes of this OverCloud may be there already)"
+                                              for why in doubt.values()), overcloud_id=oc, site=self.name)
+        if down and len(down) == len(self.hosts):
+            raise UnderCloudError(f"no host of site {self.name} can take boxes now: " + "; ".join(down.values()),
+                                  overcloud_id=oc, site=self.name)
+        if down:
+            logger.warning("site %s: placing boxes without %s", self.name, "; ".join(down.values()))
         existing = {b["handle"] for boxes in inventory.values() for b in boxes}
-        placed = place(specs, self.hosts, inventory)
+        placed = place(specs, [h for h in self.hosts if h.name not in down], inventory, down)
         hosts = {h.name: h for h in self.hosts}
+        for i in ids:  # before any make-box: a revert and list_tagged must reach these hosts
+            self.world.touch(i, sorted(placed))
 
         def make(name: str) -> list[Box]:
             h = hosts[name]
@@ -466,7 +661,8 @@ class SSHSite(DomainSite):
             by_name = {b.name: b for _, boxes, _ in results for b in boxes}
             return [by_name[s.name] for s in specs]
         # all or nothing: undo what this call made on the hosts that succeeded (a failed host's
-        # make-box undid its own)
+        # make-box undid its own; one whose connection was lost may not have: it stays in the
+        # OverCloud's record, so the revert's list_tagged and sweep must reach it)
         undo = [b for _, boxes, e in results if e is None for b in boxes if b.handle not in existing]
         try:
             self.release(undo)
@@ -480,12 +676,15 @@ class SSHSite(DomainSite):
         mine = [b for b in boxes if b.site == self.name]
         if not mine:
             return
-        self.world.prepare()
         by_host: dict[str, list[Box]] = {}
         for b in mine:
             by_host.setdefault(self.world.host_of(b).name, []).append(b)
-        results = _parallel(lambda n: self.world.hosts[n].agent("destroy-box", timeout=180, boxes=[
-            b.to_dict() for b in by_host[n]]), sorted(by_host))
+
+        def destroy(n: str) -> Any:  # each host on its own: one that does not answer stops none of the others
+            self.world.hosts[n].ensure_prepared()
+            return self.world.hosts[n].agent("destroy-box", timeout=180, boxes=[b.to_dict() for b in by_host[n]])
+
+        results = _parallel(destroy, sorted(by_host))
         errors = [(n, e) for n, _, e in results if e is not None]
         if errors:
             n, cause = errors[0]
@@ -494,16 +693,16 @@ class SSHSite(DomainSite):
 
     def quota(self) -> Quota:
         """Boxes this Tower has on the site's hosts (their lease files, one plain command per
-        host, no preparation: a create's validate asks before the hosts need to be ready)."""
+        host, no preparation: a create's validate asks before the hosts need to be ready). A
+        host that does not answer counts none (logged): placement leaves it out anyway."""
         def count(h: RemoteHost) -> int:
             r = h.run(["sh", "-c", 'ls -1 "$1" 2>/dev/null | grep -c "\\.json$" || true', "sh",
                        f"{h.state_dir}/leases"], timeout=30)
             return int(r.stdout.decode().strip() or 0) if r.returncode == 0 else 0
 
         results = _parallel(count, self.hosts)
-        errors = [(h, e) for h, _, e in results if e is not None]
-        if errors:
-            h, e = errors[0]
-            raise UnderCloudError(f"site {self.name}: counting boxes on {h.config.endpoint} failed: {e}",
-                                  site=self.name) from e
-        return Quota(max_boxes=self.world.max_boxes, used_boxes=sum(n for _, n, _ in results))
+        for h, _, e in results:
+            if e is not None:
+                logger.warning("site %s: counting boxes on %s failed (counted as none): %s", self.name,
+                               h.config.endpoint, e)
+        return Quota(max_boxes=self.world.max_boxes, used_boxes=sum(n for _, n, e in results if e is None))
