@@ -25,31 +25,40 @@ Promises:
 
 Error messages carry the host and the program name, never a command's arguments or data (they may
 hold secrets).
+
+Modules: ``loop`` (the event loop thread), ``pins`` (host keys), ``channels`` (commands'
+output, streams), ``errors``; this one keeps the host connection (``SSHHost``) and the hosts
+(``SSHTransport``), and re-exports the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
-import dataclasses
 import logging
 import math
-import os
 import shlex
-import signal
 import socket
-import threading
 import time
-import weakref
-from collections import deque
-from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import asyncssh
 
-from overcloud.underclouds.base import UnderCloudError
-
+from .channels import _STDERR_KEEP, SSHStream, _Collector, _program, _Pump, _returncode, _SocketSide
+from .errors import (
+    Completed,
+    SSHCommandError,
+    SSHConnectError,
+    SSHConnectionLost,
+    SSHError,
+    SSHFileNotFound,
+    SSHHostKeyError,
+    SSHOutputTooLarge,
+    SSHTimeout,
+)
+from .loop import _HOSTS, _LOOP, _close_all, _forget_after_fork, _LoopThread, shutdown
+from .pins import _Pin, _PinningClient
 from .sites import SSHHostConfig
 
 logger = logging.getLogger(__name__)
@@ -57,10 +66,7 @@ if logging.getLogger("asyncssh").level == logging.NOTSET:
     # asyncssh logs every channel at INFO; the Tower's log wants our own lines (set a level to see them)
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-T = TypeVar("T")
-
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # bytes of stdout (and of stderr) one command may return
-_STDERR_KEEP = 64 * 1024  # bytes of a stream's stderr kept for its error messages
 _KEEPALIVE = 15.0  # seconds between keepalives on an idle connection (3 missed: it is lost)
 _GRACE = 5.0  # seconds a caller's thread waits beyond a call's own timeout (the loop enforces it)
 
@@ -80,250 +86,11 @@ __all__ = [
     "shutdown",
 ]
 
-
-# -- errors ---------------------------------------------------------------------------------------
-
-
-class SSHError(UnderCloudError):
-    """Something failed on or on the way to a host; ``host`` names it ("name (address:port)")."""
-
-    def __init__(self, host: str, message: str):
-        super().__init__(f"{host}: {message}")
-        self.host = host
-
-
-class SSHConnectError(SSHError):
-    """No connection could be made: refused, no route, authentication refused."""
-
-
-class SSHHostKeyError(SSHConnectError):
-    """The host offered a key other than the pinned one. Never accepted."""
-
-    def __init__(self, host: str, message: str, *, offered: str | None, pinned: str):
-        super().__init__(host, message)
-        self.offered = offered
-        self.pinned = pinned
-
-
-class SSHTimeout(SSHError):
-    """A connect or a call took longer than its timeout."""
-
-
-class SSHConnectionLost(SSHError):
-    """The connection broke while a call was under way; the call may or may not have had its effect."""
-
-
-class SSHOutputTooLarge(SSHError):
-    """A command's output or a file was larger than the caller's limit."""
-
-
-class SSHFileNotFound(SSHError):
-    """get_file: no such file on the host."""
-
-
-class SSHCommandError(SSHError):
-    """A command exited non-zero (run with check=True)."""
-
-    def __init__(self, host: str, program: str, result: Completed):
-        tail = result.stderr[-400:].decode(errors="replace").strip()
-        super().__init__(host, f"{program} exited with {result.returncode}" + (f": {tail}" if tail else ""))
-        self.returncode = result.returncode
-        self.stdout = result.stdout
-        self.stderr = result.stderr
-
-
-@dataclasses.dataclass(frozen=True)
-class Completed:
-    """A finished command. returncode is negative (-signal) when the command was killed by a signal."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-
-# -- the event loop thread ------------------------------------------------------------------------
-
-
-class _LoopThread:
-    """One asyncio loop in a daemon thread, started on first use."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-                thread = threading.Thread(target=self._main, args=(loop, ready), name="overcloud-ssh", daemon=True)
-                thread.start()
-                ready.wait()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
-    @staticmethod
-    def _main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        try:
-            loop.run_forever()
-            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for t in tasks:
-                t.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-
-    def in_loop_thread(self) -> bool:
-        return self._thread is not None and threading.current_thread() is self._thread
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        """Run ``coro`` on the loop and wait for it from this (ordinary) thread."""
-        if self.in_loop_thread():
-            coro.close()
-            raise RuntimeError("a blocking SSH call from the SSH event loop's own thread would deadlock")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop())
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise
-
-    def stop(self) -> None:
-        """Close every host's connection, stop the loop, join its thread. A later call starts a new loop."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        if threading.current_thread() is thread:
-            raise RuntimeError("shutdown() from the SSH event loop's own thread")
-        hosts = list(_HOSTS)
-        try:
-            asyncio.run_coroutine_threadsafe(_close_all(hosts), loop).result(10)
-        except Exception:  # noqa: BLE001 - best effort at shutdown; the loop stops anyway
-            logger.warning("closing SSH connections at shutdown failed", exc_info=True)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-
-_LOOP = _LoopThread()
-_HOSTS: weakref.WeakSet[SSHHost] = weakref.WeakSet()
-
-
-async def _close_all(hosts: list[SSHHost]) -> None:
-    await asyncio.gather(*(h._aclose() for h in hosts), return_exceptions=True)
-
-
-def shutdown() -> None:
-    """Close all connections and stop the SSH loop thread (also done at interpreter exit)."""
-    _LOOP.stop()
-
-
-atexit.register(shutdown)
-
-
-def _forget_after_fork() -> None:
-    """A forked child has no loop thread and must not touch the parent's connections: start afresh."""
-    _LOOP._lock = threading.Lock()
-    _LOOP._loop = _LOOP._thread = None
-    for h in list(_HOSTS):
-        h._conn = None
-        h._prims_loop = None
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-# -- host key pinning -----------------------------------------------------------------------------
-
-
-class _Pin:
-    """A pinned host key: a key line (exact key, and its algorithms are the only ones asked for) or a fingerprint."""
-
-    def __init__(self, spec: str):
-        spec = spec.strip()
-        if spec.startswith("SHA256:"):
-            self.fingerprint = spec.rstrip("=")
-            self.algs: list[str] = []
-            self.key_type = "any"
-        else:
-            key = asyncssh.import_public_key(spec)
-            self.fingerprint = key.get_fingerprint("sha256")
-            self.algs = [a.decode() for a in key.sig_algorithms]
-            self.key_type = key.get_algorithm()
-
-    def matches(self, key: asyncssh.SSHKey) -> bool:
-        return key.get_fingerprint("sha256") == self.fingerprint
-
-
-class _PinningClient(asyncssh.SSHClient):
-    """Accepts the server only when its key is the pinned one; remembers what it was offered."""
-
-    def __init__(self, pin: _Pin):
-        self._pin = pin
-        self.offered: str | None = None
-
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        self.offered = key.get_fingerprint("sha256")
-        return self._pin.matches(key)
+# the pieces' private names, for the tests that look at them (transport._Pin, _LOOP, ...)
+_internals = (_STDERR_KEEP, _Collector, _Pump, _SocketSide, _LoopThread, _close_all, _forget_after_fork, _PinningClient)
 
 
 # -- one host -------------------------------------------------------------------------------------
-
-
-class _Collector(asyncssh.SSHClientSession[bytes]):
-    """A command's stdout and stderr, each up to ``limit`` bytes; beyond, the channel is closed."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.out = bytearray()
-        self.err = bytearray()
-        self.overflow: str | None = None
-        self.exc: Exception | None = None
-        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
-
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
-        self._chan = chan
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        buf, which = (self.err, "stderr") if datatype == asyncssh.EXTENDED_DATA_STDERR else (self.out, "stdout")
-        if self.overflow:
-            return
-        if len(buf) + len(data) > self.limit:
-            self.overflow = which
-            if self._chan is not None:
-                self._chan.close()
-            return
-        buf += data
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.exc = exc
-
-
-def _program(command: Sequence[str] | str) -> str:
-    """The program's name, for messages (never its arguments: they may hold secrets)."""
-    if isinstance(command, str):
-        words = command.split(None, 1)
-        return words[0] if words else "(empty command)"
-    return command[0] if command else "(empty command)"
-
-
-def _returncode(chan: asyncssh.SSHClientChannel[bytes]) -> int | None:
-    status = chan.get_exit_status()
-    if status is not None and status >= 0:
-        return status
-    sig = chan.get_exit_signal()
-    if sig is not None:
-        try:
-            return -int(signal.Signals["SIG" + sig[0]])
-        except KeyError:
-            return -255
-    return None
 
 
 class SSHHost:
@@ -653,120 +420,6 @@ class SSHHost:
             await chan.wait_closed()
         finally:
             self._sessions.release()
-
-
-class _Pump(asyncssh.SSHClientSession[bytes]):
-    """The channel's side of a stream: its stdout goes to the socket, the socket's bytes to its stdin."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self.sock_transport: asyncio.Transport | None = None
-        self.err: deque[bytes] = deque()
-        self.err_len = 0
-        self.ended = threading.Event()
-        self.exc: Exception | None = None
-
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
-        self.chan = chan
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            self.err.append(data)
-            self.err_len += len(data)
-            while self.err_len > _STDERR_KEEP and len(self.err) > 1:
-                self.err_len -= len(self.err.popleft())
-        elif self.sock_transport is not None and not self.sock_transport.is_closing():
-            self.sock_transport.write(data)
-
-    def eof_received(self) -> bool:
-        if self.sock_transport is not None and not self.sock_transport.is_closing() and self.sock_transport.can_write_eof():
-            self.sock_transport.write_eof()
-        return True  # half-close: the caller may still be sending
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.exc = exc
-        if self.sock_transport is not None:
-            self.sock_transport.close()  # after what is buffered has been written
-        self.ended.set()
-
-    # the channel's send window is full / has room again: stop / resume reading the socket
-    def pause_writing(self) -> None:
-        if self.sock_transport is not None:
-            self.sock_transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.sock_transport is not None and not self.sock_transport.is_closing():
-            self.sock_transport.resume_reading()
-
-    def close_channel(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
-
-
-class _SocketSide(asyncio.Protocol):
-    """The loop's end of the socketpair."""
-
-    def __init__(self, pump: _Pump):
-        self.pump = pump
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.pump.sock_transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.pump.chan is not None:
-            self.pump.chan.write(data)
-
-    def eof_received(self) -> bool:
-        if self.pump.chan is not None:
-            self.pump.chan.write_eof()
-        return True  # keep writing the command's output to the caller
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pump.close_channel()
-
-    # the caller is not reading: stop reading the channel (its window closes, the host waits)
-    def pause_writing(self) -> None:
-        if self.pump.chan is not None:
-            self.pump.chan.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.pump.chan is not None:
-            self.pump.chan.resume_reading()
-
-
-class SSHStream(socket.socket):
-    """A socket relayed to a command on a host (see :meth:`SSHHost.open_stream`); adds the command's end."""
-
-    def __init__(self, fileno: int, pump: _Pump, endpoint: str, program: str):
-        super().__init__(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno)
-        self._pump = pump
-        self.endpoint = endpoint
-        self.program = program
-
-    def close(self) -> None:
-        """Close this end and the channel (the command sees EOF, then the channel ends)."""
-        super().close()
-        try:
-            self._pump.loop.call_soon_threadsafe(self._pump.close_channel)
-        except RuntimeError:  # the loop is gone (shutdown): so is the channel
-            pass
-
-    def wait(self, timeout: float | None = 5.0) -> int | None:
-        """Wait until the channel has ended; the command's exit status (None if unknown)."""
-        self._pump.ended.wait(timeout)
-        return self.returncode
-
-    @property
-    def returncode(self) -> int | None:
-        """The command's exit status once the channel has ended (else None)."""
-        chan = self._pump.chan
-        return _returncode(chan) if chan is not None and self._pump.ended.is_set() else None
-
-    @property
-    def stderr(self) -> bytes:
-        """The last 64 KiB the command wrote to stderr."""
-        return b"".join(self._pump.err)
 
 
 # -- many hosts -----------------------------------------------------------------------------------
