@@ -49,10 +49,12 @@ class TowerMetrics:
 
         self.registry.register(_StatusCollector())
 
-    def watch_ssh(self, round_trips: Callable[[], dict[str, int]]) -> None:
-        """Report SSH round trips (channel exchanges: commands, file transfers, streams) per
-        remote host since the Tower started, read from the transport at scrape time: what each
-        create and delete costs in exchanges with the hosts (bench/remote.py reads it)."""
+    def watch_ssh(self, round_trips: Callable[[], dict[str, int]],
+                  agent_calls: Callable[[], dict[str, int]] | None = None) -> None:
+        """Report, per remote host since the Tower started and read at scrape time, the SSH
+        channel exchanges (commands, file transfers, streams opened: the transport's round
+        trips) and the requests to the host's kept agent (each a round trip over a stream it
+        keeps open): what creates and deletes cost in exchanges with the hosts (bench/remote.py)."""
 
         class _SSHCollector:
             def collect(self):
@@ -61,5 +63,11 @@ class TowerMetrics:
                 for host, n in sorted(round_trips().items()):
                     c.add_metric([host], n)
                 yield c
+                if agent_calls is not None:
+                    a = CounterMetricFamily("overcloud_ssh_agent_calls", "Requests to the kept agent per remote host",
+                                            labels=["host"])
+                    for host, n in sorted(agent_calls().items()):
+                        a.add_metric([host], n)
+                    yield a
 
         self.registry.register(_SSHCollector())

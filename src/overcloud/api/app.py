@@ -79,7 +79,7 @@ def create_app(tower: Tower) -> FastAPI:
                                  max_per_token=tower.settings.max_streams_per_token)
     tower.metrics.watch_status(tower.repo.count_by_status)
     if tower.ssh is not None:
-        tower.metrics.watch_ssh(tower.ssh.transport.round_trips)
+        tower.metrics.watch_ssh(tower.ssh.transport.round_trips, getattr(tower.ssh, "agent_calls", None))
     return_large_buffers()  # a refused 10 MiB body leaves no memory behind (limits.py)
 
     auth = [Depends(get_principal)]
