@@ -207,6 +207,44 @@ def list_cmd(all_: Annotated[bool, typer.Option("--all", help="include DELETED")
     _emit(rows, t)
 
 
+@app.command("underclouds")
+def underclouds_cmd(json_: Annotated[bool, typer.Option("--json", help="print the Tower's JSON answer")] = False) -> None:
+    """List the UnderClouds: each site's hosts (ssh) or bridge (local), capacity, health."""
+    data = Client().call("GET", "/underclouds")
+    if json_:
+        STATE["output"] = Output.json
+    t = Table("site", "kind", "host", "address", "lent", "used", "free", "WireGuard peers", "health",
+              title="UnderClouds", title_justify="left")
+
+    def res(d: dict[str, Any] | None) -> str:
+        return "?" if not d else f"{d['cpus']:g} CPU {d['memory_mb']} MiB" + (f" {d['boxes']} boxes" if "boxes" in d else "")
+
+    def health(ok: bool, problems: list[str]) -> Text:
+        return Text("ok", style="green") if ok else Text("; ".join(problems) or "not healthy", style="red")
+
+    for u in data["underclouds"]:
+        if u["kind"] == "ssh":
+            for h in u.get("hosts", []):
+                hh = h["health"]
+                wan = hh.get("wan") or {}
+                peers = ", ".join(f"{p['host']} " + ("never" if p["latest_handshake_age_s"] is None
+                                                     else f"{p['latest_handshake_age_s']}s")
+                                  for p in wan.get("peers", []))
+                if wan and not wan.get("interface_up"):
+                    peers = "interface down"
+                age = f" ({hh['checked_age_s']:g}s ago)" if hh.get("checked_age_s") is not None else ""
+                t.add_row(u["name"], "ssh", h["name"], f"{h['address']}:{h['port']}", res(h["lent"]), res(h["used"]),
+                          res(h["free"]), peers, health(hh["healthy"], hh["problems"]) + Text(age, style="dim"))
+        elif u["kind"] == "local":
+            b, cap = u.get("bridge") or {}, u.get("capacity") or {}
+            lent = {"cpus": cap.get("cpus", 0), "memory_mb": cap.get("memory_mb", 0)} if cap else None
+            t.add_row(u["name"], "local", f"bridge {b.get('name', '?')}", f"{b.get('gateway', '?')} ({b.get('cidr', '?')})",
+                      res(lent), res(u.get("used")), "", "", health(u["healthy"], u["problems"]))
+        else:
+            t.add_row(u["name"], u["kind"], "", "", "", "", "", "", health(u.get("healthy", False), u.get("problems", [])))
+    _emit(data, t)
+
+
 @app.command()
 def show(overcloud_id: str) -> None:
     """Show one OverCloud: Post, clusters, addresses, status."""

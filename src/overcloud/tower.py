@@ -8,9 +8,11 @@ the event stream) and turns the workflow's outcome into the OverCloud's status.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
+import subprocess
 import threading
 import time
 import uuid
@@ -91,6 +93,7 @@ class Tower:
         self.repo.upgrade()
         restrict(self.settings.state_dir)  # the databases exist now
         self._make_drivers()
+        self._guard_ranges()
         self.engine = WorkflowEngine(
             self.settings.workflow_db_url, registry=wf_actions.registry, services=self.southbound, max_workers=self.settings.workers
         )
@@ -103,16 +106,59 @@ class Tower:
         if self.local is not None:
             self.services.start()
 
+    def _guard_ranges(self) -> None:
+        """Unreachable routes here for the overlay and the ssh sites' box subnets: a packet
+        to them from this machine's root namespace fails at once instead of leaving by the
+        default route (see underclouds/local/unreachable.py). Needs CAP_NET_ADMIN: a Tower
+        without it (ssh sites only, not root) says so and goes on."""
+        from overcloud.underclouds.local import unreachable
+
+        cidrs = [self.settings.overlay_cidr]
+        if self.ssh is not None:
+            cidrs += [h.config.box_cidr for h in self.ssh.hosts.values() if h.config.box_cidr]
+        try:
+            self._guarded = unreachable.install(cidrs, self.settings.state_dir, self.id)
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("could not add unreachable routes for %s: %s", ", ".join(cidrs), exc)
+
+    def _underlay_problems(self, row) -> tuple[dict[str, str], bool]:
+        """(problems, whether a host is unreachable) of the UnderClouds under one OverCloud's
+        boxes, from what their drivers last observed (one probe per host and interval, shared
+        by every OverCloud: see _watch_health)."""
+        boxes = [box_obj(b) for b in row.boxes]
+        problems: dict[str, str] = {}
+        seen = set()
+        for b in boxes:
+            driver = self.drivers.get(b.site)
+            if driver is None or id(driver.overlay_domain) in seen:
+                continue
+            seen.add(id(driver.overlay_domain))
+            problems.update(driver.underlay_problems(boxes))
+        return problems, any(v.startswith("unreachable") for v in problems.values())
+
     def _watch_health(self) -> None:
-        """Every scrape interval: READY ↔ DEGRADED from what the Fabric sees (see fabric_health)."""
+        """Every scrape interval: READY ↔ DEGRADED from what the Fabric sees (see fabric_health)
+        and what the UnderClouds see under the OverCloud (an ssh host unreachable, WireGuard
+        down between its sites)."""
         from overcloud.components import fabric
 
-        while not self._closing.wait(self.settings.fabric_scrape_interval):
-            for row in self.repo.list():
-                if row.status not in states.UP or not (row.info or {}).get("fabric"):
-                    continue
+        interval = self.settings.fabric_scrape_interval
+        while not self._closing.wait(interval):
+            rows = [row for row in self.repo.list() if row.status in states.UP and (row.info or {}).get("fabric")]
+            if self.ssh is not None:  # one probe per host of these OverClouds, shared by all of them
+                hosts = set()
+                for row in rows:
+                    for b in row.boxes:
+                        if b.site in self.ssh.sites:
+                            with contextlib.suppress(UnderCloudError):
+                                hosts.add(self.ssh.host_of(box_obj(b)).name)
+                if hosts:
+                    self.ssh.health.refresh(sorted(hosts), max_age=interval / 2, wait=min(interval, 3.0))
+            for row in rows:
                 try:
-                    problems = fabric.health(self.southbound, row)
+                    problems, unreachable = self._underlay_problems(row)
+                    if not unreachable:  # else the box sessions would wait on a host that does not answer
+                        problems = {**fabric.health(self.southbound, row), **problems}
                 except Exception:  # noqa: BLE001 - one OverCloud's trouble never stops the loop
                     logger.exception("health check of %s failed", row.id)
                     continue
@@ -205,6 +251,13 @@ class Tower:
         self._closing.set()
         self._resumer.shutdown(wait=False, cancel_futures=True)
         self.services.close()
+        if getattr(self, "_guarded", None):
+            from overcloud.underclouds.local import unreachable
+
+            try:
+                unreachable.release(self.settings.state_dir, self.id)
+            except (OSError, subprocess.SubprocessError) as exc:
+                logger.warning("could not remove unreachable routes: %s", exc)
         if self.ssh is not None:
             self.ssh.close()
         if self.engine is not None:
@@ -215,6 +268,24 @@ class Tower:
 
     def site_kinds(self) -> dict[str, str]:
         return {s.name: s.kind for s in self.settings.sites}
+
+    def underclouds(self, wait: float = 2.0) -> list[dict[str, Any]]:
+        """Every site, its hosts or bridge, capacity and health (``GET /underclouds``). A host
+        that does not answer is unhealthy with the reason after at most ``wait`` s; probes are
+        shared with the health watch and at most a few seconds old."""
+        from overcloud.underclouds.base import parallel
+
+        labels = {s.name: dict(s.labels) for s in self.settings.sites}
+        max_age = max(2.0, self.settings.fabric_scrape_interval)
+        out = []
+        for driver, desc, err in parallel(lambda d: d.describe(max_age=max_age, wait=wait), list(self.drivers.values()),
+                                          name="describe"):
+            if err is not None:
+                desc = {"name": driver.name, "kind": driver.kind, "healthy": False,
+                        "problems": [f"cannot describe the site: {err.__class__.__name__}: {err}"[:500]]}
+            desc.setdefault("labels", labels.get(driver.name, {}))
+            out.append(desc)
+        return out
 
     # -- create -----------------------------------------------------------
     def create(self, plan: CreatePlan, tenant_id: str) -> str:

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from overcloud import __version__
 from overcloud.api.deps import ensure_admin_token, get_principal
 from overcloud.api.requests import RequestError, too_large
-from overcloud.api.routes import datalake, fabric, overclouds, services, system
+from overcloud.api.routes import datalake, fabric, overclouds, services, system, underclouds
 from overcloud.api.streams import EventHub
 from overcloud.composition.controller import NotComposable, ServiceConflict, ServiceNotFound
 from overcloud.composition.pattern import MAX_PATTERN_BYTES, PatternError
@@ -97,6 +97,7 @@ def create_app(tower: Tower) -> FastAPI:
     app.include_router(datalake.router)
     app.include_router(fabric.router)
     app.include_router(services.router)
+    app.include_router(underclouds.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

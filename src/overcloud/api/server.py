@@ -140,7 +140,20 @@ def protocol_class(settings: Settings) -> type[DeadlineH11Protocol]:
 
 def run(app: Any, settings: Settings, *, host: str, port: int, log_level: str) -> None:
     """Serve ``app`` until SIGINT/SIGTERM, with the deadlines and connection cap above."""
+    import signal
+
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                http=protocol_class(settings), limit_concurrency=settings.max_connections)
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it
+    # found: with the default one the process died there, before the caller's `finally` closed the
+    # Tower (its unreachable routes, SSH connections, engine and databases). This one exits
+    # through that `finally`, with the shell's status for a signal (143).
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                    http=protocol_class(settings), limit_concurrency=settings.max_connections)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -26,10 +26,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -126,6 +122,7 @@ class ServiceController:
         self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
         self._stitched: dict[str, tuple] = {}  # box handle -> (hosts, nft table, VIP names) last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
+        self._confs: dict[str, str] = {}  # containers.conf written on a box's host (path -> text)
         self._retry_at: dict[tuple[str, str], float] = {}  # (overcloud, service) -> next rollout placement try
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._changed = threading.Condition()
@@ -373,7 +370,8 @@ class ServiceController:
         while time.monotonic() < deadline:
             rows = [self.repo.service(overcloud_id, n) for n in names]
             if all(r is not None and r.status == "READY" for r in rows):
-                return True
+                with self._lock:  # the tick that made them READY has stitched (and published) them too
+                    return True
             if any(r is None or r.status == "FAILED" for r in rows):
                 return False
             with self._changed:
@@ -472,32 +470,44 @@ class ServiceController:
                         session.remove_programs(programs, timeout=5.0)
                 except Exception as exc:  # noqa: BLE001 - the processes are killed below anyway
                     logger.warning("removing %s from %s: %s", r["name"], box.name, exc)
-                session.forget_programs(programs)
-            self._kill_pids(r)
-            shutil.rmtree(self._workdir(overcloud_id, r["name"]), ignore_errors=True)
+                try:
+                    session.forget_programs(programs)
+                    self._kill_pids(session, r)
+                    if row.runtime == "podman":
+                        self._podman_rm(session, [rt.container_name(overcloud_id, r["name"], c.name)
+                                                  for c in _template(row, r).containers])
+                    session.run(["rm", "-rf", "--", str(self._workdir(session, r["name"]))], on_host=True, check=False)
+                except Exception as exc:  # noqa: BLE001 - its box (or host) may be gone; its release removes the rest
+                    logger.warning("cleaning %s up on %s: %s", r["name"], box.name, exc)
             removed.append(f"{r['name']}@{r['box']}")
-        if row.runtime == "podman":
-            self._podman_rm([rt.container_name(overcloud_id, r["name"], c.name) for r in replicas
-                             for c in _template(row, r).containers])
         return removed
 
-    def _podman_rm(self, names: list[str]) -> None:
+    def _podman_rm(self, session, names: list[str]) -> None:
+        """Remove containers with the box's host's Podman."""
         if names:
-            subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore", *names], capture_output=True,
-                           env=self.images.podman_env(), timeout=120)
+            session.run(["podman", "rm", "-f", "-t", "0", "--ignore", *names], env=self._podman_env(session),
+                        on_host=True, check=False, timeout=120)
+
+    def _podman_env(self, session) -> dict[str, str]:
+        """The environment of podman commands on the box's host: its own containers.conf there."""
+        return {"PATH": rt.PATH, "HOME": "/root", "CONTAINERS_CONF": self._containers_conf(session)}
+
+    def _containers_conf(self, session) -> str:
+        """Our containers.conf on the box's host (written there once per session's box dir)."""
+        path = Path(session.box_dir) / "replicas" / "containers.conf"
+        if self._confs.get(str(path)) != rt.CONTAINERS_CONF:
+            session.put_file("replicas/containers.conf", rt.CONTAINERS_CONF, 0o644)
+            self._confs[str(path)] = rt.CONTAINERS_CONF
+        return str(path)
 
     @staticmethod
-    def _kill_pids(replica: dict[str, Any]) -> None:
-        """Kill the processes this replica ran (recorded by PID, checked by start time)."""
-        for pid, start in (replica.get("pids") or {}).values():
-            if pid and _start_time(pid) == start:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+    def _kill_pids(session, replica: dict[str, Any]) -> None:
+        """Kill the processes this replica ran (recorded by PID), on the box's host, when they
+        are still in the box's network namespace (a PID reused by anything else is left alone)."""
+        pids = [str(int(pid)) for pid, _ in (replica.get("pids") or {}).values() if pid]
+        if pids:
+            session.run(["sh", "-c", KILL_SCRIPT, "kill", session.box.handle, *pids], on_host=True, check=False,
+                        timeout=15)
 
     # -- the loop ------------------------------------------------------------------
     def tick(self) -> None:
@@ -629,7 +639,8 @@ class ServiceController:
             r.update(state="STARTING", ready=False, message=f"started on {box.name} ({row.runtime})", started_at=_now())
             return True
         states_ = [p["statename"] for p in present]
-        pids = {c.name: [p["pid"], _start_time(p["pid"]) if p["pid"] else None] for c, p in zip(d.containers, present)}
+        # PIDs are the box's host's (a remote one's too): recorded with supervisord's start time
+        pids = {c.name: [p["pid"], p.get("start") if p["pid"] else None] for c, p in zip(d.containers, present)}
         old = r.get("pids") or {}
         for cname, (pid, _) in pids.items():
             was = (old.get(cname) or [0])[0]
@@ -741,14 +752,17 @@ class ServiceController:
         session = self.sb.session(box)
         if row.runtime == "podman":  # the container engine is the box's host's
             return probes.run(session, p, lambda cmd: ["podman", "exec", rt.container_name(oc.id, r["name"], c.name), *cmd],
-                              self.images.podman_env(), on_host=True)
+                              self._podman_env(session), on_host=True)
         # in a sandbox like the container's: its uid, environment, /work and /tmp (not its processes)
-        script = self._workdir(oc.id, r["name"]) / f"{c.name}.sh"
+        script = self._workdir(session, r["name"]) / f"{c.name}.sh"
         return probes.run(session, p, lambda cmd: rt.process_command(script, cmd))
 
     # -- launching -------------------------------------------------------------------
-    def _workdir(self, overcloud_id: str, replica: str) -> Path:
-        return self.root / overcloud_id / replica
+    @staticmethod
+    def _workdir(session, replica: str) -> Path:
+        """A replica's launch files, on its box's host: under the box's own dir (0700, root's),
+        so they go with the box."""
+        return Path(session.box_dir) / "replicas" / replica
 
     def _env(self, oc, row, d: Deployment, r: dict[str, Any], c, endpoints, box) -> dict[str, str]:
         env = stitching.service_env(endpoints)
@@ -768,31 +782,45 @@ class ServiceController:
         return env
 
     def _launch(self, oc, row, d: Deployment, r: dict[str, Any], endpoints, box) -> None:
+        """Write each container's launch files on the box's host (through its session) and add
+        it to the box's supervisord. The image's code (process) or the image itself (podman) is
+        put on the box's host first when it lacks it."""
         session = self.sb.session(box)
-        workdir = self._workdir(oc.id, r["name"])
+        workdir = self._workdir(session, r["name"])
         etc_dir = Path(session.etc_dir)
+        files = SessionFiles(session)
         for c in d.containers:
             env = self._env(oc, row, d, r, c, endpoints, box)
             if row.runtime == "podman":
+                ref = self.images.run_ref(c.image)
+                session.ensure_image(ref, self.images.podman_env())
                 # containers join the box's network and nest under the box's limits
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
-                                          network=session.container_network, image_ref=self.images.run_ref(c.image),
+                                          network=session.container_network, image_ref=ref,
                                           hosts_file=etc_dir / "hosts", cgroup_parent=session.container_cgroup_parent,
-                                          containers_conf=self.images.ensure_conf(), tower_id=session.owner_id,
-                                          userns=rt.podman_userns())
+                                          containers_conf=Path(self._containers_conf(session)), tower_id=session.owner_id,
+                                          userns=rt.podman_userns(), files=files)
             else:
+                app = session.stage_dir(self.images.process_dir(c.image) / "src")
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
-                                           image_dir=self.images.process_dir(c.image), etc_dir=etc_dir,
-                                           etc=self.images.process_etc(c.image))
+                                           app_dir=Path(app), etc_dir=etc_dir, etc=self.images.process_etc(c.image),
+                                           files=files)
+            files.flush()
             session.add_program(launch.program, launch.command, directory=launch.directory, startsecs=1, startretries=3,
                             stopsignal=launch.stopsignal)
 
     # -- re-placement ------------------------------------------------------------------
     def _replace(self, oc, row, d: Deployment, r: dict[str, Any], replicas: list[dict[str, Any]]) -> bool:
         """Move a replica off a box that is out of service."""
-        self._kill_pids(r)
-        if row.runtime == "podman":
-            self._podman_rm([rt.container_name(oc.id, r["name"], c.name) for c in d.containers])
+        old = next((b for b in oc.boxes if b.name == r["box"]), None)
+        if old is not None:
+            try:
+                session = self.sb.session(old)
+                self._kill_pids(session, r)
+                if row.runtime == "podman":
+                    self._podman_rm(session, [rt.container_name(oc.id, r["name"], c.name) for c in d.containers])
+            except Exception as exc:  # noqa: BLE001 - its host may not answer either; its release removes the rest
+                logger.warning("stopping %s on %s: %s", r["name"], old.name, exc)
         nodes = self._nodes(oc, exclude=row.name)
         others = [pl.Assignment(d.name, x["index"], x["box"], x["site"]) for x in replicas
                   if x is not r and x["box"] not in self._out.get(oc.id, set())]
@@ -892,6 +920,42 @@ class ServiceController:
         return views.workloads_by_box(self.repo.services(overcloud_id))
 
 
+# kill the replica's recorded PIDs on the box's host while they are in the box's network namespace
+KILL_SCRIPT = r"""handle=$1; shift
+for pid in "$@"; do
+  [ "$(ip netns identify "$pid" 2>/dev/null)" = "$handle" ] || continue
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL -- "$pid" 2>/dev/null || true
+done
+"""
+
+
+class SessionFiles(rt.Files):
+    """A launch's files on the box's host, through its session: the directories in one command
+    (made when the first file is written, or at :meth:`flush`), each file one ``put_file``."""
+
+    def __init__(self, session):
+        self.session = session
+        self.base = Path(session.box_dir)
+        self._dirs: list[tuple[str, str]] = []
+
+    def mkdir(self, path: Path, owner: int | None = None) -> None:
+        Path(path).relative_to(self.base)  # under the box's dir, or ValueError
+        self._dirs.append((str(path), "" if owner is None else f"{int(owner)}:{int(owner)}"))
+
+    def flush(self) -> None:
+        if not self._dirs:
+            return
+        script = ('while [ $# -gt 0 ]; do mkdir -p -m 700 -- "$1" && chmod 700 -- "$1" && '
+                  '{ [ -z "$2" ] || chown -h -- "$2" "$1"; } || exit 1; shift 2; done')
+        args = [x for pair in self._dirs for x in pair]
+        self._dirs = []
+        self.session.run(["sh", "-c", script, "sh", *args], on_host=True, timeout=30)
+
+    def write(self, path: Path, text: str, mode: int = 0o600) -> None:
+        self.flush()
+        self.session.put_file(str(Path(path).relative_to(self.base)), text, mode)
+
+
 def _node_ports(pattern: Pattern, existing: dict[str, Any], current: dict[str, Any]) -> None:
     """Give every port of the pattern's NodePort Services its nodePort: the one asked for, else
     the one it had (a re-apply keeps it), else the lowest free one. A nodePort is one Service's
@@ -950,12 +1014,3 @@ def _name_vips(session, vip_names: dict[str, str]) -> None:
         return
     names.update(vip_names)
     session.put_file(NAMES_FILE, json.dumps(names))
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-

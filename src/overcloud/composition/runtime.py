@@ -131,6 +131,25 @@ def cgroup_mount_script(mountinfo: str = "/proc/self/mountinfo") -> str:
             '{ [ -n "$(ls -A /sys/fs/cgroup 2>/dev/null)" ] || { ' + " && ".join(lines) + "; }; } ; exec 9>&-")
 
 
+class Files:
+    """Where a launch's files go: this host's filesystem (the default). The service controller
+    passes one that writes on the box's host through its session (a remote host's); see
+    ``composition.controller.SessionFiles``."""
+
+    def mkdir(self, path: Path, owner: int | None = None) -> None:
+        """A directory (parents too), 0700, owned by ``owner`` (uid = gid) or root."""
+        path.mkdir(parents=True, exist_ok=True)
+        if owner is not None:
+            os.chown(path, owner, owner, follow_symlinks=False)
+        os.chmod(path, 0o700)
+
+    def write(self, path: Path, text: str, mode: int = 0o600) -> None:
+        write_private(path, text, mode=mode)
+
+
+LOCAL_FILES = Files()
+
+
 @dataclasses.dataclass
 class Launch:
     """What the box's supervisord runs for one container of one replica."""
@@ -143,13 +162,13 @@ class Launch:
     stopsignal: str = "TERM"
 
 
-def write_env(path: Path, env: dict[str, str], shell: bool) -> None:
+def write_env(path: Path, env: dict[str, str], shell: bool, files: Files = LOCAL_FILES) -> None:
     """The environment file (0600): shell assignments, or podman's KEY=VALUE lines."""
     if shell:
         text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     else:
         text = "".join(f"{k}={v}\n" for k, v in env.items())
-    write_private(path, text)
+    files.write(path, text)
 
 
 def program_name(replica: str, container: str) -> str:
@@ -160,11 +179,11 @@ def container_name(overcloud_id: str, replica: str, container: str) -> str:
     return f"oc-{overcloud_id[:12]}-{replica}-{container}"
 
 
-def _script(workdir: Path, name: str, text: str) -> Path:
+def _script(workdir: Path, name: str, text: str, files: Files = LOCAL_FILES) -> Path:
     """The launch script of one container (supervisord's own command parsing cannot carry
     nested shell quoting, and a file keeps values off the command line)."""
     path = workdir / f"{name}.sh"
-    write_private(path, "# written by OverCloud\n" + text, mode=0o700)
+    files.write(path, "# written by OverCloud\n" + text, mode=0o700)
     return path
 
 
@@ -185,7 +204,9 @@ def _ids(c: Container) -> tuple[int, int]:
 
 def _system_binds(etc: list[str] | tuple[str, ...] = ()) -> list[str]:
     """bwrap arguments for the read-only system part of a sandbox's root, as this host lays
-    it out (merged /usr or not)."""
+    it out (merged /usr or not; Debian 12 and later, which hosts must be, always merge). The
+    ``/etc`` entries are bound when the sandbox's host has them (``--ro-bind-try``: a remote
+    host's /etc is not this one's)."""
     args = ["--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         p = Path("/") / top
@@ -194,11 +215,11 @@ def _system_binds(etc: list[str] | tuple[str, ...] = ()) -> list[str]:
         elif p.is_dir():
             args += ["--ro-bind", str(p), f"/{top}"]
     pythons = sorted(p.name for p in Path("/etc").glob("python3.*"))  # Debian's sitecustomize
+    pythons += ["python3.11", "python3.12", "python3.13"]  # Debian 12, 13 on a remote host
     for name in dict.fromkeys([*ETC, *pythons, *etc]):
         if "/" in name or name in ("", ".", "..", "hosts", "resolv.conf", "netns"):
             continue
-        if (Path("/etc") / name).exists():
-            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     return args
 
 
@@ -251,29 +272,29 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups --no-new-privs --inh-cap
 
 
 def process_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
-                   image_dir: Path, etc_dir: Path, etc: list[str] | tuple[str, ...] = ()) -> Launch:
+                   image_dir: Path | None = None, etc_dir: Path, etc: list[str] | tuple[str, ...] = (),
+                   app_dir: Path | None = None, files: Files = LOCAL_FILES) -> Launch:
     """``workdir`` (root's, 0700) holds the launch script and the bwrap arguments; its ``work``
     (the sandbox's ``/work``) and ``tmp-<container>`` (its ``/tmp``, kept for exec probes,
     which run in a sandbox of their own) belong to the replica's sandbox uid. ``etc_dir`` is
-    the box's ``/etc/netns/<handle>``."""
+    the box's ``/etc/netns/<handle>``; ``app_dir`` the image's code on the box's host (default
+    ``image_dir/src``). Paths are the box's host's; ``files`` writes there."""
     uid = sandbox_uid(overcloud_id, replica)
     inner_uid, inner_gid = _ids(c)
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o700)
+    files.mkdir(workdir)
     work, tmp = workdir / "work", workdir / f"tmp-{c.name}"
     for d in (work, tmp):
-        d.mkdir(exist_ok=True)
-        os.chown(d, uid, uid, follow_symlinks=False)
-        os.chmod(d, 0o700)
+        files.mkdir(d, owner=uid)
     cwd = c.working_dir or "/work"
     env = {"PATH": PATH, "HOME": "/work", "PYTHONPATH": "/opt/app", "PYTHONUNBUFFERED": "1", **env}
     args = bwrap_args(replica=replica, uid=inner_uid, gid=inner_gid, env=env,
                       read_only=c.security.read_only_root_filesystem, cwd=cwd, etc=etc)
     args_file = workdir / f"{c.name}.bwrap"
-    write_private(args_file, "".join(a + "\0" for a in args))
-    script = sandbox_script(uid=uid, workdir=work, tmpdir=tmp, app=image_dir / "src", hosts=etc_dir / "hosts",
+    files.write(args_file, "".join(a + "\0" for a in args))
+    app = app_dir if app_dir is not None else Path(image_dir) / "src"
+    script = sandbox_script(uid=uid, workdir=work, tmpdir=tmp, app=app, hosts=etc_dir / "hosts",
                             resolv=etc_dir / "resolv.conf", args_file=args_file, command=[*c.command, *c.args])
-    path = _script(workdir, c.name, script)
+    path = _script(workdir, c.name, script, files)
     return Launch(program_name(replica, c.name), process_command(path), str(workdir))
 
 
@@ -373,12 +394,12 @@ def podman_security(c: Container, userns: bool) -> list[str]:
 
 def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[str, str], workdir: Path,
                   network: str, image_ref: str, hosts_file: Path, cgroup_parent: str | None,
-                  containers_conf: Path, tower_id: str | None = None, userns: bool = False) -> Launch:
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o700)
+                  containers_conf: Path, tower_id: str | None = None, userns: bool = False,
+                  files: Files = LOCAL_FILES, cgroup_script: str | None = None) -> Launch:
+    files.mkdir(workdir)
     env = {"PYTHONUNBUFFERED": "1", **env}
     env_file = workdir / f"{c.name}.podman-env"
-    write_env(env_file, env, shell=False)
+    write_env(env_file, env, shell=False, files=files)
     name = container_name(overcloud_id, replica, c.name)
     run = ["podman", "run", "--rm", "--replace", "--name", name, "--network", network,
            "--env-file", str(env_file), "-v", f"{hosts_file}:/etc/hosts:ro", "--hostname", replica,
@@ -393,7 +414,7 @@ def podman_launch(*, overcloud_id: str, replica: str, c: Container, env: dict[st
     if c.cpu_limit:
         run += ["--cpus", f"{c.cpu_limit:g}"]
     run += [image_ref, *c.command, *c.args]
-    script = (f"{cgroup_mount_script()}\nexport CONTAINERS_CONF={shlex.quote(str(containers_conf))}\n"
-              f"exec {shlex.join(run)}\n")
-    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script))], str(workdir),
+    mounts = cgroup_script if cgroup_script is not None else cgroup_mount_script()
+    script = f"{mounts}\nexport CONTAINERS_CONF={shlex.quote(str(containers_conf))}\nexec {shlex.join(run)}\n"
+    return Launch(program_name(replica, c.name), ["sh", str(_script(workdir, c.name, script, files))], str(workdir),
                   stopsignal="KILL")

@@ -269,6 +269,15 @@ class BoxSession(Protocol):
     def tail_log(self, program: str, stream: str = "out", max_bytes: int = 64 * 1024) -> bytes:
         """The last ``max_bytes`` of a program's stdout (or ``stream="err"``) log."""
 
+    # -- what workloads need on the box's host -----------------------------------------
+    def stage_dir(self, path: Any) -> str:
+        """Where a directory of the Tower's machine (an image's code) is on the box's host: the
+        same path for a local box; a content-addressed copy sent once to a remote host."""
+
+    def ensure_image(self, ref: str, env: Mapping[str, str] | None = None) -> bool:
+        """The box's host's Podman has image ``ref`` (sent from the Tower's when it lacks it);
+        True when it was sent now."""
+
     # -- publishing: what the user reaches from where the Tower is ---------------------
     #: the address published ports are reached at (a local box's site address; a remote box's
     #: host address)

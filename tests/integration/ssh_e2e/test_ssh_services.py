@@ -3,6 +3,12 @@
 * Publishing (the driver alone): a NodePort published by a box of an ssh site answers the
   Tower's machine at the host's WAN address (plain urllib); its other ports do not; a second box
   on the same host is refused the same port; unpublish and release leave no table on the host.
+* A Tower on the lab's sites file (as test_ssh_tower): the smart-energy pattern on an
+  OverCloud across ssh-a (Post + the cloud tier) and ssh-b (the edge tier: broker, sensors),
+  on the process runtime, is READY; its NodePort dashboard answers urllib at the host's address;
+  the DataLake's S3 published at the Post's host address refuses anonymous requests (403) and
+  serves signed ones; logs come back; delete leaves nothing on any host (published tables
+  included).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
@@ -25,6 +32,9 @@ from overcloud.underclouds.ssh.sites import load_ssh_sites_file
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
 HOSTS = ("och-a1", "och-a2", "och-b1", "och-b2")
+ROOT = Path(__file__).resolve().parents[3]
+SMART = ROOT / "patterns" / "smart_energy"
+PATTERN = (SMART / "smart-energy.yaml").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +116,147 @@ def test_a_nodeport_of_a_remote_box_answers_at_its_hosts_address(world, hosts_la
     assert world.list_tagged(oc) == []
     for h in HOSTS:
         assert _published_tables(hosts_lab, h) == []
+
+
+# -- a Tower on the lab's sites ---------------------------------------------------------------------
+def _teardown_hosts(state_dir) -> None:
+    """What the Tower left on the hosts is swept (and is a failure), then the hosts' sites are
+    torn down (as test_ssh_tower does)."""
+    import os
+
+    from overcloud.config import tower_identity
+    from overcloud.identity.secrets import load_key
+
+    box = SecretBox(load_key(state_dir))
+    w = SSHUnderCloud(load_ssh_sites_file(os.environ["OC_TEST_SITES_FILE"]), state_dir=state_dir / "ssh",
+                      tower_id=tower_identity(state_dir), seal=box.seal, unseal=box.open,
+                      bundle_cache=state_dir / "host-bundle")
+    try:
+        left = w.list_tagged()
+        if left:
+            w.sweep({r.overcloud_id for r in left})
+        w.teardown()
+        assert not left, [r.name for r in left][:10]
+    finally:
+        w.close()
+
+
+@pytest.fixture(scope="module")
+def tower(hosts_lab, tmp_path_factory):  # noqa: F811
+    import os
+
+    from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+
+    os.environ["OC_TEST_SITES_FILE"] = str(hosts_lab.sites_file)
+    t = TowerProcess(tmp_path_factory.mktemp("tower") / "state", sites=OWN_SITES, overlay=OWN_OVERLAY,
+                     OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
+    try:
+        t.cli("images", "build", str(SMART), "--runtime", "process", check=True, timeout=900)
+        yield t
+    finally:
+        try:
+            t.cleanup()
+        finally:
+            _teardown_hosts(t.state_dir)
+
+
+@pytest.fixture(scope="module")
+def overcloud(tower):
+    with tower.client() as c:
+        r = c.post("/overclouds", json={"provider": "heterogeneous",
+                                        "ssh-a": {"number": "1", "size": "small", "post": "yes"},
+                                        "ssh-b": {"number": "1", "size": "small"}},
+                   params={"wait": "true"}, timeout=400)
+    assert r.status_code in (200, 201, 202), r.text
+    d = r.json()
+    if d["status"] != "READY":
+        print(tower.log.read_text()[-6000:])
+    assert d["status"] == "READY", (d.get("error"), d.get("error_task"))
+    return d
+
+
+def _compose(tower, oid: str, runtime: str) -> dict:
+    t0 = time.perf_counter()
+    with tower.client() as c:
+        r = c.post(f"/overclouds/{oid}/services", content=PATTERN, headers={"Content-Type": "application/yaml"},
+                   params={"runtime": runtime, "wait": "true", "timeout": "240"}, timeout=300)
+        assert r.status_code == 201, r.text
+        print(f"\n[measure] compose smart-energy ({runtime}) on ssh-a + ssh-b: {time.perf_counter() - t0:.2f}s")
+        return {s["name"]: s for s in c.get(f"/overclouds/{oid}/services").json()}
+
+
+def _host_address(hosts_lab, host: str) -> str:
+    import yaml
+
+    sites = yaml.safe_load(hosts_lab.sites_file.read_text())
+    sites = sites["sites"] if isinstance(sites, dict) else sites
+    return next(h["address"] for s in sites for h in s["hosts"] if h.get("name") == host)
+
+
+def test_smart_energy_across_ssh_sites_on_the_process_runtime(tower, overcloud, hosts_lab):  # noqa: F811
+    import boto3
+    import botocore.config
+
+    oid = overcloud["overcloud_ID"]
+    svc = _compose(tower, oid, "process")
+    assert all(s["status"] == "READY" for s in svc.values()), {n: (s["status"], s["message"]) for n, s in svc.items()}
+    sites = {n: {r["site"] for r in s["replicas"]} for n, s in svc.items()}
+    # the lab's ssh-b is the edge tier, ssh-a the cloud tier
+    assert sites["broker"] == {"ssh-b"} and sites["sensors"] == {"ssh-b"}, sites
+    assert sites["dashboard"] == sites["collector"] == sites["analyzer"] == {"ssh-a"}, sites
+    with tower.client() as c:
+        detail = c.get(f"/overclouds/{oid}").json()
+        dash = c.get(f"/overclouds/{oid}/services/dashboard", params={"logs": 5}).json()
+        creds = c.get(f"/overclouds/{oid}/datalake/credentials").json()
+    # the dashboard's NodePort at its box's host's address, from this machine with plain urllib
+    dash_box = next(b for b in [detail["post"], *detail["clusters"]] if b["name"] == dash["replicas"][0]["box"])
+    [url] = dash["services"][0]["urls"]
+    assert url.startswith("http://10.77.0.") and url.endswith(":30850"), url
+    assert dash_box["address"] not in url  # not the box's address on its host's bridge
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            status, body = _get(url + "/", timeout=5)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, url
+            time.sleep(0.5)
+    assert status == 200 and body
+    # the detail and `overcloud show` print the same URLs
+    assert {s["name"]: s["urls"] for s in detail["services"]}["dashboard"] == [url]
+    shown = tower.cli("show", oid, check=True).stdout
+    s3_url = detail["datalake"]["published"]["s3"]
+    assert s3_url.startswith("http://10.77.0.") and s3_url.endswith(":8333"), detail["datalake"]["published"]
+    assert f"published  dashboard      {url}" in shown and f"datalake S3    {s3_url}" in shown, shown
+    # logs of a replica on a remote box
+    assert any(line.strip() for r in dash["replicas"] for line in r.get("logs") or []), dash["replicas"]
+    # S3 at the Post's host: anonymous refused, signed served
+    for path in ("/", f"/{creds['buckets'][0]}", f"/{creds['buckets'][0]}/x.txt"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(s3_url + path, timeout=5)
+        assert e.value.code == 403, (path, e.value.code)
+    s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=creds["access_key"],
+                      aws_secret_access_key=creds["secret_key"], region_name="us-east-1",
+                      config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                                                    connect_timeout=5, read_timeout=20))
+    bucket = creds["buckets"][0]
+    s3.put_object(Bucket=bucket, Key="from-the-tower.txt", Body=b"over the host's address")
+    assert s3.get_object(Bucket=bucket, Key="from-the-tower.txt")["Body"].read() == b"over the host's address"
+    # the collector's readings reach the DataLake from ssh-a (sensors at ssh-b, through the broker)
+    deadline = time.monotonic() + 60
+    while not s3.list_objects_v2(Bucket=bucket, Prefix="readings/").get("KeyCount"):
+        assert time.monotonic() < deadline, "no reading reached the DataLake"
+        time.sleep(1)
+    s3.delete_object(Bucket=bucket, Key="from-the-tower.txt")
+
+
+def test_delete_leaves_nothing_on_any_host(tower, overcloud, hosts_lab):  # noqa: F811
+    oid = overcloud["overcloud_ID"]
+    d = tower.delete_and_wait(oid, timeout=300)
+    assert d["status"] == "DELETED", (d.get("error"), d.get("error_task"))
+    for h in HOSTS:
+        assert _published_tables(hosts_lab, h) == [], h
+        assert oid[:8] not in hosts_lab.outside(h, ["ip", "netns", "list"]).stdout, h
+        assert oid[:8] not in hosts_lab.outside(h, ["ps", "-eo", "args"]).stdout, h
+        left = hosts_lab.outside(h, ["sh", "-c", "ls /var/lib/overcloud/host/*/boxes 2>/dev/null; true"]).stdout
+        assert oid[:8] not in left, (h, left)

@@ -574,3 +574,57 @@ class LocalSite(DomainSite):
         # the limit is the host's: every local site shares its cores and memory
         used = len(self.host.leases.boxes())
         return Quota(max_boxes=self.host.max_boxes, used_boxes=used)
+
+    def describe(self, *, max_age: float = 5.0, wait: float = 2.0) -> dict[str, Any]:
+        """The site's bridge (present, up, with its gateway address) and the host's capacity
+        (its CPUs and memory, shared by every local site) with what this Tower's boxes use."""
+        c = self.config
+        gateway = self.host.gateways[self.name]
+        problems: list[str] = []
+        state, addresses = _bridge_state(c.bridge)
+        if state is None:
+            problems.append(f"bridge {c.bridge} does not exist")
+        else:
+            if state != "UP":
+                problems.append(f"bridge {c.bridge} is not up")
+            if gateway not in addresses:
+                problems.append(f"bridge {c.bridge} lacks its gateway address {gateway}")
+        leases = self.host.leases.boxes()
+        here = [lease for lease in leases if lease.get("site") == self.name]
+
+        def total(rows: list[dict[str, Any]], key: str) -> float:
+            return sum(float((r.get("flavor") or {}).get(key, 0)) for r in rows)
+
+        return {
+            "name": self.name, "kind": self.kind, "healthy": not problems, "problems": problems,
+            "bridge": {"name": c.bridge, "cidr": c.cidr, "gateway": gateway, "exists": state is not None,
+                       "up": state == "UP", "ports": len(net.bridge_ports(c.bridge))},
+            "capacity": {"cpus": os.cpu_count() or 1, "memory_mb": _memory_mb(), "max_boxes": self.host.max_boxes,
+                         "used_boxes": len(leases)},
+            "used": {"boxes": len(here), "cpus": round(total(here, "cpus"), 3), "memory_mb": int(total(here, "memory_mb"))},
+        }
+
+
+def _bridge_state(bridge: str) -> tuple[str | None, list[str]]:
+    """(admin state "UP"/"DOWN", IPv4 addresses) of a bridge; (None, []) when it does not exist."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            return None, []
+        link = ipr.get_links(found[0])[0]
+        state = "UP" if link["flags"] & 1 else "DOWN"  # IFF_UP
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2)]
+        return state, addrs
+
+
+def _memory_mb() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0

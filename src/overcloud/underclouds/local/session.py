@@ -179,6 +179,13 @@ class LocalBoxSession(BoxHttp):
         except OSError:
             return b""
 
+    # -- what workloads need on the box's host: this one ---------------------------------------------
+    def stage_dir(self, path: Any) -> str:
+        return str(path)
+
+    def ensure_image(self, ref: str, env: Mapping[str, str] | None = None) -> bool:
+        return False  # the Tower's Podman is this host's
+
     # -- publishing --------------------------------------------------------------------------------
     @property
     def published_address(self) -> str:

@@ -233,6 +233,9 @@ class SSHUnderCloud:
         # answer holds nothing of ours and is skipped (see docs/remote-hosts.md, "Faults")
         self.touched_dir = self.state_dir / "touched"
         self._touch_lock = threading.Lock()
+        from overcloud.underclouds.ssh.health import HostHealth
+
+        self.health = HostHealth(self)  # probe cache: GET /underclouds and the OverClouds' health
         self.prepare_errors: dict[str, str] = {}  # host -> why its last preparation failed
 
     # -- preparation ---------------------------------------------------------------------------
@@ -539,6 +542,29 @@ class SSHUnderCloud:
             h.link.close()
         self.transport.close()
 
+    # -- inventory and health (GET /underclouds, the OverClouds' health; see health.py) -------
+    def describe_hosts(self, site: str, *, max_age: float = 5.0, wait: float = 2.0) -> list[dict[str, Any]]:
+        """The site's hosts with what they lend, what this Tower's boxes use there and their
+        health, from probes at most ``max_age`` s old (waiting at most ``wait`` s for them)."""
+        from overcloud.underclouds.ssh.health import describe_host
+
+        names = [h.name for h in self.site_hosts(site)]
+        probes = self.health.refresh(names, max_age=max_age, wait=wait)
+        return [describe_host(h, probes.get(h.name), h.prepared,
+                              self.prepare_errors.get(h.name)) for h in self.site_hosts(site)]
+
+    def underlay_problems(self, boxes: list[Box]) -> dict[str, str]:
+        """What the hosts of these boxes (one OverCloud's) lack, from the probe cache: a host
+        unreachable; across sites, its WireGuard down or a peer among them not handshaking."""
+        mine = [b for b in boxes if b.site in self.sites]
+        hosts = set()
+        for b in mine:
+            try:
+                hosts.add(self.host_of(b).name)
+            except UnderCloudError:
+                continue
+        return self.health.problems(hosts, spans_sites=len({b.site for b in mine}) > 1)
+
 
 def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, list[dict[str, Any]]],
           unavailable: dict[str, str] | None = None) -> dict[str, list[BoxSpec]]:
@@ -706,3 +732,12 @@ class SSHSite(DomainSite):
                 logger.warning("site %s: counting boxes on %s failed (counted as none): %s", self.name,
                                h.config.endpoint, e)
         return Quota(max_boxes=self.world.max_boxes, used_boxes=sum(n for _, n, e in results if e is None))
+
+    def describe(self, *, max_age: float = 5.0, wait: float = 2.0) -> dict[str, Any]:
+        hosts = self.world.describe_hosts(self.name, max_age=max_age, wait=wait)
+        problems = [f"{h['name']}: {p}" for h in hosts for p in h["health"]["problems"]]
+        return {"name": self.name, "kind": self.kind, "labels": dict(self.config.labels), "hosts": hosts,
+                "healthy": not problems, "problems": problems}
+
+    def underlay_problems(self, boxes: list[Box]) -> dict[str, str]:
+        return self.world.underlay_problems(boxes)

@@ -195,6 +195,20 @@ class RemoteBoxSession(BoxHttp):
                           str(int(max_bytes))], check=False, max_output=max_bytes + 1)
         return r.stdout if r.returncode == 0 else b""
 
+    # -- what workloads need on the box's host ----------------------------------------------
+    def stage_dir(self, path: Any) -> str:
+        """The host's copy of a directory of the Tower's machine (an image's code), sent once
+        per host, content-addressed (see ssh/staging.py)."""
+        from overcloud.underclouds.ssh import staging
+
+        return staging.stage_tree(self.host, path)
+
+    def ensure_image(self, ref: str, env: Mapping[str, str] | None = None) -> bool:
+        """The host's Podman has image ``ref`` (sent with podman save | load when it lacks it)."""
+        from overcloud.underclouds.ssh import staging
+
+        return staging.ensure_podman_image(self.host, ref, dict(env) if env is not None else None)
+
     # -- publishing ------------------------------------------------------------------------
     @property
     def published_address(self) -> str:
