@@ -537,6 +537,10 @@ class SSHUnderCloud:
             h, e = errors[0]
             raise UnderCloudError(f"tearing down ssh host {h.config.endpoint} failed: {e}", site=h.site) from e
 
+    def agent_calls(self) -> dict[str, int]:
+        """Requests sent to each host's kept agent (the Tower's /metrics)."""
+        return {name: h.link.calls for name, h in self.hosts.items()}
+
     def close(self) -> None:
         for h in self.hosts.values():
             h.link.close()
