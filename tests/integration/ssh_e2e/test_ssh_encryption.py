@@ -82,6 +82,8 @@ def test_cross_site_datalake_traffic_is_only_wireguard_on_the_wan(hosts_lab, tmp
             metrics = c.get("/metrics").text
         trips = dict(re.findall(r'^overcloud_ssh_round_trips_total\{host="([^"]+)"\} (\S+)$', metrics, re.M))
         assert set(trips) == set(HOSTS) and all(float(n) > 0 for n in trips.values()), trips
+        calls = dict(re.findall(r'^overcloud_ssh_agent_calls_total\{host="([^"]+)"\} (\S+)$', metrics, re.M))
+        assert set(calls) == set(HOSTS) and all(float(n) > 0 for n in calls.values()), calls
 
         post = _box(oc, detail["post"])
         by_site = {cl["site"]: _box(oc, cl) for cl in detail["clusters"]}
