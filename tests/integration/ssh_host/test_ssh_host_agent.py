@@ -130,7 +130,7 @@ def test_make_and_destroy_a_box(host):
     status, again, err = call("make-box", {"specs": [spec(oc)]})  # idempotent: the same box
     assert status == 0 and again["result"]["boxes"] == answer["result"]["boxes"], (again, err)
     status, tagged, _ = call("list-tagged", {"overcloud_id": oc})
-    kinds = {r["kind"] for r in tagged["resources"]}
+    kinds = {r["kind"] for r in tagged["result"]["resources"]}
     assert {"netns", "veth", "cgroup", "lease", "statedir", "process"} <= kinds, kinds
 
     t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def test_make_and_destroy_a_box(host):
     assert status == 0 and gone == {"ok": True, "result": {"destroyed": [handle]}}, (gone, err)
     assert _nothing_left(handle) == []
     status, tagged, _ = call("list-tagged", {"overcloud_id": oc})
-    assert tagged["resources"] == []
+    assert tagged["result"]["resources"] == []
     status, again, err = call("destroy-box", {"boxes": answer["result"]["boxes"]})  # gone already: fine
     assert status == 0 and again["ok"], (again, err)
 
@@ -176,7 +176,7 @@ def test_a_make_box_killed_midway_is_finished_by_the_next_call(host, runner):
     status, gone, err = call("destroy-box", {"boxes": answer["result"]["boxes"]})
     assert status == 0, (gone, err)
     assert _nothing_left(handle) == []
-    assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
+    assert call("list-tagged", {"overcloud_id": oc})[1]["result"]["resources"] == []
 
 
 def test_a_destroy_box_cut_short_is_finished_by_the_next_call(host):
@@ -202,7 +202,7 @@ def test_a_destroy_box_cut_short_is_finished_by_the_next_call(host):
     status, gone, err = call("destroy-box", {"boxes": made["result"]["boxes"]})
     assert status == 0 and gone["ok"], (gone, err)
     assert _nothing_left(handle) == []
-    assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
+    assert call("list-tagged", {"overcloud_id": oc})[1]["result"]["resources"] == []
 
 
 def test_sweep_removes_an_overclouds_boxes(host):
@@ -211,10 +211,10 @@ def test_sweep_removes_an_overclouds_boxes(host):
     status, answer, err = call("make-box", {"specs": [spec(oc, "s1"), spec(oc, "s2")]})
     assert status == 0 and len(answer["result"]["boxes"]) == 2, (answer, err)
     status, swept, err = call("sweep", {"overcloud_ids": [oc]})
-    assert status == 0 and {r["kind"] for r in swept["removed"]} >= {"netns", "veth"}, (swept, err)
+    assert status == 0 and {r["kind"] for r in swept["result"]["removed"]} >= {"netns", "veth"}, (swept, err)
     for b in answer["result"]["boxes"]:
         assert _nothing_left(b["handle"]) == []
-    assert call("list-tagged", {"overcloud_id": oc})[1]["resources"] == []
+    assert call("list-tagged", {"overcloud_id": oc})[1]["result"]["resources"] == []
 
 
 @pytest.mark.parametrize("op,req,needle", [

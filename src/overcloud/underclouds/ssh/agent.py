@@ -53,6 +53,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -207,7 +208,7 @@ def _record_bundle(root: Path, tower_id: str, sha: str | None) -> None:
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     ref = state / TOWER_BUNDLE
     if not ref.exists() or ref.read_text().strip() != sha:
-        tmp = ref.with_name(f".{TOWER_BUNDLE}.{os.getpid()}")
+        tmp = ref.with_name(f".{TOWER_BUNDLE}.{os.getpid()}.{threading.get_ident()}")  # serve: requests in threads
         tmp.write_text(sha + "\n")
         os.replace(tmp, ref)
 
@@ -285,7 +286,7 @@ def _kernel_wireguard() -> bool:
     link is removed at once."""
     if Path("/sys/module/wireguard").exists():
         return True
-    name = f"ocwgp{os.getpid() % 1000000}"
+    name = f"ocwgp{(os.getpid() * 7919 + threading.get_ident()) % 1000000}"  # unique per thread too (serve)
     r = subprocess.run(["ip", "link", "add", name, "type", "wireguard"], capture_output=True, timeout=10)
     if r.returncode != 0:
         return False
@@ -518,8 +519,6 @@ def all_ops() -> dict[str, Any]:
 def serve() -> int:
     """The kept agent (see the module's docstring): requests by line on stdin, answers by line
     on stdout, each request in a thread of its own."""
-    import threading
-
     # our protocol keeps the real stdin/stdout to itself; anything else (a stray print, a child
     # process) gets /dev/null and stderr, so it can neither read requests nor corrupt answers
     inp = os.fdopen(os.dup(0), "rb", buffering=0)
