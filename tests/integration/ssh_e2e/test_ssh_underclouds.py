@@ -3,7 +3,7 @@ GET /underclouds and `overcloud underclouds` (all four hosts healthy; a host who
 stopped is unhealthy, named, and the endpoint still answers; sshd back, healthy again), the
 unreachable routes for the project's ranges, and WAN health in an OverCloud across ssh-a and
 ssh-b (its ssh-b host's wireguard-go killed: DEGRADED naming the host, READY again once the
-Tower has started it again)."""
+Tower has started it again; that host's sshd stopped: DEGRADED naming it, READY once back)."""
 
 from __future__ import annotations
 
@@ -247,6 +247,14 @@ def test_wan_down_between_sites_makes_the_overcloud_degraded_then_ready(hosts_la
         assert new_pid.isdigit() and new_pid != pid
         h = _hosts(_get(tower)[0])[host]["health"]
         assert h["wan"]["interface_up"] is True, h
+        # the same host unreachable (its sshd stopped): DEGRADED naming it, READY once it is back
+        hosts_lab.stop_sshd(host)
+        try:
+            d = tower.wait_status(oc, {"DEGRADED"}, timeout=60)
+            assert d["fabric"]["degraded"].get(f"host {host}", "").startswith("unreachable"), d["fabric"]["degraded"]
+        finally:
+            hosts_lab.start_sshd(host)
+        tower.wait_status(oc, {"READY"}, timeout=120)
         d = tower.delete_and_wait(oc, timeout=300)
         assert d["status"] == "DELETED", (d.get("error"), d.get("error_task"))
     finally:
