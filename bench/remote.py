@@ -13,7 +13,8 @@ the end, even on error), with one Tower that has both the local sites and the la
   over plain veths and bridges): MB/s and the ratio. The client is boto3 in this process, in
   the box's network namespace, which it enters from the outside (the netns's inode is read on
   the host with nsenter, like the tests' ``HostsLab.outside``; the Tower itself never does);
-  the same from a cluster box at ssh-a (same site, VXLAN in clear on the site's LAN) for context;
+  the same from a cluster box at ssh-a (same site, VXLAN in clear on the site's LAN) for context,
+  and one plain TCP stream box -> Post over both overlays (the path without SeaweedFS);
 * the cold first create on ssh sites (a Tower on a fresh state dir, the create sent as soon as
   /healthz answers, as bench/coldstart.py does; the hosts are prepared meanwhile) against the
   warm creates (target <= 1.5x). Round 0 is also the hosts' first (no bundle, no ``weed`` in
@@ -33,10 +34,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +120,11 @@ def tasks(d: dict, workflow: str = "create_overcloud") -> str:
                      if t.get("duration_s") is not None and t["duration_s"] >= 0.3)
 
 
+def steps(d: dict) -> str:
+    """The DataLake task's own steps (s)."""
+    return ", ".join(f"{k} {v:.1f}" for k, v in (d.get("datalake") or {}).get("steps_seconds", {}).items() if v >= 0.3)
+
+
 def delete_tasks(c, oc: str) -> str:
     return tasks({"workflow": c.get(f"/overclouds/{oc}/workflow").json()}, "delete_overcloud")
 
@@ -175,21 +183,71 @@ def ssh_cleanup(sites_file: Path):
 
 
 # -- the measurements ------------------------------------------------------------------------------
-def throughputs(c, lab_dir: Path, mb: int, rounds: int) -> dict[str, tuple[float, float]]:
+def tcp_upload(client_ns: str, server_ns: str, addr: str, total: int, port: int = 5299) -> float:
+    """MB/s of one plain TCP stream from a box to ``addr`` in another box (the overlay, no S3):
+    what the path itself carries, to tell the tunnel's cost from SeaweedFS's."""
+    from overcloud.boxes.netns import run_in_netns
+
+    ready, done = threading.Event(), {}
+
+    def sink() -> None:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+            s.listen(1)
+            s.settimeout(30)
+            ready.set()
+            conn, _ = s.accept()
+            with conn:
+                n = 0
+                while chunk := conn.recv(1 << 20):
+                    n += len(chunk)
+                conn.sendall(str(n).encode())
+                done["n"] = n
+
+    def source() -> float:
+        buf = os.urandom(1 << 16)
+        with socket.create_connection((addr, port), timeout=30) as conn:
+            t0, sent = time.perf_counter(), 0
+            while sent < total:
+                conn.sendall(buf)
+                sent += len(buf)
+            conn.shutdown(socket.SHUT_WR)
+            got = int(conn.recv(64))
+            took = time.perf_counter() - t0
+        if got != sent:
+            raise Failed(f"TCP to {addr}: {got} of {sent} bytes arrived")
+        return sent / took / 1e6
+
+    server = threading.Thread(target=run_in_netns, args=(server_ns, sink), daemon=True)
+    server.start()
+    if not ready.wait(10):
+        raise Failed(f"no TCP sink at {addr}")
+    try:
+        return run_in_netns(client_ns, source)
+    finally:
+        server.join(35)
+
+
+def throughputs(c, lab_dir: Path, mb: int, rounds: int) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """Median PUT/GET MB/s: cluster at ssh-b -> Post at ssh-a (WireGuard), cluster at ssh-a -> Post
-    (same site), cluster at local-b -> Post at local-a (plain veths); interleaved rounds."""
+    (same site), cluster at local-b -> Post at local-a (plain veths); interleaved rounds. And one
+    plain TCP stream over the same overlay paths (ssh-b and local) per round."""
     made = []
     try:
-        clients = {}
+        clients, posts = {}, {}
         for b, kind in ((SSH, "ssh"), (LOCAL, "local")):
             _, _, d = create(c, b)
             made.append(d["overcloud_ID"])
             cr = c.get(f"/overclouds/{d['overcloud_ID']}/datalake/credentials").json()
+            post = d["post"]
+            posts[kind] = (box_netns(lab_dir, post["handle"]) if kind == "ssh" else post["handle"], post["overlay_address"])
             for cl in d["clusters"]:
                 if kind == "ssh":
                     clients.setdefault(f"ssh-{cl['site'][-1]}", (box_netns(lab_dir, cl["handle"]), cr))
                 elif cl["site"] == "local-b":
                     clients.setdefault("local", (cl["handle"], cr))
+        tcp: dict[str, list[float]] = {"ssh-b": [], "local": []}
         for name, (ns, cr) in clients.items():
             throughput(ns, cr, 16, f"warm-{name}")  # the bucket's first writes grow its volumes
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in clients}
@@ -197,7 +255,11 @@ def throughputs(c, lab_dir: Path, mb: int, rounds: int) -> dict[str, tuple[float
             for name, (ns, cr) in clients.items():
                 runs[name].append(throughput(ns, cr, mb, f"{name}{r}"))
             print(f"  S3 round {r}: " + "; ".join(f"{k} PUT {v[-1][0]:.0f} GET {v[-1][1]:.0f} MB/s" for k, v in runs.items()))
-        return {k: (statistics.median(p for p, _ in v), statistics.median(g for _, g in v)) for k, v in runs.items()}
+            for name, kind in (("ssh-b", "ssh"), ("local", "local")):
+                tcp[name].append(tcp_upload(clients[name][0], posts[kind][0], posts[kind][1], mb * 4 * 1024 * 1024))
+            print(f"  TCP round {r}: " + "; ".join(f"{k} {v[-1]:.0f} MB/s" for k, v in tcp.items()))
+        return ({k: (statistics.median(p for p, _ in v), statistics.median(g for _, g in v)) for k, v in runs.items()},
+                {k: statistics.median(v) for k, v in tcp.items()})
     finally:
         for oc in made:
             delete(c, oc)
@@ -234,7 +296,7 @@ def main() -> int:
             took, rt, d = create(c, SSH)  # cold: fresh state dir, fresh hosts
             R["cold_fresh"].append(took)
             print(f"cold create (fresh state dir, hosts never prepared; /healthz after {health:.1f} s): "
-                  f"{took:.1f} s, {rt} (preparation included); tasks: {tasks(d)}")
+                  f"{took:.1f} s, {rt} (preparation included); tasks: {tasks(d)}; datalake steps: {steps(d)}")
             delete(c, d["overcloud_ID"])
             for r in range(args.rounds):
                 sc, rc, d = create(c, SSH)
@@ -245,9 +307,9 @@ def main() -> int:
                     R[k].append(v)
                 print(f"round {r}: ssh create {sc:.1f} s ({rc}), delete {sd:.1f} s ({rd}); "
                       f"local create {lc:.1f} s, delete {ld:.1f} s; ratios {sc / lc:.2f}x, {sd / ld:.2f}x")
-                print(f"   ssh tasks: {tasks(d)}; delete: {delete_tasks(c, d['overcloud_ID'])}")
+                print(f"   ssh tasks: {tasks(d)}; datalake steps: {steps(d)}; delete: {delete_tasks(c, d['overcloud_ID'])}")
                 print(f"   local tasks: {tasks(dl)}; delete: {delete_tasks(c, dl['overcloud_ID'])}")
-            tp = throughputs(c, lab_dir, args.mb, args.s3_rounds)
+            tp, tcp = throughputs(c, lab_dir, args.mb, args.s3_rounds)
         for r in range(args.cold_rounds):
             t0 = time.perf_counter()
             with benchtower.tower(SITES, OVERLAY, env=env, cleanup=ssh_cleanup(sites_file)) as c:
@@ -255,7 +317,7 @@ def main() -> int:
                 took, rt, d = create(c, SSH)
                 R["cold"].append(took)
                 print(f"cold create {r + 1} (new Tower, fresh state dir; hosts keep bundle and weed; /healthz after "
-                      f"{health:.1f} s): {took:.1f} s, {rt}; tasks: {tasks(d)}")
+                      f"{health:.1f} s): {took:.1f} s, {rt}; tasks: {tasks(d)}; datalake steps: {steps(d)}")
                 delete(c, d["overcloud_ID"])
     except Failed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
@@ -296,6 +358,8 @@ def main() -> int:
     if "ssh-a" in tp:
         ap_, ag = tp["ssh-a"]
         rows.append(("S3 PUT / GET ssh-a -> ssh-a (same site, LAN)", f"{ap_:.0f} / {ag:.0f} MB/s", "", None))
+    rows.append(("plain TCP box -> Post, ssh-b -> ssh-a / local", f"{tcp['ssh-b']:.0f} / {tcp['local']:.0f} MB/s = "
+                 f"{tcp['ssh-b'] / tcp['local']:.2f}", "", None))
     warm = med["ssh_c"]
     rows.append(("cold first create / warm (fresh hosts)", f"{med['cold_fresh']:.1f} / {warm:.1f} = "
                  f"{med['cold_fresh'] / warm:.2f}x", "<= 1.5x", med["cold_fresh"] / warm <= 1.5))
