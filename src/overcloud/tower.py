@@ -167,6 +167,13 @@ class Tower:
                         self.repo.update_info(row.id, degraded=problems)
                         self.repo.set_status(row.id, states.DEGRADED, expect={states.READY})
                         self.repo.add_event(row.id, "health", {"degraded": problems})
+                    elif problems and row.status == states.DEGRADED and problems != (row.info or {}).get("degraded"):
+                        # still DEGRADED, for other reasons now (a host back, its boxes gone): say
+                        # which; an event when what is degraded changes, not its wording
+                        before = set((row.info or {}).get("degraded") or {})
+                        self.repo.update_info(row.id, degraded=problems)
+                        if set(problems) != before:
+                            self.repo.add_event(row.id, "health", {"degraded": problems})
                     elif not problems and row.status == states.DEGRADED:
                         self.repo.update_info(row.id, degraded={})
                         self.repo.set_status(row.id, states.READY, expect={states.DEGRADED})

@@ -291,7 +291,10 @@ def test_a_rebooted_host_turns_the_overcloud_degraded_naming_its_boxes(faults_to
             degraded = (d.get("fabric") or {}).get("degraded") or {}
             if d["status"] == "DEGRADED" and set(lost) <= set(degraded):
                 break
-            assert time.monotonic() < deadline, f"still {d['status']} ({degraded}) after the reboot of {victim}"
+            if time.monotonic() > deadline:
+                log = [line for line in faults_tower.log.read_text().splitlines() if victim in line][-30:]
+                raise AssertionError(f"still {d['status']} ({degraded}) after the reboot of {victim}; "
+                                     f"lab: {hosts_lab.pids(victim)}; log:\n" + "\n".join(log))
             time.sleep(0.5)
     print(f"\n[fault] {victim} rebooted; degraded: {degraded}")
     assert where["p0"] not in degraded, degraded
