@@ -50,6 +50,16 @@ def test_a_box_that_fits_nowhere_is_refused_naming_the_room_left():
         place([spec("c1", "small"), spec("c2", "small"), spec("c3", "small")], hosts, {})
 
 
+def test_a_box_refused_names_the_hosts_left_out_and_why():
+    """Hosts that do not answer are not placed on; when the others have no room, the refusal
+    names them with their reason (it names its host: "dead (10.77.0.99:22): ...")."""
+    with pytest.raises(UnderCloudError, match=r"box c3 .*free: h1: 0 CPUs 0 MiB; unavailable: dead \(10.77.0.99:22\): no SSH"):
+        place([spec("c1"), spec("c2"), spec("c3")], [host("h1", 1, 1024)], {},
+              {"dead": "dead (10.77.0.99:22): no SSH connection"})
+    with pytest.raises(UnderCloudError, match=r"free: none; unavailable: dead"):
+        place([spec("c1")], [], {}, {"dead": "dead (10.77.0.99:22): no SSH connection"})
+
+
 def test_session_paths_stay_under_the_box_dir():
     box = Box(OC, "c1", "cluster", "ssh-a", resolve_flavor("small"), box_handle(OC, "c1"), "10.79.1.2",
               extra={"host": "h1", "box_dir": f"/var/lib/overcloud/host/t/boxes/{box_handle(OC, 'c1')}"})
