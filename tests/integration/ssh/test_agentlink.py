@@ -96,3 +96,18 @@ def test_the_agent_comes_back_after_an_sshd_restart(hosts_lab, link):
     assert lk.call("tcp-check", {"host": "127.0.0.1", "port": 22}) is True
     assert lk.pid != first and h.connects == 2
     assert _serve_pids(hosts_lab) == [lk.pid]
+
+
+def test_concurrent_host_ops_of_a_new_tower_all_answer(link):
+    """Requests run in threads of one process: the first ops of a Tower new to the host (each
+    records the bundle it uses) may not trip over one another."""
+    h, lk = link
+    tower_id = secrets.token_hex(8)
+    req = {"tower_id": tower_id, "sites": [{"name": "agentlink", "bridge": "ocbxt0", "cidr": "10.79.9.0/24"}],
+           "overlay_cidr": "10.250.0.0/16", "max_boxes": 8}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda _: lk.call("boxes", req, timeout=60), range(24)))
+        assert results == [[]] * 24
+    finally:
+        h.run(["rm", "-rf", "--", f"{lk._bundle_dir().rsplit('/', 1)[0]}/{tower_id}"])

@@ -53,3 +53,29 @@ def test_box_ops_refuse_a_handle_or_dir_that_is_not_a_box(req):
                        capture_output=True, timeout=20)
     answer = json.loads(r.stdout)
     assert r.returncode != 0 and answer["error"]["type"] == "ValueError", answer
+
+
+def test_relay_runs_by_path_with_the_standard_library_only(tmp_path):
+    """The remote connect_tcp runs relay.py by path under ``python3 -IS`` (no package on the
+    path: it must import nothing of ours) and it relays as boxctl's relay does."""
+    from pathlib import Path
+
+    import overcloud.underclouds.ssh.relay as relay_mod
+
+    alone = tmp_path / "relay.py"
+    alone.write_bytes(Path(relay_mod.__file__).read_bytes())  # nothing of ours beside it
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"hi " + conn.recv(100))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    r = subprocess.run(["/usr/bin/python3", "-IS", str(alone), "127.0.0.1", str(port), "2"], input=b"x",
+                       capture_output=True, timeout=20, env={})
+    t.join(5)
+    server.close()
+    assert r.returncode == 0 and r.stdout == b"+hi x", (r.stdout, r.stderr)

@@ -11,7 +11,7 @@ and ``box_dir``.
 
 ``relay <host> <port> <timeout>`` (run in the box's netns) is the remote ``connect_tcp``: it
 connects, writes ``+`` (or ``-<reason>`` and exits 1), then copies stdin to the socket and the
-socket to stdout until the socket ends.
+socket to stdout until the socket ends. The Tower runs the same code as ``relay.py``, by path.
 
 Standard library and our host-side package only (it runs under the host's ``python3 -IS``).
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import selectors
 import socket
 import sys
 from pathlib import Path
@@ -218,41 +217,11 @@ def tcp_check(req: dict[str, Any]) -> bool:
 
 
 def relay(host: str, port: int, timeout: float) -> int:
-    """stdin/stdout <-> a TCP connection opened from here (the box's netns)."""
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        os.write(1, f"-{exc.__class__.__name__}: {exc}\n".encode()[:500])
-        return 1
-    sock.settimeout(None)
-    os.write(1, b"+")
-    sel = selectors.DefaultSelector()
-    sel.register(0, selectors.EVENT_READ, "in")
-    sel.register(sock, selectors.EVENT_READ, "sock")
-    while True:
-        for key, _ in sel.select():
-            if key.data == "in":
-                data = os.read(0, 65536)
-                if not data:
-                    sel.unregister(0)
-                    try:
-                        sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        return 0
-                else:
-                    sock.sendall(data)
-            else:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    sock.close()
-                    return 0
-                view = memoryview(data)
-                while view:
-                    n = os.write(1, view)
-                    view = view[n:]
+    """stdin/stdout <-> a TCP connection opened from here (see relay.py, which the Tower runs by
+    path: it starts faster without our package)."""
+    from overcloud.underclouds.ssh.relay import relay as run
+
+    return run(host, port, timeout)
 
 
 OPS = {"ensure-host": ensure_host, "boxes": boxes, "join": join, "leave": leave, "sup": sup, "tcp-check": tcp_check,

@@ -9,7 +9,7 @@ from our bundle), so the session is the local one's operations carried over SSH:
 * the supervisor, ``set_hosts``, ``limits``, ``set_service_table``, ``tcp_check``: one request
   to the host's kept agent (``agentlink``: ``boxctl``'s ``sup`` and ``tcp-check`` ops, no
   Python start per call; the box's supervisord answers on a unix socket there).
-* ``connect_tcp``: a stream (``SSHHost.open_stream``, a real socket) to ``boxctl relay`` run in
+* ``connect_tcp``: a stream (``SSHHost.open_stream``, a real socket) to ``relay.py`` run in
   the box's netns; ``http``/``http_client`` come from :class:`BoxHttp` on top of it.
 
 See docs/remote-hosts.md, "The ssh driver".
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from overcloud.underclouds.ssh.driver import RemoteHost
 
 BOXCTL = "overcloud.underclouds.ssh.boxctl"
+RELAY = "overcloud/underclouds/ssh/relay.py"  # connect_tcp's far end, run by path (stdlib only)
 HOST_PYTHON = "/usr/bin/python3"
 # supervisor methods that may be sent again to a new agent when one ended under them
 IDEMPOTENT_SUP = frozenset({"state", "running", "states", "info", "limits", "hosts", "forget"})
@@ -233,7 +234,7 @@ class RemoteBoxSession(BoxHttp):
                                                "timeout": timeout}, timeout=timeout + 30, idempotent=True))
 
     def connect_tcp(self, host: str, port: int, timeout: float = 2.0) -> Any:
-        argv = ["ip", "netns", "exec", self.handle, *self.program_python(), "module", BOXCTL, "relay",
+        argv = ["ip", "netns", "exec", self.handle, HOST_PYTHON, "-IS", f"{self.bundle_dir}/{RELAY}",
                 str(host), str(int(port)), str(float(timeout))]
         stream = self.ssh.open_stream(argv, timeout=timeout + 30)
         try:
