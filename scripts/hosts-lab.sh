@@ -12,7 +12,7 @@
 # A host (och-a1, och-a2, och-b1, och-b2) is a network namespace plus its own mount, UTS and PID
 # namespaces. Its PID 1 is a small reaper ("init"); its sshd (own host key, own config, MaxStartups
 # and MaxSessions raised) is entered into those namespaces with nsenter. Its /run, /root,
-# /var/lib/overcloud, /etc/ssh, /etc/netns and /tmp are bind mounts of DIR/hosts/<host>/... made
+# /var/lib/overcloud, /var/lib/containers (its own Podman store), /etc/ssh, /etc/netns and /tmp are bind mounts of DIR/hosts/<host>/... made
 # inside its private mount namespace (nothing is mounted in the root namespace). eth0 is a veth to
 # the WAN bridge ocw-wan (10.77.0.1 in the root namespace: the Tower's side), eth1 a veth to its
 # site's LAN bridge (ocw-lan-a / ocw-lan-b, no address in the root namespace).
@@ -133,6 +133,9 @@ mount --bind '$hd/run' /run
 mkdir -p /run/sshd /run/netns
 mount --bind '$hd/root' /root
 mount --bind '$hd/var-lib-overcloud' /var/lib/overcloud
+# its own Podman store: an image the Tower's machine has is not on the host until it is sent
+mkdir -p /var/lib/containers
+mount --bind '$hd/var-lib-containers' /var/lib/containers
 mount --bind '$hd/etc-ssh' /etc/ssh
 mount --bind '$hd/etc-netns' /etc/netns
 # /sys of this network namespace, with the machine's cgroup hierarchies kept
@@ -285,7 +288,7 @@ up() {
     for h in "${HOSTS[@]}"; do
         hd="$dir/hosts/$h"
         n=$(host_num "$h")
-        mkdir -p "$hd"/{run,root/.ssh,var-lib-overcloud,etc-ssh,etc-netns,tmp}
+        mkdir -p "$hd"/{run,root/.ssh,var-lib-overcloud,var-lib-containers,etc-ssh,etc-netns,tmp}
         find "$hd/run" "$hd/tmp" -mindepth 1 -delete  # (an earlier up of this DIR) memory does not survive
         chmod 700 "$hd/root" "$hd/root/.ssh"
         chmod 1777 "$hd/tmp"

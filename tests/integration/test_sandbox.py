@@ -160,7 +160,8 @@ def test_every_attack_of_a_hostile_workload_fails_and_its_legitimate_work_does_n
     marker = "victim-" + secrets.token_hex(8)
     assert compose(tower, oc, victim(marker), runtime).status_code == 201
     try:
-        victim_dir = tower.state_dir / "services" / oid / "victim-0"
+        # a replica's launch files are under its box's dir (composition.controller._workdir)
+        victim_dir = tower.state_dir / "local" / "boxes" / box_of(tower, oc, "victim") / "replicas" / "victim-0"
         victim_pids = wait_for(lambda: pids_with(marker.encode()), "the victim's process")
         # the targets are real: root on the host finds the marker where the attacker will look
         assert any(marker.encode() in p.read_bytes() for p in victim_dir.rglob("*") if p.is_file())
@@ -200,7 +201,7 @@ def test_every_attack_of_a_hostile_workload_fails_and_its_legitimate_work_does_n
         assert {p.name: p.stat().st_mtime for p in (tower.state_dir / "artifact-cache").iterdir()} == artifacts
         if runtime == "process":
             # on the host, what it wrote is its sandbox's uid's: neither root's nor any user's
-            proof = tower.state_dir / "services" / oid / "attacker-0" / "work" / "proof"
+            proof = tower.state_dir / "local" / "boxes" / box_of(tower, oc, "attacker") / "replicas" / "attacker-0" / "work" / "proof"
             assert os.stat(proof).st_uid == rt.sandbox_uid(oid, "attacker-0") != 0
             for pid in pids_with(b"ATTACK_TARGETS="):
                 uid = int(status_fields(Path(f"/proc/{pid}/status").read_text())["Uid"].split()[0])

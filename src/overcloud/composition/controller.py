@@ -122,7 +122,7 @@ class ServiceController:
         self._out: dict[str, set[str]] = {}  # overcloud -> boxes out of service
         self._stitched: dict[str, tuple] = {}  # box handle -> (hosts, nft table, VIP names) last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
-        self._confs: dict[str, str] = {}  # containers.conf written on a box's host (path -> text)
+        self._confs: dict[str, tuple[str, str, bool]] = {}  # box dir -> what podman needs of its host
         self._retry_at: dict[tuple[str, str], float] = {}  # (overcloud, service) -> next rollout placement try
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._changed = threading.Condition()
@@ -493,12 +493,23 @@ class ServiceController:
         return {"PATH": rt.PATH, "HOME": "/root", "CONTAINERS_CONF": self._containers_conf(session)}
 
     def _containers_conf(self, session) -> str:
-        """Our containers.conf on the box's host (written there once per session's box dir)."""
-        path = Path(session.box_dir) / "replicas" / "containers.conf"
-        if self._confs.get(str(path)) != rt.CONTAINERS_CONF:
+        return self._podman_host(session)[0]
+
+    def _podman_host(self, session) -> tuple[str, str, bool]:
+        """What podman launches need of the box's host, found once per box: our containers.conf
+        written there, the script remounting the host's cgroup hierarchies (from its own mount
+        table), and whether its /etc/subuid and /etc/subgid have ``containers`` ranges (user
+        namespaces)."""
+        key = session.box_dir
+        if key not in self._confs:
             session.put_file("replicas/containers.conf", rt.CONTAINERS_CONF, 0o644)
-            self._confs[str(path)] = rt.CONTAINERS_CONF
-        return str(path)
+            probe = session.run(["sh", "-c", 'cat /proc/self/mountinfo; echo "--subids--"; '
+                                 'grep -q "^containers:" /etc/subuid && grep -q "^containers:" /etc/subgid && echo yes'],
+                                on_host=True, check=False, timeout=30).stdout.decode()
+            mounts, _, subids = probe.partition("--subids--")
+            self._confs[key] = (str(Path(session.box_dir) / "replicas" / "containers.conf"),
+                                rt.cgroup_mount_script(text=mounts), subids.strip() == "yes")
+        return self._confs[key]
 
     @staticmethod
     def _kill_pids(session, replica: dict[str, Any]) -> None:
@@ -795,11 +806,12 @@ class ServiceController:
                 ref = self.images.run_ref(c.image)
                 session.ensure_image(ref, self.images.podman_env())
                 # containers join the box's network and nest under the box's limits
+                conf, cgroups, subids = self._podman_host(session)
                 launch = rt.podman_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                           network=session.container_network, image_ref=ref,
                                           hosts_file=etc_dir / "hosts", cgroup_parent=session.container_cgroup_parent,
-                                          containers_conf=Path(self._containers_conf(session)), tower_id=session.owner_id,
-                                          userns=rt.podman_userns(), files=files)
+                                          containers_conf=Path(conf), tower_id=session.owner_id,
+                                          userns=rt.podman_userns() and subids, files=files, cgroup_script=cgroups)
             else:
                 app = session.stage_dir(self.images.process_dir(c.image) / "src")
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,

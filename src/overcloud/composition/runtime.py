@@ -105,29 +105,34 @@ def choose(requested: str | None) -> str:
     return requested
 
 
-def cgroup_mount_script(mountinfo: str = "/proc/self/mountinfo") -> str:
+def cgroup_mount_script(mountinfo: str = "/proc/self/mountinfo", text: str | None = None) -> str:
     """Shell that mounts the host's cgroup hierarchies again under /sys/fs/cgroup, when they
-    are missing (as under ``ip netns exec``). Read off the host's own mount table."""
+    are missing (as under ``ip netns exec``). Read off the host's own mount table (``text``:
+    the mount table of the box's host, read there)."""
     lines = []
-    with open(mountinfo) as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            mountpoint, fstype, superopts = parts[4], parts[sep + 1], parts[sep + 3]
-            if not mountpoint.startswith("/sys/fs/cgroup"):
-                continue
-            if fstype == "tmpfs" and mountpoint == "/sys/fs/cgroup":
-                lines.append("mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup")
-            elif fstype in ("cgroup", "cgroup2"):
-                opts = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro"))
-                if fstype == "cgroup" and opts.startswith("name="):
-                    opts = "none," + opts
-                o = f"-o {opts} " if opts else ""
-                lines.append(f"mkdir -p {mountpoint} && mount -t {fstype} {o}{fstype} {mountpoint}")
+    if text is None:
+        with open(mountinfo) as f:
+            text = f.read()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split()
+        sep = parts.index("-")
+        mountpoint, fstype, superopts = parts[4], parts[sep + 1], parts[sep + 3]
+        if not mountpoint.startswith("/sys/fs/cgroup"):
+            continue
+        if fstype == "tmpfs" and mountpoint == "/sys/fs/cgroup":
+            lines.append("mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup")
+        elif fstype in ("cgroup", "cgroup2"):
+            opts = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro"))
+            if fstype == "cgroup" and opts.startswith("name="):
+                opts = "none," + opts
+            o = f"-o {opts} " if opts else ""
+            lines.append(f"mkdir -p {mountpoint} && mount -t {fstype} {o}{fstype} {mountpoint}")
     if not lines:
         return ":"
     # two programs of one box may start together: one mounts, the other waits for it
-    return ('exec 9>/run/overcloud/cgroup-mount.lock && flock 9 && '
+    return ('mkdir -p /run/overcloud && exec 9>/run/overcloud/cgroup-mount.lock && flock 9 && '
             '{ [ -n "$(ls -A /sys/fs/cgroup 2>/dev/null)" ] || { ' + " && ".join(lines) + "; }; } ; exec 9>&-")
 
 

@@ -250,6 +250,50 @@ def test_smart_energy_across_ssh_sites_on_the_process_runtime(tower, overcloud, 
     s3.delete_object(Bucket=bucket, Key="from-the-tower.txt")
 
 
+def _podman_images(hosts_lab, host: str) -> list[str]:
+    out = hosts_lab.outside(host, ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                                   "--filter", "reference=localhost/overcloud/*"]).stdout
+    return [line for line in out.split() if line]
+
+
+def test_smart_energy_on_podman_sends_the_image_to_the_hosts(tower, overcloud, hosts_lab):  # noqa: F811
+    """Each lab host has its own Podman store (scripts/hosts-lab.sh): the image built on the
+    Tower's machine is not there until the compose sends it (podman save | load over SSH)."""
+    oid = overcloud["overcloud_ID"]
+    tower.cli("images", "build", str(SMART), "--runtime", "podman", check=True, timeout=900)
+    with tower.client() as c:
+        for s in c.get(f"/overclouds/{oid}/services").json():  # the process runtime's, from the test before
+            assert c.delete(f"/overclouds/{oid}/services/{s['name']}").status_code == 200
+    for h in HOSTS:  # whatever an earlier run left in the hosts' own stores
+        for ref in _podman_images(hosts_lab, h):
+            hosts_lab.outside(h, ["podman", "rmi", "-f", ref])
+        assert _podman_images(hosts_lab, h) == [], h
+    svc = _compose(tower, oid, "podman")
+    assert all(s["status"] == "READY" for s in svc.values()), {n: (s["status"], s["message"]) for n, s in svc.items()}
+    assert {s["runtime"] for s in svc.values()} == {"podman"}
+    with tower.client() as c:
+        detail = c.get(f"/overclouds/{oid}").json()
+    hosts_of = {b["name"]: next(h for h in HOSTS if b["address"].startswith(f"10.79.{HOSTS.index(h) + 1}."))
+                for b in detail["clusters"]}
+    used = {hosts_of[r["box"]] for s in svc.values() for r in s["replicas"]}
+    for h in HOSTS:
+        images = _podman_images(hosts_lab, h)
+        assert bool(images) == (h in used), (h, images, used)
+    # the containers run on the hosts, not here
+    for h in used:
+        ps = hosts_lab.outside(h, ["podman", "ps", "--format", "{{.Names}}"]).stdout
+        assert f"oc-{oid[:12]}-" in ps, (h, ps)
+    [url] = svc["dashboard"]["services"][0]["urls"]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert _get(url + "/", timeout=5)[0] == 200
+            break
+        except OSError:
+            assert time.monotonic() < deadline, url
+            time.sleep(0.5)
+
+
 def test_delete_leaves_nothing_on_any_host(tower, overcloud, hosts_lab):  # noqa: F811
     oid = overcloud["overcloud_ID"]
     d = tower.delete_and_wait(oid, timeout=300)
@@ -260,3 +304,5 @@ def test_delete_leaves_nothing_on_any_host(tower, overcloud, hosts_lab):  # noqa
         assert oid[:8] not in hosts_lab.outside(h, ["ps", "-eo", "args"]).stdout, h
         left = hosts_lab.outside(h, ["sh", "-c", "ls /var/lib/overcloud/host/*/boxes 2>/dev/null; true"]).stdout
         assert oid[:8] not in left, (h, left)
+        ps = hosts_lab.outside(h, ["podman", "ps", "-a", "--format", "{{.Names}}"]).stdout
+        assert oid[:12] not in ps, (h, ps)

@@ -196,6 +196,21 @@ class RemoteBoxSession(BoxHttp):
                           str(int(max_bytes))], check=False, max_output=max_bytes + 1)
         return r.stdout if r.returncode == 0 else b""
 
+    # -- a container engine on the box's host ----------------------------------------------
+    @property
+    def container_network(self) -> str:
+        """Podman's ``--network`` value that joins the box's network (on its host)."""
+        return f"ns:/run/netns/{self.handle}"
+
+    @property
+    def container_cgroup_parent(self) -> str | None:
+        """``--cgroup-parent`` nesting containers under the box's limits on a cgroup v1 host
+        (v2: the box's own supervisord places them), as for a local box."""
+        from overcloud.boxes.cgroups import PARENT
+        from overcloud.underclouds.ssh import staging
+
+        return None if staging.cgroup_v2(self.host) else f"/{PARENT}/{self.handle}"
+
     # -- what workloads need on the box's host ----------------------------------------------
     def stage_dir(self, path: Any) -> str:
         """The host's copy of a directory of the Tower's machine (an image's code), sent once

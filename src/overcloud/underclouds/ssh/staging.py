@@ -137,3 +137,14 @@ def ensure_podman_image(host: Any, ref: str, env: dict[str, str] | None = None) 
                               f"{r.stderr.decode('utf-8', 'replace').strip()[-300:]}", site=host.site)
     _staged.add((host.config.endpoint, "podman:" + ref))
     return True
+
+
+_cgroup_v2: dict[str, bool] = {}
+
+
+def cgroup_v2(host: Any) -> bool:
+    """Whether the host runs the unified cgroup hierarchy (asked once per host)."""
+    key = host.config.endpoint
+    if key not in _cgroup_v2:
+        _cgroup_v2[key] = host.run(["test", "-f", "/sys/fs/cgroup/cgroup.controllers"], timeout=30).returncode == 0
+    return _cgroup_v2[key]
