@@ -3,7 +3,9 @@ GET /underclouds and `overcloud underclouds` (all four hosts healthy; a host who
 stopped is unhealthy, named, and the endpoint still answers; sshd back, healthy again), the
 unreachable routes for the project's ranges, and WAN health in an OverCloud across ssh-a and
 ssh-b (its ssh-b host's wireguard-go killed: DEGRADED naming the host, READY again once the
-Tower has started it again; that host's sshd stopped: DEGRADED naming it, READY once back)."""
+Tower has started it again; that host's sshd stopped: DEGRADED naming it, READY once back;
+its WireGuard UDP blocked: DEGRADED, the host and its silent peers named within ~1 min, READY
+once unblocked)."""
 
 from __future__ import annotations
 
@@ -255,6 +257,29 @@ def test_wan_down_between_sites_makes_the_overcloud_degraded_then_ready(hosts_la
         finally:
             hosts_lab.start_sshd(host)
         tower.wait_status(oc, {"READY"}, timeout=120)
+        # WireGuard's UDP blocked on that host (from outside, in its namespaces): the Fabric
+        # degrades the OverCloud at once (scrapes across sites fail); within a minute or so the
+        # WAN's own check names the host and its silent peers; unblocked, READY again
+        block = ("table inet oc_test_block {\n chain i { type filter hook input priority -10; udp dport 51820 drop; }\n"
+                 " chain o { type filter hook output priority -10; udp dport 51820 drop; }\n}\n")
+        r = hosts_lab.outside(host, ["nft", "-f", "-"], input=block)
+        assert r.returncode == 0, r.stderr
+        t0 = time.monotonic()
+        try:
+            deadline = time.monotonic() + 150
+            while True:
+                d = tower.wait_status(oc, {"DEGRADED"}, timeout=60)
+                why = d["fabric"]["degraded"].get(f"host {host}", "")
+                if "nothing received" in why:
+                    break
+                assert time.monotonic() < deadline, d["fabric"]["degraded"]
+                time.sleep(1)
+            print(f"[measure] UDP 51820 blocked on {host}: the WAN check named it after "
+                  f"{time.monotonic() - t0:.1f}s: {why}")
+        finally:
+            hosts_lab.outside(host, ["nft", "delete", "table", "inet", "oc_test_block"])
+        tower.wait_status(oc, {"READY"}, timeout=120)
+        print(f"[measure] READY again {time.monotonic() - t0:.1f}s after the block began")
         d = tower.delete_and_wait(oc, timeout=300)
         assert d["status"] == "DELETED", (d.get("error"), d.get("error_task"))
     finally:

@@ -136,3 +136,26 @@ def test_the_base_driver_describes_at_least_its_name_and_kind():
     d = Bare("s1").describe()
     assert d == {"name": "s1", "kind": "bare", "healthy": True, "problems": []}
     assert Bare("s1").underlay_problems([]) == {}
+
+
+def test_a_peer_that_sends_nothing_for_a_minute_is_a_problem_before_its_handshake_is_stale():
+    from overcloud.underclouds.ssh.health import RX_SILENT_S
+
+    plan = _plan()
+    hh = HostHealth(SimpleNamespace(hosts={}))
+    now = int(time.time())
+
+    def probe(at: float, rx: int) -> Probe:
+        st = wan.parse_status(plan, "a1", _wg_text(plan, "a1", now, {"b1": 30}).replace("\t100\t", f"\t{rx}\t"))
+        p = Probe("a1", at, 0.01, True, wan=st)
+        hh.note_rx(p)
+        return p
+
+    assert probe(1000.0, 100).wan.problems == []
+    assert probe(1000.0 + RX_SILENT_S / 2, 100).wan.problems == []  # within a keepalive or two
+    silent = probe(1000.0 + RX_SILENT_S + 1, 100)
+    assert silent.wan.problems == [f"peer b1 (10.77.0.13:51820): nothing received for over {RX_SILENT_S:g} s"]
+    hh._probes = {"a1": silent, "b1": Probe("b1", time.monotonic(), 0.01, True)}
+    assert "nothing received" in hh.problems({"a1", "b1"}, spans_sites=True)["host a1"]
+    assert probe(1000.0 + RX_SILENT_S + 2, 150).wan.problems == []  # it sent something again
+    assert probe(1000.0 + RX_SILENT_S + 3, 20).wan.problems == []  # a restarted interface counts anew

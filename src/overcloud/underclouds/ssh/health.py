@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0  # seconds for one probe, connecting included
+#: a live peer sends at least a keepalive every KEEPALIVE_S (25 s); nothing received from it for
+#: this long, across probes, means the path is gone (long before the 185 s handshake rule says so)
+RX_SILENT_S = 60.0
 PROBE_SEPARATOR = "@@@@ overcloud-probe"
 
 # $1: the Tower's state dir on the host; $2: the WireGuard interface, empty when the host has no
@@ -89,6 +92,7 @@ class HostHealth:
         self._lock = threading.Lock()
         self._probes: dict[str, Probe] = {}
         self._inflight: dict[str, threading.Event] = {}
+        self._rx: dict[tuple[str, str], tuple[int, float]] = {}  # (host, peer) -> (rx bytes, when it last grew)
 
     # -- probing ----------------------------------------------------------------------------
     def probe(self, h: "RemoteHost") -> Probe:
@@ -134,6 +138,7 @@ class HostHealth:
             p = self.probe(h)
             with self._lock:
                 before = self._probes.get(h.name)
+            self.note_rx(p)
             down = p.wan is not None and not p.wan.interface_up
             p.wan_down_count = (before.wan_down_count + 1) if (down and before is not None) else int(down)
             if down and p.wan_down_count >= 2:
@@ -172,6 +177,24 @@ class HostHealth:
             return f"restart failed: {_reason(exc)}"
         finally:
             h._prep_lock.release()
+
+    def note_rx(self, p: Probe) -> None:
+        """Add a problem to ``p.wan`` for each peer from which nothing was received for
+        :data:`RX_SILENT_S` across probes (bytes received did not grow; a restarted interface
+        starts counting again)."""
+        if p.wan is None or not p.wan.interface_up:
+            return
+        with self._lock:
+            for name, ps in p.wan.peers.items():
+                key = (p.host, name)
+                before = self._rx.get(key)
+                if before is None or ps.rx_bytes != before[0]:
+                    self._rx[key] = (ps.rx_bytes, p.at)
+                    continue
+                silent = p.at - before[1]
+                if silent >= RX_SILENT_S and ps.fresh:  # a stale handshake is said already
+                    p.wan.problems.append(f"peer {name} ({ps.endpoint or 'no endpoint'}): nothing received "
+                                          f"for over {RX_SILENT_S:g} s")
 
     def refresh(self, hosts: list[str] | None = None, *, max_age: float = 5.0, wait: float = 2.0) -> dict[str, Probe]:
         """Start a probe of each host (all by default) whose last one is older than ``max_age``
