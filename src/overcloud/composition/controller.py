@@ -123,6 +123,7 @@ class ServiceController:
         self._stitched: dict[str, tuple] = {}  # box handle -> (hosts, nft table, VIP names) last written
         self._scraped: dict[str, list] = {}  # overcloud -> workload targets last given to Prometheus
         self._confs: dict[str, tuple[str, str, bool]] = {}  # box dir -> what podman needs of its host
+        self._packages_ok: set[tuple[str, str]] = set()  # (box dir, image) whose packages its host has
         self._retry_at: dict[tuple[str, str], float] = {}  # (overcloud, service) -> next rollout placement try
         self._seen: set[str] = set()  # OverClouds stitched since this Tower started
         self._changed = threading.Condition()
@@ -492,6 +493,24 @@ class ServiceController:
         """The environment of podman commands on the box's host: its own containers.conf there."""
         return {"PATH": rt.PATH, "HOME": "/root", "CONTAINERS_CONF": self._containers_conf(session)}
 
+    def _check_packages(self, session, ref: str) -> None:
+        """The process runtime runs an image's command from its box's host's /usr: the image's
+        Debian packages must be installed there (checked once per box and image; a host of an
+        ssh site is not the Tower's machine, where ``images build`` installed them)."""
+        key = (session.box_dir, ref)
+        if key in self._packages_ok:
+            return
+        wanted = self.images.process_packages(ref)
+        if wanted:
+            r = session.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted], on_host=True,
+                            check=False, timeout=30)
+            ok = {line.split()[0] for line in r.stdout.decode().splitlines() if line.split()[1:2] == ["ii"]}
+            missing = [p for p in wanted if p not in ok]
+            if missing:
+                raise RuntimeError(f"image {ref} needs Debian packages its box's host lacks: {' '.join(missing)} "
+                                   f"(`apt-get install {' '.join(missing)}` there, or use the podman runtime)")
+        self._packages_ok.add(key)
+
     def _containers_conf(self, session) -> str:
         return self._podman_host(session)[0]
 
@@ -513,12 +532,11 @@ class ServiceController:
 
     @staticmethod
     def _kill_pids(session, replica: dict[str, Any]) -> None:
-        """Kill the processes this replica ran (recorded by PID), on the box's host, when they
-        are still in the box's network namespace (a PID reused by anything else is left alone)."""
-        pids = [str(int(pid)) for pid, _ in (replica.get("pids") or {}).values() if pid]
+        """Kill the processes this replica ran (recorded by PID), on the box's host, while they
+        are still the box's (a PID reused by anything else is left alone)."""
+        pids = [int(pid) for pid, _ in (replica.get("pids") or {}).values() if pid]
         if pids:
-            session.run(["sh", "-c", KILL_SCRIPT, "kill", session.box.handle, *pids], on_host=True, check=False,
-                        timeout=15)
+            session.kill_processes(pids)
 
     # -- the loop ------------------------------------------------------------------
     def tick(self) -> None:
@@ -645,7 +663,12 @@ class ServiceController:
                 return before != _shown(r)
             if r["state"] != "PENDING" and any(p is None for p in present):
                 r["restarts"] += 1  # its programs vanished (the box's supervisord was restarted)
-            self._launch(oc, row, d, r, endpoints, box)
+            try:
+                self._launch(oc, row, d, r, endpoints, box)
+            except Exception as exc:  # noqa: BLE001 - its box's host may not answer, or lack something: tried again
+                logger.warning("starting %s on %s: %s", r["name"], box.name, exc)
+                r.update(state="PENDING", ready=False, message=f"could not start on {box.name}: {exc}"[:600])
+                return before != _shown(r)
             w.restart(now)
             r.update(state="STARTING", ready=False, message=f"started on {box.name} ({row.runtime})", started_at=_now())
             return True
@@ -813,6 +836,7 @@ class ServiceController:
                                           containers_conf=Path(conf), tower_id=session.owner_id,
                                           userns=rt.podman_userns() and subids, files=files, cgroup_script=cgroups)
             else:
+                self._check_packages(session, c.image)
                 app = session.stage_dir(self.images.process_dir(c.image) / "src")
                 launch = rt.process_launch(overcloud_id=oc.id, replica=r["name"], c=c, env=env, workdir=workdir,
                                            app_dir=Path(app), etc_dir=etc_dir, etc=self.images.process_etc(c.image),
@@ -930,15 +954,6 @@ class ServiceController:
 
     def workloads_by_box(self, overcloud_id: str) -> dict[str, list[dict[str, Any]]]:
         return views.workloads_by_box(self.repo.services(overcloud_id))
-
-
-# kill the replica's recorded PIDs on the box's host while they are in the box's network namespace
-KILL_SCRIPT = r"""handle=$1; shift
-for pid in "$@"; do
-  [ "$(ip netns identify "$pid" 2>/dev/null)" = "$handle" ] || continue
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL -- "$pid" 2>/dev/null || true
-done
-"""
 
 
 class SessionFiles(rt.Files):

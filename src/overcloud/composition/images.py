@@ -153,6 +153,10 @@ class Images:
         info = self._index()[ref]
         return Path(info["runtimes"]["process"]["dir"])
 
+    def process_packages(self, ref: str) -> list[str]:
+        """The Debian packages a process-runtime image needs on its box's host."""
+        return list(self._index()[ref]["runtimes"]["process"].get("packages") or [])
+
     def process_etc(self, ref: str) -> list[str]:
         """The /etc entries a process-runtime sandbox of this image sees besides the common ones
         (its packages' own; read off dpkg for images built before they were recorded)."""

@@ -270,6 +270,10 @@ class BoxSession(Protocol):
         """The last ``max_bytes`` of a program's stdout (or ``stream="err"``) log."""
 
     # -- what workloads need on the box's host -----------------------------------------
+    def kill_processes(self, pids: Iterable[int]) -> None:
+        """SIGKILL these PIDs of the box's host (their process groups first) while they are in
+        the box (its network namespace); any other process with such a PID is left alone."""
+
     def stage_dir(self, path: Any) -> str:
         """Where a directory of the Tower's machine (an image's code) is on the box's host: the
         same path for a local box; a content-addressed copy sent once to a remote host."""

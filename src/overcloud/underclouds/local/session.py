@@ -11,6 +11,7 @@ dir on this host. See :class:`overcloud.underclouds.base.BoxSession` for the con
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -180,6 +181,24 @@ class LocalBoxSession(BoxHttp):
             return b""
 
     # -- what workloads need on the box's host: this one ---------------------------------------------
+    def kill_processes(self, pids: Iterable[int]) -> None:
+        from overcloud.boxes.netns import netns_inode
+
+        ino = netns_inode(self.handle)
+        for pid in pids:
+            try:
+                if ino is None or os.stat(f"/proc/{int(pid)}/ns/net").st_ino != ino:
+                    continue
+            except OSError:
+                continue
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except OSError:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+
     def stage_dir(self, path: Any) -> str:
         return str(path)
 

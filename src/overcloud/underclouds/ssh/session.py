@@ -212,6 +212,12 @@ class RemoteBoxSession(BoxHttp):
         return None if staging.cgroup_v2(self.host) else f"/{PARENT}/{self.handle}"
 
     # -- what workloads need on the box's host ----------------------------------------------
+    def kill_processes(self, pids: Iterable[int]) -> None:
+        script = ('handle=$1; shift; for pid in "$@"; do '
+                  '[ "$(ip netns identify "$pid" 2>/dev/null)" = "$handle" ] || continue; '
+                  'kill -KILL -- "-$pid" 2>/dev/null || kill -KILL -- "$pid" 2>/dev/null || true; done')
+        self.ssh.run(["sh", "-c", script, "kill", self.handle, *(str(int(p)) for p in pids)], check=False, timeout=15)
+
     def stage_dir(self, path: Any) -> str:
         """The host's copy of a directory of the Tower's machine (an image's code), sent once
         per host, content-addressed (see ssh/staging.py)."""
