@@ -481,6 +481,21 @@ class UnderCloudDriver(abc.ABC):
     def quota(self) -> Quota:
         """How many boxes this UnderCloud may still lend."""
 
+    def describe(self, *, max_age: float = 5.0, wait: float = 2.0) -> dict[str, Any]:
+        """This site for ``GET /underclouds``: ``name``, ``kind``, ``healthy``, ``problems``
+        (each names what is wrong) and what the kind has: an ssh site its ``hosts`` (address,
+        labels, ``lent`` and ``used``/``free`` cpus and memory_mb, ``health``: reachable,
+        prepared, WAN peers with their latest handshake's age), a local site its ``bridge`` and
+        ``capacity``. Never a secret, never blocks longer than ``wait`` s on a host that does not
+        answer (its last probe, at most ``max_age`` s old when it answers, is reported with its age)."""
+        return {"name": self.name, "kind": self.kind, "healthy": True, "problems": []}
+
+    def underlay_problems(self, boxes: list[Box]) -> dict[str, str]:
+        """What this site's underlay lacks for one OverCloud's ``boxes`` (of every site: the
+        driver picks its own), by what is wrong ("host och-b1" -> reason), from what it has
+        already observed: cheap, called every health interval. Empty when all is well."""
+        return {}
+
 
 class OverlayDomain(Protocol):
     """What several sites share when their boxes meet in one overlay: every local site of one
