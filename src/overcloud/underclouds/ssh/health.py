@@ -163,7 +163,8 @@ class HostHealth:
         world = self.world
         if not h.prepared:
             return "not repaired: the host is not prepared"
-        if not h._prep_lock.acquire(blocking=False):
+        lock = getattr(h, "_prep_lock", None) or threading.Lock()  # the host's preparation lock
+        if not lock.acquire(blocking=False):
             return "not repaired: the host is being prepared"
         try:
             state = wan.up(world.wan_plan(), h.name, h.run, world._unseal)
@@ -176,7 +177,7 @@ class HostHealth:
                          exc.__class__.__name__)
             return f"restart failed: {_reason(exc)}"
         finally:
-            h._prep_lock.release()
+            lock.release()
 
     def note_rx(self, p: Probe) -> None:
         """Add a problem to ``p.wan`` for each peer from which nothing was received for
