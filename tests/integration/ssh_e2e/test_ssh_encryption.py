@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pcap import Capture, leaked
-from test_ssh_tower import HOSTS, _teardown_hosts
+from lab_tower import HOSTS, teardown_hosts
 from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
@@ -66,7 +66,7 @@ def _put_get(session, s3_endpoint: str, creds: dict, key: str, payload: bytes) -
 
 
 def test_cross_site_datalake_traffic_is_only_wireguard_on_the_wan(hosts_lab, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))  # for _teardown_hosts
+    monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))  # for teardown_hosts
     tower = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
                          OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
     world = None
@@ -133,4 +133,4 @@ def test_cross_site_datalake_traffic_is_only_wireguard_on_the_wan(hosts_lab, tmp
                 tower.delete_and_wait(oc, timeout=300)
             tower.cleanup()
         finally:
-            _teardown_hosts(tower.state_dir)
+            teardown_hosts(tower.state_dir)

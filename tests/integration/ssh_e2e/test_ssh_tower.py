@@ -9,33 +9,12 @@ import time
 
 import pytest
 
+from lab_tower import HOSTS, teardown_hosts
 from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
-HOSTS = ("och-a1", "och-a2", "och-b1", "och-b2")
 SEED = {"provider": "ssh", "number": "2", "size": "m1.small"}
-
-
-def _teardown_hosts(state_dir) -> None:
-    from overcloud.config import tower_identity
-    from overcloud.identity.secrets import SecretBox, load_key
-    from overcloud.underclouds.ssh.driver import SSHUnderCloud
-    from overcloud.underclouds.ssh.sites import load_ssh_sites_file
-    import os
-
-    box = SecretBox(load_key(state_dir))
-    w = SSHUnderCloud(load_ssh_sites_file(os.environ["OC_TEST_SITES_FILE"]), state_dir=state_dir / "ssh",
-                      tower_id=tower_identity(state_dir), seal=box.seal, unseal=box.open,
-                      bundle_cache=state_dir / "host-bundle")
-    try:
-        left = w.list_tagged()
-        if left:
-            w.sweep({r.overcloud_id for r in left})
-        w.teardown()
-        assert not left, [r.name for r in left][:10]
-    finally:
-        w.close()
 
 
 def _create(tower: TowerProcess, body: dict, timeout: float = 300) -> tuple[dict, float]:
@@ -134,4 +113,4 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
         try:
             tower.cleanup()
         finally:
-            _teardown_hosts(tower.state_dir)
+            teardown_hosts(tower.state_dir)

@@ -18,12 +18,11 @@ import time
 
 import pytest
 
-from test_ssh_tower import _teardown_hosts
+from lab_tower import HOSTS, teardown_hosts
 from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
-HOSTS = ("och-a1", "och-a2", "och-b1", "och-b2")
 
 
 def _tower(hosts_lab, tmp_path, monkeypatch) -> TowerProcess:
@@ -164,7 +163,7 @@ def test_underclouds_inventory_health_cli_and_unreachable_routes(hosts_lab, tmp_
         try:
             tower.cleanup()
         finally:
-            _teardown_hosts(tower.state_dir)
+            teardown_hosts(tower.state_dir)
     # the Tower closed (SIGTERM): its claim is gone, and so is every route no other live claim
     # wants (a Tower of another test killed with -9 keeps its own until its state dir goes)
     from overcloud.underclouds.local import unreachable
@@ -286,4 +285,4 @@ def test_wan_down_between_sites_makes_the_overcloud_degraded_then_ready(hosts_la
         try:
             tower.cleanup()
         finally:
-            _teardown_hosts(tower.state_dir)
+            teardown_hosts(tower.state_dir)
