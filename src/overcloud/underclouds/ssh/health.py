@@ -100,13 +100,13 @@ class HostHealth:
         from overcloud.underclouds.ssh import wan
 
         plan, iface = None, ""
-        if h.prepared:  # before, its WAN is not up (and the plan's keys may not be made yet)
+        prepared = bool(h.prepared)  # read once: what the probe reads and what it records agree
+        if prepared:  # before, its WAN is not up (and the plan's keys may not be made yet)
             try:
                 plan = self.world.wan_plan()
                 iface = plan.host(h.name).interface if plan.cross_site_peers(h.name) else ""
             except Exception as exc:  # noqa: BLE001 - no plan: probe reachability and boxes only
                 logger.debug("no WAN plan for %s: %s", h.name, exc.__class__.__name__)
-        prepared = bool(h.prepared)
         t0 = time.monotonic()
         try:
             r = h.ssh.run(["sh", "-c", _PROBE_SCRIPT, "sh", h.state_dir, iface], check=False,
