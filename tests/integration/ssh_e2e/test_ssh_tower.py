@@ -41,7 +41,13 @@ def _task_times(tower: TowerProcess, oc: str) -> str:
 
 
 def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab, tmp_path, monkeypatch):  # noqa: F811
+    from overcloud.datalake import seaweed
+    from overcloud.underclouds.ssh.driver import ARTIFACT_CACHE
+
     monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))
+    weed = f"{ARTIFACT_CACHE}/{seaweed.weed_sha256(seaweed.weed_binary())}"
+    for h in HOSTS:  # no host holds weed: the Tower's preparation at serve puts it on every one
+        hosts_lab.outside(h, ["rm", "-f", weed], check=True)
     tower = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
                          OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
     try:
@@ -64,6 +70,13 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
         # the boxes are on the remote hosts, not here
         on_hosts = " ".join(hosts_lab.outside(h, ["ip", "netns", "list"]).stdout for h in HOSTS)
         assert on_hosts.count(oc[:8]) == 3, on_hosts
+        # weed is on ssh-b's hosts too, where this OverCloud has no box: staged with the hosts'
+        # preparation at serve, not by a create's DataLake task
+        deadline, missing = time.monotonic() + 120, list(HOSTS)
+        while missing and time.monotonic() < deadline:
+            missing = [h for h in HOSTS if hosts_lab.outside(h, ["test", "-f", weed]).returncode != 0]
+            time.sleep(0.5 if missing else 0)
+        assert not missing, f"weed not in the artifact cache of {missing}"
         # the seed's heterogeneous body across the two ssh sites: DataLake and Fabric span
         # WireGuard (volume servers and scrape targets on ssh-b, master and Prometheus on ssh-a)
         d, hetero = _create(tower, {"provider": "heterogeneous",

@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,11 +165,15 @@ class RemoteHost:
                     'if [ "$s" != "$2" ]; then echo "sha256 of the transferred artifact is $s, expected $2" >&2; exit 3; fi; '
                     'chmod 755 "$t"; mv -f "$t" "$1/$2"; trap - EXIT'
                 )
-                r = self.run(["sh", "-c", script, "sh", ARTIFACT_CACHE, sha256], input=Path(path).read_bytes(), timeout=600)
+                t0 = time.monotonic()
+                data = Path(path).read_bytes()
+                r = self.run(["sh", "-c", script, "sh", ARTIFACT_CACHE, sha256], input=data, timeout=600)
                 if r.returncode != 0:
                     raise UnderCloudError(f"host {self.config.endpoint}: putting {Path(path).name} into the artifact "
                                           f"cache failed (exit {r.returncode}): "
                                           f"{r.stderr.decode('utf-8', 'replace').strip()[-300:]}", site=self.site)
+                logger.info("ssh host %s: %s (%d MB) put into the artifact cache in %.1f s", self.name,
+                            Path(path).name, len(data) >> 20, time.monotonic() - t0)
             self._staged.add(sha256)
         return ARTIFACT_CACHE
 
@@ -242,11 +247,35 @@ class SSHUnderCloud:
     def site_hosts(self, site: str) -> list[RemoteHost]:
         return [h for h in self.hosts.values() if h.site == site]
 
-    def prepare(self) -> None:
+    def prepare(self, artifacts: list[tuple[Path, str]] | tuple = ()) -> None:
         """Every host prepared (see :meth:`prepare_host`), in parallel. Hosts are independent: one
         that fails does not stop the others, keeps its reason (``RemoteHost.problem``) and is
-        tried again on its next need. Raises UnderCloudError naming every host that failed."""
-        self.ensure(list(self.hosts.values()))
+        tried again on its next need. Raises UnderCloudError naming every host that failed.
+
+        ``artifacts`` (``(path, sha256)``: ``weed``, what the DataLake's boxes run) are then put
+        into the artifact cache of every host that is prepared (:meth:`RemoteHost.stage_artifact`),
+        in parallel, once every host's preparation has ended (a transfer beside another host's
+        preparation slows it, and an acquire waits for preparation, not for these): the Tower does
+        this at ``serve``, so the first create does not push them in its DataLake task. A host
+        whose staging fails is named in the error and in the log, and stays prepared: the box that
+        needs the artifact stages it then (or waits for the transfer under way: one per host and
+        artifact at a time)."""
+        hosts = list(self.hosts.values())
+        if not artifacts:
+            self.ensure(hosts)
+            return
+        errors = [(h, e) for h, _, e in _parallel(lambda h: h.ensure_prepared(), hosts) if e is not None]
+
+        def stage(h: RemoteHost) -> None:
+            for path, sha in artifacts:
+                h.stage_artifact(path, sha)
+
+        failed = {h.name for h, _ in errors}
+        errors += [(h, e) for h, _, e in _parallel(stage, [h for h in hosts if h.name not in failed]) if e is not None]
+        if errors:
+            h, e = errors[0]
+            text = "; ".join(str(e) for _, e in errors)
+            raise UnderCloudError(text, site=h.site if len(errors) == 1 else None) from e
 
     def ensure(self, hosts: list[RemoteHost]) -> None:
         """These hosts prepared (in parallel); raises UnderCloudError naming each that failed."""
@@ -276,23 +305,60 @@ class SSHUnderCloud:
         """One host checked, the bundle installed, the box bridge and host guard (with every
         other host's box subnet let through) up, its WAN up (WireGuard to the hosts of other
         sites, routes to the hosts of its own), then :attr:`RemoteHost.prepared_marker`.
-        Idempotent on the host; independent of every other host."""
+        Idempotent on the host; independent of every other host.
+
+        Nothing is sent to a host that the check refuses; then the bundle and ``ensure-host``
+        (which needs the bundle) run beside ``wan.up`` (plain commands and ``wg``, no bundle),
+        and the marker is written only when both succeeded. The Tower builds the bundle (once)
+        while the first host is checked."""
         from overcloud.underclouds.ssh import hostprep, wan
 
-        art = self.host_bundle()
-        _, installed = hostprep.prepare_host(h.run, art.path, art.sha256, tower_id=self.tower_id, host=h.name)
-        h.bundle_dir = installed.path
-        h.boxctl("ensure-host", peer_cidrs=[o.config.box_cidr for o in self.hosts.values() if o.name != h.name])
-        try:
-            state = wan.up(self.wan_plan(), h.name, h.run, self._unseal)
-        except Exception as exc:
-            raise UnderCloudError(f"WAN up on ssh host {h.config.endpoint} failed: {exc}", site=h.site) from exc
+        t0 = time.monotonic()
+        building = threading.Thread(target=self._build_bundle_quietly, name="ssh-uc-bundle", daemon=True)
+        building.start()
+        hostprep.check_host(h.run, h.name)
+        t_check = time.monotonic() - t0
+        times: dict[str, float] = {}
+
+        def bundle_and_site() -> bool:
+            t = time.monotonic()
+            art = self.host_bundle()
+            installed = hostprep.install_bundle(h.run, art.path, art.sha256, tower_id=self.tower_id, host=h.name)
+            h.bundle_dir = installed.path
+            times["bundle"] = time.monotonic() - t
+            t = time.monotonic()
+            h.boxctl("ensure-host", peer_cidrs=[o.config.box_cidr for o in self.hosts.values() if o.name != h.name])
+            times["ensure-host"] = time.monotonic() - t
+            return installed.transferred
+
+        def wan_up() -> Any:
+            t = time.monotonic()
+            try:
+                return wan.up(self.wan_plan(), h.name, h.run, self._unseal)
+            except Exception as exc:
+                raise UnderCloudError(f"WAN up on ssh host {h.config.endpoint} failed: {exc}", site=h.site) from exc
+            finally:
+                times["WAN"] = time.monotonic() - t
+
+        (_, transferred, e1), (_, state, e2) = _parallel(lambda f: f(), [bundle_and_site, wan_up])
+        if e1 is not None or e2 is not None:
+            raise e1 if e1 is not None else e2  # type: ignore[misc]
         h.vxlan_mtu = state.vxlan_mtu
         self.wan_states[h.name] = state
         r = h.run(["sh", "-c", 'mkdir -p /run/overcloud && : > "$1"', "sh", h.prepared_marker], timeout=30)
         if r.returncode != 0:
             raise UnderCloudError(f"ssh host {h.config.endpoint}: cannot write {h.prepared_marker} "
                                   f"(exit {r.returncode})", site=h.site)
+        logger.info("ssh host %s prepared in %.1f s: check %.1f s, then bundle %.1f s (%s) + ensure-host %.1f s "
+                    "beside WAN %.1f s", h.name, time.monotonic() - t0, t_check, times.get("bundle", -1),
+                    "transferred" if transferred else "there already", times.get("ensure-host", -1),
+                    times.get("WAN", -1))
+
+    def _build_bundle_quietly(self) -> None:
+        try:
+            self.host_bundle()
+        except Exception:  # noqa: BLE001 - the host's own call to host_bundle raises it with its context
+            pass
 
     def wan_plan(self):
         with self._plan_lock:
