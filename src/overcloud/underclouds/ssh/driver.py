@@ -159,15 +159,24 @@ class RemoteHost:
                 return ARTIFACT_CACHE
             r = self.run(["test", "-f", f"{ARTIFACT_CACHE}/{sha256}"], timeout=30)
             if r.returncode != 0:
+                # on a failure before the end of the bytes the rest is read and dropped: a closed
+                # channel would hide the reason (mkdir's or cat's message) behind a write error
                 script = (
-                    'set -e; umask 022; mkdir -p "$1"; t="$1/.$2.part$$"; trap \'rm -f "$t"\' EXIT; cat > "$t"; '
+                    'set -e; umask 022; mkdir -p "$1" || { cat >/dev/null; exit 4; }; t="$1/.$2.part$$"; '
+                    'trap \'rm -f "$t"\' EXIT; cat > "$t" || { cat >/dev/null; exit 5; }; '
                     's=$(sha256sum "$t" | cut -d" " -f1); '
                     'if [ "$s" != "$2" ]; then echo "sha256 of the transferred artifact is $s, expected $2" >&2; exit 3; fi; '
                     'chmod 755 "$t"; mv -f "$t" "$1/$2"; trap - EXIT'
                 )
                 t0 = time.monotonic()
                 data = Path(path).read_bytes()
-                r = self.run(["sh", "-c", script, "sh", ARTIFACT_CACHE, sha256], input=data, timeout=600)
+                try:
+                    r = self.run(["sh", "-c", script, "sh", ARTIFACT_CACHE, sha256], input=data, timeout=600)
+                except Exception as exc:  # noqa: BLE001 - the transport's own error, named with the host
+                    text = str(exc)
+                    raise UnderCloudError(f"host {self.config.endpoint}: putting {Path(path).name} into the artifact "
+                                          f"cache failed: {text or type(exc).__name__}",
+                                          site=self.site) from exc
                 if r.returncode != 0:
                     raise UnderCloudError(f"host {self.config.endpoint}: putting {Path(path).name} into the artifact "
                                           f"cache failed (exit {r.returncode}): "
