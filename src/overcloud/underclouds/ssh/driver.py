@@ -262,25 +262,22 @@ class SSHUnderCloud:
         tried again on its next need. Raises UnderCloudError naming every host that failed.
 
         ``artifacts`` (``(path, sha256)``: ``weed``, what the DataLake's boxes run) are then put
-        into the artifact cache of every host that is prepared (:meth:`RemoteHost.stage_artifact`),
-        in parallel, once every host's preparation has ended (a transfer beside another host's
-        preparation slows it, and an acquire waits for preparation, not for these): the Tower does
-        this at ``serve``, so the first create does not push them in its DataLake task. A host
-        whose staging fails is named in the error and in the log, and stays prepared: the box that
-        needs the artifact stages it then (or waits for the transfer under way: one per host and
-        artifact at a time)."""
+        into each host's artifact cache (:meth:`RemoteHost.stage_artifact`), each host as soon as
+        it is prepared (hosts in parallel): the Tower does this at ``serve``, so the first create
+        does not push them in its DataLake task. A host whose staging fails is named in the error
+        and in the log, and stays prepared: the box that needs the artifact stages it then (or
+        waits for the transfer under way: one per host and artifact at a time)."""
         hosts = list(self.hosts.values())
         if not artifacts:
             self.ensure(hosts)
             return
-        errors = [(h, e) for h, _, e in _parallel(lambda h: h.ensure_prepared(), hosts) if e is not None]
 
-        def stage(h: RemoteHost) -> None:
+        def one(h: RemoteHost) -> None:
+            h.ensure_prepared()
             for path, sha in artifacts:
                 h.stage_artifact(path, sha)
 
-        failed = {h.name for h, _ in errors}
-        errors += [(h, e) for h, _, e in _parallel(stage, [h for h in hosts if h.name not in failed]) if e is not None]
+        errors = [(h, e) for h, _, e in _parallel(one, hosts) if e is not None]
         if errors:
             h, e = errors[0]
             text = "; ".join(str(e) for _, e in errors)
