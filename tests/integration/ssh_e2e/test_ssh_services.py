@@ -118,6 +118,32 @@ def test_a_nodeport_of_a_remote_box_answers_at_its_hosts_address(world, hosts_la
         assert _published_tables(hosts_lab, h) == []
 
 
+def test_kill_processes_kills_the_boxs_processes_only(world, hosts_lab):  # noqa: F811
+    """A replica's recorded PIDs are the box's host's: the session kills one only while it is in
+    the box; a process of the host outside the box, with a PID it was given, is left alone."""
+    oc = uuid.uuid4().hex
+    site = world.sites["ssh-b"]
+    [box] = site.acquire([BoxSpec(oc, "c1", "cluster", "ssh-b", resolve_flavor("small"))])
+    host = box.extra["host"]
+    outsider = hosts_lab.outside(host, ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"]).stdout.strip()
+    try:
+        s = world.session(box)
+        s.add_program("sleeper", ["sleep", "300"], autorestart=False)
+        deadline = time.monotonic() + 20
+        while not (pid := next((p["pid"] for p in s.process_info() if p["name"] == "sleeper"), 0)):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        s.kill_processes([int(outsider), pid])
+        deadline = time.monotonic() + 10
+        while hosts_lab.outside(host, ["kill", "-0", str(pid)]).returncode == 0:
+            assert time.monotonic() < deadline, "the box's process is still alive"
+            time.sleep(0.2)
+        assert hosts_lab.outside(host, ["kill", "-0", outsider]).returncode == 0  # not the box's: alive
+    finally:
+        hosts_lab.outside(host, ["kill", outsider])
+        site.release([box])
+
+
 # -- a Tower on the lab's sites ---------------------------------------------------------------------
 def _teardown_hosts(state_dir) -> None:
     """What the Tower left on the hosts is swept (and is a failure), then the hosts' sites are

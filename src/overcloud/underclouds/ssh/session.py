@@ -215,7 +215,7 @@ class RemoteBoxSession(BoxHttp):
     def kill_processes(self, pids: Iterable[int]) -> None:
         script = ('handle=$1; shift; for pid in "$@"; do '
                   '[ "$(ip netns identify "$pid" 2>/dev/null)" = "$handle" ] || continue; '
-                  'kill -KILL -- "-$pid" 2>/dev/null || kill -KILL -- "$pid" 2>/dev/null || true; done')
+                  'kill -9 "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true; done')  # dash: no "--"
         self.ssh.run(["sh", "-c", script, "kill", self.handle, *(str(int(p)) for p in pids)], check=False, timeout=15)
 
     def stage_dir(self, path: Any) -> str:
