@@ -41,7 +41,6 @@ before anything else exists on the host.
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import fcntl
 import io
@@ -136,7 +135,7 @@ sys.exit(main())
 
 def unpack() -> dict[str, Any]:
     """Unpack the zip this runs from into ``bundle-<sha>/`` beside it (whole or not at all:
-    into a temporary dir, renamed in one step), compile it for this host's Python, and remove
+    into a temporary dir, renamed in one step; bytecode is written on first import), and remove
     the zip. hostprep checked the zip's SHA-256 before running it. Idempotent."""
     here = bundle_path()
     sha = bundle_sha(here)
@@ -158,7 +157,8 @@ def unpack() -> dict[str, Any]:
         launcher.parent.mkdir()
         launcher.write_text(SUPERVISORD_LAUNCHER.format(python=sys.executable))
         launcher.chmod(0o755)
-        compileall.compile_dir(str(tmp), quiet=1, workers=0)
+        # no compileall here: ~380 modules, four hosts at once, was most of a fresh host's
+        # preparation; the host's python3 (root) writes each module's bytecode on its first import
         (tmp / INSTALLED).write_text(sha + "\n")
         os.chmod(tmp, 0o755)
         if target.exists():
