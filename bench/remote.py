@@ -162,22 +162,11 @@ def ssh_cleanup(sites_file: Path):
     """The ssh hosts' teardown after a Tower stops: sweep what it left, remove bridges and WAN."""
 
     def cleanup(state: Path) -> None:
-        from overcloud.config import tower_identity
-        from overcloud.identity.secrets import SecretBox, load_key
-        from overcloud.underclouds.ssh.driver import SSHUnderCloud
+        from overcloud.underclouds.ssh.driver import clear_hosts_after
         from overcloud.underclouds.ssh.sites import load_ssh_sites_file
 
-        box = SecretBox(load_key(state))
-        w = SSHUnderCloud(load_ssh_sites_file(sites_file), state_dir=state / "ssh", tower_id=tower_identity(state),
-                          seal=box.seal, unseal=box.open, bundle_cache=state / "host-bundle")
-        try:
-            left = w.list_tagged()
-            if left:
-                w.sweep({r.overcloud_id for r in left})
-            w.teardown()
-            print(f"ssh hosts: nothing left behind: {not left}")
-        finally:
-            w.close()
+        left = clear_hosts_after(load_ssh_sites_file(sites_file), state)
+        print(f"ssh hosts: nothing left behind: {not left}" + (f" (swept {[r.name for r in left][:10]})" if left else ""))
 
     return cleanup
 

@@ -29,9 +29,10 @@ from overcloud.underclouds.base import BoxSpec, UnderCloudError, resolve_flavor
 from overcloud.underclouds.ssh.driver import SSHUnderCloud
 from overcloud.underclouds.ssh.sites import load_ssh_sites_file
 
+from lab_tower import HOSTS, teardown_hosts
+
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
-HOSTS = ("och-a1", "och-a2", "och-b1", "och-b2")
 ROOT = Path(__file__).resolve().parents[3]
 SMART = ROOT / "patterns" / "smart_energy"
 PATTERN = (SMART / "smart-energy.yaml").read_text()
@@ -145,28 +146,6 @@ def test_kill_processes_kills_the_boxs_processes_only(world, hosts_lab):  # noqa
 
 
 # -- a Tower on the lab's sites ---------------------------------------------------------------------
-def _teardown_hosts(state_dir) -> None:
-    """What the Tower left on the hosts is swept (and is a failure), then the hosts' sites are
-    torn down (as test_ssh_tower does)."""
-    import os
-
-    from overcloud.config import tower_identity
-    from overcloud.identity.secrets import load_key
-
-    box = SecretBox(load_key(state_dir))
-    w = SSHUnderCloud(load_ssh_sites_file(os.environ["OC_TEST_SITES_FILE"]), state_dir=state_dir / "ssh",
-                      tower_id=tower_identity(state_dir), seal=box.seal, unseal=box.open,
-                      bundle_cache=state_dir / "host-bundle")
-    try:
-        left = w.list_tagged()
-        if left:
-            w.sweep({r.overcloud_id for r in left})
-        w.teardown()
-        assert not left, [r.name for r in left][:10]
-    finally:
-        w.close()
-
-
 @pytest.fixture(scope="module")
 def tower(hosts_lab, tmp_path_factory):  # noqa: F811
     import os
@@ -183,7 +162,7 @@ def tower(hosts_lab, tmp_path_factory):  # noqa: F811
         try:
             t.cleanup()
         finally:
-            _teardown_hosts(t.state_dir)
+            teardown_hosts(t.state_dir)
 
 
 @pytest.fixture(scope="module")

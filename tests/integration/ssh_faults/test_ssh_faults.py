@@ -67,21 +67,10 @@ def _sites_file(lab, path: Path) -> Path:
 
 def _teardown_hosts(lab, state_dir: Path) -> None:
     """What the Tower left on the lab's hosts (asserted empty), then their bridges and WAN."""
-    from overcloud.config import tower_identity
-    from overcloud.identity.secrets import SecretBox, load_key
-    from overcloud.underclouds.ssh.driver import SSHUnderCloud
+    from overcloud.underclouds.ssh.driver import clear_hosts_after
 
-    box = SecretBox(load_key(state_dir))
-    w = SSHUnderCloud(lab.sites(), state_dir=state_dir / "ssh", tower_id=tower_identity(state_dir),
-                      seal=box.seal, unseal=box.open, bundle_cache=state_dir / "host-bundle")
-    try:
-        left = w.list_tagged()
-        if left:
-            w.sweep({r.overcloud_id for r in left})
-        w.teardown()
-        assert not left, [r.name for r in left][:10]
-    finally:
-        w.close()
+    left = clear_hosts_after(lab.sites(), state_dir)
+    assert not left, [r.name for r in left][:10]
 
 
 @pytest.fixture(scope="module")

@@ -817,3 +817,24 @@ class SSHSite(DomainSite):
 
     def underlay_problems(self, boxes: list[Box]) -> dict[str, str]:
         return self.world.underlay_problems(boxes)
+
+
+def clear_hosts_after(sites: list[SSHSiteConfig], state_dir: Path) -> list[TaggedResource]:
+    """After the Tower of ``state_dir`` has stopped: sweep whatever it left on its ssh hosts,
+    then take down its box bridges, host guards and WAN there (the bundle and artifact caches
+    stay). Returns what was left behind and swept: a test or a benchmark that expected nothing
+    fails on it, naming it. Uses the Tower's own identity and sealed keys from ``state_dir``."""
+    from overcloud.config import tower_identity
+    from overcloud.identity.secrets import SecretBox, load_key
+
+    box = SecretBox(load_key(state_dir))
+    world = SSHUnderCloud(sites, state_dir=state_dir / "ssh", tower_id=tower_identity(state_dir),
+                          seal=box.seal, unseal=box.open, bundle_cache=state_dir / "host-bundle")
+    try:
+        left = world.list_tagged()
+        if left:
+            world.sweep({r.overcloud_id for r in left})
+        world.teardown()
+        return left
+    finally:
+        world.close()
