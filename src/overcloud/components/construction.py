@@ -477,16 +477,14 @@ table inet overcloud_cdl_{self.tag} {{
         cached (:meth:`cached_here`); the URL needs the store's ports, not the store itself."""
         self.wait_addressable()
         sha = self.cached_here(path)
-        stage = getattr(session, "stage_artifact", None)
-        if stage is not None:
-            # a box on another machine (the ssh UnderCloud) cannot reach this store: the
-            # artifact goes into its host's cache through the session, content-addressed, and
-            # fetch.py (the bundle's, under the host's python3) finds it there and checks it
-            cache = stage(path, sha)
+        staged = session.stage_artifact(path, sha) if session is not None else None
+        if staged is not None:
+            # a box on another machine (the ssh UnderCloud) cannot reach this store: its session
+            # put the artifact into its host's cache, content-addressed, and the fetch program
+            # there (our fetch.py under the host's python3) finds it and checks it again
             url_file = f"{url_dir}/{sha}.url"
             session.put_file(os.path.relpath(url_file, session.box_dir), self.artifact_url(sha), mode=0o600)
-            fetch_py = f"{session.bundle_dir}/overcloud/boxes/fetch.py"
-            return [session.program_python()[0], "-I", "-S", fetch_py, f"@{url_file}", sha, cache, "--", *args]
+            return [*staged.fetch, f"@{url_file}", sha, staged.cache, "--", *args]
         url_dir.mkdir(parents=True, exist_ok=True)
         url_file = url_dir / f"{sha}.url"
         write_private(url_file, self.artifact_url(sha))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,7 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
                         stopsignal="KILL")
         session.add_program(
             "flow-agent",
-            [*_module_argv(session, "overcloud.fabric.flowagent"), "--listen", f"{addr[b.name]}:{FLOW}",
+            [*session.module_command("overcloud.fabric.flowagent"), "--listen", f"{addr[b.name]}:{FLOW}",
              "--names", str(nf), "--subnet", overlay["subnet"]],
             startsecs=0, startretries=10, stopsignal="KILL",
         )
@@ -104,13 +103,6 @@ def deploy(ctx: ActionContext, overcloud_id: str, boxes: list[dict[str, Any]], o
 @deploy.revert
 def deploy_revert(ctx: ActionContext, result, overcloud_id: str, boxes: list[dict[str, Any]], **_: Any) -> None:
     _stop(ctx.services, boxes)
-
-
-def _module_argv(session: Any, module: str) -> list[str]:
-    """A box program running one of our modules, with the Python and package of the box's host:
-    the Tower's own here, the bundle's on a remote host (its session says, ``program_python``)."""
-    prefix = getattr(session, "program_python", None)
-    return [*prefix(), "module", module] if prefix is not None else [sys.executable, "-m", module]
 
 
 def apply_config(sb: Southbound, overcloud_id: str, boxes: list[Box], addr: dict[str, str], start: bool = False) -> str:

@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -178,6 +178,16 @@ class BoxCommandError(UnderCloudError):
         self.box, self.argv, self.completed = box, argv, completed
 
 
+@dataclasses.dataclass(frozen=True)
+class StagedArtifact:
+    """An artifact put into a box's host's cache by its session: ``cache`` is the directory
+    (``<cache>/<sha256>``), ``fetch`` the argv prefix of our ``fetch.py`` on that host, which
+    checks the file's SHA-256 again before it execs it."""
+
+    cache: str
+    fetch: list[str]
+
+
 @runtime_checkable
 class BoxSession(Protocol):
     """Everything the Tower may do to one box, the same for every kind of UnderCloud.
@@ -309,6 +319,18 @@ class BoxSession(Protocol):
     def http(self, method: str, url: str, body: bytes | None = None,
              headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
         """One HTTP request from the box: (status, headers, body)."""
+
+    # -- our programs in the box ------------------------------------------------------
+    def module_command(self, module: str, args: Sequence[str] = ()) -> list[str]:
+        """The argv of a box program (supervisor) running one of our modules with the Python
+        and the package of the box's host: the Tower's own for a local box, the bundle's under
+        the host's ``python3`` on a remote one."""
+
+    def stage_artifact(self, path: Any, sha256: str) -> StagedArtifact | None:
+        """Make a content-addressed artifact (``sha256`` of the file ``path``) available to the
+        box without the box fetching it from the Construction DataLake: ``None`` when the box
+        fetches it itself (its host reaches the store), else where it was put on the box's
+        host and the fetch program that checks it there (components/construction.py)."""
 
     # -- our Python that the box's host cannot run -------------------------------------
     #: whether :meth:`run_module` on the box's host has the Tower's whole package and its

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-from overcloud.components import datalake
+from overcloud.components import construction, datalake, fabric
 from overcloud.underclouds import base
 from overcloud.underclouds.local.session import LocalBoxSession
 from overcloud.underclouds.ssh.session import RemoteBoxSession
@@ -24,3 +24,17 @@ def test_the_protocol_says_where_our_python_runs_and_both_sessions_answer():
 
 def test_the_datalake_does_not_probe_the_session():
     assert "getattr(session" not in inspect.getsource(datalake.box_op)
+
+
+def test_components_ask_the_protocol_where_our_programs_run_never_probe_for_it():
+    """The flow agent's command and the artifact fetch come from ``module_command`` and
+    ``stage_artifact``, which both kinds of session implement: a local box runs the Tower's
+    Python and fetches from the store itself; a remote one runs the bundle's and gets the
+    artifact staged on its host."""
+    for source in (inspect.getsource(fabric), inspect.getsource(construction)):
+        assert "getattr(session" not in source
+    assert callable(getattr(base.BoxSession, "module_command", None))
+    assert callable(getattr(base.BoxSession, "stage_artifact", None))
+    local = LocalBoxSession.__new__(LocalBoxSession)
+    assert local.module_command("overcloud.fabric.flowagent", ["--x"])[1:] == ["-m", "overcloud.fabric.flowagent", "--x"]
+    assert local.stage_artifact("/nowhere", "0" * 64) is None

@@ -14,14 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overcloud.boxes.commands import run_bounded
 from overcloud.boxes.netns import NetnsTransport
 from overcloud.boxes.supervision import BoxSupervisor
-from overcloud.underclouds.base import Box, BoxCommandError, BoxHttp, Completed
+from overcloud.underclouds.base import Box, BoxCommandError, BoxHttp, Completed, StagedArtifact
 
 if TYPE_CHECKING:
     from overcloud.underclouds.local.host import LocalHost
@@ -44,6 +44,15 @@ class LocalBoxSession(BoxHttp):
 
     def __repr__(self) -> str:
         return f"LocalBoxSession({self.box.name!r}, {self.handle!r})"
+
+    # -- our programs in the box ------------------------------------------------------------
+    def module_command(self, module: str, args: Sequence[str] = ()) -> list[str]:
+        """The Tower's own Python and package: the box's host is the Tower's machine."""
+        return [sys.executable, "-m", module, *args]
+
+    def stage_artifact(self, path: Any, sha256: str) -> StagedArtifact | None:
+        """Nothing to stage: a local box fetches artifacts from the Construction DataLake itself."""
+        return None
 
     # -- what a container engine on this host needs to put a workload into the box -----------
     @property

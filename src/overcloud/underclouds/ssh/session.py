@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from overcloud.underclouds.base import Box, BoxCommandError, BoxHttp, Completed, UnderCloudError
+from overcloud.underclouds.base import Box, BoxCommandError, BoxHttp, Completed, StagedArtifact, UnderCloudError
 
 if TYPE_CHECKING:
     from overcloud.underclouds.ssh.driver import RemoteHost
@@ -57,14 +57,18 @@ class RemoteBoxSession(BoxHttp):
         return self.host.bundle_dir
 
     def program_python(self) -> list[str]:
-        """The interpreter prefix of box programs written in our Python: the host's python3 on
-        the bundle (``+ ["module", "overcloud.x", ...]``)."""
+        """The interpreter prefix of our package on the box's host: the host's python3 on the
+        bundle (``+ ["module", "overcloud.x", ...]``)."""
         return [HOST_PYTHON, "-IS", self.bundle_dir]
 
-    def stage_artifact(self, path: Any, sha256: str) -> str:
+    def module_command(self, module: str, args: Sequence[str] = ()) -> list[str]:
+        return [*self.program_python(), "module", module, *args]
+
+    def stage_artifact(self, path: Any, sha256: str) -> StagedArtifact:
         """Put a content-addressed artifact into the box's host's cache (over SSH, checked
-        there); returns the cache dir for ``fetch.py``. See components/construction.py."""
-        return self.host.stage_artifact(path, sha256)
+        there): the box cannot reach the Construction DataLake. See components/construction.py."""
+        return StagedArtifact(self.host.stage_artifact(path, sha256),
+                              [HOST_PYTHON, "-I", "-S", f"{self.bundle_dir}/overcloud/boxes/fetch.py"])
 
     @property
     def owner_id(self) -> str:
@@ -98,7 +102,7 @@ class RemoteBoxSession(BoxHttp):
 
     def run_module(self, module: str, args: Iterable[str] = (), *, input: bytes | str | None = None,
                    timeout: float = 30, check: bool = True) -> Completed:
-        return self.run([*self.program_python(), "module", module, *args], input=input, timeout=timeout,
+        return self.run(self.module_command(module, args), input=input, timeout=timeout,
                         check=check)
 
     def _boxctl(self, op: str, req: dict[str, Any], *, timeout: float = 60, idempotent: bool = False) -> Any:
