@@ -103,6 +103,12 @@ class Tower:
             self.resume_unfinished()
         self._health = threading.Thread(target=self._watch_health, name="fabric-health", daemon=True)
         self._health.start()
+        if self.ssh is not None:  # what no-longer-live OverClouds left on silent hosts, once they answer
+            from overcloud.leftovers import LeftoverSweeper
+
+            self.leftovers = LeftoverSweeper(self.ssh, self.repo, closing=self._closing,
+                                             interval=max(5.0, self.settings.fabric_scrape_interval))
+            self.leftovers.start()
         if self.local is not None:
             self.services.start()
 

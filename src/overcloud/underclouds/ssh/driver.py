@@ -460,6 +460,33 @@ class SSHUnderCloud:
         with self._touch_lock:
             self._touched_path(overcloud_id).unlink(missing_ok=True)
 
+    def sweep_host(self, name: str, overcloud_ids: set[str], timeout: float = 60) -> list[TaggedResource]:
+        """These OverClouds' resources removed from one host (prepared first; raises when it does
+        not answer), then the host struck from their records; a record left naming no host goes,
+        with the OverCloud's overlay lease. What the Tower's leftover sweeper (leftovers.py) does
+        for OverClouds that are no longer live, once a host a record names answers again."""
+        from overcloud.files import write_atomic
+
+        h = self.hosts[name]
+        ids = sorted(overcloud_ids)
+        h.ensure_prepared()
+        res = h.agent("sweep", timeout=timeout, overcloud_ids=ids)["removed"]
+        removed = [TaggedResource(r["overcloud_id"], r["kind"], f"{name}: {r['name']}") for r in res]
+        for oc in ids:
+            with self._touch_lock:
+                path = self._touched_path(oc)
+                if not path.exists():
+                    continue
+                left = self.touched(oc) - {name}
+                if left:
+                    write_atomic(path, json.dumps(sorted(left)))
+                else:
+                    path.unlink(missing_ok=True)
+            if not left and self.leases.overlay(oc) is not None:
+                removed.append(TaggedResource(oc, "lease", f"ssh overlay lease {oc}"))
+                self.leases.delete_overlay(oc)
+        return removed
+
     def _each_host(self, fn: Callable[[RemoteHost], Any], needed: set[str], what: str,
                    answers: list[tuple[RemoteHost, Any]] | None = None) -> list[tuple[RemoteHost, Any]]:
         """``fn`` on every host (prepared first), in parallel; returns the answers (appended to
