@@ -88,3 +88,69 @@ def test_prepare_stages_artifacts_and_a_host_that_fails_stages_on_its_next_need(
             w.teardown()
         finally:
             w.close()
+
+
+def _leftovers(lab, host: str, sha: str) -> str:
+    """Temporary files of a transfer of ``sha`` left in the host's cache ("" when none)."""
+    r = lab.outside(host, ["sh", "-c", f'ls -A "{ARTIFACT_CACHE}" 2>/dev/null | grep -F ".{sha}" || true'])
+    return r.stdout.strip()
+
+
+def test_artifacts_go_compressed_and_a_corrupted_compressed_stream_is_refused(hosts_lab, tmp_path, caplog):  # noqa: F811
+    import logging
+
+    from overcloud.underclouds.ssh import compressed
+    from overcloud.underclouds.ssh.driver import STAGE_SCRIPT
+
+    words = [secrets.token_hex(4).encode() for _ in range(64)]
+    data = bytearray(secrets.token_bytes(32))
+    while len(data) < (8 << 20):  # shrinks as a program does
+        data += words[len(data) % 64] + b" "
+    data = bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    art = tmp_path / "tool"
+    art.write_bytes(data)
+    box = SecretBox(Fernet.generate_key())
+    w = SSHUnderCloud(load_ssh_sites_file(hosts_lab.sites_file), state_dir=tmp_path / "ssh",
+                      tower_id=secrets.token_hex(8), seal=box.seal, unseal=box.open,
+                      overlay_cidr="10.250.0.0/16", bundle_cache=tmp_path / "bundle")
+    caplog.set_level(logging.INFO, logger="overcloud.underclouds.ssh.driver")
+    try:
+        w.prepare([(art, sha)])
+        form = tmp_path / ".compressed" / f"{sha}.gz"  # made once, beside the artifact
+        assert form.is_file() and form.stat().st_size < len(data) // 2
+        for name in w.hosts:
+            assert _cached(hosts_lab, name, sha) == sha, name
+            assert _leftovers(hosts_lab, name, sha) == "", name
+        sent = [r.getMessage() for r in caplog.records if "put into the artifact cache" in r.getMessage()]
+        from overcloud.underclouds.ssh.transport import _CIPHERS
+
+        conn = w.transport.host("och-a1")._conn  # the cipher negotiated: our first choice the host has
+        assert conn.get_extra_info("send_cipher") == _CIPHERS[0], conn.get_extra_info("send_cipher")
+        assert len(sent) == len(w.hosts) and all(" gzip)" in m for m in sent), sent
+
+        # a corrupted compressed stream, sent straight to the host's side: refused, nothing left
+        h = w.hosts["och-a1"]
+        hosts_lab.outside(h.name, ["rm", "-f", f"{ARTIFACT_CACHE}/{sha}"], check=True)
+        bad = bytearray(form.read_bytes())
+        bad[len(bad) // 2] ^= 0xFF
+        r = h.run(["sh", "-c", STAGE_SCRIPT, "sh", ARTIFACT_CACHE, sha, "gz"], input=bytes(bad))
+        assert r.returncode in (3, 5) and r.stderr.strip(), (r.returncode, r.stderr)
+        assert _cached(hosts_lab, h.name, sha) == "" and _leftovers(hosts_lab, h.name, sha) == ""
+
+        # the Tower's compressed form corrupted on its disk: the host refuses it, the Tower drops
+        # it and sends the raw bytes (one look, the refused transfer, the raw one)
+        form.write_bytes(bytes(bad))
+        h._staged.clear()
+        before = w.transport.round_trips()[h.name]
+        assert h.stage_artifact(art, sha) == ARTIFACT_CACHE
+        assert w.transport.round_trips()[h.name] - before == 3
+        assert _cached(hosts_lab, h.name, sha) == sha and _leftovers(hosts_lab, h.name, sha) == ""
+        assert not form.exists() and compressed.under_way(sha) is None
+    finally:
+        for name in w.hosts:
+            hosts_lab.outside(name, ["rm", "-f", f"{ARTIFACT_CACHE}/{sha}"])
+        try:
+            w.teardown()
+        finally:
+            w.close()
