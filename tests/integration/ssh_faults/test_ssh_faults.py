@@ -235,10 +235,12 @@ def test_a_wrong_host_key_fails_the_create_naming_host_and_fingerprints(faults_t
 
 # -- sshd killed mid-create ------------------------------------------------------------------------
 
-def test_sshd_killed_mid_create_fails_it_and_delete_after_leaves_nothing(faults_tower, hosts_lab):
+def test_sshd_killed_mid_create_fails_it_and_its_leftovers_go_when_sshd_is_back(faults_tower, hosts_lab):
     """och-a2's sshd (and its sessions) killed while the Fabric is being deployed: the create
-    is FAILED naming och-a2 and reverted as far as the hosts answer; with sshd back, delete
-    removes the rest: nothing left on any host nor on the Tower."""
+    is FAILED naming och-a2 and reverted as far as the hosts answer; och-a2's boxes stay while
+    it is silent. With sshd back the Tower sweeps them by itself, without a DELETE (its leftover
+    sweeper: nothing left on any host nor on the Tower, and the OverCloud's events say what was
+    removed); a DELETE afterwards has nothing to do and ends DELETED."""
     oc = _post(faults_tower, _body({"ssh-a": 2}, fabric=True))
     task = _wait_task(faults_tower, oc, {"fabric", "clusters"})
     hosts_lab.stop_sshd("och-a2")
@@ -246,11 +248,30 @@ def test_sshd_killed_mid_create_fails_it_and_delete_after_leaves_nothing(faults_
         d = faults_tower.wait_status(oc, {"READY", "FAILED"}, timeout=180)
         assert d["status"] == "FAILED", f"killed while {task} ran"
         assert "och-a2" in str(d["error"]), d["error"]
+        left = _on_hosts(hosts_lab, oc)
         print(f"\n[fault] sshd of och-a2 killed while {task} ran: {d['error']}")
-        print(f"[fault] left while sshd is down: {_on_hosts(hosts_lab, oc)}")
+        print(f"[fault] left while sshd is down: {left}")
+        assert "och-a2" in left, left  # nothing can reach them: the revert could not
+        time.sleep(6)  # more than one sweep interval (5 s): a silent host keeps what it holds
+        assert "och-a2" in _on_hosts(hosts_lab, oc)
     finally:
         hosts_lab.start_sshd("och-a2")
-    d = faults_tower.delete_and_wait(oc, timeout=180)
+    back = time.monotonic()
+    deadline = back + 90
+    while (_on_hosts(hosts_lab, oc) or _on_tower(faults_tower, oc)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _on_hosts(hosts_lab, oc) and not _on_tower(faults_tower, oc), (
+        f"90 s after sshd of och-a2 is back, still left on the hosts: {_on_hosts(hosts_lab, oc)}; "
+        f"in the Tower's ssh state: {_on_tower(faults_tower, oc)}")
+    print(f"[fault] och-a2's leftovers swept {time.monotonic() - back:.1f} s after its sshd was back, no DELETE")
+    with faults_tower.client() as c:
+        d = c.get(f"/overclouds/{oc}").json()
+        events = c.get(f"/overclouds/{oc}/events", params={"after": 0}).text
+    assert d["status"] == "FAILED", d["status"]  # the sweep changes what is on the hosts, not the record
+    assert "event: leftovers" in events and '"och-a2"' in events, events[-2000:]
+    swept = [line for line in events.splitlines() if '"och-a2"' in line and '"removed"' in line]
+    assert swept and '"clean": true' in swept[-1] and oc[:8] in swept[-1], swept
+    d = faults_tower.delete_and_wait(oc, timeout=180)  # nothing to do, and it still works
     if d["status"] == "FAILED":  # preserve needs the Post; nothing to preserve here (no DataLake)
         with faults_tower.client() as c:
             c.delete(f"/overclouds/{oc}", params={"preserve": "false"})
