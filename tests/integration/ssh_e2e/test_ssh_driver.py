@@ -6,6 +6,8 @@ any host (checked over SSH and from outside)."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import secrets
 import time
 import uuid
@@ -134,3 +136,95 @@ def test_an_acquire_that_fails_on_one_host_leaves_nothing_on_the_others(world, h
         assert foreign in hosts_lab.outside("och-a2", ["ip", "netns", "list"]).stdout
     finally:
         hosts_lab.outside("och-a2", ["ip", "netns", "del", foreign])
+
+
+def _serve(world, box, port: int) -> None:
+    """A TCP listener on every address of ``box`` (its site address and its overlay address)."""
+    s = world.session(box)
+    s.add_program("listener", ["/usr/bin/python3", "-m", "http.server", "--bind", "0.0.0.0", str(port)],
+                  directory=s.box_dir)
+    deadline = time.monotonic() + 20
+    while not s.tcp_check("127.0.0.1", port, timeout=1.0):
+        assert time.monotonic() < deadline, s.tail_log("listener", "err")
+        time.sleep(0.3)
+
+
+def _heard_on_vx0(session, src: str, send) -> bool:
+    """Whether anything from ``src`` (IP or ARP) comes out of the box's VXLAN device while
+    ``send()`` runs: tcpdump in the box, started first, for at most 6 s."""
+    import threading
+
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.update(r=session.run(
+        ["timeout", "6", "tcpdump", "-n", "-l", "-i", "vx0", "-c", "1", "host", src], check=False, timeout=15)))
+    t.start()
+    time.sleep(1.5)  # tcpdump is listening
+    send()
+    t.join(20)
+    r = out["r"]
+    return r.returncode == 0 and b"1 packet captured" in r.stderr
+
+
+def test_two_overclouds_do_not_reach_each_other_across_hosts_and_sites(world, hosts_lab):  # noqa: F811
+    """Isolation between OverClouds holds across hosts (issue 11, point 5). X = x0 (ssh-a) + x1
+    (ssh-b); Y = y0, y1 (ssh-a: one of them on x0's host, the other on the other host) + y2
+    (ssh-b). Hosts route every box subnet to each other, so x0 can send to Y's boxes' site
+    addresses: their firewalls must drop it. x0 also forges Y's VXLAN (Y's VNI, sent to a Y box
+    from x0's own address): dropped, since a box takes VXLAN only from its own OverCloud's peers."""
+    small = resolve_flavor("small")
+    x, y = uuid.uuid4().hex, uuid.uuid4().hex
+    a, b = world.sites["ssh-a"], world.sites["ssh-b"]
+    xa = a.acquire([BoxSpec(x, "x0", "post", "ssh-a", small)])
+    xb = b.acquire([BoxSpec(x, "x1", "cluster", "ssh-b", small)])
+    ya = a.acquire([BoxSpec(y, "y0", "post", "ssh-a", small), BoxSpec(y, "y1", "cluster", "ssh-a", small)])
+    yb = b.acquire([BoxSpec(y, "y2", "cluster", "ssh-b", small)])
+    xs, ys = xa + xb, ya + yb
+    try:
+        assert {bx.extra["host"] for bx in ya} == {"och-a1", "och-a2"}  # one Y box shares x0's host
+        ox = a.join_overlay(x, xs)
+        oy = a.join_overlay(y, ys)
+        assert ox.vni != oy.vni and ox.subnet != oy.subnet
+        x0, x1 = xs
+        for bx in ys + [x1]:
+            _serve(world, bx, 8080)
+        sx = world.session(x0)
+        # its own OverCloud: across sites, on the overlay
+        assert sx.tcp_check(x1.overlay_address, 8080, timeout=3.0)
+        # and Y sees its own boxes (the listeners work), also across sites
+        sy = world.session(ya[0])
+        for peer in ys[1:]:
+            assert sy.tcp_check(peer.overlay_address, 8080, timeout=3.0), peer.name
+        # another OverCloud's boxes: not on their overlay addresses, not on their routed site
+        # addresses, whether on x0's host, the other host of the site, or the other site
+        for peer in ys:
+            for addr in (peer.overlay_address, peer.address):
+                assert not sx.tcp_check(addr, 8080, timeout=1.5), (peer.name, peer.extra["host"], addr)
+                assert not sx.tcp_check(addr, 9001, timeout=1.5), (peer.name, peer.extra["host"], addr, "health")
+        # a forged VXLAN of Y's VNI from x0 to each Y box, with an address of Y's subnet
+        spare = str(list(ipaddress.ip_network(oy.subnet).hosts())[-2])
+        sx.run(["ip", "link", "add", "vxforge", "type", "vxlan", "id", str(oy.vni), "dstport", "4789",
+                "dev", "eth0"])
+        sx.run(["ip", "addr", "add", f"{spare}/24", "dev", "vxforge"])
+        sx.run(["ip", "link", "set", "vxforge", "up"])
+        for peer in ys:
+            sx.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxforge", "dst", peer.address])
+        for peer in ys:
+            # nothing of it comes out of the peer's vx0 (the capture's control: a real peer does)
+            heard = _heard_on_vx0(world.session(peer), spare, lambda p=peer: sx.run(
+                ["ping", "-c", "3", "-i", "0.3", "-W", "1", "-I", "vxforge", p.overlay_address], check=False))
+            assert not heard, (peer.name, peer.extra["host"])
+            assert not sx.tcp_check(peer.overlay_address, 8080, timeout=1.5), peer.name
+        y0, y1 = ya
+        assert _heard_on_vx0(world.session(y1), y0.overlay_address, lambda: sy.run(
+            ["ping", "-c", "3", "-i", "0.3", "-W", "1", y1.overlay_address], check=False))
+        # the forging box's VXLAN did reach the hosts' wires: Y's own boxes still talk
+        assert sy.tcp_check(ys[2].overlay_address, 8080, timeout=3.0)
+    finally:
+        for bx in ys + [xs[1]]:
+            with contextlib.suppress(Exception):  # the box goes below anyway
+                world.session(bx).remove_programs(["listener"])
+        world.leave_overlay(x, xs)
+        world.leave_overlay(y, ys)
+        a.release(xa + ya)
+        b.release(xb + yb)
+    assert world.list_tagged(x) == [] and world.list_tagged(y) == []
