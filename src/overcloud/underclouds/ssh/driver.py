@@ -88,7 +88,6 @@ STAGE_SCRIPT = (
 )
 
 
-
 def _parallel(fn: Callable[[Any], Any], items: list) -> list[tuple[Any, Any, BaseException | None]]:
     return parallel(fn, items, name="ssh-uc")
 
@@ -321,7 +320,6 @@ class SSHUnderCloud:
 
         for path, sha in artifacts:  # compressed once, while the hosts are prepared (see stage_artifact)
             compressed.start(Path(path), sha, self.state_dir / "compressed")
-
 
         def one(h: RemoteHost) -> None:
             h.ensure_prepared()
