@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 import urllib.error
 import urllib.request
@@ -21,13 +20,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from overcloud.composition import stitching
-from overcloud.identity.secrets import SecretBox
 from overcloud.underclouds.base import BoxSpec, UnderCloudError, resolve_flavor
-from overcloud.underclouds.ssh.driver import SSHUnderCloud
-from overcloud.underclouds.ssh.sites import load_ssh_sites_file
 
 from lab_tower import HOSTS, teardown_hosts
 
@@ -36,20 +31,6 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[3]
 SMART = ROOT / "patterns" / "smart_energy"
 PATTERN = (SMART / "smart-energy.yaml").read_text()
-
-
-@pytest.fixture(scope="module")
-def world(hosts_lab, tmp_path_factory):  # noqa: F811
-    box = SecretBox(Fernet.generate_key())
-    w = SSHUnderCloud(load_ssh_sites_file(hosts_lab.sites_file), state_dir=tmp_path_factory.mktemp("ssh-state"),
-                      tower_id=secrets.token_hex(8), seal=box.seal, unseal=box.open,
-                      overlay_cidr="10.250.0.0/16", bundle_cache=tmp_path_factory.mktemp("bundle"))
-    w.prepare()
-    yield w
-    try:
-        w.teardown()
-    finally:
-        w.close()
 
 
 def _get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
