@@ -119,7 +119,15 @@ stop_sshd() {  # stop_sshd DIR HOST: the listener and the sessions it forked (th
     local hd="$1/hosts/$2" sshd
     sshd=$(recorded_pid "$hd" sshd)
     if [ -n "$sshd" ] && [ -e "/proc/$sshd" ]; then
-        # its session processes are its children: kill them first, then the listener
+        # stop the listener first, so that no new session is forked while its sessions die (a
+        # client reconnecting at once would otherwise get a session that outlives the listener),
+        # then kill its session processes (its children), then the listener itself
+        kill -STOP "$sshd" 2>/dev/null || true
+        for _ in $(seq 100); do
+            [ "$(awk '{print $3}' "/proc/$sshd/stat" 2>/dev/null)" != "R" ] && \
+                [ "$(awk '{print $3}' "/proc/$sshd/stat" 2>/dev/null)" != "S" ] && break
+            sleep 0.01
+        done
         pkill -KILL -P "$sshd" 2>/dev/null || true
     fi
     kill_roles "$hd" sshd nsenter
