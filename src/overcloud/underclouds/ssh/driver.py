@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from overcloud.underclouds.base import (
     Box,
@@ -711,6 +711,30 @@ class SSHUnderCloud:
         for h in self.hosts.values():
             h.link.close()
         self.transport.close()
+
+    # -- hosts that come and go (cloud sites hand their servers over at run time) -------------
+    def add_site(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """An empty site of this world (a cloud site): no ssh config entry, hosts come with
+        :meth:`add_host`. Idempotent (labels replaced). Its boxes are placed by its own driver;
+        describe_hosts, list_tagged, sweep, underlay_problems and health cover its hosts."""
+        raise NotImplementedError("H1a: coming")
+
+    def add_host(self, site: str, config: SSHHostConfig) -> RemoteHost:
+        """Add (or replace) a host of ``site`` at run time; see docs/remote-hosts.md, "Hosts that
+        come and go". Thread-safe; same name and config: the existing host. The caller prepares
+        it (``host.ensure_prepared()``); the other prepared hosts learn it here."""
+        raise NotImplementedError("H1a: coming")
+
+    def remove_host(self, name: str) -> None:
+        """Forget a host (its server is going away: it is not asked anything): the other prepared
+        hosts drop its WireGuard peer, routes and guard subnet; its connection closes; its WAN
+        keys are forgotten. Unknown names are a no-op."""
+        raise NotImplementedError("H1a: coming")
+
+    def wait_ssh(self, name: str, timeout: float) -> None:
+        """Connect to a host that has just booted, retrying until its sshd answers (host key
+        pinned as always); UnderCloudError naming the host and the last error after ``timeout``."""
+        raise NotImplementedError("H1a: coming")
 
     # -- inventory and health (GET /underclouds, the OverClouds' health; see health.py) -------
     def describe_hosts(self, site: str, *, max_age: float = 5.0, wait: float = 2.0) -> list[dict[str, Any]]:
