@@ -174,6 +174,8 @@ class Limits:
     max_ram_mb: int | None = None
     used_ram_mb: int | None = None
     flavors: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # our flavor -> (vcpus, ram_mb)
+    # other quotas with usage, e.g. Neutron's {"networks": {"limit": 100, "used": 3}, "ports": ..., "security_groups": ...}
+    quotas: dict[str, dict[str, int | None]] = dataclasses.field(default_factory=dict)
 
 
 # -- counting and retries ------------------------------------------------------------------
