@@ -1,0 +1,754 @@
+"""OpenStack sites: servers, networks and security groups through openstacksdk (Keystone v3).
+
+One :class:`OpenStackProvider` per site. Per OverCloud it makes a network and a /24 subnet of the
+site's ``network.cidr_pool`` (a router to ``external_network`` when the site names one), a security
+group, a key pair (the Tower's public key), then one Neutron port and one server per box, and a
+floating IP per server when the site asks for one.
+
+How it finds its own again (the provider contract's *Idempotent* promise):
+
+* **Tags.** Every Neutron resource and every server carries the strings
+  ``overcloud.io:overcloud=<id>`` and ``overcloud.io:tower=<id>`` (servers also
+  ``overcloud.io:box=<box>``). Nova refuses ``/`` and ``,`` in tags (the API-WG tag guideline),
+  so the contract's ``overcloud.io/...`` keys are written with ``:`` here; :class:`Server.tags`
+  gives them back under the contract's keys. The host key and box subnet go in server
+  *metadata* (tags are at most 60 characters).
+* **Descriptions.** Neutron sets tags only after a create on the releases that lack the
+  ``tag-creation`` extension; the description (``overcloud.io overcloud=<id> tower=<id>``) is
+  written by the create itself, so a resource made just before a crash, not yet tagged, is still
+  recognised as ours (by name + description) and tagged then.
+* **Servers** are created with their tags (compute microversion 2.52+), so they are never
+  untagged; a create retried after a server error looks for the name + tag first.
+
+Errors: HTTP 429 and 5xx, and a connection refused/reset/timed out, are retried with the
+contract's backoff; everything else is raised at once. Keystone refusing the credentials or not
+answering becomes :class:`CloudUnavailable`; every message is scrubbed of the cloud's secrets
+(password, application credential secret, token) before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import logging
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from overcloud.underclouds.base import TaggedResource, UnderCloudError
+from overcloud.underclouds.cloud.provider import (
+    ACTIVE, BUILDING, DELETED, ERROR, NODEPORT_RANGE, TAG_BOX, TAG_BOX_CIDR, TAG_OVERCLOUD, TAG_TOWER, VXLAN_PORT,
+    WG_PORT, CloudProvider, CloudQuotaExceeded, CloudServerFailed, CloudUnavailable, Limits, NetworkInfo, Server,
+    ServerRequest, call_with_retries, connection_retryable, http_status_retryable, network_name,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: the tag keys as OpenStack tag strings ("key=value", no "/" allowed by Nova)
+_TAG_PREFIX = {TAG_OVERCLOUD: "overcloud.io:overcloud=", TAG_TOWER: "overcloud.io:tower=", TAG_BOX: "overcloud.io:box="}
+_NOVA_STATUS = {"ACTIVE": ACTIVE, "BUILD": BUILDING, "REBUILD": BUILDING, "REBOOT": BUILDING, "HARD_REBOOT": BUILDING,
+                "PASSWORD": BUILDING, "MIGRATING": BUILDING, "RESIZE": BUILDING, "VERIFY_RESIZE": BUILDING,
+                "DELETED": DELETED, "SOFT_DELETED": DELETED}  # every other status (ERROR, SHUTOFF, ...) is an error
+_SECRET_KEYS = re.compile(r"(secret|password|passcode|token|totp)", re.I)
+_POLL_S = (0.5, 1.0, 1.0, 2.0)  # pauses between list calls while waiting (then 2 s)
+
+
+def os_tag(key: str, value: str) -> str:
+    return f"{_TAG_PREFIX[key]}{value}"
+
+
+def parse_tags(tags: Iterable[str] | None) -> dict[str, str]:
+    """OpenStack tag strings -> the contract's ``{TAG_*: value}`` (others ignored)."""
+    out: dict[str, str] = {}
+    for t in tags or ():
+        for key, prefix in _TAG_PREFIX.items():
+            if t.startswith(prefix):
+                out[key] = t[len(prefix):]
+    return out
+
+
+def _pause(i: int) -> float:
+    return _POLL_S[i] if i < len(_POLL_S) else _POLL_S[-1]
+
+
+class OpenStackProvider(CloudProvider):
+    """The ``openstack`` kind: one site = one cloud entry of clouds.yaml (+ region)."""
+
+    kind = "openstack"
+    #: call_with_retries' knobs (tests shorten them)
+    retry: dict[str, Any] = {"attempts": 6, "base": 0.5, "cap": 20.0}
+
+    def __init__(self, config, tower_id: str):
+        super().__init__(config, tower_id)
+        self._conn: Any = None
+        self._secrets: list[str] = []
+        self._lock = threading.Lock()
+        self._ids: dict[str, str] = {}  # cached: "image", "flavor:<our>", "external"
+        self._flavor_sizes: dict[str, tuple[int, int]] = {}
+        self._tag_on_create: bool | None = None
+
+    # -- connection, errors ----------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """The openstacksdk Connection, made once. Reads exactly the site's cloud entry: a named
+        ``clouds_file`` alone (with a ``secure.yaml`` beside it), never merged with OS_* variables
+        or another file; without one, OS_CLIENT_CONFIG_FILE or the standard places. The SDK's own
+        retries are off (ours are counted)."""
+        with self._lock:
+            if self._conn is not None:
+                return self._conn
+            import openstack.config
+            import openstack.connection
+            cfg = self.config
+            try:
+                if cfg.clouds_file is not None:
+                    loader = openstack.config.OpenStackConfig(
+                        config_files=[str(cfg.clouds_file)], vendor_files=[],
+                        secure_files=[str(cfg.clouds_file.parent / "secure.yaml")], load_envvars=False)
+                else:
+                    loader = openstack.config.OpenStackConfig(load_envvars=True)
+                with warnings.catch_warnings():  # the SDK warns about InfluxDB support we do not use
+                    warnings.simplefilter("ignore", PendingDeprecationWarning)
+                    region = loader.get_one(
+                        cloud=cfg.cloud, region_name=cfg.region, connect_retries=0, status_code_retries=0,
+                        image_status_code_retries=0, api_timeout=60)
+            except Exception as exc:  # noqa: BLE001 - config errors: missing entry, bad auth options
+                raise CloudUnavailable(self._scrub(
+                    f"site {self.site}: cloud {cfg.cloud!r} cannot be used from "
+                    f"{cfg.clouds_file or 'clouds.yaml'}: {type(exc).__name__}: {exc}"), site=self.site) from None
+            auth = region.config.get("auth") or {}
+            self._secrets = sorted({str(v) for k, v in auth.items() if v and _SECRET_KEYS.search(k) and len(str(v)) >= 4},
+                                   key=len, reverse=True)
+            self._conn = openstack.connection.Connection(config=region)
+            return self._conn
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    @staticmethod
+    def _status(exc: BaseException) -> int | None:
+        status = getattr(exc, "status_code", None)
+        if status is None:
+            status = getattr(exc, "http_status", None)
+        return status if isinstance(status, int) else None
+
+    @staticmethod
+    def _unwrap(exc: BaseException) -> BaseException:
+        """The keystoneauth error under openstacksdk's wrapping (``authorize()`` raises
+        SDKException from it), else ``exc``."""
+        from keystoneauth1 import exceptions as ksa
+        seen: set[int] = set()
+        e: BaseException | None = exc
+        while e is not None and id(e) not in seen:
+            seen.add(id(e))
+            if isinstance(e, ksa.ClientException):
+                return e
+            e = e.__cause__ or e.__context__
+        return exc
+
+    def _retryable(self, exc: BaseException) -> bool:
+        from keystoneauth1 import exceptions as ksa
+        exc = self._unwrap(exc)
+        if isinstance(exc, (ksa.ConnectFailure, ksa.ConnectTimeout, ksa.RetriableConnectionFailure)):
+            return True
+        if isinstance(exc, ksa.DiscoveryFailure) and connection_retryable(exc):
+            return True
+        return http_status_retryable(self._status(exc)) or connection_retryable(exc)
+
+    def _error(self, what: str, exc: BaseException, overcloud_id: str | None = None) -> UnderCloudError:
+        """The contract's error for an SDK error, with the cloud's message and no secret."""
+        from keystoneauth1 import exceptions as ksa
+        exc = self._unwrap(exc)
+        status = self._status(exc)
+        detail = getattr(exc, "details", None) or getattr(exc, "message", None) or str(exc)
+        detail = self._scrub(" ".join(str(detail).split()))[:400]
+        where = f"site {self.site}"
+        if isinstance(exc, (ksa.ConnectFailure, ksa.ConnectTimeout, ksa.DiscoveryFailure)):
+            return CloudUnavailable(f"{where}: the cloud does not answer ({what}): {detail}", site=self.site,
+                                    overcloud_id=overcloud_id)
+        if isinstance(exc, (ksa.Unauthorized, ksa.MissingAuthPlugin, ksa.AuthorizationFailure)) or status == 401:
+            return CloudUnavailable(
+                f"{where}: Keystone refused the credentials of cloud {self.config.cloud!r} (HTTP 401; check the "
+                f"application credential id and secret, or user/password/project, in clouds.yaml)", site=self.site,
+                overcloud_id=overcloud_id)
+        if isinstance(exc, ksa.EndpointNotFound):
+            return CloudUnavailable(f"{where}: {detail} (is the region right?)", site=self.site, overcloud_id=overcloud_id)
+        if status is not None and (status >= 500 or status == 429):
+            return CloudUnavailable(f"{where}: {what} kept failing (HTTP {status}): {detail}", site=self.site,
+                                    overcloud_id=overcloud_id)
+        if status == 403:
+            return UnderCloudError(f"{where}: {what} was refused (HTTP 403): {detail} (the credentials need the "
+                                   "member role on the project)", site=self.site, overcloud_id=overcloud_id)
+        code = f"HTTP {status}" if status else type(exc).__name__
+        return UnderCloudError(f"{where}: {what} failed ({code}): {detail}", site=self.site, overcloud_id=overcloud_id)
+
+    def _call(self, what: str, fn: Callable[[Any], T], *, overcloud_id: str | None = None,
+              retry_fn: Callable[[Any], T] | None = None) -> T:
+        """``fn(conn)`` with the contract's retries; SDK errors become the contract's errors.
+        ``retry_fn`` replaces ``fn`` on retries (a create looks for what the failed try may have made)."""
+        conn = self._connect()
+        tries = [0]
+
+        def once() -> T:
+            tries[0] += 1
+            f = retry_fn if (retry_fn is not None and tries[0] > 1) else fn
+            result = f(conn)
+            if hasattr(result, "__next__"):  # generators: the requests happen here, inside the retry
+                result = list(result)  # type: ignore[assignment]
+            return result
+
+        try:
+            return call_with_retries(once, retryable=self._retryable, stats=self.stats, **self.retry)
+        except UnderCloudError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK error becomes ours
+            err = self._error(what, exc, overcloud_id)
+            logger.warning("%s", err)
+            raise err from None
+
+    # -- tags ------------------------------------------------------------------------------
+
+    def _tags(self, overcloud_id: str) -> list[str]:
+        return [os_tag(TAG_OVERCLOUD, overcloud_id), os_tag(TAG_TOWER, self.tower_id)]
+
+    def _filter(self, overcloud_id: str | None) -> str:
+        return ",".join(self._tags(overcloud_id) if overcloud_id else [os_tag(TAG_TOWER, self.tower_id)])
+
+    def _marker(self, overcloud_id: str) -> str:
+        return f"overcloud.io overcloud={overcloud_id} tower={self.tower_id}"
+
+    def _neutron_tag_on_create(self) -> bool:
+        """Does this Neutron take ``tags`` in a create (the ``tag-creation`` extension)? Asked once."""
+        if self._tag_on_create is None:
+            aliases = {e.alias for e in self._call("list network extensions", lambda c: c.network.extensions())}
+            self._tag_on_create = "tag-creation" in aliases
+        return self._tag_on_create
+
+    def _neutron_find_or_create(self, kind: str, overcloud_id: str, find: Callable[[Any], list],
+                                create: Callable[[Any, dict], Any]) -> Any:
+        """One Neutron resource of an OverCloud: found by name + tag, or by name + description (made
+        before a crash, not yet tagged: tagged now), or created with the description and tags."""
+        tags = self._tags(overcloud_id)
+        marker = self._marker(overcloud_id)
+
+        def found(conn: Any) -> Any:
+            for r in find(conn):
+                if set(tags) <= set(r.tags or ()) or (r.description or "") == marker:
+                    return r
+            return None
+
+        existing = self._call(f"find {kind}", found, overcloud_id=overcloud_id)
+        if existing is None:
+            extra = {"description": marker}
+            if self._neutron_tag_on_create():
+                extra["tags"] = tags
+
+            existing = self._call(f"create {kind}", lambda c: create(c, extra), overcloud_id=overcloud_id,
+                                  retry_fn=lambda c: found(c) or create(c, extra))
+        if not set(tags) <= set(existing.tags or ()):
+            self._call(f"tag {kind}", lambda c: c.network.set_tags(existing, sorted(set(existing.tags or ()) | set(tags))),
+                       overcloud_id=overcloud_id)
+        return existing
+
+    # -- check, limits -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """A token from Keystone, then the flavor list (one cheap call that also proves the
+        compute endpoint and the site's flavor names)."""
+        self._call("authenticate", lambda c: c.authorize())
+        try:
+            self._flavors(refresh=True)
+        except CloudUnavailable:
+            raise
+        except UnderCloudError as exc:  # the site names a flavor the cloud lacks: unusable as configured
+            raise CloudUnavailable(str(exc), site=self.site) from None
+
+    def _flavors(self, refresh: bool = False) -> dict[str, tuple[str, int, int]]:
+        """our flavor -> (flavor id, vcpus, ram_mb); UnderCloudError naming a flavor the cloud lacks."""
+        if refresh or not self._flavor_sizes:
+            by_name = {f.name: f for f in self._call("list flavors", lambda c: c.compute.flavors(details=True))}
+            missing = sorted(v for v in self.config.flavors.values() if v not in by_name)
+            if missing:
+                raise UnderCloudError(f"site {self.site}: the cloud has no flavor {', '.join(missing)} (it has "
+                                      f"{', '.join(sorted(by_name)) or 'none'}); fix the site's flavors", site=self.site)
+            for ours, theirs in self.config.flavors.items():
+                f = by_name[theirs]
+                self._ids[f"flavor:{ours}"] = f.id
+                self._flavor_sizes[ours] = (int(f.vcpus or 0), int(f.ram or 0))
+        return {k: (self._ids[f"flavor:{k}"], *v) for k, v in self._flavor_sizes.items()}
+
+    def limits(self) -> Limits:
+        """Nova's absolute limits (instances, cores, RAM: -1 = unlimited = None) with usage, and
+        Neutron's quotas with usage for networks, subnets, ports, routers, security groups,
+        security group rules and floating IPs in ``Limits.quotas`` (when the credentials may read them)."""
+        lim = self._call("get compute limits", lambda c: c.compute.get_limits()).absolute
+        sizes = self._flavors()
+
+        def cap(v: Any) -> int | None:
+            return None if v is None or int(v) < 0 else int(v)
+
+        out = Limits(max_instances=cap(lim.instances), used_instances=cap(lim.instances_used),
+                     max_cores=cap(lim.total_cores), used_cores=cap(lim.total_cores_used),
+                     max_ram_mb=cap(lim.total_ram), used_ram_mb=cap(lim.total_ram_used),
+                     flavors={k: (v[1], v[2]) for k, v in sizes.items()})
+        quotas = getattr(out, "quotas", None)
+        if quotas is not None:
+            try:
+                q = self._call("get network quotas", lambda c: c.network.get_quota(c.current_project_id, details=True))
+            except UnderCloudError as exc:  # a member may not read them on some clouds: Nova's still count
+                logger.info("site %s: Neutron quotas not readable: %s", self.site, exc)
+            else:
+                for name in ("networks", "subnets", "ports", "routers", "security_groups", "security_group_rules",
+                             "floating_ips"):
+                    d = getattr(q, name, None)
+                    if isinstance(d, dict):
+                        quotas[name] = {"limit": cap(d.get("limit")), "used": int(d.get("used") or 0)}
+        return out
+
+    def needs(self, reqs: list[ServerRequest], *, new_network: bool) -> dict[str, int]:
+        """What making ``reqs`` (and, when ``new_network``, an OverCloud's network) takes from the
+        quotas, in the keys of :meth:`limits`: the caller compares and raises 429 with the numbers."""
+        sizes = self._flavors()
+        n = len(reqs)
+        out = {"instances": n, "cores": sum(sizes[r.flavor][1] for r in reqs),
+               "ram_mb": sum(sizes[r.flavor][2] for r in reqs), "ports": n}
+        if self.config.network.floating_ip:
+            out["floating_ips"] = n
+        if new_network:
+            out.update(networks=1, subnets=1, security_groups=1)
+            out["ports"] += 1 + (1 if self.config.network.external_network else 0)  # DHCP, router interface
+            if self.config.network.external_network:
+                out["routers"] = 1
+        return out
+
+    def _quota_error(self, overcloud_id: str, reqs: list[ServerRequest], detail: str) -> CloudQuotaExceeded:
+        lim = self.limits()
+        need = self.needs(reqs, new_network=False)
+        numbers = {"instances": {"limit": lim.max_instances, "used": lim.used_instances, "asked": need["instances"]},
+                   "cores": {"limit": lim.max_cores, "used": lim.used_cores, "asked": need["cores"]},
+                   "ram_mb": {"limit": lim.max_ram_mb, "used": lim.used_ram_mb, "asked": need["ram_mb"]}}
+        return CloudQuotaExceeded(f"site {self.site}: the project's quota cannot hold {len(reqs)} more server(s): "
+                                  f"{detail}", numbers, site=self.site, overcloud_id=overcloud_id)
+
+    # -- network ---------------------------------------------------------------------------
+
+    def _pick_cidr(self, overcloud_id: str) -> ipaddress.IPv4Network:
+        """A /24 of the pool no subnet of the project overlaps (this Tower's other OverClouds' and
+        anyone else's): the first free one from a start derived from the OverCloud id, so a retry
+        picks the same one."""
+        pool = ipaddress.IPv4Network(self.config.network.cidr_pool)
+        used = []
+        for s in self._call("list subnets", lambda c: c.network.subnets(ip_version=4), overcloud_id=overcloud_id):
+            try:
+                used.append(ipaddress.IPv4Network(s.cidr))
+            except ValueError:
+                continue
+        candidates = list(pool.subnets(new_prefix=24)) if pool.prefixlen <= 24 else [pool]
+        start = int(hashlib.sha256(overcloud_id.encode()).hexdigest(), 16) % len(candidates)
+        for i in range(len(candidates)):
+            c = candidates[(start + i) % len(candidates)]
+            if not any(c.overlaps(u) for u in used):
+                return c
+        raise CloudQuotaExceeded(f"site {self.site}: no free /24 left in network.cidr_pool {pool}",
+                                 {"networks": {"limit": len(candidates), "used": len(candidates), "asked": 1}},
+                                 site=self.site, overcloud_id=overcloud_id)
+
+    def ensure_network(self, overcloud_id: str, public_key: str) -> NetworkInfo:
+        name = network_name(overcloud_id)
+        cfg = self.config.network
+        net = self._neutron_find_or_create(
+            "network", overcloud_id, lambda c: c.network.networks(name=name),
+            lambda c, extra: c.network.create_network(name=name, **extra))
+        subnets = self._call("list subnets", lambda c: c.network.subnets(network_id=net.id), overcloud_id=overcloud_id)
+        if subnets:
+            cidr = ipaddress.IPv4Network(subnets[0].cidr)
+        else:
+            cidr = self._pick_cidr(overcloud_id)
+        gateway = str(cidr.network_address + 1)
+        subnet = self._neutron_find_or_create(
+            "subnet", overcloud_id, lambda c: [s for s in subnets if s.name == name] or list(
+                c.network.subnets(network_id=net.id, name=name)),
+            lambda c, extra: c.network.create_subnet(name=name, network_id=net.id, ip_version=4, cidr=str(cidr),
+                                                     gateway_ip=gateway, enable_dhcp=True, **extra))
+        ids = {"network": net.id, "subnet": subnet.id}
+        if cfg.external_network:
+            ext = self._external_network_id()
+            router = self._neutron_find_or_create(
+                "router", overcloud_id, lambda c: c.network.routers(name=name),
+                lambda c, extra: c.network.create_router(name=name, external_gateway_info={"network_id": ext}, **extra))
+            ids["router"] = router.id
+            ifaces = self._call("list router ports", lambda c: c.network.ports(
+                device_id=router.id, network_id=net.id), overcloud_id=overcloud_id)
+            if not ifaces:
+                self._call("add router interface", lambda c: c.network.add_interface_to_router(router, subnet_id=subnet.id),
+                           overcloud_id=overcloud_id)
+        sg = self._neutron_find_or_create(
+            "security group", overcloud_id, lambda c: c.network.security_groups(name=name),
+            lambda c, extra: c.network.create_security_group(name=name, **extra))
+        ids["security_group"] = sg.id
+        want = [self._rule(sg.id, "tcp", 22, 22, cidr=c) for c in self.config.ssh_cidrs]
+        want.append(self._rule(sg.id, "udp", VXLAN_PORT, VXLAN_PORT, group=sg.id))
+        want += [self._rule(sg.id, "tcp", *NODEPORT_RANGE, cidr=c) for c in self.config.nodeport_cidrs]
+        self._add_rules(overcloud_id, sg, want)
+        ids["key_pair"] = self._ensure_keypair(overcloud_id, name, public_key)
+        return NetworkInfo(overcloud_id=overcloud_id, cidr=str(cidr), gateway=gateway, ids=ids)
+
+    def _external_network_id(self) -> str:
+        if "external" not in self._ids:
+            name = self.config.network.external_network
+            found = self._call("find external network", lambda c: c.network.networks(name=name))
+            if not found:
+                raise UnderCloudError(f"site {self.site}: no network {name!r} (network.external_network)", site=self.site)
+            self._ids["external"] = found[0].id
+        return self._ids["external"]
+
+    @staticmethod
+    def _rule(sg_id: str, proto: str, lo: int, hi: int, *, cidr: str | None = None, group: str | None = None) -> dict:
+        r = {"security_group_id": sg_id, "direction": "ingress", "ethertype": "IPv4", "protocol": proto,
+             "port_range_min": lo, "port_range_max": hi}
+        if group:
+            r["remote_group_id"] = group
+        else:
+            r["remote_ip_prefix"] = cidr
+        return r
+
+    def _add_rules(self, overcloud_id: str, sg: Any, want: list[dict]) -> None:
+        """The rules of ``want`` the group lacks, in one bulk create (Neutron's rules have no
+        tags: they go with their group)."""
+        def key(r: Any) -> tuple:
+            get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
+            return (get("direction"), get("protocol"), get("port_range_min"), get("port_range_max"),
+                    get("remote_ip_prefix"), get("remote_group_id"))
+        have = {key(r) for r in self._call("list security group rules", lambda c: c.network.security_group_rules(
+            security_group_id=sg.id), overcloud_id=overcloud_id)}
+        missing = [r for r in want if key(r) not in have]
+        if missing:
+            self._call("create security group rules", lambda c: c.network.create_security_group_rules(missing),
+                       overcloud_id=overcloud_id, retry_fn=lambda c: self._retry_rules(c, sg, missing, key))
+
+    @staticmethod
+    def _retry_rules(conn: Any, sg: Any, missing: list[dict], key: Callable[[Any], tuple]) -> Any:
+        have = {key(r) for r in conn.network.security_group_rules(security_group_id=sg.id)}
+        still = [r for r in missing if key(r) not in have]
+        return list(conn.network.create_security_group_rules(still)) if still else []
+
+    def allow_wan_peers(self, overcloud_id: str, cidrs: list[str]) -> None:
+        name = network_name(overcloud_id)
+        tags = self._tags(overcloud_id)
+        groups = [g for g in self._call("find security group", lambda c: c.network.security_groups(
+            name=name, tags=",".join(tags)), overcloud_id=overcloud_id)]
+        if not groups:
+            raise UnderCloudError(f"site {self.site}: OverCloud {overcloud_id} has no security group here "
+                                  "(ensure_network first)", site=self.site, overcloud_id=overcloud_id)
+        sg = groups[0]
+        want = [self._rule(sg.id, "udp", WG_PORT, WG_PORT, cidr=str(ipaddress.IPv4Network(c, strict=False)))
+                for c in cidrs]
+        self._add_rules(overcloud_id, sg, want)
+
+    def _ensure_keypair(self, overcloud_id: str, name: str, public_key: str) -> str:
+        """Nova key pairs have neither tags nor descriptions: ``oc-<id8>`` with the Tower's key.
+        One of that name with another key is replaced (the Tower's key is the one that works)."""
+        from openstack import exceptions as osx
+
+        def get(c: Any) -> Any:
+            try:
+                return c.compute.get_keypair(name)
+            except osx.NotFoundException:
+                return None
+
+        kp = self._call("find key pair", get, overcloud_id=overcloud_id)
+        if kp is not None and (kp.public_key or "").split()[:2] != public_key.split()[:2]:
+            self._call("delete key pair", lambda c: c.compute.delete_keypair(name, ignore_missing=True),
+                       overcloud_id=overcloud_id)
+            kp = None
+        if kp is None:
+            self._call("create key pair", lambda c: c.compute.create_keypair(name=name, public_key=public_key.strip()),
+                       overcloud_id=overcloud_id, retry_fn=lambda c: get(c) or c.compute.create_keypair(
+                           name=name, public_key=public_key.strip()))
+        return name
+
+    # -- servers ---------------------------------------------------------------------------
+
+    def _image_id(self) -> str:
+        if "image" not in self._ids:
+            name = self.config.image
+            found = [i for i in self._call("find image", lambda c: c.image.images(name=name))
+                     if (i.status or "active") == "active"]
+            if not found:
+                raise UnderCloudError(f"site {self.site}: no active image named {name!r} in the cloud (the site's "
+                                      "image)", site=self.site)
+            self._ids["image"] = found[0].id
+        return self._ids["image"]
+
+    def _to_server(self, s: Any, ports: dict[str, Any] | None = None) -> Server:
+        meta = dict(s.metadata or {})
+        tags = {k: v for k, v in meta.items() if k.startswith("overcloud.io/")}
+        tags.update(parse_tags(s.tags))
+        status = _NOVA_STATUS.get((s.status or "").upper(), ERROR)
+        private = public = None
+        for addrs in (s.addresses or {}).values():
+            for a in addrs:
+                if a.get("version", 4) != 4:
+                    continue
+                if a.get("OS-EXT-IPS:type") == "floating":
+                    public = public or a.get("addr")
+                else:
+                    private = private or a.get("addr")
+        if private is None and ports and s.id in ports:
+            ips = ports[s.id].fixed_ips or []
+            private = ips[0]["ip_address"] if ips else None
+        fault = None
+        if status == ERROR:
+            f = s.fault or {}
+            fault = (f.get("message") if isinstance(f, dict) else str(f)) or f"status {s.status}"
+        return Server(id=s.id, name=s.name, box=tags.get(TAG_BOX), status=status, private_address=private,
+                      public_address=public, tags=tags, fault=fault)
+
+    def _servers(self, overcloud_id: str | None) -> list[Any]:
+        return self._call("list servers", lambda c: c.compute.servers(details=True, tags=self._filter(overcloud_id)),
+                          overcloud_id=overcloud_id)
+
+    def create_servers(self, net: NetworkInfo, reqs: list[ServerRequest]) -> list[Server]:
+        if not reqs:
+            return []
+        oc = net.overcloud_id
+        flavors = self._flavors()
+        image = self._image_id()
+        existing = {s.name: s for s in self._servers(oc)}
+        ports = {p.name: p for p in self._call("list ports", lambda c: c.network.ports(
+            network_id=net.ids["network"], description=self._marker(oc)), overcloud_id=oc)}
+        out: list[Server] = []
+        for req in reqs:
+            s = existing.get(req.name)
+            if s is None:
+                port = ports.get(req.name) or self._make_port(net, req)
+                s = self._create_server(net, req, flavors[req.flavor][0], image, port)
+            out.append(self._to_server(s))
+        return out
+
+    def _make_port(self, net: NetworkInfo, req: ServerRequest) -> Any:
+        """The server's port, ours (not Nova's) so that it can carry the box subnet as an allowed
+        address pair: boxes on the server send and receive from that subnet on the site's network,
+        which port security would otherwise drop."""
+        oc = net.overcloud_id
+        attrs: dict[str, Any] = {"name": req.name, "network_id": net.ids["network"],
+                                 "security_groups": [net.ids["security_group"]]}
+        cidr = req.tags.get(TAG_BOX_CIDR)
+        if cidr:
+            attrs["allowed_address_pairs"] = [{"ip_address": cidr}]
+
+        port = self._neutron_find_or_create(
+            "port", oc, lambda c: c.network.ports(network_id=net.ids["network"], name=req.name),
+            lambda c, extra: c.network.create_port(**attrs, **extra))
+        if self.config.network.floating_ip:
+            self._neutron_find_or_create(
+                "floating IP", oc, lambda c: c.network.ips(port_id=port.id),
+                lambda c, extra: c.network.create_ip(floating_network_id=self._external_network_id(), port_id=port.id,
+                                                     **extra))
+        return port
+
+    def _create_server(self, net: NetworkInfo, req: ServerRequest, flavor_id: str, image_id: str, port: Any) -> Any:
+        from openstack import exceptions as osx
+        oc = net.overcloud_id
+        tags = self._tags(oc) + [os_tag(TAG_BOX, req.box)]
+        meta = {k: str(v) for k, v in req.tags.items()}
+        meta.update({TAG_OVERCLOUD: oc, TAG_TOWER: self.tower_id, TAG_BOX: req.box})
+        user_data = base64.b64encode(req.user_data.encode()).decode()
+
+        def create(c: Any) -> Any:
+            try:
+                return c.compute.create_server(
+                    name=req.name, flavor_id=flavor_id, image_id=image_id, networks=[{"port": port.id}],
+                    key_name=net.ids.get("key_pair"), user_data=user_data, metadata=meta, tags=tags)
+            except osx.HttpException as exc:
+                if exc.status_code == 403 and "quota" in str(exc.details or exc).lower():
+                    raise self._quota_error(oc, [req], self._scrub(str(exc.details or "quota exceeded"))) from None
+                raise
+
+        def again(c: Any) -> Any:  # a create that failed with a server error may still have made it
+            for s in c.compute.servers(details=True, tags=",".join(tags)):
+                if s.name == req.name:
+                    return s
+            return create(c)
+
+        return self._call(f"create server {req.name}", create, overcloud_id=oc, retry_fn=again)
+
+    def wait_servers(self, ids: list[str], timeout: float) -> list[Server]:
+        """One list call per pause for all of them (by this Tower's tag), never one per server."""
+        deadline = time.monotonic() + timeout
+        want = list(ids)
+        i = 0
+        with self.stats.waiting():
+            while True:
+                by_id = {s.id: s for s in self._servers(None)}
+                missing = [x for x in want if x not in by_id]
+                if missing:
+                    raise CloudServerFailed(f"site {self.site}: server {missing[0]} is gone while booting",
+                                            server=missing[0], fault="deleted", site=self.site)
+                servers = [self._to_server(by_id[x]) for x in want]
+                for s in servers:
+                    if s.status in (ERROR, DELETED):
+                        raise CloudServerFailed(f"site {self.site}: server {s.name} went to {s.status}: {s.fault}",
+                                                server=s.id, fault=s.fault, site=self.site,
+                                                overcloud_id=s.overcloud_id)
+                if all(s.status == ACTIVE for s in servers):
+                    if any(s.private_address is None for s in servers):
+                        ports = {p.device_id: p for p in self._call("list ports", lambda c: c.network.ports(
+                            device_id=want))}
+                        servers = [self._to_server(by_id[x], ports) for x in want]
+                    return servers
+                if time.monotonic() >= deadline:
+                    slow = [f"{s.name} {s.status}" for s in servers if s.status != ACTIVE]
+                    raise UnderCloudError(f"site {self.site}: servers not active after {timeout:.0f} s: "
+                                          f"{', '.join(slow)}", site=self.site)
+                time.sleep(min(_pause(i), max(0.0, deadline - time.monotonic())))
+                i += 1
+
+    def delete_servers(self, ids: list[str], timeout: float) -> None:
+        """Delete, then list (one call per pause) until none of them is there; a server that went
+        to ERROR while deleting is asked again once. Then the servers' own ports and floating IPs."""
+        if not ids:
+            return
+        deadline = time.monotonic() + timeout
+        ports = [p for p in self._call("list ports", lambda c: c.network.ports(device_id=list(ids)))
+                 if (p.description or "").startswith("overcloud.io ") and f"tower={self.tower_id}" in p.description]
+        for sid in ids:
+            self._call(f"delete server {sid}", lambda c, sid=sid: c.compute.delete_server(sid, ignore_missing=True))
+        asked_again: set[str] = set()
+        i = 0
+        with self.stats.waiting():
+            while True:
+                left = [s for s in self._call("list servers", lambda c: c.compute.servers(
+                    details=True, tags=self._filter(None))) if s.id in ids]
+                if not left:
+                    break
+                for s in left:
+                    if (s.status or "").upper() == "ERROR" and s.id not in asked_again and not s.task_state:
+                        asked_again.add(s.id)
+                        self._call(f"delete server {s.id}", lambda c, sid=s.id: c.compute.delete_server(
+                            sid, ignore_missing=True))
+                if time.monotonic() >= deadline:
+                    raise UnderCloudError(f"site {self.site}: servers still there after {timeout:.0f} s: "
+                                          f"{', '.join(f'{s.name} {s.status}' for s in left)}", site=self.site)
+                time.sleep(min(_pause(i), max(0.0, deadline - time.monotonic())))
+                i += 1
+        for p in ports:
+            self._delete_port(p)
+
+    def _delete_port(self, port: Any) -> None:
+        for ip in self._call("list floating IPs", lambda c: c.network.ips(port_id=port.id)):
+            self._call("delete floating IP", lambda c, ip=ip: c.network.delete_ip(ip, ignore_missing=True))
+        self._call(f"delete port {port.name}", lambda c: c.network.delete_port(port, ignore_missing=True))
+
+    def delete_network(self, overcloud_id: str, timeout: float) -> None:
+        """Floating IPs and ports left (a server deleted by hand), the router's interface and the
+        router, the security group, the key pair, the subnet, the network: each delete answered
+        (Neutron deletes synchronously), then one more listing by tag that must be empty."""
+        name = network_name(overcloud_id)
+        filt = self._filter(overcloud_id)
+        marker = self._marker(overcloud_id)
+
+        def mine(rs: Iterable[Any]) -> list[Any]:
+            return [r for r in rs if set(filt.split(",")) <= set(r.tags or ()) or (r.description or "") == marker]
+
+        oc = overcloud_id
+        for ip in mine(self._call("list floating IPs", lambda c: c.network.ips(tags=filt), overcloud_id=oc)):
+            self._call("delete floating IP", lambda c, ip=ip: c.network.delete_ip(ip, ignore_missing=True), overcloud_id=oc)
+        nets = mine(self._call("list networks", lambda c: c.network.networks(name=name), overcloud_id=oc))
+        for port in mine(self._call("list ports", lambda c: c.network.ports(description=marker), overcloud_id=oc)):
+            self._delete_port(port)
+        for router in mine(self._call("list routers", lambda c: c.network.routers(name=name), overcloud_id=oc)):
+            for p in self._call("list router ports", lambda c, r=router: c.network.ports(
+                    device_id=r.id, device_owner="network:router_interface"), overcloud_id=oc):
+                for ip in p.fixed_ips or []:
+                    self._call("remove router interface", lambda c, r=router, s=ip["subnet_id"]:
+                               self._remove_interface(c, r, s), overcloud_id=oc)
+            self._call("delete router", lambda c, r=router: c.network.delete_router(r, ignore_missing=True), overcloud_id=oc)
+        for sg in mine(self._call("list security groups", lambda c: c.network.security_groups(name=name), overcloud_id=oc)):
+            self._call("delete security group", lambda c, sg=sg: c.network.delete_security_group(sg, ignore_missing=True),
+                       overcloud_id=oc)
+        self._call("delete key pair", lambda c: c.compute.delete_keypair(name, ignore_missing=True), overcloud_id=oc)
+        for net in nets:
+            for sub in self._call("list subnets", lambda c, n=net: c.network.subnets(network_id=n.id), overcloud_id=oc):
+                self._call("delete subnet", lambda c, s=sub: c.network.delete_subnet(s, ignore_missing=True),
+                           overcloud_id=oc)
+            self._call("delete network", lambda c, n=net: c.network.delete_network(n, ignore_missing=True), overcloud_id=oc)
+        left = [r for r in self.list_tagged(overcloud_id) if r.kind != "server"]
+        if left:
+            raise UnderCloudError(f"site {self.site}: still there after delete: {', '.join(r.name for r in left)}",
+                                  site=self.site, overcloud_id=overcloud_id)
+
+    @staticmethod
+    def _remove_interface(conn: Any, router: Any, subnet_id: str) -> None:
+        from openstack import exceptions as osx
+        try:
+            conn.network.remove_interface_from_router(router, subnet_id=subnet_id)
+        except osx.NotFoundException:
+            pass
+        except osx.BadRequestException:  # the gateway port of the router, or the interface went meanwhile
+            pass
+
+    # -- finding -----------------------------------------------------------------------------
+
+    def list_servers(self, overcloud_id: str | None = None) -> list[Server]:
+        return [s for s in (self._to_server(x) for x in self._servers(overcloud_id)) if s.status != DELETED]
+
+    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
+        """Servers, floating IPs, ports, routers, security groups, subnets, networks (by tag) and
+        key pairs (by name, for the OverClouds found)."""
+        filt = self._filter(overcloud_id)
+        out: list[TaggedResource] = []
+        seen: set[str] = set()
+        listings: list[tuple[str, Callable[[Any], Any]]] = [
+            ("server", lambda c: c.compute.servers(details=True, tags=filt)),
+            ("floating_ip", lambda c: c.network.ips(tags=filt)),
+            ("port", lambda c: c.network.ports(tags=filt)),
+            ("router", lambda c: c.network.routers(tags=filt)),
+            ("security_group", lambda c: c.network.security_groups(tags=filt)),
+            ("subnet", lambda c: c.network.subnets(tags=filt)),
+            ("network", lambda c: c.network.networks(tags=filt)),
+        ]
+        for kind, fn in listings:
+            for r in self._call(f"list {kind}s", fn, overcloud_id=overcloud_id):
+                oc = parse_tags(r.tags).get(TAG_OVERCLOUD)
+                if oc is None or (kind == "server" and _NOVA_STATUS.get((r.status or "").upper()) == DELETED):
+                    continue
+                seen.add(oc)
+                label = getattr(r, "name", None) or getattr(r, "floating_ip_address", None) or r.id
+                out.append(TaggedResource(overcloud_id=oc, kind=kind, name=f"{kind} {label} ({r.id})"))
+        if overcloud_id:
+            seen.add(overcloud_id)
+        names = {network_name(oc): oc for oc in seen}
+        if names:
+            for kp in self._call("list key pairs", lambda c: c.compute.keypairs(), overcloud_id=overcloud_id):
+                if kp.name in names:
+                    out.append(TaggedResource(overcloud_id=names[kp.name], kind="key_pair", name=f"key_pair {kp.name}"))
+        return out
+
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        gone: list[TaggedResource] = []
+        for oc in sorted(overcloud_ids):
+            found = self.list_tagged(oc)
+            servers = [s.id for s in self._servers(oc)]
+            if servers:
+                self.delete_servers(servers, self.config.delete_timeout)
+            self.delete_network(oc, self.config.delete_timeout)
+            gone += found
+        return gone
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+                self._conn = None
