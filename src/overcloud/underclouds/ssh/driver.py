@@ -22,6 +22,7 @@ See docs/remote-hosts.md, "The ssh driver".
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -119,6 +120,14 @@ class RemoteHost:
         self._prep_lock = threading.Lock()
         self._prep_attempts = 0
         self._prepared_connects = -1  # the transport's connection count when last known prepared
+        # the generation of the world's WAN plan (SSHUnderCloud.plan_gen) whose peers, routes and
+        # guard subnets this host has; hosts added or removed at run time make it older
+        self.plan_gen = -1
+
+    @property
+    def up_to_date(self) -> bool:
+        """Prepared, on the same connection, and knowing every host of the world as it is now."""
+        return self.prepared and self.ssh.connects == self._prepared_connects and self.plan_gen == self.world.plan_gen
 
     def __repr__(self) -> str:
         return f"RemoteHost({self.name}, site {self.site})"
@@ -146,12 +155,22 @@ class RemoteHost:
         may have restarted) one command checks :attr:`prepared_marker`, and a host that lost it
         (rebooted: its bridge, guard and WAN are gone) is prepared again. Needs that wait while
         an attempt runs share its outcome (a dead host costs one connect timeout, not one each);
-        the next need after a failure tries again."""
-        if self.prepared and self.ssh.connects == self._prepared_connects:
+        the next need after a failure tries again. A prepared host that does not know the hosts
+        added or removed since (its WAN plan generation is older) is brought up to date
+        (:meth:`SSHUnderCloud.converge_host`)."""
+        if self.up_to_date:
             return
+        try:
+            self._ensure_prepared()
+        finally:
+            self.world.settle(self)
+
+    def _ensure_prepared(self) -> None:
         seen = self._prep_attempts
         with self._prep_lock:
             if self.prepared and self.ssh.connects == self._prepared_connects:
+                if self.plan_gen != self.world.plan_gen:
+                    self.world.converge_host(self)
                 return
             if self._prep_attempts != seen and not self.prepared and self.problem:
                 raise UnderCloudError(self.problem, site=self.site)
@@ -161,6 +180,8 @@ class RemoteHost:
                     r = self.run(["test", "-e", self.prepared_marker], timeout=30)
                     if r.returncode == 0:
                         self._prepared_connects = self.ssh.connects
+                        if self.plan_gen != self.world.plan_gen:
+                            self.world.converge_host(self)
                         return
                     logger.warning("ssh host %s lost its preparation (restarted?): preparing it again",
                                    self.config.endpoint)
@@ -282,10 +303,14 @@ class SSHUnderCloud:
         # see them inside box namespaces, so the Tower's own claims keep them apart
         self.leases = LeaseStore(self.state_dir, HostLeases(self.state_dir / "claims"), tower_id)
         self.sites: dict[str, SSHSite] = {s.name: SSHSite(self, s) for s in self.configs}
+        # sites whose hosts come at run time (cloud sites, add_site): their own drivers place boxes
+        self.added_sites: dict[str, dict[str, str]] = {}  # name -> labels
         self._lock = threading.Lock()
         self._plan_lock = threading.Lock()  # the bundle and WAN plan (not _lock: health.py holds it around wan_plan)
+        self._hosts_lock = threading.RLock()  # add_host / remove_host, one at a time
         self._bundle: Any = None  # the host bundle (Artifact), built once
-        self._plan: Any = None  # the WAN plan, made once
+        self._plan: Any = None  # the WAN plan, made on first need and again when hosts come or go
+        self.plan_gen = 0  # bumped with each new plan of a changed world (RemoteHost.plan_gen)
         self.wan_states: dict[str, Any] = {}
         # hosts each OverCloud may have something on (written before a make-box there): what
         # list_tagged and sweep must reach for it; a host that no record names and does not
@@ -300,6 +325,11 @@ class SSHUnderCloud:
     # -- preparation ---------------------------------------------------------------------------
     def site_hosts(self, site: str) -> list[RemoteHost]:
         return [h for h in self.hosts.values() if h.site == site]
+
+    @property
+    def site_names(self) -> set[str]:
+        """Every site of this world: the ssh sites and those added at run time."""
+        return set(self.sites) | set(self.added_sites)
 
     def prepare(self, artifacts: list[tuple[Path, str]] | tuple = ()) -> None:
         """Every host prepared (see :meth:`prepare_host`), in parallel. Hosts are independent: one
@@ -352,7 +382,7 @@ class SSHUnderCloud:
 
     def ensure(self, hosts: list[RemoteHost]) -> None:
         """These hosts prepared (in parallel); raises UnderCloudError naming each that failed."""
-        todo = [h for h in hosts if not (h.prepared and h.ssh.connects == h._prepared_connects)]
+        todo = [h for h in hosts if not h.up_to_date]
         if not todo:
             return
         errors = [(h, e) for h, _, e in _parallel(lambda h: h.ensure_prepared(), todo) if e is not None]
@@ -387,6 +417,7 @@ class SSHUnderCloud:
         from overcloud.underclouds.ssh import hostprep, wan
 
         t0 = time.monotonic()
+        gen, plan = self.plan_snapshot()  # peers, routes and guard subnets of one world
         building = threading.Thread(target=self._build_bundle_quietly, name="ssh-uc-bundle", daemon=True)
         building.start()
         hostprep.check_host(h.run, h.name)
@@ -400,14 +431,14 @@ class SSHUnderCloud:
             h.bundle_dir = installed.path
             times["bundle"] = time.monotonic() - t
             t = time.monotonic()
-            h.boxctl("ensure-host", peer_cidrs=[o.config.box_cidr for o in self.hosts.values() if o.name != h.name])
+            h.boxctl("ensure-host", peer_cidrs=peer_cidrs(plan, h.name))
             times["ensure-host"] = time.monotonic() - t
             return installed.transferred
 
         def wan_up() -> Any:
             t = time.monotonic()
             try:
-                return wan.up(self.wan_plan(), h.name, h.run, self._unseal)
+                return wan.up(plan, h.name, h.run, self._unseal)
             except Exception as exc:
                 raise UnderCloudError(f"WAN up on ssh host {h.config.endpoint} failed: {exc}", site=h.site) from exc
             finally:
@@ -418,6 +449,7 @@ class SSHUnderCloud:
             raise e1 if e1 is not None else e2  # type: ignore[misc]
         h.vxlan_mtu = state.vxlan_mtu
         self.wan_states[h.name] = state
+        h.plan_gen = gen
         r = h.run(["sh", "-c", 'mkdir -p /run/overcloud && : > "$1"', "sh", h.prepared_marker], timeout=30)
         if r.returncode != 0:
             raise UnderCloudError(f"ssh host {h.config.endpoint}: cannot write {h.prepared_marker} "
@@ -434,34 +466,61 @@ class SSHUnderCloud:
             pass
 
     def wan_plan(self):
+        return self.plan_snapshot()[1]
+
+    def plan_snapshot(self) -> tuple[int, Any]:
+        """(generation, WAN plan) of the world as it is now, read together."""
         with self._plan_lock:
             if self._plan is None:
-                self._plan = self._make_wan_plan()
-            return self._plan
+                self._plan = self._make_wan_plan(list(self.hosts.values()))
+            return self.plan_gen, self._plan
 
-    def _make_wan_plan(self):
+    def _make_wan_plan(self, hosts: list[Any], forget: tuple[str, ...] = ()):
+        """The plan of these hosts; their WAN keys and WireGuard addresses made when missing and
+        kept in ``wan-keys.json`` (``forget``: entries dropped), written only once the plan is
+        valid. A host keeps its WireGuard address while the Tower knows it, so hosts coming and
+        going never move the others'; the first plan of a world gives the n-th host by name the
+        n-th address of :data:`WG_POOL` (as before addresses were kept). Raises UnderCloudError."""
         from overcloud.underclouds.ssh import wan
         from overcloud.files import write_atomic
 
         path = self.state_dir / "wan-keys.json"
         keys = json.loads(path.read_text()) if path.exists() else {}
         changed = False
-        pool = list(ipaddress.ip_network(WG_POOL).hosts())
-        hosts = []
-        for i, h in enumerate(sorted(self.hosts.values(), key=lambda x: x.name)):
+        for name in forget:
+            changed |= keys.pop(name, None) is not None
+        pool = [str(a) for a in ipaddress.ip_network(WG_POOL).hosts()]
+        ordered = sorted(hosts, key=lambda x: x.name)
+        taken = {k.get("wg_address") for k in keys.values()} - {None}
+        for i, h in enumerate(ordered):
             if h.name not in keys:
                 k = wan.make_keys(self._seal)
                 keys[h.name] = {"public": k.public, "sealed_private": k.sealed_private}
                 changed = True
+            if not keys[h.name].get("wg_address"):
+                free = [a for a in ([pool[i]] if i < len(pool) else []) + pool if a not in taken]
+                if not free:
+                    raise UnderCloudError(f"no WireGuard address left in {WG_POOL} for ssh host {h.name}", site=h.site)
+                keys[h.name]["wg_address"] = free[0]
+                taken.add(free[0])
+                changed = True
+        plan_hosts = []
+        for h in ordered:
             if not h.config.lan_address:
                 raise UnderCloudError(f"ssh host {h.config.endpoint} has no lan_address", site=h.site)
-            hosts.append(wan.WanHost(name=h.name, site=h.site, wan_address=h.config.address,
-                                     lan_address=h.config.lan_address, box_cidr=h.config.box_cidr,
-                                     wg_address=str(pool[i]), keys=wan.WanKeys(**keys[h.name])))
+            k = keys[h.name]
+            plan_hosts.append(wan.WanHost(name=h.name, site=h.site, wan_address=h.config.address,
+                                          lan_address=h.config.lan_address, box_cidr=h.config.box_cidr,
+                                          wg_address=k["wg_address"],
+                                          keys=wan.WanKeys(public=k["public"], sealed_private=k["sealed_private"])))
+        try:
+            plan = wan.WanPlan(tuple(plan_hosts))
+        except ValueError as exc:
+            raise UnderCloudError(f"the ssh hosts' WAN plan: {exc}") from None
         if changed:
             write_atomic(path, json.dumps(keys))
             path.chmod(0o600)
-        return wan.WanPlan(tuple(hosts))
+        return plan
 
     def wan_down(self) -> None:
         from overcloud.underclouds.ssh import wan
@@ -708,7 +767,7 @@ class SSHUnderCloud:
         return {name: h.link.calls for name, h in self.hosts.items()}
 
     def close(self) -> None:
-        for h in self.hosts.values():
+        for h in list(self.hosts.values()):
             h.link.close()
         self.transport.close()
 
@@ -717,24 +776,155 @@ class SSHUnderCloud:
         """An empty site of this world (a cloud site): no ssh config entry, hosts come with
         :meth:`add_host`. Idempotent (labels replaced). Its boxes are placed by its own driver;
         describe_hosts, list_tagged, sweep, underlay_problems and health cover its hosts."""
-        raise NotImplementedError("H1a: coming")
+        if name in self.sites:
+            raise UnderCloudError(f"site {name} is an ssh site of the sites file already", site=name)
+        self.added_sites = {**self.added_sites, name: dict(labels or {})}
 
     def add_host(self, site: str, config: SSHHostConfig) -> RemoteHost:
         """Add (or replace) a host of ``site`` at run time; see docs/remote-hosts.md, "Hosts that
         come and go". Thread-safe; same name and config: the existing host. The caller prepares
         it (``host.ensure_prepared()``); the other prepared hosts learn it here."""
-        raise NotImplementedError("H1a: coming")
+        if site not in self.site_names:
+            raise UnderCloudError(f"no site {site} in the ssh world (add_site first)", site=site)
+        if not config.box_cidr or not config.lan_address:
+            raise UnderCloudError(f"ssh host {config.endpoint} of site {site} needs a box_cidr and a lan_address",
+                                  site=site)
+        with self._hosts_lock:
+            old = self.hosts.get(config.name)
+            if old is not None and old.site == site and old.config == config:
+                return old
+            for o in self.hosts.values():
+                if o.name != config.name and (o.config.address, o.config.port) == (config.address, config.port):
+                    raise UnderCloudError(f"ssh host {config.name}: {config.address}:{config.port} is host "
+                                          f"{o.name}'s already", site=site)
+            others = [o for o in self.hosts.values() if o.name != config.name]
+            # checks box_cidr and addresses against the others' before anything changes
+            plan = self._make_wan_plan([*others, _Planned(config.name, site, config)])
+            if old is not None:  # replaced: its agent goes (and its connection, when the config changed)
+                old.prepared = False
+                old.link.close()
+            h = RemoteHost(self, site, config, self.transport.add(config))
+            hosts = {**self.hosts, config.name: h}
+            with self._plan_lock:
+                self.hosts = hosts
+                self._plan = plan
+                self.plan_gen += 1
+            self.prepare_errors.pop(config.name, None)
+            self.health.forget(config.name)
+            self.wan_states.pop(config.name, None)
+        logger.info("ssh world: host %s of site %s %s; updating the other hosts", config.endpoint, site,
+                    "replaced" if old is not None else "added")
+        self._converge_all(exclude=config.name)
+        return h
 
     def remove_host(self, name: str) -> None:
         """Forget a host (its server is going away: it is not asked anything): the other prepared
         hosts drop its WireGuard peer, routes and guard subnet; its connection closes; its WAN
         keys are forgotten. Unknown names are a no-op."""
-        raise NotImplementedError("H1a: coming")
+        with self._hosts_lock:
+            h = self.hosts.get(name)
+            if h is None:
+                return
+            hosts = {n: o for n, o in self.hosts.items() if n != name}
+            plan = self._make_wan_plan(list(hosts.values()), forget=(name,))
+            with self._plan_lock:
+                self.hosts = hosts
+                self._plan = plan
+                self.plan_gen += 1
+            h.prepared = False
+            h.link.close()
+            self.transport.remove(name)
+            self.prepare_errors.pop(name, None)
+            self.wan_states.pop(name, None)
+            self.health.forget(name)
+            self._strike_touched(name)
+        logger.info("ssh world: host %s of site %s removed; updating the other hosts", h.config.endpoint, h.site)
+        self._converge_all()
+
+    def _strike_touched(self, name: str) -> None:
+        """A host that is gone holds nothing: struck from every OverCloud's record (a record left
+        empty goes; the OverCloud's overlay lease stays for its own release)."""
+        from overcloud.files import write_atomic
+
+        with self._touch_lock:
+            for oc, hosts in self.touched_hosts().items():
+                if name in hosts:
+                    left = hosts - {name}
+                    if left:
+                        write_atomic(self._touched_path(oc), json.dumps(sorted(left)))
+                    else:
+                        self._touched_path(oc).unlink(missing_ok=True)
 
     def wait_ssh(self, name: str, timeout: float) -> None:
         """Connect to a host that has just booted, retrying until its sshd answers (host key
-        pinned as always); UnderCloudError naming the host and the last error after ``timeout``."""
-        raise NotImplementedError("H1a: coming")
+        pinned as always); UnderCloudError naming the host and the last error after ``timeout``.
+        A host key other than the pinned one is refused at once: that is another machine."""
+        from overcloud.underclouds.ssh.transport import SSHError, SSHHostKeyError
+
+        h = self.hosts.get(name)
+        if h is None:
+            raise UnderCloudError(f"no ssh host {name!r}")
+        deadline = time.monotonic() + timeout
+        pause, tries, last = 0.25, 0, None
+        while True:
+            tries += 1
+            try:
+                h.ssh.connect(timeout=max(1.0, deadline - time.monotonic()))
+                logger.info("ssh host %s answered after %d attempt(s)", h.config.endpoint, tries)
+                return
+            except SSHHostKeyError:
+                raise
+            except SSHError as exc:
+                last = exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UnderCloudError(f"ssh host {h.config.endpoint} did not answer within {timeout:g} s "
+                                      f"({tries} attempts); last error: {last}", site=h.site) from last
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 2.0)
+
+    def converge_host(self, h: RemoteHost) -> None:
+        """Bring a prepared host to the world as it is now: its WireGuard peers and routes
+        (``wan.up`` reconciles: peers added and removed by ``wg syncconf``, routes of ours the
+        plan no longer wants deleted) and its host guard's peer box subnets (``ensure-host``
+        rebuilds its chain in one nft transaction). The caller holds the host's preparation lock."""
+        from overcloud.underclouds.ssh import wan
+
+        gen, plan = self.plan_snapshot()
+        t0 = time.monotonic()
+        try:
+            state = wan.up(plan, h.name, h.run, self._unseal)
+            h.boxctl("ensure-host", peer_cidrs=peer_cidrs(plan, h.name))
+        except Exception as exc:
+            raise UnderCloudError(f"updating ssh host {h.config.endpoint} with the hosts that came or went "
+                                  f"failed: {exc}", site=h.site) from exc
+        h.vxlan_mtu = state.vxlan_mtu
+        self.wan_states[h.name] = state
+        h.plan_gen = gen
+        logger.info("ssh host %s now knows %d other host(s) (plan %d) in %.2f s", h.name, len(plan.hosts) - 1, gen,
+                    time.monotonic() - t0)
+
+    def settle(self, h: RemoteHost) -> None:
+        """Bring ``h`` up to date if it is prepared and older than the plan, unless someone holds
+        its preparation lock: every holder calls this after releasing it, so the last change of
+        the world is always applied by someone. A failure is logged: the host's next need (its
+        ensure_prepared) tries again and raises it."""
+        while h.prepared and h.plan_gen != self.plan_gen and h.name in self.hosts:
+            if not h._prep_lock.acquire(blocking=False):
+                return
+            try:
+                if h.prepared and h.plan_gen != self.plan_gen:
+                    self.converge_host(h)
+            except Exception as exc:  # noqa: BLE001 - said in the log; retried at the next need
+                logger.warning("%s (tried again at its next use)", exc)
+                return
+            finally:
+                h._prep_lock.release()
+
+    def _converge_all(self, exclude: str | None = None) -> None:
+        """Every prepared host brought up to date, in parallel (see :meth:`settle`)."""
+        todo = [h for h in self.hosts.values() if h.name != exclude and h.prepared]
+        _parallel(self.settle, todo)
 
     # -- inventory and health (GET /underclouds, the OverClouds' health; see health.py) -------
     def describe_hosts(self, site: str, *, max_age: float = 5.0, wait: float = 2.0) -> list[dict[str, Any]]:
@@ -750,7 +940,7 @@ class SSHUnderCloud:
     def underlay_problems(self, boxes: list[Box]) -> dict[str, str]:
         """What the hosts of these boxes (one OverCloud's) lack, from the probe cache: a host
         unreachable; across sites, its WireGuard down or a peer among them not handshaking."""
-        mine = [b for b in boxes if b.site in self.sites]
+        mine = [b for b in boxes if b.site in self.site_names]
         hosts = set()
         for b in mine:
             try:
@@ -758,6 +948,20 @@ class SSHUnderCloud:
             except UnderCloudError:
                 continue
         return self.health.problems(hosts, spans_sites=len({b.site for b in mine}) > 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Planned:
+    """A host as the WAN plan needs it, before it is one of the world's (add_host checks it)."""
+
+    name: str
+    site: str
+    config: SSHHostConfig
+
+
+def peer_cidrs(plan: Any, name: str) -> list[str]:
+    """The box subnets host ``name``'s guard lets through: every other host's of the plan."""
+    return [o.box_cidr for o in plan.hosts if o.name != name]
 
 
 def place(specs: list[BoxSpec], hosts: list[RemoteHost], inventory: dict[str, list[dict[str, Any]]],

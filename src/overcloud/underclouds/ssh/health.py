@@ -146,7 +146,8 @@ class HostHealth:
                 if p.repaired == "restarted":
                     p = dataclasses.replace(self.probe(h), repaired="restarted")
             with self._lock:
-                self._probes[h.name] = p
+                if self.world.hosts.get(h.name) is h:  # not removed (or replaced) meanwhile
+                    self._probes[h.name] = p
         except Exception:  # noqa: BLE001 - a probe thread never dies silently
             logger.exception("probing ssh host %s failed", h.name)
         finally:
@@ -178,6 +179,7 @@ class HostHealth:
             return f"restart failed: {_reason(exc)}"
         finally:
             lock.release()
+            world.settle(h)  # hosts that came or went while the lock was held
 
     def note_rx(self, p: Probe) -> None:
         """Add a problem to ``p.wan`` for each peer from which nothing was received for
@@ -200,7 +202,8 @@ class HostHealth:
     def refresh(self, hosts: list[str] | None = None, *, max_age: float = 5.0, wait: float = 2.0) -> dict[str, Probe]:
         """Start a probe of each host (all by default) whose last one is older than ``max_age``
         and none is in flight; wait at most ``wait`` s for those in flight; return the cache."""
-        names = list(self.world.hosts) if hosts is None else [n for n in hosts if n in self.world.hosts]
+        world_hosts = self.world.hosts  # one view: hosts may come and go meanwhile
+        names = list(world_hosts) if hosts is None else [n for n in hosts if n in world_hosts]
         now = time.monotonic()
         waits = []
         with self._lock:
@@ -210,15 +213,22 @@ class HostHealth:
                     continue
                 p = self._probes.get(n)
                 # a probe from before the host was prepared did not read its WAN: stale
-                if p is None or p.age(now) >= max_age or p.prepared != bool(self.world.hosts[n].prepared):
+                if p is None or p.age(now) >= max_age or p.prepared != bool(world_hosts[n].prepared):
                     done = self._inflight[n] = threading.Event()
                     waits.append(done)
-                    threading.Thread(target=self._probe_and_store, args=(self.world.hosts[n], done),
+                    threading.Thread(target=self._probe_and_store, args=(world_hosts[n], done),
                                      name=f"ssh-probe-{n}", daemon=True).start()
         deadline = time.monotonic() + wait
         for ev in waits:
             ev.wait(max(0.0, deadline - time.monotonic()))
         return self.cached()
+
+    def forget(self, name: str) -> None:
+        """A host gone from the world (or replaced): its probe and receive counters dropped."""
+        with self._lock:
+            self._probes.pop(name, None)
+            for key in [k for k in self._rx if name in k]:
+                del self._rx[key]
 
     def cached(self) -> dict[str, Probe]:
         with self._lock:

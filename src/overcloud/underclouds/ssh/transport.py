@@ -39,6 +39,7 @@ import logging
 import math
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -103,6 +104,7 @@ __all__ = [
     "SSHHostKeyError",
     "SSHOutputTooLarge",
     "SSHStream",
+    "SSHSudoError",
     "SSHTimeout",
     "SSHTransport",
     "shutdown",
@@ -110,6 +112,10 @@ __all__ = [
 
 # the pieces' private names, for the tests that look at them (transport._Pin, _LOOP, ...)
 _internals = (_STDERR_KEEP, _Collector, _Pump, _SocketSide, _LoopThread, _close_all, _forget_after_fork, _PinningClient)
+
+
+class SSHSudoError(SSHConnectError):
+    """The host's user is not root and may not run commands as root with ``sudo -n``."""
 
 
 # -- one host -------------------------------------------------------------------------------------
@@ -131,6 +137,9 @@ class SSHHost:
         self.round_trips = 0  # channel exchanges (commands, file transfers, streams opened)
         self.connects = 0  # connections made
         self.last_connect_seconds: float | None = None
+        # a user other than root runs every command through password-less sudo (a cloud image's
+        # user): checked once per connection (SSHSudoError says what is missing)
+        self.sudo = config.user != "root"
         _HOSTS.add(self)
 
     def __repr__(self) -> str:
@@ -242,10 +251,33 @@ class SSHHost:
             raise SSHConnectError(self.endpoint, f"SSH connection failed: {exc.reason}") from None
         except OSError as exc:
             raise SSHConnectError(self.endpoint, f"cannot connect: {exc.strerror or exc}") from None
+        if self.sudo:
+            await self._check_sudo(conn)
         self.connects += 1
         self.last_connect_seconds = time.monotonic() - started
         logger.debug("ssh: connected to %s in %.3f s", self.endpoint, self.last_connect_seconds)
         return conn
+
+    async def _check_sudo(self, conn: asyncssh.SSHClientConnection) -> None:
+        """``sudo -n true`` on a new connection of a user other than root; refused: no connection."""
+        user = self.config.user
+        try:
+            r = await asyncio.wait_for(conn.run("sudo -n true", check=False), self.config.connect_timeout)
+        except (asyncio.TimeoutError, asyncssh.Error, OSError) as exc:
+            conn.close()
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else (getattr(exc, "reason", "") or str(exc))
+            raise SSHConnectError(self.endpoint, f"checking that user {user!r} may use sudo failed: {why}") from None
+        self.round_trips += 1
+        if r.exit_status == 0:
+            return
+        conn.close()
+        said = str(r.stderr or "").strip()[-200:] or f"exit {r.exit_status}"
+        raise SSHSudoError(
+            self.endpoint,
+            f"user {user!r} may not run commands as root with sudo without a password (`sudo -n true`: {said}); "
+            "the Tower runs every command on a host as root: give the user password-less sudo "
+            "(e.g. cloud-init's sudo: \"ALL=(ALL) NOPASSWD:ALL\") or log in as root",
+        )
 
     def _key_error(self, offered: str | None) -> SSHHostKeyError:
         pinned = self._pin.fingerprint
@@ -277,6 +309,15 @@ class SSHHost:
             raise RuntimeError("close() from the SSH event loop's own thread")
         if self._conn is not None:
             _LOOP.call(self._aclose(), 10)
+
+    def close_quietly(self) -> None:
+        """:meth:`close` for a host that may be gone: the connection is dropped, nothing waits on it."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                _LOOP.loop().call_soon_threadsafe(conn.close)
+            except RuntimeError:  # the loop is stopped: so is the connection
+                pass
 
     # channels ------------------------------------------------------------------------------------
 
@@ -361,7 +402,8 @@ class SSHHost:
         # sshd does not deliver signals to root sessions ("session signalling requires privilege
         # separation"), and closing a channel does not stop a command that writes nothing: the host's
         # own `timeout` ends the command's process group a second after we have given up on it.
-        limit = f"exec timeout -k 2 {math.ceil(timeout) + 1}"
+        # A user other than root: `sudo -n` runs it (timeout included: it must be able to end it).
+        limit = f"exec {'sudo -n -- ' if self.sudo else ''}timeout -k 2 {math.ceil(timeout) + 1}"
         if isinstance(command, str):
             text = f"{limit} sh -c {shlex.quote(command)}"
         else:
@@ -410,6 +452,8 @@ class SSHHost:
         """
         program = _program(command)
         text = command if isinstance(command, str) else shlex.join(command)
+        if self.sudo:  # a user other than root (see run())
+            text = "exec sudo -n -- " + (f"sh -c {shlex.quote(text)}" if isinstance(command, str) else text)
         return _LOOP.call(self._aopen_stream(text, program, timeout), timeout + self.config.connect_timeout + _GRACE)
 
     async def _aopen_stream(self, command: str, program: str, timeout: float) -> SSHStream:
@@ -449,14 +493,40 @@ class SSHHost:
 
 
 class SSHTransport:
-    """The hosts the Tower drives, by name, each with its kept connection."""
+    """The hosts the Tower drives, by name, each with its kept connection. Hosts may be added
+    and removed at run time (:meth:`add`, :meth:`remove`; thread-safe): the table is replaced,
+    never changed in place, so a caller iterating over it is never disturbed."""
 
-    def __init__(self, hosts: Iterable[SSHHostConfig]):
+    def __init__(self, hosts: Iterable[SSHHostConfig] = ()):
+        self._lock = threading.Lock()
         self._hosts: dict[str, SSHHost] = {}
         for cfg in hosts:
             if cfg.name in self._hosts:
                 raise ValueError(f"host {cfg.name!r} listed twice")
             self._hosts[cfg.name] = SSHHost(cfg)
+
+    def add(self, config: SSHHostConfig) -> SSHHost:
+        """The host of this config: the one kept when its config is the same, else a new one
+        (a host of that name with another config is replaced, and its connection closed)."""
+        with self._lock:
+            old = self._hosts.get(config.name)
+            if old is not None and old.config == config:
+                return old
+            new = SSHHost(config)
+            self._hosts = {**self._hosts, config.name: new}
+        if old is not None:
+            old.close_quietly()
+        return new
+
+    def remove(self, name: str) -> SSHHost | None:
+        """Forget a host and close its connection (nothing is sent to it: it may be gone)."""
+        with self._lock:
+            old = self._hosts.get(name)
+            if old is not None:
+                self._hosts = {n: h for n, h in self._hosts.items() if n != name}
+        if old is not None:
+            old.close_quietly()
+        return old
 
     def host(self, name: str) -> SSHHost:
         try:
@@ -484,5 +554,5 @@ class SSHTransport:
         return {name: h.round_trips for name, h in self._hosts.items()}
 
     def close(self) -> None:
-        for h in self._hosts.values():
+        for h in list(self._hosts.values()):
             h.close()
