@@ -66,7 +66,7 @@ BRIDGE_ALIAS = "overcloud-cloudlab"  # marks the bridges this module made (and s
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,14}$")
 #: Bumped when the way the rootfs is made changes (its key changes with it).
-RECIPE = 1
+RECIPE = 2
 
 #: Packages of every instance, besides the ssh hosts' list (hostprep.HOST_PACKAGES, read from
 #: the checkout) and the patterns' image packages (patterns/*/images/*/packages).
@@ -94,7 +94,15 @@ DISABLED_MODULES = ("locale", "growpart", "resizefs", "grub-dpkg", "apt-configur
                     "ntp", "timezone", "byobu", "fan", "landscape", "lxd", "ubuntu-advantage",
                     "ubuntu-drivers", "snap", "rh_subscription", "spacewalk", "puppet", "chef",
                     "mcollective", "salt-minion", "reset_rmc", "power-state-change", "keyboard",
-                    "disk_setup", "mounts", "seed_random", "bootcmd", "rsyslog", "emit_upstart")
+                    "disk_setup", "mounts", "seed_random", "rsyslog", "emit_upstart")
+#: /usr/local/sbin/service (first on PATH): there is no init system; the instance's init starts
+#: sshd once cloud-init is done, so a restart asked by a module (set-passwords) has nothing to do.
+SERVICE_SHIM = """\
+#!/bin/sh
+# lab/instance.py: no init system here; sshd is started by the instance's init after cloud-init
+case "$1" in ssh|sshd) exit 0 ;; esac
+exec /usr/sbin/service "$@"
+"""
 SSHD_CFG = """\
 # lab/instance.py: parallel bursts from the Tower (as scripts/hosts-lab.sh's hosts)
 MaxStartups 200:30:400
@@ -211,7 +219,7 @@ def packages() -> list[str]:
 
 def rootfs_key() -> str:
     recipe = {"recipe": RECIPE, "codename": codename(), "packages": packages(), "cloud_cfg": CLOUD_CFG,
-              "disabled": DISABLED_MODULES, "sshd": SSHD_CFG}
+              "disabled": DISABLED_MODULES, "sshd": SSHD_CFG, "service": SERVICE_SHIM}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -225,6 +233,9 @@ def _customize(root: Path) -> None:
         key.unlink()  # every instance gets its own (user data's ssh_keys, or cloud-init makes them)
     (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
     (root / "etc/ssh/sshd_config.d/90-overcloud-lab.conf").write_text(SSHD_CFG)
+    shim = root / "usr/local/sbin/service"
+    shim.write_text(SERVICE_SHIM)
+    shim.chmod(0o755)
     (root / "etc/hostname").write_text("localhost\n")
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
     (root / "etc/resolv.conf").unlink(missing_ok=True)
@@ -267,10 +278,22 @@ def rootfs(progress=None) -> Path:
             (tmp / ".complete").write_text(json.dumps({"packages": pkgs, "built": time.time()}) + "\n")
             tmp.chmod(0o755)
             tmp.rename(path)
+            _remove_unused(path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _remove_unused(keep: Path) -> None:
+    """Older builds no instance runs on (no process's mount table names them) are removed."""
+    used = set()
+    for mi in Path("/proc").glob("[0-9]*/mountinfo"):
+        with contextlib.suppress(OSError):
+            used.update(m for m in re.findall(r"lowerdir=([^,\s]+)", mi.read_text()))
+    for old in CACHE.iterdir():
+        if old != keep and old.is_dir() and not old.name.startswith(".") and str(old) not in used:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the guard and the bridges -------------------------------------------------------------------
@@ -642,7 +665,10 @@ def schema_check(text: str) -> list[str]:
                        input=text, capture_output=True, text=True, timeout=60, env={"PATH": PATH, "LANG": "C.UTF-8"})
     if r.returncode == 0:
         return []
-    lines = [line.strip() for line in (r.stdout + "\n" + r.stderr).splitlines() if line.strip()]
+    lines = [line.strip() for line in (r.stdout + "\n" + r.stderr).splitlines()]
+    # 22.4 prints empty headings ("Cloud config schema deprecations:", "Error:") around the problems
+    lines = [line.removeprefix("Cloud config schema errors: ") for line in lines
+             if line and line != "Error:" and not line.endswith("deprecations:")]
     return lines or [f"cloud-init schema failed ({r.returncode})"]
 
 
