@@ -14,10 +14,11 @@ DEB_STAMP := $(VENV)/.debs
 # the process runtime on the host; mosquitto-clients lets a person publish a fault from a box.
 # Remote hosts (the ssh UnderCloud): openssh-server runs the simulated hosts' sshd in tests,
 # wireguard-tools + wireguard-go encrypt the underlay between sites (userspace where the kernel
-# has no WireGuard), tcpdump lets the tests look at what crosses the WAN link.
+# has no WireGuard), tcpdump lets the tests look at what crosses the WAN link, sudo serves a lab
+# host's user other than root (cloud images log in as one; the tests make it inside a lab host).
 DEB_PACKAGES := nftables iproute2 iputils-ping procps postgresql curl python3-venv prometheus prometheus-node-exporter \
 	podman runc mmdebstrap util-linux mosquitto mosquitto-clients python3-paho-mqtt python3-boto3 python3-prometheus-client bubblewrap \
-	openssh-server openssh-client wireguard-tools wireguard-go tcpdump
+	openssh-server openssh-client wireguard-tools wireguard-go tcpdump sudo
 PORT ?= 6125
 
 .PHONY: install debs demo demo-stop test bench
