@@ -299,18 +299,18 @@ class OpenStackProvider(CloudProvider):
                      max_cores=cap(lim.total_cores), used_cores=cap(lim.total_cores_used),
                      max_ram_mb=cap(lim.total_ram), used_ram_mb=cap(lim.total_ram_used),
                      flavors={k: (v[1], v[2]) for k, v in sizes.items()})
-        quotas = getattr(out, "quotas", None)
-        if quotas is not None:
-            try:
-                q = self._call("get network quotas", lambda c: c.network.get_quota(c.current_project_id, details=True))
-            except UnderCloudError as exc:  # a member may not read them on some clouds: Nova's still count
-                logger.info("site %s: Neutron quotas not readable: %s", self.site, exc)
-            else:
-                for name in ("networks", "subnets", "ports", "routers", "security_groups", "security_group_rules",
-                             "floating_ips"):
-                    d = getattr(q, name, None)
-                    if isinstance(d, dict):
-                        quotas[name] = {"limit": cap(d.get("limit")), "used": int(d.get("used") or 0)}
+        try:
+            q = self._call("get network quotas", lambda c: c.network.get_quota(c.current_project_id, details=True))
+        except CloudUnavailable:
+            raise
+        except UnderCloudError as exc:  # a member may not read them on some clouds: Nova's still count
+            logger.info("site %s: Neutron quotas not readable: %s", self.site, exc)
+        else:
+            for name in ("networks", "subnets", "ports", "routers", "security_groups", "security_group_rules",
+                         "floating_ips"):
+                d = getattr(q, name, None)
+                if isinstance(d, dict):
+                    out.quotas[name] = {"limit": cap(d.get("limit")), "used": int(d.get("used") or 0)}
         return out
 
     def needs(self, reqs: list[ServerRequest], *, new_network: bool) -> dict[str, int]:
@@ -328,6 +328,31 @@ class OpenStackProvider(CloudProvider):
             if self.config.network.external_network:
                 out["routers"] = 1
         return out
+
+    def check_quota(self, overcloud_id: str, reqs: list[ServerRequest]) -> Limits:
+        """Before anything is made: CloudQuotaExceeded with the numbers of every quota (Nova's
+        instances/cores/RAM, Neutron's networks/ports/...) that cannot hold what is still to make
+        for these requests (servers and network already there, from a resumed create, are not
+        asked again). Returns the limits read."""
+        have = {s.name for s in self._servers(overcloud_id)}
+        todo = [r for r in reqs if r.name not in have]
+        nets = self._call("list networks", lambda c: c.network.networks(tags=self._filter(overcloud_id)),
+                          overcloud_id=overcloud_id)
+        lim = self.limits()
+        need = self.needs(todo, new_network=not nets)
+        caps = {"instances": (lim.max_instances, lim.used_instances), "cores": (lim.max_cores, lim.used_cores),
+                "ram_mb": (lim.max_ram_mb, lim.used_ram_mb)}
+        caps.update({k: (v.get("limit"), v.get("used")) for k, v in lim.quotas.items()})
+        short = {}
+        for k, asked in need.items():
+            limit, used = caps.get(k, (None, None))
+            if asked and limit is not None and (used or 0) + asked > limit:
+                short[k] = {"limit": limit, "used": used or 0, "asked": asked}
+        if short:
+            what = "; ".join(f"{k}: {v['used']} of {v['limit']} used, {v['asked']} asked" for k, v in short.items())
+            raise CloudQuotaExceeded(f"site {self.site}: the project's quota cannot hold {len(todo)} more server(s) "
+                                     f"({what})", short, site=self.site, overcloud_id=overcloud_id)
+        return lim
 
     def _quota_error(self, overcloud_id: str, reqs: list[ServerRequest], detail: str) -> CloudQuotaExceeded:
         lim = self.limits()
