@@ -141,6 +141,11 @@ class Settings(BaseSettings):
             self.sites = list(self.sites) + [
                 SiteSettings(name=c.name, kind="ssh", labels=dict(c.labels))
                 for c in self.ssh_site_configs() if c.name not in known]
+            # and its cloud sites (kinds openstack, aws), checked the same way
+            known = {s.name for s in self.sites}
+            self.sites = list(self.sites) + [
+                SiteSettings(name=c.name, kind=c.kind, labels=dict(c.labels))
+                for c in self.cloud_site_configs() if c.name not in known]
         return self
 
     def ssh_site_configs(self) -> list:
@@ -148,6 +153,16 @@ class Settings(BaseSettings):
         from overcloud.underclouds.ssh.sites import ssh_sites_from_env
 
         return ssh_sites_from_env()
+
+    def cloud_site_configs(self) -> list:
+        """The cloud sites (``CloudSiteConfig``, kinds openstack and aws) of ``OVERCLOUD_SITES_FILE``
+        or ``OVERCLOUD_SITES``; their box pools checked against the ssh hosts' box subnets."""
+        from overcloud.underclouds.cloud.config import check_against_ssh, cloud_sites_from_env
+
+        found = cloud_sites_from_env()
+        if found:
+            check_against_ssh(found, self.ssh_site_configs())
+        return found
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

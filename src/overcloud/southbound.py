@@ -117,8 +117,12 @@ class Southbound:
             driver.leave_overlay(overcloud_id, members)
 
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
-        """What every driver made (for one OverCloud or all), each driver asked once."""
-        return [r for d in self._unique_drivers() for r in d.list_tagged(overcloud_id)]
+        """What every driver made (for one OverCloud or all), each domain asked once, then what
+        each site made beyond its domain (a cloud site's servers and networks)."""
+        return ([r for d in self._unique_drivers() for r in d.list_tagged(overcloud_id)]
+                + [r for d in self.drivers.values() for r in d.site_tagged(overcloud_id)])
 
     def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
-        return [r for d in self._unique_drivers() for r in d.sweep(overcloud_ids)]
+        """Each domain's sweep (the boxes, while their hosts still answer), then each site's own."""
+        return ([r for d in self._unique_drivers() for r in d.sweep(overcloud_ids)]
+                + [r for d in self.drivers.values() for r in d.sweep_site(overcloud_ids)])

@@ -70,7 +70,8 @@ class Tower:
         self.metrics = metrics or TowerMetrics()
         self.drivers: dict[str, UnderCloudDriver] = {}
         self.local = None  # the LocalHost when any local site is configured
-        self.ssh = None  # the SSHUnderCloud when any ssh site is configured
+        self.ssh = None  # the SSHUnderCloud (the ssh world) when any ssh or cloud site is configured
+        self.clouds: dict[str, Any] = {}  # name -> CloudSite (kinds openstack, aws)
         self.engine: WorkflowEngine | None = None
         self._lock = threading.Lock()
         self._runs: dict[str, threading.Event] = {}  # run_id -> set once its outcome is recorded
@@ -94,6 +95,7 @@ class Tower:
         restrict(self.settings.state_dir)  # the databases exist now
         self._make_drivers()
         self._guard_ranges()
+        self._start_clouds()
         self.engine = WorkflowEngine(
             self.settings.workflow_db_url, registry=wf_actions.registry, services=self.southbound, max_workers=self.settings.workers
         )
@@ -122,6 +124,7 @@ class Tower:
         cidrs = [self.settings.overlay_cidr]
         if self.ssh is not None:
             cidrs += [h.config.box_cidr for h in self.ssh.hosts.values() if h.config.box_cidr]
+        cidrs += [c.config.box_pool for c in self.clouds.values()]  # their hosts' box subnets come from these
         try:
             self._guarded = unreachable.install(cidrs, self.settings.state_dir, self.id)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -155,7 +158,7 @@ class Tower:
                 hosts = set()
                 for row in rows:
                     for b in row.boxes:
-                        if b.site in self.ssh.sites:
+                        if b.site in self.ssh.site_names:
                             with contextlib.suppress(UnderCloudError):
                                 hosts.add(self.ssh.host_of(box_obj(b)).name)
                 if hosts:
@@ -234,10 +237,11 @@ class Tower:
                 bridges=self.local.bridges, secrets=self.secrets,
             )
         ssh_sites = [s for s in self.settings.sites if s.kind == "ssh"]
-        if ssh_sites:
+        cloud_sites = [s for s in self.settings.sites if s.kind in ("openstack", "aws")]
+        if ssh_sites or cloud_sites:  # the ssh world: its hosts are the ssh sites' and the cloud sites' servers
             from overcloud.underclouds.ssh.driver import SSHUnderCloud
 
-            configs = {c.name: c for c in self.settings.ssh_site_configs()}
+            configs = {c.name: c for c in self.settings.ssh_site_configs()} if ssh_sites else {}
             missing = [s.name for s in ssh_sites if s.name not in configs]
             if missing:
                 raise UnderCloudError(f"ssh sites {', '.join(missing)} have no hosts: define them in "
@@ -248,11 +252,49 @@ class Tower:
                 max_boxes=self.settings.max_boxes, bundle_cache=self.settings.state_dir / "host-bundle",
             )
             self.drivers.update(self.ssh.sites)
-            # hosts checked, bundle installed, bridges and WAN up before the first create needs them
-            threading.Thread(target=self._prepare_ssh, name="ssh-prepare", daemon=True).start()
+            if ssh_sites:
+                # hosts checked, bundle installed, bridges and WAN up before the first create needs them
+                threading.Thread(target=self._prepare_ssh, name="ssh-prepare", daemon=True).start()
+        if cloud_sites:
+            self._make_clouds(cloud_sites)
         for site in self.settings.sites:
-            if site.kind not in ("local", "ssh"):
-                raise UnderCloudError(f"site {site.name}: the {site.kind} UnderCloud driver is not built yet")
+            if site.kind not in ("local", "ssh", "openstack", "aws"):
+                raise UnderCloudError(f"site {site.name}: there is no {site.kind} UnderCloud driver "
+                                      "(kinds: local, ssh, openstack, aws)")
+
+    def _make_clouds(self, cloud_sites) -> None:
+        """Sites of kinds openstack and aws: a CloudSite each, with its kind's provider, in the ssh
+        world. A provider that cannot even be loaded (its SDK missing) makes its site unavailable
+        with the reason; the other sites work."""
+        from overcloud.underclouds.cloud.site import CloudSite, provider_class
+        from overcloud.underclouds.cloud.userdata import client_key
+
+        configs = {c.name: c for c in self.settings.cloud_site_configs()}
+        missing = [s.name for s in cloud_sites if s.name not in configs]
+        if missing:
+            raise UnderCloudError(f"cloud sites {', '.join(missing)} are not defined: define them in "
+                                  "OVERCLOUD_SITES_FILE or OVERCLOUD_SITES (kind, image, flavors, network, ...)")
+        key_path, public = client_key(self.settings.state_dir / "cloud")
+        for s in cloud_sites:
+            config = configs[s.name]
+            provider = provider_class(config.kind)(config, self.id)
+            self.clouds[s.name] = CloudSite(self.ssh, config, provider, client_key=key_path, client_public=public,
+                                            peers=lambda: list(self.clouds.values()))
+        self.drivers.update(self.clouds)
+
+    def _start_clouds(self, wait: float = 20.0) -> None:
+        """Each cloud site checked (authentication, endpoint) in a thread of its own, and its
+        servers of live OverClouds added back as hosts (after a restart, kill -9 too). A site that
+        fails is marked unavailable with the reason (GET /underclouds shows it; a create on it is a
+        503 naming it). Waits up to ``wait`` s so that resumed workflows find their hosts; a slow
+        cloud goes on in the background (its acquire and release wait for it)."""
+        threads = [threading.Thread(target=c.start, args=(self.repo.live_ids,), name=f"cloud-start-{n}", daemon=True)
+                   for n, c in self.clouds.items()]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + wait
+        for c in self.clouds.values():
+            c.started.wait(max(0.0, deadline - time.monotonic()))
 
     def _prepare_ssh(self) -> None:
         # and weed into each host's artifact cache as soon as the host is prepared: the first
@@ -281,6 +323,9 @@ class Tower:
                 unreachable.release(self.settings.state_dir, self.id)
             except (OSError, subprocess.SubprocessError) as exc:
                 logger.warning("could not remove unreachable routes: %s", exc)
+        for c in self.clouds.values():
+            with contextlib.suppress(Exception):
+                c.provider.close()
         if self.ssh is not None:
             self.ssh.close()
         if self.engine is not None:
@@ -318,6 +363,7 @@ class Tower:
             self.archive(restore, tenant_id)  # unknown or another tenant's: ArchiveNotFound
         if plan.datalake_enabled and self.construction is not None:
             self.construction.refuse_if_failed()  # its store did not start: 503 with the reason, now
+        self._check_clouds(plan)  # an unavailable cloud site: 503 naming it; its quota: 429 with the numbers
         with self._lock:  # quota check and insert as one step, so 20 parallel creates cannot overshoot
             wanted = plan.clusters + 1
             used = self.repo.count_boxes() + self._pending_boxes()
@@ -331,6 +377,23 @@ class Tower:
             self.repo.create_overcloud(overcloud_id, plan.name, tenant_id, plan.to_dict(), workflow=(CREATE, tasks))
         self._submit(overcloud_id, CREATE, {"overcloud_id": overcloud_id, "plan": plan.to_dict()}, seeded=True)
         return overcloud_id
+
+    def _check_clouds(self, plan: CreatePlan) -> None:
+        """The plan's cloud sites, before anything is recorded or made: each available (else
+        CloudUnavailable, naming the site and why) and with quota for its servers (else
+        CloudQuotaExceeded with the numbers), asked in parallel."""
+        if not self.clouds:
+            return
+        from overcloud.underclouds.base import parallel
+
+        wanted: dict[str, list[str]] = {}
+        for spec in plan.box_specs("0" * 32):
+            if spec["site"] in self.clouds:
+                wanted.setdefault(spec["site"], []).append(spec["flavor"]["name"])
+        for _, _, err in parallel(lambda item: self.clouds[item[0]].check_create(item[1]), sorted(wanted.items()),
+                                  name="cloud-check"):
+            if err is not None:
+                raise err
 
     def _pending_boxes(self) -> int:
         """Boxes planned by CREATING OverClouds whose acquire has not saved them yet."""

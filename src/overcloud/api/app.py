@@ -29,6 +29,8 @@ from overcloud.limits import ECHO_CHARS, clip, return_large_buffers, shown
 from overcloud.repository import InvalidTransition, NotFound
 from overcloud.tower import ArchiveNotFound, NoDataLake, NoFabric, QuotaExceeded, Tower
 from overcloud.underclouds.base import UnderCloudError
+from overcloud.underclouds.cloud.config import SizeNotMapped
+from overcloud.underclouds.cloud.provider import CloudQuotaExceeded, CloudUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +168,20 @@ def create_app(tower: Tower) -> FastAPI:
     for exc_type, status in ((NoDataLake, 404), (NoFabric, 409), (ServiceNotFound, 404), (ServiceConflict, 409),
                              (NotComposable, 409), (QuotaExceeded, 429)):
         app.add_exception_handler(exc_type, plain(status))
+
+    @app.exception_handler(CloudQuotaExceeded)
+    async def cloud_quota(_: Request, exc: CloudQuotaExceeded):
+        # nothing was made: the cloud's (or the site's max_servers) numbers say what does not fit
+        return JSONResponse({"error": "quota_exceeded", "message": str(exc), "site": exc.site, "numbers": exc.numbers},
+                            status_code=429)
+
+    @app.exception_handler(SizeNotMapped)
+    async def size_not_mapped(_: Request, exc: SizeNotMapped):
+        return error(422, str(exc), field="size")
+
+    @app.exception_handler(CloudUnavailable)
+    async def cloud_unavailable(_: Request, exc: CloudUnavailable):
+        return JSONResponse({"error": "unavailable", "message": str(exc), "site": exc.site}, status_code=503)
 
     @app.exception_handler(UnderCloudError)
     async def undercloud_unavailable(_: Request, exc: UnderCloudError):

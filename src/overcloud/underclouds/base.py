@@ -512,6 +512,16 @@ class UnderCloudDriver(abc.ABC):
         answer (its last probe, at most ``max_age`` s old when it answers, is reported with its age)."""
         return {"name": self.name, "kind": self.kind, "healthy": True, "problems": []}
 
+    def site_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
+        """What this site made beyond what its overlay domain lists (a cloud site's servers,
+        networks, security groups, key pairs): asked of every site, after :meth:`list_tagged`
+        of each domain. None by default."""
+        return []
+
+    def sweep_site(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        """Remove what :meth:`site_tagged` finds for these OverClouds (after the domain's sweep)."""
+        return []
+
     def underlay_problems(self, boxes: list[Box]) -> dict[str, str]:
         """What this site's underlay lacks for one OverCloud's ``boxes`` (of every site: the
         driver picks its own), by what is wrong ("host och-b1" -> reason), from what it has

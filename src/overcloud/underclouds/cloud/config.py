@@ -53,6 +53,7 @@ __all__ = [
     "CloudNetworkConfig",
     "CloudSiteConfig",
     "SiteConfigError",
+    "SizeNotMapped",
     "cloud_sites_from_env",
     "load_cloud_sites",
     "load_cloud_sites_file",
@@ -79,6 +80,10 @@ _WHERE_SECRETS = {
     "aws": "in the AWS credential chain (a profile of ~/.aws/credentials named with `profile:`, "
            "a `credentials_file:` path, the environment, or an instance role)",
 }
+
+
+class SizeNotMapped(UnderCloudError):
+    """A size the cloud site does not map to a flavor / instance type (the API: 422)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +137,7 @@ class CloudSiteConfig:
             return self.flavors[flavor]
         except KeyError:
             field = "flavors" if self.kind == "openstack" else "instance_types"
-            raise UnderCloudError(
+            raise SizeNotMapped(
                 f"site {self.name} has no {flavor} size: add `{flavor}: <{'flavor' if self.kind == 'openstack' else 'instance type'}>` "
                 f"to its {field} (it has {', '.join(sorted(self.flavors)) or 'none'})", site=self.name) from None
 
