@@ -1,0 +1,776 @@
+"""The ``aws`` kind: EC2 through boto3 (real AWS, or moto in the lab via ``endpoint_url``).
+
+Per OverCloud on a site it makes, all tagged with the OverCloud id and the Tower id:
+
+* a VPC whose CIDR is the OverCloud's /24 of ``network.vpc_cidr`` and one subnet covering it
+  (the /24 is chosen free among the region's VPCs, so two OverClouds never share addresses: the
+  lab's bridges need that). With ``network.vpc_id`` the subnet is made in that VPC instead (a /24
+  free among its subnets) and the VPC is never touched; with ``network.subnet_id`` that subnet is
+  used and nothing of the network is made or deleted;
+* a security group: TCP 22 from ``ssh_cidrs``, UDP 4789 (VXLAN) from the group itself, TCP
+  30000-32767 from ``nodeport_cidrs``, UDP 51820 (WireGuard) from what ``allow_wan_peers`` adds;
+* a key pair (the Tower's public key, imported);
+* one instance per box (``run_instances`` with the cloud-init user data, tags on the instance and
+  its volume, IMDSv2 only, ``ClientToken`` derived from Tower + OverCloud + server name).
+
+Retries: botocore's own retries are OFF (``total_max_attempts=1``); every call, the waiters' polls
+included, goes through :func:`~.provider.call_with_retries`, which retries only throttling
+(``RequestLimitExceeded``, ``Throttling``...), HTTP 429/5xx and a connection refused/reset, with
+capped exponential backoff. One layer, so attempts never multiply (botocore standard x ours), each
+attempt is counted in ``stats.calls`` and each retry logged; and ``check`` of an unreachable
+endpoint fails after one attempt instead of botocore's backoff.
+
+No secret reaches a message: every error is rebuilt from the error code and AWS's message, and
+any credential value of the session is scrubbed from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from overcloud.underclouds.base import TaggedResource, UnderCloudError
+from overcloud.underclouds.cloud.provider import (
+    ACTIVE, BUILDING, DELETED, ERROR, NODEPORT_RANGE, TAG_BOX, TAG_OVERCLOUD, TAG_TOWER, VXLAN_PORT, WG_PORT,
+    CloudProvider, CloudQuotaExceeded, CloudServerFailed, CloudUnavailable, Limits, NetworkInfo, Server,
+    ServerRequest, call_with_retries, connection_retryable, http_status_retryable, network_name)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from overcloud.underclouds.cloud.config import CloudSiteConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AWSProvider", "THROTTLING_CODES", "aws_retryable"]
+
+#: EC2 (and AWS query APIs) answer these when a caller goes too fast: retried with backoff
+THROTTLING_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
+                              "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
+                              "EC2ThrottledException", "SlowDown"})
+#: the credentials are refused: the site is unavailable (never retried)
+AUTH_CODES = frozenset({"AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                        "IncompleteSignature", "InvalidAccessKeyId", "ExpiredToken", "ExpiredTokenException",
+                        "RequestExpired", "OptInRequired", "AccessDenied", "AccessDeniedException",
+                        "UnauthorizedOperation", "Blocked"})
+#: the account's limits refuse the instances
+QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
+                         "VpcLimitExceeded", "SecurityGroupLimitExceeded", "RulesPerSecurityGroupLimitExceeded",
+                         "KeyPairLimitExceeded", "InsufficientInstanceCapacity"})
+#: a deletion that has to wait for a previous one (ENIs of terminated instances still detaching)
+DEPENDENCY_CODES = frozenset({"DependencyViolation", "InvalidNetworkInterface.InUse"})
+_NOT_FOUND_SUFFIX = ".NotFound"
+
+_LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+_STATUS = {"pending": BUILDING, "running": ACTIVE, "stopping": ERROR, "stopped": ERROR,
+           "shutting-down": DELETED, "terminated": DELETED}
+_TAG_ROLE = "overcloud.io/role"  # what a resource is for, on VPCs/subnets (helps a person reading the console)
+_VCPU_QUOTA = ("ec2", "L-1216C47A")  # Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances, vCPUs
+
+
+def _error_code(exc: BaseException) -> str | None:
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict):
+        return (resp.get("Error") or {}).get("Code")
+    return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict):
+        return (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return None
+
+
+def aws_retryable(exc: BaseException) -> bool:
+    """Throttling, HTTP 429/5xx, or a connection refused/reset/closed while a call was under way."""
+    from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+
+    if isinstance(exc, ClientError):
+        return _error_code(exc) in THROTTLING_CODES or http_status_retryable(_http_status(exc))
+    if isinstance(exc, (ConnectionClosedError, EndpointConnectionError)):
+        return True
+    return connection_retryable(exc)
+
+
+class _RetryingClient:
+    """The EC2 client as the provider (and the waiters it makes) see it: every operation goes
+    through :func:`call_with_retries` and is counted."""
+
+    def __init__(self, client: Any, provider: "AWSProvider"):
+        self._client = client
+        self._provider = provider
+        self.meta = client.meta
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        op = getattr(self._client, name)
+        provider = self._provider
+
+        def call(**kw: Any) -> Any:
+            def once() -> Any:
+                try:
+                    return op(**kw)
+                except Exception as exc:
+                    if aws_retryable(exc):
+                        logger.info("site %s: EC2 %s: %s, retrying with backoff", provider.site, name,
+                                    provider.scrub(_error_code(exc) or type(exc).__name__))
+                    raise
+            return call_with_retries(once, retryable=aws_retryable, stats=provider.stats, attempts=provider.attempts,
+                                     base=provider.backoff_base, cap=provider.backoff_cap)
+
+        return call
+
+
+class AWSProvider(CloudProvider):
+    """EC2 for one site (region). Thread-safe: boto3 clients are, and allocation of /24s is locked."""
+
+    kind = "aws"
+    attempts = 6  # per call, retries of throttling and server errors included
+    backoff_base = 0.5
+    backoff_cap = 20.0
+
+    def __init__(self, config: "CloudSiteConfig", tower_id: str):
+        super().__init__(config, tower_id)
+        self._lock = threading.Lock()  # clients, the image cache
+        self._alloc_lock = threading.Lock()  # choosing and making a /24
+        self._session: Any = None
+        self._ec2: _RetryingClient | None = None
+        self._image_id: str | None = None
+        self._flavor_table: dict[str, tuple[int, int]] | None = None
+        self._secrets: list[str] = []
+        # the lab answers at once; real EC2 needs seconds per state change
+        self.poll = 0.5 if config.endpoint_url else 5.0
+
+    # -- clients and errors ---------------------------------------------------------------
+
+    def _boto_session(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                import boto3
+                import botocore.session
+
+                core = botocore.session.Session(profile=self.config.profile)
+                if self.config.credentials_file is not None:
+                    core.set_config_variable("credentials_file", str(self.config.credentials_file))
+                self._session = boto3.session.Session(botocore_session=core, region_name=self.config.region)
+            return self._session
+
+    def _client(self, service: str, *, connect_timeout: float = 10, read_timeout: float = 60) -> Any:
+        from botocore.config import Config
+
+        session = self._boto_session()
+        cfg = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=connect_timeout,
+                     read_timeout=read_timeout, user_agent_extra="overcloud-tower")
+        client = session.client(service, endpoint_url=self.config.endpoint_url, config=cfg)
+        self._remember_secrets(session)
+        return client
+
+    def _remember_secrets(self, session: Any) -> None:
+        try:
+            creds = session.get_credentials()
+        except Exception:  # noqa: BLE001 - a broken chain is reported by the call that needs it
+            return
+        if creds is None:
+            return
+        try:
+            frozen = creds.get_frozen_credentials()
+        except Exception:  # noqa: BLE001
+            return
+        found = [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v and len(v) >= 4]
+        with self._lock:
+            self._secrets = sorted(set(self._secrets) | set(found), key=len, reverse=True)
+
+    @property
+    def ec2(self) -> _RetryingClient:
+        if self._ec2 is None:
+            client = self._client("ec2")
+            with self._lock:
+                if self._ec2 is None:
+                    self._ec2 = _RetryingClient(client, self)
+        return self._ec2
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every credential value of the session replaced by ``***``."""
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _error(self, exc: BaseException, what: str, *, overcloud_id: str | None = None) -> UnderCloudError:
+        """One of our errors for a boto3/botocore error, without secrets, naming the site."""
+        from botocore import exceptions as bx
+
+        site = self.site
+        if isinstance(exc, UnderCloudError):
+            return exc
+        if isinstance(exc, bx.ClientError):
+            code = _error_code(exc) or "Unknown"
+            msg = self.scrub(((exc.response.get("Error") or {}).get("Message") or "").strip())
+            if code in AUTH_CODES:
+                return CloudUnavailable(f"site {site}: AWS refused the credentials while trying to {what} ({code}: {msg})",
+                                        site=site, overcloud_id=overcloud_id)
+            if code in QUOTA_CODES:
+                return CloudQuotaExceeded(f"site {site}: the AWS account's limits refuse to {what} ({code}: {msg})",
+                                          {"instances": {"limit": None, "used": None, "asked": None, "code": code}},
+                                          site=site, overcloud_id=overcloud_id)
+            if aws_retryable(exc):
+                return CloudUnavailable(f"site {site}: EC2 kept answering {code} (HTTP {_http_status(exc)}) to {what} "
+                                        f"after {self.attempts} attempts: {msg}", site=site, overcloud_id=overcloud_id)
+            return UnderCloudError(f"site {site}: EC2 refused to {what}: {code}: {msg}", site=site, overcloud_id=overcloud_id)
+        if isinstance(exc, bx.ProfileNotFound):
+            return CloudUnavailable(f"site {site}: AWS profile {self.config.profile!r} is not in the credentials or "
+                                    "config files", site=site, overcloud_id=overcloud_id)
+        if isinstance(exc, bx.NoCredentialsError):
+            return CloudUnavailable(f"site {site}: no AWS credentials found (name a `profile:` or `credentials_file:` "
+                                    "in the site, or set AWS_* in the environment)", site=site, overcloud_id=overcloud_id)
+        if isinstance(exc, (bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+            return CloudUnavailable(f"site {site}: the AWS credentials are incomplete or cannot be read "
+                                    f"({type(exc).__name__})", site=site, overcloud_id=overcloud_id)
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
+                            bx.ReadTimeoutError)):
+            where = self.config.endpoint_url or f"EC2 in {self.config.region}"
+            return CloudUnavailable(f"site {site}: {where} does not answer ({type(exc).__name__}) while trying to {what}",
+                                    site=site, overcloud_id=overcloud_id)
+        if isinstance(exc, bx.WaiterError):
+            return UnderCloudError(f"site {site}: waiting to {what} failed: {self.scrub(str(exc))}", site=site,
+                                   overcloud_id=overcloud_id)
+        if isinstance(exc, bx.BotoCoreError):
+            return CloudUnavailable(f"site {site}: AWS client error while trying to {what}: {type(exc).__name__}: "
+                                    f"{self.scrub(str(exc))}", site=site, overcloud_id=overcloud_id)
+        return UnderCloudError(f"site {site}: {what}: {type(exc).__name__}: {self.scrub(str(exc))}", site=site,
+                               overcloud_id=overcloud_id)
+
+    def _call(self, what: str, op: str, *, overcloud_id: str | None = None, ignore: Iterable[str] = (),
+              **kw: Any) -> Any:
+        """``ec2.<op>(**kw)`` with retries; errors whose code ends with one of ``ignore`` give None."""
+        try:
+            return getattr(self.ec2, op)(**kw)
+        except Exception as exc:
+            code = _error_code(exc) or ""
+            if any(code.endswith(i) for i in ignore):
+                return None
+            raise self._error(exc, what, overcloud_id=overcloud_id) from None
+
+    def _tag_filters(self, overcloud_id: str | None) -> list[dict[str, Any]]:
+        f = [{"Name": f"tag:{TAG_TOWER}", "Values": [self.tower_id]}]
+        if overcloud_id is not None:
+            f.append({"Name": f"tag:{TAG_OVERCLOUD}", "Values": [overcloud_id]})
+        return f
+
+    def _tag_spec(self, rtype: str, overcloud_id: str, name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+        tags = {**self.base_tags(overcloud_id), "Name": name, **(extra or {})}
+        return {"ResourceType": rtype, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+
+    # -- site -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """One DescribeRegions for the site's region, one attempt: auth + endpoint + region."""
+        try:
+            client = self._client("ec2", connect_timeout=5, read_timeout=15)
+            self.stats.count()
+            found = client.describe_regions(RegionNames=[self.config.region]).get("Regions") or []
+        except Exception as exc:
+            code = _error_code(exc)
+            if code in ("InvalidParameterValue", "InvalidRegion"):
+                raise CloudUnavailable(f"site {self.site}: EC2 does not know region {self.config.region!r}",
+                                       site=self.site) from None
+            err = self._error(exc, "check the site (DescribeRegions)")
+            if not isinstance(err, CloudUnavailable):  # any refusal of the cheapest call makes the site unusable
+                err = CloudUnavailable(str(err), site=self.site)
+            raise err from None
+        if not found:
+            raise CloudUnavailable(f"site {self.site}: EC2 does not list region {self.config.region!r}", site=self.site)
+
+    def _flavors(self) -> dict[str, tuple[int, int]]:
+        if self._flavor_table is None:
+            types = sorted(set(self.config.flavors.values()))
+            resp = self._call("describe the instance types " + ", ".join(types), "describe_instance_types",
+                              InstanceTypes=types)
+            by_type = {t["InstanceType"]: (int(t["VCpuInfo"]["DefaultVCpus"]), int(t["MemoryInfo"]["SizeInMiB"]))
+                       for t in resp.get("InstanceTypes", [])}
+            missing = [t for t in types if t not in by_type]
+            if missing:
+                raise UnderCloudError(f"site {self.site}: EC2 in {self.config.region} has no instance type "
+                                      f"{', '.join(missing)} (instance_types in the site config)", site=self.site)
+            self._flavor_table = {ours: by_type[t] for ours, t in self.config.flavors.items()}
+        return dict(self._flavor_table)
+
+    def limits(self) -> Limits:
+        """``max-instances`` (account attribute), running/pending instances of the region and their
+        vCPUs, and the vCPU quota of standard instances when Service Quotas answers (it needs
+        ``servicequotas:GetServiceQuota``; moto has none: then ``max_cores`` is None)."""
+        attrs = self._call("read the account attributes", "describe_account_attributes", AttributeNames=["max-instances"])
+        max_instances = None
+        for a in attrs.get("AccountAttributes", []):
+            if a.get("AttributeName") == "max-instances" and a.get("AttributeValues"):
+                max_instances = int(a["AttributeValues"][0]["AttributeValue"])
+        types: dict[str, int] = {}
+        used = 0
+        token: str | None = None
+        while True:
+            kw: dict[str, Any] = {"Filters": [{"Name": "instance-state-name", "Values": ["pending", "running"]}],
+                                  "MaxResults": 1000}
+            if token:
+                kw["NextToken"] = token
+            page = self._call("count the running instances", "describe_instances", **kw)
+            for r in page.get("Reservations", []):
+                for i in r.get("Instances", []):
+                    used += 1
+                    types[i["InstanceType"]] = types.get(i["InstanceType"], 0) + 1
+            token = page.get("NextToken")
+            if not token:
+                break
+        used_cores = 0
+        if types:
+            resp = self._call("describe the running instance types", "describe_instance_types", InstanceTypes=sorted(types))
+            vcpus = {t["InstanceType"]: int(t["VCpuInfo"]["DefaultVCpus"]) for t in resp.get("InstanceTypes", [])}
+            used_cores = sum(vcpus.get(t, 0) * n for t, n in types.items())
+        max_cores = self._vcpu_quota()
+        return Limits(max_instances=max_instances, used_instances=used, max_cores=max_cores, used_cores=used_cores,
+                      flavors=self._flavors())
+
+    def _vcpu_quota(self) -> int | None:
+        try:
+            sq = self._client("service-quotas", connect_timeout=5, read_timeout=15)
+            self.stats.count()
+            q = sq.get_service_quota(ServiceCode=_VCPU_QUOTA[0], QuotaCode=_VCPU_QUOTA[1])
+            return int(q["Quota"]["Value"])
+        except Exception as exc:  # noqa: BLE001 - optional: a missing permission or service leaves it unknown
+            logger.debug("site %s: no vCPU quota from Service Quotas (%s)", self.site, _error_code(exc) or type(exc).__name__)
+            return None
+
+    # -- network ----------------------------------------------------------------------------
+
+    def _find_one(self, op: str, key: str, overcloud_id: str, what: str, extra: list[dict[str, Any]] | None = None) -> dict | None:
+        resp = self._call(f"find the {what} of OverCloud {overcloud_id}", op, overcloud_id=overcloud_id,
+                          Filters=self._tag_filters(overcloud_id) + (extra or []))
+        items = resp.get(key, [])
+        return items[0] if items else None
+
+    def _free_slash24(self, pool: str, used: Iterable[str]) -> ipaddress.IPv4Network:
+        taken = [ipaddress.IPv4Network(c) for c in used]
+        for net in ipaddress.IPv4Network(pool).subnets(new_prefix=24):
+            if not any(net.overlaps(t) for t in taken):
+                return net
+        raise CloudQuotaExceeded(f"site {self.site}: no free /24 left in network.vpc_cidr {pool}",
+                                 {"networks": {"limit": 2 ** (24 - ipaddress.IPv4Network(pool).prefixlen),
+                                               "used": len(taken), "asked": 1}}, site=self.site)
+
+    def ensure_network(self, overcloud_id: str, public_key: str) -> NetworkInfo:
+        name = network_name(overcloud_id)
+        net = self.config.network
+        ids: dict[str, str] = {}
+        with self._alloc_lock:
+            if net.subnet_id:
+                sub = self._call("read the configured subnet", "describe_subnets", SubnetIds=[net.subnet_id])["Subnets"][0]
+                ids["vpc"], ids["subnet"], cidr = sub["VpcId"], sub["SubnetId"], sub["CidrBlock"]
+            else:
+                vpc_id = net.vpc_id
+                if vpc_id is None:
+                    vpc = self._find_one("describe_vpcs", "Vpcs", overcloud_id, "VPC")
+                    if vpc is None:
+                        every = self._call("list the VPCs", "describe_vpcs").get("Vpcs", [])
+                        used = [a["CidrBlock"] for v in every for a in v.get("CidrBlockAssociationSet", [])
+                                if a.get("CidrBlockState", {}).get("State") in (None, "associated", "associating")]
+                        used += [v["CidrBlock"] for v in every]
+                        block = self._free_slash24(net.vpc_cidr, used)
+                        vpc = self._call(f"create the VPC {name}", "create_vpc", overcloud_id=overcloud_id,
+                                         CidrBlock=str(block),
+                                         TagSpecifications=[self._tag_spec("vpc", overcloud_id, name, {_TAG_ROLE: "vpc"})])["Vpc"]
+                        logger.info("site %s: VPC %s (%s) made for OverCloud %s", self.site, vpc["VpcId"], block, overcloud_id)
+                    vpc_id = vpc["VpcId"]
+                    ids["vpc"] = vpc_id
+                else:
+                    ids["vpc"] = vpc_id
+                sub = self._find_one("describe_subnets", "Subnets", overcloud_id, "subnet")
+                if sub is None:
+                    if net.vpc_id is None:
+                        block = ipaddress.IPv4Network(vpc["CidrBlock"])
+                    else:
+                        others = self._call("list the subnets of the VPC", "describe_subnets",
+                                            Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]).get("Subnets", [])
+                        block = self._free_slash24(net.vpc_cidr, [s["CidrBlock"] for s in others])
+                    sub = self._call(f"create the subnet {name}", "create_subnet", overcloud_id=overcloud_id, VpcId=vpc_id,
+                                     CidrBlock=str(block),
+                                     TagSpecifications=[self._tag_spec("subnet", overcloud_id, name, {_TAG_ROLE: "subnet"})])["Subnet"]
+                ids["subnet"], cidr = sub["SubnetId"], sub["CidrBlock"]
+        if getattr(net, "public_ip", False) and not net.subnet_id:
+            ids.update(self._ensure_internet(overcloud_id, ids["vpc"], ids["subnet"]))
+        ids["security_group"] = self._ensure_group(overcloud_id, ids["vpc"])
+        ids["key_pair"] = self._ensure_key_pair(overcloud_id, public_key)
+        gateway = str(next(ipaddress.IPv4Network(cidr).hosts()))  # AWS: the VPC router is the subnet's .1
+        return NetworkInfo(overcloud_id=overcloud_id, cidr=cidr, gateway=gateway, ids=ids)
+
+    def _ensure_internet(self, overcloud_id: str, vpc_id: str, subnet_id: str) -> dict[str, str]:
+        """An internet gateway and a route table 0.0.0.0/0 -> it for the subnet (``network.public_ip``)."""
+        name = network_name(overcloud_id)
+        igw = self._find_one("describe_internet_gateways", "InternetGateways", overcloud_id, "internet gateway")
+        if igw is None:
+            igw = self._call("create the internet gateway", "create_internet_gateway", overcloud_id=overcloud_id,
+                             TagSpecifications=[self._tag_spec("internet-gateway", overcloud_id, name)])["InternetGateway"]
+        if not any(a.get("VpcId") == vpc_id for a in igw.get("Attachments", [])):
+            self._call("attach the internet gateway", "attach_internet_gateway", overcloud_id=overcloud_id,
+                       InternetGatewayId=igw["InternetGatewayId"], VpcId=vpc_id)
+        rtb = self._find_one("describe_route_tables", "RouteTables", overcloud_id, "route table")
+        if rtb is None:
+            rtb = self._call("create the route table", "create_route_table", overcloud_id=overcloud_id, VpcId=vpc_id,
+                             TagSpecifications=[self._tag_spec("route-table", overcloud_id, name)])["RouteTable"]
+        if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in rtb.get("Routes", [])):
+            self._call("add the default route", "create_route", overcloud_id=overcloud_id, RouteTableId=rtb["RouteTableId"],
+                       DestinationCidrBlock="0.0.0.0/0", GatewayId=igw["InternetGatewayId"])
+        if not any(a.get("SubnetId") == subnet_id for a in rtb.get("Associations", [])):
+            self._call("associate the route table", "associate_route_table", overcloud_id=overcloud_id,
+                       RouteTableId=rtb["RouteTableId"], SubnetId=subnet_id)
+        return {"internet_gateway": igw["InternetGatewayId"], "route_table": rtb["RouteTableId"]}
+
+    def _group_rules(self, group_id: str, wan_cidrs: Iterable[str] = ()) -> list[dict[str, Any]]:
+        c = self.config
+        rules = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": x} for x in c.ssh_cidrs]},
+                 {"IpProtocol": "udp", "FromPort": VXLAN_PORT, "ToPort": VXLAN_PORT,
+                  "UserIdGroupPairs": [{"GroupId": group_id}]}]
+        if c.nodeport_cidrs:
+            rules.append({"IpProtocol": "tcp", "FromPort": NODEPORT_RANGE[0], "ToPort": NODEPORT_RANGE[1],
+                          "IpRanges": [{"CidrIp": x} for x in c.nodeport_cidrs]})
+        wan = list(wan_cidrs)
+        if wan:
+            rules.append({"IpProtocol": "udp", "FromPort": WG_PORT, "ToPort": WG_PORT,
+                          "IpRanges": [{"CidrIp": x} for x in wan]})
+        return rules
+
+    def _authorize_missing(self, group: dict[str, Any], wanted: list[dict[str, Any]], overcloud_id: str) -> None:
+        """Authorize the (protocol, ports, source) pairs the group lacks; one call."""
+        have: set[tuple] = set()
+        for p in group.get("IpPermissions", []):
+            key = (p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort"))
+            have |= {key + (r["CidrIp"],) for r in p.get("IpRanges", [])}
+            have |= {key + (g["GroupId"],) for g in p.get("UserIdGroupPairs", [])}
+        missing = []
+        for p in wanted:
+            key = (p["IpProtocol"], p["FromPort"], p["ToPort"])
+            ranges = [r for r in p.get("IpRanges", []) if key + (r["CidrIp"],) not in have]
+            pairs = [g for g in p.get("UserIdGroupPairs", []) if key + (g["GroupId"],) not in have]
+            if ranges or pairs:
+                q = {"IpProtocol": p["IpProtocol"], "FromPort": p["FromPort"], "ToPort": p["ToPort"]}
+                if ranges:
+                    q["IpRanges"] = ranges
+                if pairs:
+                    q["UserIdGroupPairs"] = pairs
+                missing.append(q)
+        if missing:
+            # a rule another call just added answers InvalidPermission.Duplicate: fine
+            self._call("open the security group's ports", "authorize_security_group_ingress", overcloud_id=overcloud_id,
+                       ignore=(".Duplicate",), GroupId=group["GroupId"], IpPermissions=missing)
+
+    def _ensure_group(self, overcloud_id: str, vpc_id: str) -> str:
+        name = network_name(overcloud_id)
+        group = self._find_one("describe_security_groups", "SecurityGroups", overcloud_id, "security group",
+                               [{"Name": "vpc-id", "Values": [vpc_id]}])
+        if group is None:
+            made = self._call(f"create the security group {name}", "create_security_group", overcloud_id=overcloud_id,
+                              GroupName=name, VpcId=vpc_id,
+                              Description=f"OverCloud {overcloud_id} (Tower {self.tower_id})",
+                              TagSpecifications=[self._tag_spec("security-group", overcloud_id, name)])
+            group = {"GroupId": made["GroupId"], "IpPermissions": []}
+        self._authorize_missing(group, self._group_rules(group["GroupId"]), overcloud_id)
+        return group["GroupId"]
+
+    def _ensure_key_pair(self, overcloud_id: str, public_key: str) -> str:
+        name = network_name(overcloud_id)
+        resp = self._call("find the key pair", "describe_key_pairs", overcloud_id=overcloud_id,
+                          ignore=(_NOT_FOUND_SUFFIX,), KeyNames=[name])
+        for kp in (resp or {}).get("KeyPairs", []):
+            tags = {t["Key"]: t["Value"] for t in kp.get("Tags", [])}
+            if tags.get(TAG_TOWER) != self.tower_id or tags.get(TAG_OVERCLOUD) != overcloud_id:
+                raise UnderCloudError(f"site {self.site}: a key pair named {name} exists that is not this OverCloud's "
+                                      "(no matching tags); delete it or use another account", site=self.site,
+                                      overcloud_id=overcloud_id)
+            return kp["KeyPairId"]
+        made = self._call(f"import the key pair {name}", "import_key_pair", overcloud_id=overcloud_id, KeyName=name,
+                          PublicKeyMaterial=public_key.strip().encode(),
+                          TagSpecifications=[self._tag_spec("key-pair", overcloud_id, name)])
+        return made["KeyPairId"]
+
+    def allow_wan_peers(self, overcloud_id: str, cidrs: list[str]) -> None:
+        group = self._find_one("describe_security_groups", "SecurityGroups", overcloud_id, "security group")
+        if group is None:
+            raise UnderCloudError(f"site {self.site}: OverCloud {overcloud_id} has no security group here (ensure_network first)",
+                                  site=self.site, overcloud_id=overcloud_id)
+        wanted = [r for r in self._group_rules(group["GroupId"], cidrs) if r["FromPort"] == WG_PORT]
+        self._authorize_missing(group, wanted, overcloud_id)
+
+    # -- servers ----------------------------------------------------------------------------
+
+    def _image(self) -> str:
+        with self._lock:
+            if self._image_id is not None:
+                return self._image_id
+        image = self.config.image
+        if not image.startswith("ami-"):
+            found = self._call(f"find the image named {image}", "describe_images",
+                               Filters=[{"Name": "name", "Values": [image]}]).get("Images", [])
+            if not found:
+                raise UnderCloudError(f"site {self.site}: no image named {image!r} in {self.config.region} (image in the site config)",
+                                      site=self.site)
+            image = max(found, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+        with self._lock:
+            self._image_id = image
+        return image
+
+    def _server(self, inst: dict[str, Any]) -> Server:
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+        state = inst.get("State", {}).get("Name", "")
+        status = _STATUS.get(state, BUILDING)
+        fault = None
+        if status in (ERROR, DELETED):
+            reason = inst.get("StateReason") or {}
+            fault = reason.get("Message") or inst.get("StateTransitionReason") or state
+        return Server(id=inst["InstanceId"], name=tags.get("Name", inst["InstanceId"]), box=tags.get(TAG_BOX),
+                      status=status, private_address=inst.get("PrivateIpAddress"),
+                      public_address=inst.get("PublicIpAddress"), tags=tags, fault=fault)
+
+    def _describe(self, what: str, **kw: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = self._call(what, "describe_instances", **kw, **({"NextToken": token} if token else {}))
+            out += [i for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+            token = page.get("NextToken")
+            if not token:
+                return out
+
+    def list_servers(self, overcloud_id: str | None = None) -> list[Server]:
+        found = self._describe("list the servers", Filters=self._tag_filters(overcloud_id)
+                               + [{"Name": "instance-state-name", "Values": _LIVE_STATES}])
+        return [self._server(i) for i in found if i.get("State", {}).get("Name") != "shutting-down"]
+
+    def client_token(self, overcloud_id: str, name: str) -> str:
+        """The idempotency token of one server: EC2 answers a repeated RunInstances with it with the
+        instance the first one made (a Tower that died while the call was under way makes no twin)."""
+        return hashlib.sha256(f"{self.tower_id}/{overcloud_id}/{name}".encode()).hexdigest()[:48]
+
+    def create_servers(self, net: NetworkInfo, reqs: list[ServerRequest]) -> list[Server]:
+        if not reqs:
+            return []
+        oc = net.overcloud_id
+        existing = {s.name: s for s in self.list_servers(oc) if s.status in (BUILDING, ACTIVE, ERROR)}
+        image = self._image()
+        out: list[Server | None] = [existing.get(r.name) for r in reqs]
+        todo = [(i, r) for i, r in enumerate(reqs) if out[i] is None]
+        if len(todo) < len(reqs):
+            logger.info("site %s: OverCloud %s: %d server(s) found already made, %d to make", self.site, oc,
+                        len(reqs) - len(todo), len(todo))
+        from overcloud.underclouds.base import parallel
+
+        def launch(item: tuple[int, ServerRequest]) -> Server:
+            _, r = item
+            return self._launch(net, r, image)
+
+        for (i, _), (_, server, err) in zip(todo, parallel(launch, todo, name="aws-run")):
+            if err is not None:
+                raise err
+            out[i] = server
+        return [s for s in out if s is not None]
+
+    def _launch(self, net: NetworkInfo, r: ServerRequest, image: str) -> Server:
+        oc = net.overcloud_id
+        tags = {**dict(r.tags), TAG_BOX: r.box}
+        kw: dict[str, Any] = dict(
+            ImageId=image, InstanceType=self.config.cloud_flavor(r.flavor), MinCount=1, MaxCount=1,
+            KeyName=network_name(oc), UserData=r.user_data, ClientToken=self.client_token(oc, r.name),
+            InstanceInitiatedShutdownBehavior="terminate",
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+            TagSpecifications=[self._tag_spec("instance", oc, r.name, tags),
+                               self._tag_spec("volume", oc, r.name, {TAG_BOX: r.box})])
+        if getattr(self.config.network, "public_ip", False):
+            kw["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": net.ids["subnet"], "AssociatePublicIpAddress": True,
+                                        "Groups": [net.ids["security_group"]], "DeleteOnTermination": True}]
+        else:
+            kw.update(SubnetId=net.ids["subnet"], SecurityGroupIds=[net.ids["security_group"]])
+        inst = self._call(f"start server {r.name}", "run_instances", overcloud_id=oc, **kw)["Instances"][0]
+        logger.info("site %s: server %s is instance %s (%s)", self.site, r.name, inst["InstanceId"], kw["InstanceType"])
+        return self._server(inst)
+
+    def _wait(self, waiter_name: str, ids: list[str], timeout: float, what: str) -> Exception | None:
+        """Run a boto3 waiter over ``ids``; None when it succeeded, else the WaiterError."""
+        from botocore import xform_name
+        from botocore.exceptions import WaiterError
+        from botocore.waiter import WaiterModel, create_waiter_with_client
+
+        # the waiter polls through the retrying client: a throttled poll is retried, not the end of the wait
+        model = WaiterModel(self.ec2._client._get_waiter_config())
+        names = {xform_name(n): n for n in model.waiter_names}
+        waiter = create_waiter_with_client(names[waiter_name], model, self.ec2)
+        attempts = max(1, math.ceil(timeout / self.poll))
+        with self.stats.waiting():
+            try:
+                waiter.wait(InstanceIds=ids, WaiterConfig={"Delay": self.poll, "MaxAttempts": attempts})
+            except WaiterError as exc:
+                return exc
+        return None
+
+    def wait_servers(self, ids: list[str], timeout: float) -> list[Server]:
+        if not ids:
+            return []
+        err = self._wait("instance_running", ids, timeout, "wait for the servers to run")
+        servers = {s.id: s for s in (self._server(i) for i in self._describe(
+            "read the servers", Filters=[{"Name": "instance-id", "Values": ids}]))}
+        for i in ids:
+            s = servers.get(i)
+            if s is None:
+                raise CloudServerFailed(f"site {self.site}: instance {i} is gone", server=i, fault="not found", site=self.site)
+            if s.status in (ERROR, DELETED):
+                raise CloudServerFailed(f"site {self.site}: server {s.name} ({i}) went to {s.status} while booting: {s.fault}",
+                                        server=s.name, fault=s.fault, site=self.site, overcloud_id=s.overcloud_id)
+        if err is not None:
+            pending = [servers[i].name for i in ids if servers[i].status != ACTIVE]
+            reason = self.scrub(str(err))
+            if pending:
+                raise UnderCloudError(f"site {self.site}: server(s) {', '.join(pending)} not running after {timeout:.0f} s "
+                                      f"({reason})", site=self.site)
+            raise self._error(err, "wait for the servers to run")
+        return [servers[i] for i in ids]
+
+    def delete_servers(self, ids: list[str], timeout: float) -> None:
+        if not ids:
+            return
+        live = [i["InstanceId"] for i in self._describe("find the servers to delete", Filters=[
+            {"Name": "instance-id", "Values": list(ids)}, {"Name": "instance-state-name", "Values": _LIVE_STATES}])]
+        if live:
+            self._call(f"terminate {', '.join(live)}", "terminate_instances", InstanceIds=live)
+        known = [i["InstanceId"] for i in self._describe("find the servers to delete", Filters=[
+            {"Name": "instance-id", "Values": list(ids)}])]
+        if not known:
+            return
+        err = self._wait("instance_terminated", known, timeout, "wait for the servers to terminate")
+        if err is not None:
+            left = [f"{i['InstanceId']} ({i['State']['Name']})" for i in self._describe(
+                "read the servers", Filters=[{"Name": "instance-id", "Values": known}]) if i["State"]["Name"] != "terminated"]
+            raise UnderCloudError(f"site {self.site}: EC2 did not confirm the termination of {', '.join(left) or known} "
+                                  f"within {timeout:.0f} s ({self.scrub(str(err))})", site=self.site)
+
+    # -- what this Tower has, and deleting it -----------------------------------------------
+
+    def _resources(self, overcloud_id: str | None) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        """(kind, id, overcloud id, name, raw) of every live resource of this Tower (of one OverCloud)."""
+        f = self._tag_filters(overcloud_id)
+        out: list[tuple[str, str, str, str, dict[str, Any]]] = []
+
+        def add(kind: str, rid: str, item: dict[str, Any]) -> None:
+            tags = {t["Key"]: t["Value"] for t in item.get("Tags", [])}
+            out.append((kind, rid, tags.get(TAG_OVERCLOUD, ""), tags.get("Name", rid), item))
+
+        for i in self._describe("list the instances", Filters=f + [{"Name": "instance-state-name", "Values": _LIVE_STATES}]):
+            add("instance", i["InstanceId"], i)
+        for v in self._call("list the volumes", "describe_volumes", Filters=f).get("Volumes", []):
+            if v.get("State") not in ("deleted", "deleting"):
+                add("volume", v["VolumeId"], v)
+        for k in self._call("list the key pairs", "describe_key_pairs", Filters=f).get("KeyPairs", []):
+            add("key-pair", k["KeyPairId"], k)
+        for g in self._call("list the security groups", "describe_security_groups", Filters=f).get("SecurityGroups", []):
+            add("security-group", g["GroupId"], g)
+        for r in self._call("list the route tables", "describe_route_tables", Filters=f).get("RouteTables", []):
+            add("route-table", r["RouteTableId"], r)
+        for g in self._call("list the internet gateways", "describe_internet_gateways", Filters=f).get("InternetGateways", []):
+            add("internet-gateway", g["InternetGatewayId"], g)
+        for s in self._call("list the subnets", "describe_subnets", Filters=f).get("Subnets", []):
+            add("subnet", s["SubnetId"], s)
+        for v in self._call("list the VPCs", "describe_vpcs", Filters=f).get("Vpcs", []):
+            add("vpc", v["VpcId"], v)
+        return out
+
+    def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
+        return [TaggedResource(overcloud_id=oc, kind=kind, name=f"{kind} {rid} ({name})")
+                for kind, rid, oc, name, _ in self._resources(overcloud_id)]
+
+    def _until_gone(self, what: str, fn: Callable[[], Any], deadline: float, overcloud_id: str) -> None:
+        """Call a delete until it is no longer refused for a dependency still going (ENIs of
+        terminated instances detach some seconds after); NotFound counts as done."""
+        while True:
+            try:
+                fn()
+                return
+            except Exception as exc:
+                code = _error_code(exc) or ""
+                if code.endswith(_NOT_FOUND_SUFFIX):
+                    return
+                if code in DEPENDENCY_CODES and time.monotonic() + self.poll < deadline:
+                    with self.stats.waiting():
+                        time.sleep(self.poll)
+                    continue
+                raise self._error(exc, what, overcloud_id=overcloud_id) from None
+
+    def delete_network(self, overcloud_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        res = self._resources(overcloud_id)
+        live = [f"{rid} ({name})" for kind, rid, _, name, _ in res if kind == "instance"]
+        if live:
+            raise UnderCloudError(f"site {self.site}: OverCloud {overcloud_id} still has server(s) {', '.join(live)}: "
+                                  "delete them first", site=self.site, overcloud_id=overcloud_id)
+        self._delete_all(res, overcloud_id, deadline)
+        self._confirm(overcloud_id, deadline)
+
+    def _delete_all(self, res: list[tuple[str, str, str, str, dict[str, Any]]], overcloud_id: str, deadline: float) -> None:
+        """Delete in dependency order: volumes and key pairs, groups, route tables, gateways,
+        subnets, VPCs. Only what carries our tags, so a configured VPC/subnet is never touched."""
+        ec2 = self.ec2
+        by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for kind, rid, _, _, raw in res:
+            by_kind.setdefault(kind, []).append((rid, raw))
+        for rid, _ in by_kind.get("volume", []):
+            self._until_gone(f"delete volume {rid}", lambda rid=rid: ec2.delete_volume(VolumeId=rid), deadline, overcloud_id)
+        for rid, raw in by_kind.get("key-pair", []):
+            # by name: moto ignores KeyPairId here (answers success and keeps the key); AWS takes either
+            self._until_gone(f"delete key pair {rid}", lambda raw=raw: ec2.delete_key_pair(KeyName=raw["KeyName"]),
+                             deadline, overcloud_id)
+        for rid, _ in by_kind.get("security-group", []):
+            self._until_gone(f"delete security group {rid}", lambda rid=rid: ec2.delete_security_group(GroupId=rid),
+                             deadline, overcloud_id)
+        for rid, raw in by_kind.get("route-table", []):
+            for a in raw.get("Associations", []):
+                if not a.get("Main") and a.get("RouteTableAssociationId"):
+                    self._until_gone(f"disassociate route table {rid}", lambda a=a: ec2.disassociate_route_table(
+                        AssociationId=a["RouteTableAssociationId"]), deadline, overcloud_id)
+            self._until_gone(f"delete route table {rid}", lambda rid=rid: ec2.delete_route_table(RouteTableId=rid),
+                             deadline, overcloud_id)
+        for rid, raw in by_kind.get("internet-gateway", []):
+            for a in raw.get("Attachments", []):
+                self._until_gone(f"detach internet gateway {rid}", lambda rid=rid, a=a: ec2.detach_internet_gateway(
+                    InternetGatewayId=rid, VpcId=a["VpcId"]), deadline, overcloud_id)
+            self._until_gone(f"delete internet gateway {rid}", lambda rid=rid: ec2.delete_internet_gateway(
+                InternetGatewayId=rid), deadline, overcloud_id)
+        for rid, _ in by_kind.get("subnet", []):
+            self._until_gone(f"delete subnet {rid}", lambda rid=rid: ec2.delete_subnet(SubnetId=rid), deadline, overcloud_id)
+        for rid, _ in by_kind.get("vpc", []):
+            self._until_gone(f"delete VPC {rid}", lambda rid=rid: ec2.delete_vpc(VpcId=rid), deadline, overcloud_id)
+
+    def _confirm(self, overcloud_id: str, deadline: float) -> None:
+        """Until listing by tag finds nothing of the OverCloud (EC2 is eventually consistent)."""
+        with self.stats.waiting():
+            while True:
+                left = [f"{kind} {rid}" for kind, rid, _, _, _ in self._resources(overcloud_id)]
+                if not left:
+                    return
+                if time.monotonic() + self.poll > deadline:
+                    raise UnderCloudError(f"site {self.site}: OverCloud {overcloud_id}: still listed after deletion: "
+                                          f"{', '.join(left)}", site=self.site, overcloud_id=overcloud_id)
+                time.sleep(self.poll)
+
+    def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
+        gone: list[TaggedResource] = []
+        timeout = self.config.delete_timeout
+        for oc in sorted(overcloud_ids):
+            res = self._resources(oc)
+            if not res:
+                continue
+            instances = [rid for kind, rid, _, _, _ in res if kind == "instance"]
+            self.delete_servers(instances, timeout)
+            deadline = time.monotonic() + timeout
+            rest = self._resources(oc)  # volumes deleted with their instances are no longer listed
+            self._delete_all(rest, oc, deadline)
+            self._confirm(oc, deadline)
+            gone += [TaggedResource(overcloud_id=oc, kind=kind, name=f"{kind} {rid} ({name})") for kind, rid, _, name, _ in res]
+            logger.info("site %s: swept OverCloud %s (%d resources)", self.site, oc, len(res))
+        return gone
