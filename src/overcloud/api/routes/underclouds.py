@@ -21,8 +21,10 @@ router = APIRouter(tags=["underclouds"])
     summary="Sites, their hosts (ssh) or bridge (local), capacity, and health",
     description="Each site: name, kind, labels, healthy, problems; an ssh site its hosts (address, labels, "
     "cpus and memory_mb lent, used by this Tower's boxes, free; health: reachable, prepared, WAN peers with "
-    "their latest handshake's age, the probe's age); a local site its bridge and the host's capacity. "
-    "Never a key or a sealed secret.",
+    "their latest handshake's age, the probe's age); a local site its bridge and the host's capacity; a cloud "
+    "site (openstack, aws) whether it is available (its authentication works) or the reason it is not, its "
+    "capacity (servers against max_servers, the cloud's instances, vCPUs and RAM), its servers as hosts, "
+    "and its API calls. Never a key, a password or a sealed secret.",
 )
 async def underclouds(tower: TowerDep, principal: PrincipalDep) -> dict[str, Any]:
     if not principal.is_admin:

@@ -31,7 +31,6 @@ from overcloud.underclouds.base import (
     Box,
     BoxSpec,
     DomainSite,
-    Flavor,
     Quota,
     TaggedResource,
     UnderCloudError,
@@ -60,6 +59,9 @@ logger = logging.getLogger(__name__)
 #: the label of a cloud host naming its LAN (the OverCloud's network on the site): hosts of one site
 #: route to each other in clear only within one LAN (see the ssh world's WAN plan)
 LAN_LABEL = "overcloud.io/lan"
+#: the box's flavor on its server (what the host lends), beside the contract's tags; a provider that
+#: does not keep it gives "small" on both paths (acquire and start), so the host config is the same
+TAG_FLAVOR = "overcloud.io/flavor"
 BOX_PREFIX = 26  # each server's box subnet: a /26 of the site's box_pool
 DESTROY_TIMEOUT = 20.0  # destroy-box before a delete: best effort, the server goes anyway
 START_WAIT = 30.0  # how long a create waits for the site's start (check, hosts re-added) to finish
@@ -181,7 +183,7 @@ class CloudSite(DomainSite):
         self.check_quota(flavors)
 
     # -- hosts -----------------------------------------------------------------------------------
-    def _host_config(self, server: Server, flavor: Flavor | None = None):
+    def _host_config(self, server: Server):
         """The server as an ssh host: reached at its public address (else its private one), its
         pinned host key and box subnet from its tags, lending what its box's flavor asks."""
         from overcloud.underclouds.ssh.sites import SSHHostConfig
@@ -196,7 +198,10 @@ class CloudSite(DomainSite):
         if not address:
             raise UnderCloudError(f"server {server.name} ({server.id}) on site {self.name} has no address yet",
                                   site=self.name, overcloud_id=server.overcloud_id)
-        fl = flavor or resolve_flavor("small")
+        try:
+            fl = resolve_flavor(server.tags.get(TAG_FLAVOR) or "small")
+        except KeyError:
+            fl = resolve_flavor("small")
         return SSHHostConfig(
             name=server.name, address=address, key_file=self.client_key, host_key=host_key, port=22,
             user=self.config.user, labels={**self.config.labels, LAN_LABEL: network_name(server.overcloud_id or '')}, cpus=max(1, math.ceil(fl.cpus)),
@@ -204,8 +209,8 @@ class CloudSite(DomainSite):
             connect_timeout=10.0,
         )
 
-    def _add_host(self, server: Server, flavor: Flavor | None = None):
-        return self.world.add_host(self.name, self._host_config(server, flavor))
+    def _add_host(self, server: Server):
+        return self.world.add_host(self.name, self._host_config(server))
 
     def hosts(self) -> list[Any]:
         return self.world.site_hosts(self.name)
@@ -262,7 +267,7 @@ class CloudSite(DomainSite):
                     key = new_host_key()
                     name = server_name(oc, spec.name)
                     tags = {**self.provider.base_tags(oc), TAG_BOX: spec.name, TAG_HOST_KEY: key.public,
-                            TAG_BOX_CIDR: cidr}
+                            TAG_BOX_CIDR: cidr, TAG_FLAVOR: spec.flavor.name}
                     reqs.append(ServerRequest(overcloud_id=oc, box=spec.name, name=name, flavor=spec.flavor.name,
                                               user_data=user_data(self.config.user, self.client_public, key, hostname=name),
                                               tags=tags))
@@ -279,7 +284,7 @@ class CloudSite(DomainSite):
 
             def bring_up(spec: BoxSpec) -> Box:
                 srv = by_box[spec.name]
-                h = self._add_host(srv, spec.flavor)
+                h = self._add_host(srv)
                 if h.name not in before:
                     added_hosts.append(h.name)
                 self.world.wait_ssh(h.name, timeout=self.config.boot_timeout)
