@@ -155,3 +155,34 @@ class FaultProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class AWSLab:
+    """``scripts/aws-lab.sh up DIR`` / ``down DIR`` for a test: moto, DIR/sites.yaml (site aws-1),
+    and the harness booting each running instance as a namespace instance (needs root; one lab
+    per machine, so tests using it run under the integration lock)."""
+
+    def __init__(self, dir: Path, *, harness: bool = True):
+        self.dir = Path(dir)
+        self.harness = harness
+        self.sites_file = self.dir / "sites.yaml"
+        self.script = ROOT / "scripts" / "aws-lab.sh"
+
+    def _run(self, cmd: str, timeout: float) -> str:
+        env = {**os.environ, "OVERCLOUD_AWS_LAB_HARNESS": "1" if self.harness else "0"}
+        r = subprocess.run(["bash", str(self.script), cmd, str(self.dir)], capture_output=True, text=True,
+                           timeout=timeout, env=env)
+        if r.returncode != 0:
+            raise RuntimeError(f"aws-lab.sh {cmd} failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
+        return r.stdout
+
+    def up(self) -> "AWSLab":
+        self._run("up", 600)  # the instances' rootfs is built once (~70 s), cached after
+        self.url = (self.dir / "endpoint").read_text().strip()
+        return self
+
+    def status(self) -> str:
+        return self._run("status", 60)
+
+    def down(self) -> None:
+        self._run("down", 300)
