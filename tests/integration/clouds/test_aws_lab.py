@@ -2,7 +2,7 @@
 sites.yaml makes two servers with the cloud sites' real user data, the harness boots them as
 namespace instances, the Tower's key logs in as the user cloud-init made (the host key pinned to
 the one in the server's tag) and sudo works; delete: the cloud lists nothing by tag and the
-instances are gone from the machine; down leaves no process, bridge or namespace."""
+instances are gone from the machine (and their bridge with the last of them)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 
-from ec2lab import AWSLab
 from overcloud.underclouds.cloud.aws import AWSProvider
 from overcloud.underclouds.cloud.config import load_cloud_sites_file
 from overcloud.underclouds.cloud.provider import (
@@ -38,15 +37,10 @@ def bridges() -> set[str]:
     return {line.split(":")[1].strip() for line in out.splitlines()}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab = AWSLab(tmp_path_factory.mktemp("awslab")).up()
-    yield lab
-    lab.down()
-    assert not {n for n in netns() if n.startswith("awi-")}, netns()
-    assert not {b for b in bridges() if b.startswith("awb-")}, bridges()
-    assert "moto: not running" in subprocess.run(["bash", str(lab.script), "status", str(lab.dir)], capture_output=True,
-                                                 text=True).stdout
+@pytest.fixture
+def lab(aws_lab):
+    """The session's AWS lab (conftest.py: one lab per machine, so one per session)."""
+    return aws_lab
 
 
 async def _login(address: str, host_key: str, key_path) -> list[str]:
@@ -114,4 +108,8 @@ def test_servers_boot_and_answer_ssh(lab, tmp_path):
     deadline = time.monotonic() + 30
     while booted & netns():  # the harness kills terminated instances at its next poll
         assert time.monotonic() < deadline, f"instances still on the machine: {booted & netns()}"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while routed_to_lab(servers[0].private_address):  # the subnet's bridge goes with its last instance
+        assert time.monotonic() < deadline, f"the lab bridge of {net.cidr} is still there: {bridges()}"
         time.sleep(0.2)
