@@ -216,3 +216,65 @@ def test_boot_refuses_bad_input_with_what_to_do(tmp_path):
     with pytest.raises(instance.InstanceError, match="gateway's network"):
         instance.boot("h5t-x", tmp_path, "h5t-a", "10.91.250.1/24", "10.91.9.5/24", "#cloud-config\n")
     assert not Path("/run/netns/h5t-x").exists()
+
+
+def test_instance_carries_a_box_made_by_the_host_agent_over_ssh(tmp_path, keys):
+    """The ssh path's own host side on an instance: the bundle installed by hostprep over SSH as
+    `overcloud` with sudo -n, then the agent's ensure-site, make-box (a nested namespace, its
+    supervisord run by the instance's Debian python3, cgroups), destroy-box and teardown-site."""
+    import secrets
+    import shlex
+    import uuid
+
+    from overcloud.underclouds.ssh import bundle
+
+    br, gw, addr = NET_A
+    name = "h5t-box1"
+    state = tmp_path / "instances"
+    info = instance.boot(name, state, br, gw, addr, our_user_data(keys))
+    try:
+        class R:
+            def __init__(self, p):
+                self.stdout, self.stderr, self.returncode = p.stdout or b"", p.stderr or b"", p.exit_status
+
+        async def go_run(argv, input):
+            host_key = asyncssh.import_public_key(keys["host"].public)
+            async with asyncssh.connect(info["address"], username="overcloud", client_keys=[keys["client"]],
+                                        known_hosts=([host_key], [], [])) as conn:
+                return await conn.run("sudo -n " + shlex.join(argv), input=input, encoding=None, check=False)
+
+        def run(argv, input=None, timeout=120):
+            return R(asyncio.run(go_run(argv, input)))
+
+        art = bundle.host_bundle(tmp_path / "bundle-cache")
+        tower_id = secrets.token_hex(8)
+        installed = hostprep.install_bundle(run, art.path, art.sha256, tower_id=tower_id, host=name)
+        assert installed.transferred
+        site = {"name": "h5t-site", "bridge": "ocsbi", "cidr": "10.97.250.0/24"}
+        base = {"tower_id": tower_id, "sites": [site], "overlay_cidr": "10.250.233.0/24", "max_boxes": 4}
+
+        def agent(op, req=None):
+            r = run(hostprep.agent_command(installed.path, op), json.dumps({**base, **(req or {})}).encode())
+            try:
+                return json.loads(r.stdout)
+            except ValueError:
+                raise AssertionError(f"agent {op}: {r.stdout[-500:]!r} {r.stderr[-2000:]!r}") from None
+
+        assert agent("ensure-site")["ok"]
+        oc = uuid.uuid4().hex
+        made = agent("make-box", {"specs": [{"overcloud_id": oc, "name": "c1", "role": "cluster",
+                                             "site": "h5t-site", "size": "small"}]})
+        assert made["ok"], made
+        [box] = made["result"]["boxes"]
+        out = ssh_run(info["address"], keys, [
+            f"sudo -n ip netns exec {box['handle']} ip -4 -o addr show eth0",
+            f"for p in $(sudo -n ip netns pids {box['handle']}); do sudo -n tr '\\0' ' ' < /proc/$p/cmdline; echo; done",
+        ])
+        assert box["address"] in out[0].stdout, out[0]
+        assert "supervisord" in out[1].stdout and "/usr/bin/python3 -IS" in out[1].stdout, out[1].stdout
+        gone = agent("destroy-box", {"boxes": made["result"]["boxes"]})
+        assert gone["ok"] and gone["result"]["destroyed"] == [box["handle"]], gone
+        assert agent("teardown-site")["ok"]
+    finally:
+        instance.kill(name, state)
+    assert leftovers(name, state, br, []) == []
