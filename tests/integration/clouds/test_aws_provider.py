@@ -325,3 +325,57 @@ def test_retries_used_up_mean_unavailable(proxied):
     with pytest.raises(CloudUnavailable, match="RequestLimitExceeded"):
         p.ensure_network(uuid.uuid4().hex, _pubkey())
     assert proxy.calls("DescribeVpcs") == [503, 503, 503]
+
+
+def test_configured_vpc_and_subnet_are_used_never_deleted(moto, tmp_path):
+    moto.reset()
+    ec2 = raw_ec2(moto.url)
+    vpc = ec2.create_vpc(CidrBlock="10.92.0.0/16")["Vpc"]["VpcId"]  # the user's, untagged
+    sub = ec2.create_subnet(VpcId=vpc, CidrBlock="10.92.7.0/24")["Subnet"]["SubnetId"]
+    in_vpc = AWSProvider(make_site(tmp_path, moto.url, network={"vpc_cidr": "10.92.0.0/16", "vpc_id": vpc}), TOWER)
+    in_sub = AWSProvider(make_site(tmp_path, moto.url, network={"vpc_id": vpc, "subnet_id": sub}), TOWER)
+    a, b = uuid.uuid4().hex, uuid.uuid4().hex
+    net_a = in_vpc.ensure_network(a, _pubkey())
+    assert net_a.ids["vpc"] == vpc and net_a.cidr != "10.92.7.0/24" and net_a.cidr.startswith("10.92.")
+    net_b = in_sub.ensure_network(b, _pubkey())
+    assert net_b.ids["subnet"] == sub and net_b.cidr == "10.92.7.0/24"
+    for p, net, oc in ((in_vpc, net_a, a), (in_sub, net_b, b)):
+        p.poll = 0.2
+        servers = p.wait_servers([s.id for s in p.create_servers(net, requests(oc, ("p0",)))], timeout=30)
+        assert servers[0].private_address.startswith(net.cidr.rsplit(".", 1)[0] + ".")
+        p.sweep({oc})
+    assert nothing(ours(ec2))
+    assert ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"] and ec2.describe_subnets(SubnetIds=[sub])["Subnets"]
+
+
+def test_image_by_name(moto, tmp_path):
+    moto.reset()
+    name = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-20170721"
+    p = AWSProvider(make_site(tmp_path, moto.url, image=name), TOWER)
+    oc = uuid.uuid4().hex
+    net = p.ensure_network(oc, _pubkey())
+    s = p.create_servers(net, requests(oc, ("p0",)))[0]
+    inst = raw_ec2(moto.url).describe_instances(InstanceIds=[s.id])["Reservations"][0]["Instances"][0]
+    assert inst["ImageId"] == "ami-785db401"
+    p.sweep({oc})
+    missing = AWSProvider(make_site(tmp_path, moto.url, image="no-such-image-name"), TOWER)
+    with pytest.raises(UnderCloudError, match="no image named 'no-such-image-name'"):
+        missing.create_servers(net, requests(oc, ("p0",)))
+
+
+def test_run_instances_waits_for_a_group_ec2_does_not_see_yet(proxied, moto):
+    """EC2 is eventually consistent: RunInstances just after CreateSecurityGroup may answer
+    InvalidGroup.NotFound. Called again (same ClientToken) until it sees it; not a throttling retry."""
+    p, proxy = proxied
+    oc = uuid.uuid4().hex
+    net = p.ensure_network(oc, _pubkey())
+    proxy.fail("RunInstances", 2, 400, "InvalidGroup.NotFound", "The security group does not exist")
+    p.create_servers(net, requests(oc, ("p0",)))
+    assert proxy.calls("RunInstances") == [400, 400, 200]
+    assert p.stats.retries == 0 and p.stats.wait_s >= 2 * p.poll
+    assert len(ours(raw_ec2(moto.url), oc)["instances"]) == 1
+    p.propagation_s = 0.5  # and not forever
+    proxy.fail("RunInstances", 100, 400, "InvalidGroup.NotFound", "The security group does not exist")
+    with pytest.raises(UnderCloudError, match="InvalidGroup.NotFound"):
+        p.create_servers(net, requests(oc, ("c9",)))
+    p.sweep({oc})

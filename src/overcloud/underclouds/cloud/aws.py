@@ -63,6 +63,8 @@ QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotI
                          "KeyPairLimitExceeded", "InsufficientInstanceCapacity"})
 #: a deletion that has to wait for a previous one (ENIs of terminated instances still detaching)
 DEPENDENCY_CODES = frozenset({"DependencyViolation", "InvalidNetworkInterface.InUse"})
+#: RunInstances right after the group/subnet/key pair were made may not see them yet
+PROPAGATION_CODES = frozenset({"InvalidGroup.NotFound", "InvalidSubnetID.NotFound", "InvalidKeyPair.NotFound"})
 _NOT_FOUND_SUFFIX = ".NotFound"
 
 _LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -132,6 +134,7 @@ class AWSProvider(CloudProvider):
     attempts = 6  # per call, retries of throttling and server errors included
     backoff_base = 0.5
     backoff_cap = 20.0
+    propagation_s = 60.0  # how long RunInstances waits for EC2 to see a group/subnet/key pair just made
 
     def __init__(self, config: "CloudSiteConfig", tower_id: str):
         super().__init__(config, tower_id)
@@ -589,9 +592,31 @@ class AWSProvider(CloudProvider):
                                         "Groups": [net.ids["security_group"]], "DeleteOnTermination": True}]
         else:
             kw.update(SubnetId=net.ids["subnet"], SecurityGroupIds=[net.ids["security_group"]])
-        inst = self._call(f"start server {r.name}", "run_instances", overcloud_id=oc, **kw)["Instances"][0]
+        inst = self._run_instance(r.name, oc, kw)
+        if inst.get("State", {}).get("Name") in ("shutting-down", "terminated"):
+            # the token's instance is one that died earlier (list_servers left it out): a new token, a new instance
+            kw["ClientToken"] = f"{kw['ClientToken'][:40]}-{int(time.time())}"
+            inst = self._run_instance(r.name, oc, kw)
         logger.info("site %s: server %s is instance %s (%s)", self.site, r.name, inst["InstanceId"], kw["InstanceType"])
         return self._server(inst)
+
+    def _run_instance(self, name: str, oc: str, kw: dict[str, Any]) -> dict[str, Any]:
+        """RunInstances; while EC2 does not see yet the group, subnet or key pair just made (it is
+        eventually consistent: AWS's advice is to wait and call again), called again with the same
+        ClientToken for up to ``propagation_s``. Any other refusal is raised at once."""
+        deadline = time.monotonic() + self.propagation_s
+        while True:
+            try:
+                return self.ec2.run_instances(**kw)["Instances"][0]
+            except Exception as exc:
+                code = _error_code(exc) or ""
+                if code in PROPAGATION_CODES and time.monotonic() + self.poll < deadline:
+                    logger.info("site %s: %s: EC2 does not see a just-made resource yet (%s): again in %.1f s",
+                                self.site, name, code, self.poll)
+                    with self.stats.waiting():
+                        time.sleep(self.poll)
+                    continue
+                raise self._error(exc, f"start server {name}", overcloud_id=oc) from None
 
     def _wait(self, waiter_name: str, ids: list[str], timeout: float, what: str) -> Exception | None:
         """Run a boto3 waiter over ``ids``; None when it succeeded, else the WaiterError."""
