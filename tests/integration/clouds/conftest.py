@@ -91,3 +91,26 @@ def openstack_lab(tmp_path_factory):
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="session")
+def aws_lab(tmp_path_factory):
+    """The AWS lab of ``scripts/aws-lab.sh`` (moto + the harness booting its instances), once per
+    session (one lab per machine: every test that needs it uses this fixture). ``.dir``,
+    ``.sites_file`` (site aws-1), ``.url``. Fails, never skips, when it cannot start."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ec2lab import AWSLab
+
+    lab = AWSLab(tmp_path_factory.mktemp("awslab"))
+    try:
+        lab.up()
+    except Exception:
+        with contextlib.suppress(Exception):  # what the failed start left
+            lab.down()
+        raise
+    try:
+        yield lab
+    finally:
+        lab.down()
