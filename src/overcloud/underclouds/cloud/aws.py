@@ -517,6 +517,10 @@ class AWSProvider(CloudProvider):
             if not found:
                 raise UnderCloudError(f"site {self.site}: no image named {image!r} in {self.config.region} (image in the site config)",
                                       site=self.site)
+            owners = sorted({i.get("OwnerId", "?") for i in found})
+            if len(owners) > 1:  # a public image of a stranger may share the name (or the pattern): never guess
+                raise UnderCloudError(f"site {self.site}: images named {image!r} belong to {len(owners)} owners "
+                                      f"({', '.join(owners[:5])}); name the AMI id in the site config", site=self.site)
             image = max(found, key=lambda i: i.get("CreationDate", ""))["ImageId"]
         with self._lock:
             self._image_id = image
