@@ -8,6 +8,8 @@
 #   scripts/openstack-lab.sh down DIR    stop everything, remove the servers' instances and bridges
 #   scripts/openstack-lab.sh status DIR  what runs (JSON)
 #   scripts/openstack-lab.sh build       only make the cached chroot (once per machine, ~4 min)
+#   scripts/openstack-lab.sh stop|start|restart DIR ROLE   one service (ROLE: keystone, nova-api, neutron-server, ...);
+#                                        stop-keystone DIR / start-keystone DIR for the fault tests
 #
 # The packages live in a Debian 12 chroot made with mmdebstrap and cached in
 # /var/cache/overcloud/openstack-<key of its inputs>; nothing is installed on the machine.

@@ -6,6 +6,8 @@
     python3 lab/openstack/lab.py down DIR       # stop everything, remove instances/bridges/nft tables it made
     python3 lab/openstack/lab.py status DIR     # what runs (JSON)
     python3 lab/openstack/lab.py restart DIR ROLE  # one service again (after a config or driver change)
+    python3 lab/openstack/lab.py stop DIR ROLE     # stop one service (faults: stop-keystone DIR = stop DIR keystone)
+    python3 lab/openstack/lab.py start DIR ROLE    # start it again, wait until it answers (start-keystone DIR)
 
 (scripts/openstack-lab.sh is the front door; docs/underclouds.md, "OpenStack lab".)
 Stdlib only: runs as root under the machine's /usr/bin/python3.
@@ -442,9 +444,9 @@ core_plugin = ml2
 service_plugins = router
 auth_strategy = keystone
 transport_url = {rabbit}
-api_workers = 1
+api_workers = 0
 rpc_workers = 1
-rpc_state_report_workers = 1
+rpc_state_report_workers = 0
 state_path = /lab/neutron
 api_paste_config = /etc/neutron/api-paste.ini
 allow_overlapping_ips = true
@@ -769,6 +771,10 @@ clouds:
         t0 = time.monotonic()
         if MARKER.exists():
             other = MARKER.read_text().strip()
+            if not any(alive(p, st) for _, p, st in read_pids(Path(other))):
+                log(f"a stale marker of a lab at {other} (none of its processes runs): removed")
+                MARKER.unlink(missing_ok=True)
+        if MARKER.exists():
             raise LabError(f"an OpenStack lab is already up at {other} (one per machine): "
                            f"scripts/openstack-lab.sh down {other}")
         busy = [f"{k} {p}" for k, p in PORTS.items() if not port_free(p)]
@@ -882,11 +888,39 @@ clouds:
         if not quiet:
             log(f"down: {self.dir}")
 
-    def restart(self, role: str) -> None:
-        """Stop one service (by its recorded PID) and start it again as `up` did (for developers)."""
-        known = json.loads((self.dir / "services.json").read_text())
+    def _known(self, role: str) -> dict:
+        try:
+            known = json.loads((self.dir / "services.json").read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab at {self.dir}") from None
         if role not in known:
             raise LabError(f"no service {role!r} (services: {', '.join(known)})")
+        return known[role]
+
+    def restart(self, role: str) -> None:
+        """Stop one service (by its recorded PID) and start it again as `up` did (for developers)."""
+        self.stop(role)
+        self.start_again(role)
+        log(f"restarted {role}")
+
+    def start_again(self, role: str) -> None:
+        """Start a stopped service as `up` did; wait until it answers when it is an API."""
+        k = self._known(role)
+        if any(r == role and alive(p, st) for r, p, st in read_pids(self.dir)):
+            raise LabError(f"{role} runs already")
+        self.start(role, k["argv"], k["env"], k.get("chroot", True))
+        probes = {"keystone": lambda: http_ok(url("keystone", "/v3")),
+                  "placement": lambda: http_ok(url("placement", "/")),
+                  "glance-api": lambda: http_ok(url("glance", "/")),
+                  "neutron-server": lambda: http_ok(url("neutron", "/")),
+                  "nova-api": lambda: http_ok(url("nova", "/")),
+                  "rabbitmq": amqp_ok, "mariadb": lambda: tcp_ok(PORTS["mariadb"])}
+        if role in probes:
+            self.wait(role, probes[role], 180)
+
+    def stop(self, role: str) -> None:
+        """Stop one service (SIGTERM to its process group, SIGKILL after 20 s); the others keep running."""
+        self._known(role)
         keep = []
         for r, pid, st in read_pids(self.dir):
             if r != role:
@@ -900,8 +934,6 @@ clouds:
                 if alive(pid, st):
                     os.killpg(pid, 9)
         (self.dir / "pids").write_text("".join(x + "\n" for x in keep))
-        self.start(role, known[role]["argv"], known[role]["env"], known[role].get("chroot", True))
-        log(f"restarted {role}")
 
     def status(self) -> dict:
         procs = [{"role": r, "pid": p, "alive": alive(p, s)} for r, p, s in read_pids(self.dir)]
@@ -1077,15 +1109,19 @@ def rss_kb(pid: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("build", "up", "down", "status", "restart"):
+    aliases = {"stop-keystone": ("stop", "keystone"), "start-keystone": ("start", "keystone")}
+    if argv and argv[0] in aliases and len(argv) == 2:
+        argv = [aliases[argv[0]][0], argv[1], aliases[argv[0]][1]]
+    if not argv or argv[0] not in ("build", "up", "down", "status", "restart", "stop", "start"):
         print(__doc__, file=sys.stderr)
         return 2
     cmd = argv[0]
     if cmd == "build":
         print(build())
         return 0
-    if len(argv) != (3 if cmd == "restart" else 2):
-        print(f"usage: {sys.argv[0]} {cmd} DIR{' ROLE' if cmd == 'restart' else ''}", file=sys.stderr)
+    with_role = cmd in ("restart", "stop", "start")
+    if len(argv) != (3 if with_role else 2):
+        print(f"usage: {sys.argv[0]} {cmd} DIR{' ROLE' if with_role else ''}", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         die("needs root (network namespaces, chroot, mounts)")
@@ -1097,6 +1133,10 @@ def main(argv: list[str]) -> int:
             lab.down()
         elif cmd == "restart":
             lab.restart(argv[2])
+        elif cmd == "stop":
+            lab.stop(argv[2])
+        elif cmd == "start":
+            lab.start_again(argv[2])
         else:
             print(json.dumps(lab.status(), indent=1))
     except LabError as exc:
