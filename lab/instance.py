@@ -78,6 +78,7 @@ BASE_PACKAGES = {
     "mount": "mount/umount (the process runtime, pivot_root's old root)",
     "netbase": "/etc/protocols, /etc/services, as on any cloud image",
     "iputils-ping": "ping, to look at an instance",
+    "mosquitto-clients": "mosquitto_pub/_sub: inject a smart-energy fault in a box, as on the Tower's machine",
     "wireguard-go": "this kernel has no WireGuard: the hosts' underlay runs in userspace",
 }
 
@@ -294,6 +295,8 @@ def _remove_unused(keep: Path) -> None:
     for old in CACHE.iterdir():
         if old != keep and old.is_dir() and not old.name.startswith(".") and str(old) not in used:
             shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (CACHE / f"{old.name}.build.log").unlink()
 
 
 # -- the guard and the bridges -------------------------------------------------------------------
@@ -374,11 +377,20 @@ def _bridge_release(bridge: str) -> None:
 # -- an instance ---------------------------------------------------------------------------------
 INIT_SH = r"""
 set -eu
-lower=$1 disk=$2 root=$3 host=$4
+lower=$1 disk=$2 root=$3 host=$4 cgroups=$5
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$disk/upper,workdir=$disk/work" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
-mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
+# the machine's cgroup hierarchies, mounted afresh in the instance's cgroup namespace: their root
+# is the instance's own cgroup (what it makes there is under overcloud-cloudlab/<name> outside)
+printf '%s\n' "$cgroups" | while read -r kind path fstype opts; do
+    case $kind in
+        T) mount -t tmpfs -o mode=755 cgroup_root "$root$path" ;;
+        M) mkdir -p "$root$path"; mount -t "$fstype" -o "$opts" "$fstype" "$root$path" ;;
+        L) ln -s "$fstype" "$root$path" ;;
+        B) mount --rbind "$path" "$root$path" ;;
+    esac
+done
 mount -t tmpfs -o mode=755,size=4m tmpfs "$root/dev"
 for d in null zero full random urandom tty; do touch "$root/dev/$d"; mount --bind "/dev/$d" "$root/dev/$d"; done
 mkdir -p "$root/dev/net" "$root/dev/pts" "$root/dev/shm"
@@ -420,6 +432,68 @@ while True:
     except ChildProcessError:
         time.sleep(0.5)
 """
+
+
+CGROUP_PARENT = "overcloud-cloudlab"
+
+
+def _cgroup_mounts() -> list[tuple[str, str, str]]:
+    """The machine's cgroup mounts: (mount point, fstype, super options)."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        parts = line.split()
+        sep = parts.index("-")
+        point, fstype, superopts = parts[4], parts[sep + 1], parts[sep + 3]
+        if point == "/sys/fs/cgroup" or point.startswith("/sys/fs/cgroup/"):
+            out.append((point, fstype, superopts))
+    return out
+
+
+def _cgroups_make(name: str) -> tuple[list[str], str]:
+    """The instance's own cgroup in every v1 hierarchy (and the hybrid layout's v2 one):
+    ``<hierarchy>/overcloud-cloudlab/<name>``; returns the cgroup.procs files its init is put in
+    and the lines init.sh mounts /sys/fs/cgroup from. A machine with cgroup v2 alone: no own
+    cgroup (v2 would need controllers delegated to a cgroup with no process of its own); the
+    machine's hierarchy is bound as it is, as on the ssh lab's hosts."""
+    mounts = _cgroup_mounts()
+    if any(p == "/sys/fs/cgroup" and t == "cgroup2" for p, t, _ in mounts) or not mounts:
+        return [], "B /sys/fs/cgroup - -"
+    procs, lines = [], []
+    for point, fstype, superopts in mounts:
+        if point == "/sys/fs/cgroup":
+            lines.append("T /sys/fs/cgroup - -")
+            continue
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        opts = superopts
+        if fstype == "cgroup" and re.search(r"(^|,)name=", opts) and "none" not in opts.split(","):
+            opts = "none," + opts
+        lines.append(f"M {point} {fstype} {opts}")
+        d = Path(point)
+        for sub in (d / CGROUP_PARENT, d / CGROUP_PARENT / name):
+            sub.mkdir(exist_ok=True)
+            for knob in ("cpuset.cpus", "cpuset.mems"):  # a cpuset cgroup takes no process while they are empty
+                f = sub / knob
+                if f.exists() and not f.read_text().strip():
+                    f.write_text((sub.parent / knob).read_text())
+        procs.append(str(d / CGROUP_PARENT / name / "cgroup.procs"))
+    for entry in Path("/sys/fs/cgroup").iterdir():  # cpu -> cpu,cpuacct and the like
+        if entry.is_symlink():
+            lines.append(f"L {entry} {os.readlink(entry)} -")
+    return procs, "\n".join(lines)
+
+
+def _cgroups_remove(name: str) -> None:
+    """The instance's cgroups and everything made under them (its processes are gone)."""
+    for point, fstype, _ in _cgroup_mounts():
+        top = Path(point) / CGROUP_PARENT / name
+        if fstype not in ("cgroup", "cgroup2") or not top.is_dir():
+            continue
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+        with contextlib.suppress(OSError):
+            os.rmdir(top.parent)  # the last instance's
 
 
 def _dir(state_dir: str | Path, name: str) -> Path:
@@ -480,6 +554,7 @@ def _halt(name: str, idir: Path) -> None:
     deadline = time.monotonic() + 5
     while (_link_exists(veth) or _has_netns(name)) and time.monotonic() < deadline:
         time.sleep(0.02)
+    _cgroups_remove(name)
     # nothing of an instance is mounted in this namespace by design; remove anything that is
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     for m in sorted((m for m in mounts if m == str(idir) or m.startswith(f"{idir}/")), reverse=True):
@@ -553,10 +628,14 @@ def boot(name: str, state_dir: str | Path, bridge: str, gateway: str, address: s
         console = open(idir / "console.log", "a")
         console.write(f"--- boot {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {name} {addr}\n")
         console.flush()
+        procs, mounts = _cgroups_make(name)
         p = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{name}", "--", "unshare", "--mount", "--uts", "--pid", "--fork",
+            ["sh", "-c", 'while [ "$1" != -- ]; do echo $$ >"$1"; shift; done; shift; exec "$@"', "cgroups",
+             *procs, "--",
+             "nsenter", f"--net=/run/netns/{name}", "--", "unshare", "--mount", "--uts", "--pid", "--fork",
+             *(["--cgroup"] if procs else []),
              "--propagation", "private", "sh", "-c", INIT_SH, "init", str(lower), str(disk), str(idir / "root"),
-             hostname],
+             hostname, mounts],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
             env={"PATH": PATH, "LANG": "C.UTF-8"},
         )

@@ -72,6 +72,9 @@ def leftovers(name: str, state_dir: Path, bridge: str, pids: list[int]) -> list[
             stat = Path(f"/proc/{pid}/stat").read_text()
             if stat[stat.rindex(")") + 2] != "Z":  # (a zombie is dead: its parent has not reaped it yet)
                 left.append(f"process {pid}: {stat}")
+    for h in Path("/sys/fs/cgroup").iterdir():
+        if (h / instance.CGROUP_PARENT / name).exists():
+            left.append(f"cgroup {h / instance.CGROUP_PARENT / name}")
     needle = str(state_dir / name)
     for mi in Path("/proc").glob("[0-9]*/mountinfo"):
         with contextlib.suppress(OSError):
@@ -272,6 +275,9 @@ def test_instance_carries_a_box_made_by_the_host_agent_over_ssh(tmp_path, keys):
         ])
         assert box["address"] in out[0].stdout, out[0]
         assert "supervisord" in out[1].stdout and "/usr/bin/python3 -IS" in out[1].stdout, out[1].stdout
+        # the box's cgroups are made in the instance's own cgroup namespace
+        assert Path(f"/sys/fs/cgroup/memory/{instance.CGROUP_PARENT}/{name}/overcloud/{box['handle']}").is_dir()
+        assert not Path(f"/sys/fs/cgroup/memory/overcloud/{box['handle']}").exists()
         gone = agent("destroy-box", {"boxes": made["result"]["boxes"]})
         assert gone["ok"] and gone["result"]["destroyed"] == [box["handle"]], gone
         assert agent("teardown-site")["ok"]
