@@ -91,9 +91,11 @@ def main() -> None:
             procs = sorted({q for p in pids for q in tree(p)})
             rss = sum(mem_kb(p)[0] for p in procs)
             pss = sum(mem_kb(p)[1] for p in procs)
+            cg = Path(f"/sys/fs/cgroup/memory/{instance.CGROUP_PARENT}/{n}/memory.usage_in_bytes")
+            cgmem = f"; cgroup memory {int(cg.read_text()) / 2**20:.1f} MB (page cache included)" if cg.exists() else ""
             upper = subprocess.run(["du", "-sk", str(tmp / n / "disk")], capture_output=True, text=True).stdout.split()[0]
             print(f"{n}: boot {r['boot_s']:.2f} s; {len(procs)} processes RSS {rss / 1024:.1f} MB PSS {pss / 1024:.1f} MB; "
-                  f"disk (upper) {int(upper) / 1024:.1f} MB; cloud-init errors {r['cloud_init_errors']}")
+                  f"disk (upper) {int(upper) / 1024:.1f} MB{cgmem}; cloud-init errors {r['cloud_init_errors']}")
         print(f"{a.count} at once: {wall:.2f} s wall")
     finally:
         for n in names:
