@@ -25,7 +25,7 @@ def test_user_data_makes_the_user_pins_the_host_key_and_fetches_nothing():
     assert user == {"name": "overcloud", "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash", "lock_passwd": True,
                     "ssh_authorized_keys": [public]}
     assert doc["disable_root"] is True and doc["ssh_pwauth"] is False
-    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]  # the one given: none made
     # the host key's two halves belong together, and the public one is what the Tower pins
     private = asyncssh.import_private_key(doc["ssh_keys"]["ed25519_private"])
     assert private.export_public_key("openssh").decode().split()[:2] == key.public.split()

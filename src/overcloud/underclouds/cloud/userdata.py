@@ -95,7 +95,9 @@ def user_data(user: str, tower_public_key: str, host_key: HostKey, *, hostname: 
             "ssh_authorized_keys": [tower_public_key.strip()],
         }],
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # only the type given in ssh_keys (already there: nothing is generated). Not []: cloud-init's
+        # schema wants at least one type (`cloud-init schema`: "ssh_genkeytypes: [] is too short")
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {"ed25519_private": host_key.private, "ed25519_public": host_key.public},
         "disable_root": True,
         "ssh_pwauth": False,
