@@ -379,3 +379,29 @@ def test_run_instances_waits_for_a_group_ec2_does_not_see_yet(proxied, moto):
     with pytest.raises(UnderCloudError, match="InvalidGroup.NotFound"):
         p.create_servers(net, requests(oc, ("c9",)))
     p.sweep({oc})
+
+
+def test_public_ip_adds_gateway_route_and_addresses(moto, tmp_path):
+    """network.public_ip: an internet gateway and a route table 0.0.0.0/0 -> it in the OverCloud's
+    VPC, a public IP per instance; all tagged and deleted with the OverCloud."""
+    moto.reset()
+    ec2 = raw_ec2(moto.url)
+    p = AWSProvider(make_site(tmp_path, moto.url, network={"vpc_cidr": "10.91.0.0/16", "public_ip": True}), TOWER)
+    p.poll = 0.2
+    oc = uuid.uuid4().hex
+    net = p.ensure_network(oc, _pubkey())
+    assert p.ensure_network(oc, _pubkey()) == net  # idempotent with the gateway too
+    igw = ec2.describe_internet_gateways(InternetGatewayIds=[net.ids["internet_gateway"]])["InternetGateways"][0]
+    assert [a["VpcId"] for a in igw["Attachments"]] == [net.ids["vpc"]]
+    rtb = ec2.describe_route_tables(RouteTableIds=[net.ids["route_table"]])["RouteTables"][0]
+    assert any(r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("GatewayId") == igw["InternetGatewayId"]
+               for r in rtb["Routes"])
+    assert [a["SubnetId"] for a in rtb["Associations"]] == [net.ids["subnet"]]
+    s = p.wait_servers([x.id for x in p.create_servers(net, requests(oc, ("p0",)))], timeout=30)[0]
+    print("public address in moto:", s.public_address)
+    assert s.public_address
+    assert {"internet-gateway", "route-table"} <= {r.kind for r in p.list_tagged(oc)}
+    p.delete_servers([s.id], timeout=30)
+    p.delete_network(oc, timeout=30)
+    assert p.list_tagged(oc) == []
+    assert not ec2.describe_internet_gateways(Filters=[{"Name": f"tag:{TAG_TOWER}", "Values": [TOWER]}])["InternetGateways"]

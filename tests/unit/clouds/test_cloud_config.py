@@ -102,6 +102,8 @@ def test_an_openstack_site_that_cannot_be_used_is_refused_naming_what_to_fix(tmp
     (("  region: us-east-1\n", ""), ["site 'aws-1'", "region is missing"]),
     (("  instance_types: {small: t3.micro, medium: t3.small, large: t3.medium}\n", ""), ["instance_types is missing", "t3.micro"]),
     (("  network: {vpc_cidr: 10.91.0.0/16, vpc_id: null, subnet_id: null}\n", "  network: {}\n"), ["network.vpc_cidr is missing"]),
+    (("  network: {vpc_cidr: 10.91.0.0/16, vpc_id: null, subnet_id: null}\n",
+      "  network: {vpc_cidr: 10.91.0.0/16, public_ip: maybe}\n"), ["network.public_ip must be true or false"]),
     (("  endpoint_url: http://127.0.0.1:5000\n", "  endpoint_url: 127.0.0.1:5000\n"), ["endpoint_url", "http(s) URL"]),
     (("  image: ami-12c6146b\n", ""), ["image is missing", "AMI"]),
     (("  flavors", "  flavors"), []),

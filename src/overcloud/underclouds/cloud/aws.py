@@ -400,7 +400,7 @@ class AWSProvider(CloudProvider):
                                      CidrBlock=str(block),
                                      TagSpecifications=[self._tag_spec("subnet", overcloud_id, name, {_TAG_ROLE: "subnet"})])["Subnet"]
                 ids["subnet"], cidr = sub["SubnetId"], sub["CidrBlock"]
-        if getattr(net, "public_ip", False) and not net.subnet_id:
+        if net.public_ip and not net.vpc_id and not net.subnet_id:  # a configured VPC's routing is its owner's
             ids.update(self._ensure_internet(overcloud_id, ids["vpc"], ids["subnet"]))
         ids["security_group"] = self._ensure_group(overcloud_id, ids["vpc"])
         ids["key_pair"] = self._ensure_key_pair(overcloud_id, public_key)
@@ -591,7 +591,7 @@ class AWSProvider(CloudProvider):
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             TagSpecifications=[self._tag_spec("instance", oc, r.name, tags),
                                self._tag_spec("volume", oc, r.name, {TAG_BOX: r.box})])
-        if getattr(self.config.network, "public_ip", False):
+        if self.config.network.public_ip:
             kw["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": net.ids["subnet"], "AssociatePublicIpAddress": True,
                                         "Groups": [net.ids["security_group"]], "DeleteOnTermination": True}]
         else:

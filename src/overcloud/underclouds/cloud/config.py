@@ -72,7 +72,7 @@ _FIELDS = {
 }
 _NET_FIELDS = {
     "openstack": {"cidr_pool", "external_network", "floating_ip"},
-    "aws": {"vpc_cidr", "vpc_id", "subnet_id"},
+    "aws": {"vpc_cidr", "vpc_id", "subnet_id", "public_ip"},
 }
 _SECRETS = re.compile(r"(secret|password|passwd|token|access_key|private_key|credential(s)?$|^key$)", re.I)
 _WHERE_SECRETS = {
@@ -98,6 +98,7 @@ class CloudNetworkConfig:
     vpc_cidr: str | None = None  # each OverCloud gets a /24 of it (in its own VPC, or in vpc_id)
     vpc_id: str | None = None  # an existing VPC to make the OverClouds' subnets in
     subnet_id: str | None = None  # an existing subnet every server goes into (no subnet made)
+    public_ip: bool = False  # a public IP per instance (+ internet gateway and default route in an OverCloud's own VPC)
 
     @property
     def pool(self) -> str | None:
@@ -254,9 +255,12 @@ def _parse_site(raw: Mapping[str, Any], name: str, kind: str, base_dir: Path | N
                                   "or name an existing subnet with network.subnet_id")
         if subnet_id is not None and vpc_id is None and vpc_cidr is not None:
             pass  # the subnet's VPC is found from the subnet
+        public_ip = netraw.get("public_ip", False)
+        if not isinstance(public_ip, bool):
+            raise SiteConfigError(f"{where}: network.public_ip must be true or false")
         network = CloudNetworkConfig(
             vpc_cidr=_net(vpc_cidr, where, "network.vpc_cidr", max_prefix=24) if vpc_cidr is not None else None,
-            vpc_id=vpc_id, subnet_id=subnet_id)
+            vpc_id=vpc_id, subnet_id=subnet_id, public_ip=public_ip)
     ssh_cidrs = _cidrs(raw.get("ssh_cidrs"), where, "ssh_cidrs")
     if not ssh_cidrs:
         raise SiteConfigError(f"{where}: ssh_cidrs is missing: the networks the Tower connects from as the cloud sees "
