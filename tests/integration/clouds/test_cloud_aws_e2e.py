@@ -6,13 +6,32 @@ DELETE leaves nothing: the cloud lists nothing of the Tower by tag, and no insta
 
 from __future__ import annotations
 
+import base64
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from overcloud.underclouds.cloud.aws import AWSProvider
 from overcloud.underclouds.cloud.config import load_cloud_sites_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "lab"))
+
+import instance  # noqa: E402  (lab/instance.py: schema_check runs the instances' cloud-init)
+
+
+def _user_data(site, server_id: str) -> str:
+    """The user data EC2 (moto) holds for an instance, as the instance's cloud-init reads it."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.Session(profile=site.profile)
+    core.set_config_variable("credentials_file", str(site.credentials_file))
+    ec2 = boto3.session.Session(botocore_session=core, region_name=site.region).client("ec2", endpoint_url=site.endpoint_url)
+    raw = ec2.describe_instance_attribute(InstanceId=server_id, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(raw).decode()
 
 
 def _instances() -> set[str]:
@@ -43,6 +62,10 @@ def test_seed_request_on_aws_ready_then_delete_leaves_nothing(aws_lab, own_tower
         assert sorted(s.name for s in servers) == [f"oc-{oc[:8]}-c1", f"oc-{oc[:8]}-p0"]
         assert all(s.status == "active" and s.tags["overcloud.io/host-key"].startswith("ssh-ed25519 ") for s in servers)
         assert len(_instances() - before) == 2
+        for srv in servers:  # what the cloud really holds passes cloud-init's schema and pins the tagged host key
+            text = _user_data(site, srv.id)
+            assert text.startswith("#cloud-config") and instance.schema_check(text) == [], srv.name
+            assert srv.tags["overcloud.io/host-key"] in text
         aws = next(d for d in c.get("/underclouds").json()["underclouds"] if d["name"] == "aws-1")
         assert sorted(h["name"] for h in aws["hosts"]) == sorted(s.name for s in servers), aws
         assert aws["capacity"]["servers"]["used"] == 2
