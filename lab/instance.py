@@ -363,7 +363,10 @@ def _bridge_ports(bridge: str) -> list[str]:
 
 def _bridge_release(bridge: str) -> None:
     """Remove the bridge when this module made it and no port is left on it."""
-    if not _link_exists(bridge) or _bridge_ports(bridge):
+    if not _link_exists(bridge):
+        _guard_forget(bridge)
+        return
+    if _bridge_ports(bridge):
         return
     try:
         alias = Path(f"/sys/class/net/{bridge}/ifalias").read_text().strip()
@@ -584,7 +587,8 @@ def boot(name: str, state_dir: str | Path, bridge: str, gateway: str, address: s
     idir = _dir(state_dir, name)
     if _init_pid(idir):
         raise InstanceError(f"instance {name} runs already (pid {_init_pid(idir)}); kill it first")
-    _halt(name, idir)  # what a crashed earlier boot left
+    if (idir / "info.json").exists():
+        _halt(name, idir)  # what a crashed earlier boot of this instance left
     if _has_netns(name):
         raise InstanceError(f"network namespace {name} exists and is not this instance's: remove it first")
     disk = idir / "disk"
@@ -698,6 +702,8 @@ def kill(name: str, state_dir: str | Path) -> None:
     bridge = None
     with contextlib.suppress(OSError, ValueError):
         bridge = json.loads((idir / "info.json").read_text())["bridge"]
+    if not (idir / "info.json").exists():
+        return  # never booted here, or killed already (a netns of that name is someone else's)
     _halt(name, idir)
     for sub in ("disk", "root"):
         shutil.rmtree(idir / sub, ignore_errors=True)

@@ -284,3 +284,15 @@ def test_instance_carries_a_box_made_by_the_host_agent_over_ssh(tmp_path, keys):
     finally:
         instance.kill(name, state)
     assert leftovers(name, state, br, []) == []
+
+
+def test_a_netns_of_that_name_that_is_not_ours_is_refused_and_left_alone(tmp_path):
+    subprocess.run(["ip", "netns", "add", "h5t-y"], check=True)
+    try:
+        with pytest.raises(instance.InstanceError, match="not this instance's"):
+            instance.boot("h5t-y", tmp_path, "h5t-a", "10.91.250.1/24", "10.91.250.6/24", "#cloud-config\n")
+        instance.kill("h5t-y", tmp_path)
+        assert Path("/run/netns/h5t-y").exists()
+        assert not Path("/sys/class/net/h5t-a").exists()
+    finally:
+        subprocess.run(["ip", "netns", "delete", "h5t-y"], check=False)
