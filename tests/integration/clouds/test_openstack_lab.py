@@ -170,6 +170,47 @@ def test_server_with_user_data_is_reachable_by_ssh_and_delete_leaves_nothing(ope
     conn.close()
 
 
+def test_power_state_is_what_runs_and_start_boots_it_again(openstack_lab):
+    """An instance whose processes die (a crash) is SHUTDOWN for Nova, which stops the server
+    (SHUTOFF); starting it boots the namespace instance again, cloud-init and SSH included."""
+    conn = _connect(openstack_lab.clouds_file, "overcloud-lab")
+    name = f"labtest-{secrets.token_hex(4)}"
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    pub = key.export_public_key().decode().strip()
+    user_data = ("#cloud-config\nusers:\n  - name: labuser\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n"
+                 f"    lock_passwd: true\n    ssh_authorized_keys: [\"{pub}\"]\n")
+    net = conn.network.create_network(name=name)
+    server = None
+    try:
+        conn.network.create_subnet(network_id=net.id, name=name, ip_version=4,
+                                   cidr=f"10.90.{200 + secrets.randbelow(50)}.0/24")
+        server = conn.compute.create_server(
+            name=name, image_id=conn.image.find_image("debian-12-overcloud", ignore_missing=False).id,
+            flavor_id=conn.compute.find_flavor("m1.small", ignore_missing=False).id,
+            networks=[{"uuid": net.id}], user_data=base64.b64encode(user_data.encode()).decode())
+        server = conn.compute.wait_for_server(server, status="ACTIVE", wait=300)
+        address = server.addresses[name][0]["addr"]
+        instance = "osi-" + server.id.replace("-", "")[:8]
+        pids = (openstack_lab.dir / "instances" / instance / "pids").read_text().split()
+        init = int(pids[pids.index("init") + 1])
+        os.kill(init, 9)  # its PID namespace ends with it: every process of the instance
+        t0 = time.monotonic()
+        server = conn.compute.wait_for_server(server, status="SHUTOFF", wait=120, interval=2)
+        print(f"\nOpenStack lab: a crashed instance seen SHUTOFF after {time.monotonic() - t0:.1f} s")
+        assert server.power_state == 4  # SHUTDOWN
+        assert instance not in _netns()  # stopping cleaned what the crash left
+        conn.compute.start_server(server)
+        server = conn.compute.wait_for_server(server, status="ACTIVE", wait=300)
+        assert server.power_state == 1
+        assert asyncio.run(_ssh(address, "labuser", key)).split()[:2] == ["labuser", "root"]
+    finally:
+        if server is not None:
+            conn.compute.delete_server(server, ignore_missing=True)
+            conn.compute.wait_for_delete(server, wait=120)
+        conn.network.delete_network(net, ignore_missing=True)
+        conn.close()
+
+
 def test_a_second_up_is_refused_naming_the_lab(openstack_lab, tmp_path):
     other = tmp_path / "other-lab"
     r = subprocess.run(["bash", str(OSLAB), "up", str(other)], capture_output=True, text=True, timeout=120)
