@@ -86,6 +86,7 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.seen: list[tuple[str, int]] = []  # (action, status answered)
         self._rules: list[list] = []  # [action | None, times left, status, code, message]
+        self._holds: list[list] = []  # [action, seconds, arrived event]
         self._lock = threading.Lock()
         proxy = self
 
@@ -98,6 +99,10 @@ class FaultProxy:
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 action = (urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action") or [""])[0]
+                hold = proxy._take_hold(action)
+                if hold is not None:  # the request reached the "cloud" and is under way: it is done later
+                    hold[1].set()
+                    time.sleep(hold[0])
                 fault = proxy._take(action)
                 if fault is not None:
                     status, code, message = fault
@@ -114,6 +119,14 @@ class FaultProxy:
                 conn.request("POST", self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                proxy._record(action, resp.status)
+                try:
+                    self._answer(resp, data)
+                except OSError:  # the caller is gone (killed while its call was held): the call was still done
+                    pass
+                conn.close()
+
+            def _answer(self, resp, data):
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
@@ -121,8 +134,6 @@ class FaultProxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                conn.close()
-                proxy._record(action, resp.status)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
@@ -135,6 +146,22 @@ class FaultProxy:
     def fail(self, action: str | None, times: int, status: int, code: str, message: str = "injected by the test") -> None:
         with self._lock:
             self._rules.append([action, times, status, code, message])
+
+    def hold(self, action: str, seconds: float) -> threading.Event:
+        """The next request of ``action`` waits ``seconds`` before it goes to the server (and is
+        done there even when its caller is gone meanwhile); the event is set when it arrives."""
+        arrived = threading.Event()
+        with self._lock:
+            self._holds.append([action, seconds, arrived])
+        return arrived
+
+    def _take_hold(self, action: str):
+        with self._lock:
+            for h in self._holds:
+                if h[0] == action:
+                    self._holds.remove(h)
+                    return h[1], h[2]
+        return None
 
     def _take(self, action: str):
         with self._lock:
