@@ -12,7 +12,8 @@ How it finds its own again (the provider contract's *Idempotent* promise):
   ``overcloud.io:box=<box>``). Nova refuses ``/`` and ``,`` in tags (the API-WG tag guideline),
   so the contract's ``overcloud.io/...`` keys are written with ``:`` here; :class:`Server.tags`
   gives them back under the contract's keys. The host key and box subnet go in server
-  *metadata* (tags are at most 60 characters).
+  *metadata* (tags are at most 60 characters), with ``:`` keys too (``overcloud.io:host-key``:
+  Nova's metadata keys allow no ``/`` either).
 * **Descriptions.** Neutron sets tags only after a create on the releases that lack the
   ``tag-creation`` extension; the description (``overcloud.io overcloud=<id> tower=<id>``) is
   written by the create itself, so a resource made just before a crash, not yet tagged, is still
@@ -39,7 +40,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from overcloud.underclouds.base import TaggedResource, UnderCloudError
+from overcloud.underclouds.base import TaggedResource, UnderCloudError, parallel
 from overcloud.underclouds.cloud.provider import (
     ACTIVE, BUILDING, DELETED, ERROR, NODEPORT_RANGE, TAG_BOX, TAG_BOX_CIDR, TAG_OVERCLOUD, TAG_TOWER, VXLAN_PORT,
     WG_PORT, CloudProvider, CloudQuotaExceeded, CloudServerFailed, CloudUnavailable, Limits, NetworkInfo, Server,
@@ -71,6 +72,12 @@ def parse_tags(tags: Iterable[str] | None) -> dict[str, str]:
             if t.startswith(prefix):
                 out[key] = t[len(prefix):]
     return out
+
+
+def _meta_key(key: str, back: bool = False) -> str:
+    """Nova metadata keys allow ``[a-zA-Z0-9-_:. ]``: ``overcloud.io/host-key`` is written
+    ``overcloud.io:host-key`` (``back``: the other way)."""
+    return key.replace(":", "/", 1) if back else key.replace("/", ":")
 
 
 def _pause(i: int) -> float:
@@ -185,8 +192,11 @@ class OpenStackProvider(CloudProvider):
             return CloudUnavailable(f"{where}: {what} kept failing (HTTP {status}): {detail}", site=self.site,
                                     overcloud_id=overcloud_id)
         if status == 403:
-            return UnderCloudError(f"{where}: {what} was refused (HTTP 403): {detail} (the credentials need the "
-                                   "member role on the project)", site=self.site, overcloud_id=overcloud_id)
+            hint = ""
+            if "polic" in detail.lower() or "not authorized" in detail.lower():
+                hint = " (the credentials need the member role on the project)"
+            return UnderCloudError(f"{where}: {what} was refused (HTTP 403): {detail}{hint}", site=self.site,
+                                   overcloud_id=overcloud_id)
         code = f"HTTP {status}" if status else type(exc).__name__
         return UnderCloudError(f"{where}: {what} failed ({code}): {detail}", site=self.site, overcloud_id=overcloud_id)
 
@@ -232,20 +242,27 @@ class OpenStackProvider(CloudProvider):
             self._tag_on_create = "tag-creation" in aliases
         return self._tag_on_create
 
-    def _neutron_find_or_create(self, kind: str, overcloud_id: str, find: Callable[[Any], list],
-                                create: Callable[[Any, dict], Any]) -> Any:
+    def _neutron_find_or_create(self, kind: str, overcloud_id: str, find: Callable[[Any], Iterable[Any]],
+                                create: Callable[[Any, dict], Any], *, listed: Iterable[Any] | None = None) -> Any:
         """One Neutron resource of an OverCloud: found by name + tag, or by name + description (made
-        before a crash, not yet tagged: tagged now), or created with the description and tags."""
+        before a crash, not yet tagged: tagged now), or created with the description and tags.
+        ``listed``: candidates the caller listed already (no call to find them again)."""
         tags = self._tags(overcloud_id)
         marker = self._marker(overcloud_id)
 
-        def found(conn: Any) -> Any:
-            for r in find(conn):
+        def pick(rs: Iterable[Any]) -> Any:
+            for r in rs:
                 if set(tags) <= set(r.tags or ()) or (r.description or "") == marker:
                     return r
             return None
 
-        existing = self._call(f"find {kind}", found, overcloud_id=overcloud_id)
+        def found(conn: Any) -> Any:
+            return pick(find(conn))
+
+        if listed is not None:
+            existing = pick(listed)
+        else:
+            existing = self._call(f"find {kind}", found, overcloud_id=overcloud_id)
         if existing is None:
             extra = {"description": marker}
             if self._neutron_tag_on_create():
@@ -399,10 +416,10 @@ class OpenStackProvider(CloudProvider):
             cidr = self._pick_cidr(overcloud_id)
         gateway = str(cidr.network_address + 1)
         subnet = self._neutron_find_or_create(
-            "subnet", overcloud_id, lambda c: [s for s in subnets if s.name == name] or list(
-                c.network.subnets(network_id=net.id, name=name)),
+            "subnet", overcloud_id, lambda c: c.network.subnets(network_id=net.id, name=name),
             lambda c, extra: c.network.create_subnet(name=name, network_id=net.id, ip_version=4, cidr=str(cidr),
-                                                     gateway_ip=gateway, enable_dhcp=True, **extra))
+                                                     gateway_ip=gateway, enable_dhcp=True, **extra),
+            listed=[s for s in subnets if s.name == name])
         ids = {"network": net.id, "subnet": subnet.id}
         if cfg.external_network:
             ext = self._external_network_id()
@@ -513,9 +530,8 @@ class OpenStackProvider(CloudProvider):
             self._ids["image"] = found[0].id
         return self._ids["image"]
 
-    def _to_server(self, s: Any, ports: dict[str, Any] | None = None) -> Server:
-        meta = dict(s.metadata or {})
-        tags = {k: v for k, v in meta.items() if k.startswith("overcloud.io/")}
+    def _to_server(self, s: Any, ports: dict[str, Any] | None = None, fips: dict[str, str] | None = None) -> Server:
+        tags = {_meta_key(k, back=True): v for k, v in (s.metadata or {}).items() if k.startswith("overcloud.io:")}
         tags.update(parse_tags(s.tags))
         status = _NOVA_STATUS.get((s.status or "").upper(), ERROR)
         private = public = None
@@ -527,15 +543,35 @@ class OpenStackProvider(CloudProvider):
                     public = public or a.get("addr")
                 else:
                     private = private or a.get("addr")
-        if private is None and ports and s.id in ports:
-            ips = ports[s.id].fixed_ips or []
+        port = (ports or {}).get(s.id)
+        if private is None and port is not None:
+            ips = port.fixed_ips or []
             private = ips[0]["ip_address"] if ips else None
+        if public is None and port is not None and fips:
+            public = fips.get(port.id)
         fault = None
         if status == ERROR:
             f = s.fault or {}
-            fault = (f.get("message") if isinstance(f, dict) else str(f)) or f"status {s.status}"
+            fault = ((f.get("message") if isinstance(f, dict) else str(f)) or f"status {s.status}").strip()
         return Server(id=s.id, name=s.name, box=tags.get(TAG_BOX), status=status, private_address=private,
                       public_address=public, tags=tags, fault=fault)
+
+    def _complete(self, raw: list[Any]) -> list[Server]:
+        """Servers with their addresses. Nova's address cache may lag behind Neutron (a floating IP
+        just associated, a port just bound): then the ports (one call) and floating IPs (one call)
+        fill them in."""
+        servers = [self._to_server(s) for s in raw]
+        fip = self.config.network.floating_ip
+        lacking = [r.id for r, s in zip(raw, servers)
+                   if s.status == ACTIVE and (s.private_address is None or (fip and s.public_address is None))]
+        if not lacking:
+            return servers
+        ports = {p.device_id: p for p in self._call("list ports", lambda c: c.network.ports(device_id=lacking))}
+        fips: dict[str, str] = {}
+        if fip:
+            fips = {i.port_id: i.floating_ip_address for i in self._call(
+                "list floating IPs", lambda c: c.network.ips(tags=self._filter(None))) if i.port_id}
+        return [self._to_server(r, ports, fips) if r.id in lacking else s for r, s in zip(raw, servers)]
 
     def _servers(self, overcloud_id: str | None) -> list[Any]:
         return self._call("list servers", lambda c: c.compute.servers(details=True, tags=self._filter(overcloud_id)),
@@ -550,16 +586,26 @@ class OpenStackProvider(CloudProvider):
         existing = {s.name: s for s in self._servers(oc)}
         ports = {p.name: p for p in self._call("list ports", lambda c: c.network.ports(
             network_id=net.ids["network"], description=self._marker(oc)), overcloud_id=oc)}
-        out: list[Server] = []
-        for req in reqs:
+        fips = None
+        if self.config.network.floating_ip:
+            fips = {i.port_id: i for i in self._call("list floating IPs", lambda c: c.network.ips(
+                tags=self._filter(oc)), overcloud_id=oc) if i.port_id}
+
+        def one(req: ServerRequest) -> Any:
             s = existing.get(req.name)
             if s is None:
-                port = ports.get(req.name) or self._make_port(net, req)
+                port = self._make_port(net, req, listed=[ports[req.name]] if req.name in ports else [], fips=fips)
                 s = self._create_server(net, req, flavors[req.flavor][0], image, port)
-            out.append(self._to_server(s))
-        return out
+            return s
 
-    def _make_port(self, net: NetworkInfo, req: ServerRequest) -> Any:
+        done = parallel(one, list(reqs), name=f"os-{self.site}")
+        failed = [err for _, _, err in done if err is not None]
+        if failed:  # every request was tried: what was made carries its tags, for the revert to find
+            raise failed[0]
+        return [self._to_server(s) for _, s, _ in done]
+
+    def _make_port(self, net: NetworkInfo, req: ServerRequest, *, listed: list[Any] | None = None,
+                   fips: dict[str, Any] | None = None) -> Any:
         """The server's port, ours (not Nova's) so that it can carry the box subnet as an allowed
         address pair: boxes on the server send and receive from that subnet on the site's network,
         which port security would otherwise drop."""
@@ -572,20 +618,21 @@ class OpenStackProvider(CloudProvider):
 
         port = self._neutron_find_or_create(
             "port", oc, lambda c: c.network.ports(network_id=net.ids["network"], name=req.name),
-            lambda c, extra: c.network.create_port(**attrs, **extra))
+            lambda c, extra: c.network.create_port(**attrs, **extra), listed=listed)
         if self.config.network.floating_ip:
             self._neutron_find_or_create(
                 "floating IP", oc, lambda c: c.network.ips(port_id=port.id),
                 lambda c, extra: c.network.create_ip(floating_network_id=self._external_network_id(), port_id=port.id,
-                                                     **extra))
+                                                     **extra),
+                listed=None if fips is None else [fips[port.id]] if port.id in fips else [])
         return port
 
     def _create_server(self, net: NetworkInfo, req: ServerRequest, flavor_id: str, image_id: str, port: Any) -> Any:
         from openstack import exceptions as osx
         oc = net.overcloud_id
         tags = self._tags(oc) + [os_tag(TAG_BOX, req.box)]
-        meta = {k: str(v) for k, v in req.tags.items()}
-        meta.update({TAG_OVERCLOUD: oc, TAG_TOWER: self.tower_id, TAG_BOX: req.box})
+        meta = {_meta_key(k): str(v) for k, v in {**req.tags, TAG_OVERCLOUD: oc, TAG_TOWER: self.tower_id,
+                                                   TAG_BOX: req.box}.items()}
         user_data = base64.b64encode(req.user_data.encode()).decode()
 
         def create(c: Any) -> Any:
@@ -614,22 +661,25 @@ class OpenStackProvider(CloudProvider):
         with self.stats.waiting():
             while True:
                 by_id = {s.id: s for s in self._servers(None)}
-                missing = [x for x in want if x not in by_id]
-                if missing:
-                    raise CloudServerFailed(f"site {self.site}: server {missing[0]} is gone while booting",
-                                            server=missing[0], fault="deleted", site=self.site)
+                for x in [x for x in want if x not in by_id]:  # not listed (yet?): asked by id; 404 = gone
+                    found = self._call(f"get server {x}", lambda c, x=x: c.compute.find_server(x, ignore_missing=True))
+                    if found is None:
+                        raise CloudServerFailed(f"site {self.site}: server {x} is gone while booting",
+                                                server=x, fault="deleted", site=self.site)
+                    by_id[x] = found
                 servers = [self._to_server(by_id[x]) for x in want]
                 for s in servers:
+                    if s.status == ERROR and not by_id[s.id].fault:  # a listing may leave the fault out: ask once
+                        full = self._call(f"get server {s.id}", lambda c, x=s.id: c.compute.find_server(
+                            x, ignore_missing=True))
+                        if full is not None:
+                            s = self._to_server(full)
                     if s.status in (ERROR, DELETED):
                         raise CloudServerFailed(f"site {self.site}: server {s.name} went to {s.status}: {s.fault}",
                                                 server=s.id, fault=s.fault, site=self.site,
                                                 overcloud_id=s.overcloud_id)
                 if all(s.status == ACTIVE for s in servers):
-                    if any(s.private_address is None for s in servers):
-                        ports = {p.device_id: p for p in self._call("list ports", lambda c: c.network.ports(
-                            device_id=want))}
-                        servers = [self._to_server(by_id[x], ports) for x in want]
-                    return servers
+                    return self._complete([by_id[x] for x in want])
                 if time.monotonic() >= deadline:
                     slow = [f"{s.name} {s.status}" for s in servers if s.status != ACTIVE]
                     raise UnderCloudError(f"site {self.site}: servers not active after {timeout:.0f} s: "
@@ -645,8 +695,10 @@ class OpenStackProvider(CloudProvider):
         deadline = time.monotonic() + timeout
         ports = [p for p in self._call("list ports", lambda c: c.network.ports(device_id=list(ids)))
                  if (p.description or "").startswith("overcloud.io ") and f"tower={self.tower_id}" in p.description]
-        for sid in ids:
-            self._call(f"delete server {sid}", lambda c, sid=sid: c.compute.delete_server(sid, ignore_missing=True))
+        for _, _, err in parallel(lambda sid: self._call(f"delete server {sid}", lambda c: c.compute.delete_server(
+                sid, ignore_missing=True)), list(ids), name=f"os-{self.site}"):
+            if err is not None:
+                raise err
         asked_again: set[str] = set()
         i = 0
         with self.stats.waiting():
@@ -665,12 +717,18 @@ class OpenStackProvider(CloudProvider):
                                           f"{', '.join(f'{s.name} {s.status}' for s in left)}", site=self.site)
                 time.sleep(min(_pause(i), max(0.0, deadline - time.monotonic())))
                 i += 1
-        for p in ports:
-            self._delete_port(p)
+        fips: list[Any] = []
+        if ports and self.config.network.floating_ip:
+            ours = {p.id for p in ports}
+            fips = [i for i in self._call("list floating IPs", lambda c: c.network.ips(tags=self._filter(None)))
+                    if i.port_id in ours]
+        for ip in fips:
+            self._call("delete floating IP", lambda c, ip=ip: c.network.delete_ip(ip, ignore_missing=True))
+        for _, _, err in parallel(self._delete_port, ports, name=f"os-{self.site}"):
+            if err is not None:
+                raise err
 
     def _delete_port(self, port: Any) -> None:
-        for ip in self._call("list floating IPs", lambda c: c.network.ips(port_id=port.id)):
-            self._call("delete floating IP", lambda c, ip=ip: c.network.delete_ip(ip, ignore_missing=True))
         self._call(f"delete port {port.name}", lambda c: c.network.delete_port(port, ignore_missing=True))
 
     def delete_network(self, overcloud_id: str, timeout: float) -> None:
@@ -724,7 +782,7 @@ class OpenStackProvider(CloudProvider):
     # -- finding -----------------------------------------------------------------------------
 
     def list_servers(self, overcloud_id: str | None = None) -> list[Server]:
-        return [s for s in (self._to_server(x) for x in self._servers(overcloud_id)) if s.status != DELETED]
+        return [s for s in self._complete(self._servers(overcloud_id)) if s.status != DELETED]
 
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
         """Servers, floating IPs, ports, routers, security groups, subnets, networks (by tag) and
