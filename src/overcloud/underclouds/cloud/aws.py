@@ -13,33 +13,27 @@ Per OverCloud on a site it makes, all tagged with the OverCloud id and the Tower
 * one instance per box (``run_instances`` with the cloud-init user data, tags on the instance and
   its volume, IMDSv2 only, ``ClientToken`` derived from Tower + OverCloud + server name).
 
-Retries: botocore's own retries are OFF (``total_max_attempts=1``); every call, the waiters' polls
-included, goes through :func:`~.provider.call_with_retries`, which retries only throttling
-(``RequestLimitExceeded``, ``Throttling``...), HTTP 429/5xx and a connection refused/reset, with
-capped exponential backoff. One layer, so attempts never multiply (botocore standard x ours), each
-attempt is counted in ``stats.calls`` and each retry logged; and ``check`` of an unreachable
-endpoint fails after one attempt instead of botocore's backoff.
-
-No secret reaches a message: every error is rebuilt from the error code and AWS's message, and
-any credential value of the session is scrubbed from it.
+The parts: ``aws_calls.py`` (session, client, retries only on throttling and server errors,
+errors without secrets), ``aws_network.py`` (VPC, subnet, security group, key pair), this module
+(check, limits, instances, waiters, listing and deleting by tag).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from overcloud.underclouds.base import TaggedResource, UnderCloudError
+from overcloud.underclouds.cloud.aws_calls import (
+    DEPENDENCY_CODES, PROPAGATION_CODES, THROTTLING_CODES, aws_retryable, error_code)
+from overcloud.underclouds.cloud.aws_network import AWSNetwork
 from overcloud.underclouds.cloud.provider import (
-    ACTIVE, BUILDING, DELETED, ERROR, NODEPORT_RANGE, TAG_BOX, TAG_OVERCLOUD, TAG_TOWER, VXLAN_PORT, WG_PORT,
-    CloudProvider, CloudQuotaExceeded, CloudServerFailed, CloudUnavailable, Limits, NetworkInfo, Server,
-    ServerRequest, call_with_retries, connection_retryable, http_status_retryable, network_name)
+    ACTIVE, BUILDING, DELETED, ERROR, TAG_BOX, TAG_OVERCLOUD, CloudServerFailed, CloudUnavailable, Limits,
+    NetworkInfo, Server, ServerRequest, network_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from overcloud.underclouds.cloud.config import CloudSiteConfig
@@ -48,224 +42,23 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AWSProvider", "THROTTLING_CODES", "aws_retryable"]
 
-#: EC2 (and AWS query APIs) answer these when a caller goes too fast: retried with backoff
-THROTTLING_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
-                              "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
-                              "EC2ThrottledException", "SlowDown"})
-#: the credentials are refused: the site is unavailable (never retried)
-AUTH_CODES = frozenset({"AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
-                        "IncompleteSignature", "InvalidAccessKeyId", "ExpiredToken", "ExpiredTokenException",
-                        "RequestExpired", "OptInRequired", "AccessDenied", "AccessDeniedException",
-                        "UnauthorizedOperation", "Blocked"})
-#: the account's limits refuse the instances
-QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
-                         "VpcLimitExceeded", "SecurityGroupLimitExceeded", "RulesPerSecurityGroupLimitExceeded",
-                         "KeyPairLimitExceeded", "InsufficientInstanceCapacity"})
-#: a deletion that has to wait for a previous one (ENIs of terminated instances still detaching)
-DEPENDENCY_CODES = frozenset({"DependencyViolation", "InvalidNetworkInterface.InUse"})
-#: RunInstances right after the group/subnet/key pair were made may not see them yet
-PROPAGATION_CODES = frozenset({"InvalidGroup.NotFound", "InvalidSubnetID.NotFound", "InvalidKeyPair.NotFound"})
 _NOT_FOUND_SUFFIX = ".NotFound"
-
 _LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 _STATUS = {"pending": BUILDING, "running": ACTIVE, "stopping": ERROR, "stopped": ERROR,
            "shutting-down": DELETED, "terminated": DELETED}
-_TAG_ROLE = "overcloud.io/role"  # what a resource is for, on VPCs/subnets (helps a person reading the console)
 _VCPU_QUOTA = ("ec2", "L-1216C47A")  # Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances, vCPUs
 
 
-def _error_code(exc: BaseException) -> str | None:
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict):
-        return (resp.get("Error") or {}).get("Code")
-    return None
-
-
-def _http_status(exc: BaseException) -> int | None:
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict):
-        return (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return None
-
-
-def aws_retryable(exc: BaseException) -> bool:
-    """Throttling, HTTP 429/5xx, or a connection refused/reset/closed while a call was under way."""
-    from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
-
-    if isinstance(exc, ClientError):
-        return _error_code(exc) in THROTTLING_CODES or http_status_retryable(_http_status(exc))
-    if isinstance(exc, (ConnectionClosedError, EndpointConnectionError)):
-        return True
-    return connection_retryable(exc)
-
-
-class _RetryingClient:
-    """The EC2 client as the provider (and the waiters it makes) see it: every operation goes
-    through :func:`call_with_retries` and is counted."""
-
-    def __init__(self, client: Any, provider: "AWSProvider"):
-        self._client = client
-        self._provider = provider
-        self.meta = client.meta
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        op = getattr(self._client, name)
-        provider = self._provider
-
-        def call(**kw: Any) -> Any:
-            def once() -> Any:
-                try:
-                    return op(**kw)
-                except Exception as exc:
-                    if aws_retryable(exc):
-                        logger.info("site %s: EC2 %s: %s, retrying with backoff", provider.site, name,
-                                    provider.scrub(_error_code(exc) or type(exc).__name__))
-                    raise
-            return call_with_retries(once, retryable=aws_retryable, stats=provider.stats, attempts=provider.attempts,
-                                     base=provider.backoff_base, cap=provider.backoff_cap)
-
-        return call
-
-
-class AWSProvider(CloudProvider):
-    """EC2 for one site (region). Thread-safe: boto3 clients are, and allocation of /24s is locked."""
+class AWSProvider(AWSNetwork):
+    """EC2 for one site (region). Thread-safe."""
 
     kind = "aws"
-    attempts = 6  # per call, retries of throttling and server errors included
-    backoff_base = 0.5
-    backoff_cap = 20.0
     propagation_s = 60.0  # how long RunInstances waits for EC2 to see a group/subnet/key pair just made
 
     def __init__(self, config: "CloudSiteConfig", tower_id: str):
         super().__init__(config, tower_id)
-        self._lock = threading.Lock()  # clients, the image cache
-        self._alloc_lock = threading.Lock()  # choosing and making a /24
-        self._session: Any = None
-        self._ec2: _RetryingClient | None = None
         self._image_id: str | None = None
         self._flavor_table: dict[str, tuple[int, int]] | None = None
-        self._secrets: list[str] = []
-        # the lab answers at once; real EC2 needs seconds per state change
-        self.poll = 0.5 if config.endpoint_url else 5.0
-
-    # -- clients and errors ---------------------------------------------------------------
-
-    def _boto_session(self) -> Any:
-        with self._lock:
-            if self._session is None:
-                import boto3
-                import botocore.session
-
-                core = botocore.session.Session(profile=self.config.profile)
-                if self.config.credentials_file is not None:
-                    core.set_config_variable("credentials_file", str(self.config.credentials_file))
-                self._session = boto3.session.Session(botocore_session=core, region_name=self.config.region)
-            return self._session
-
-    def _client(self, service: str, *, connect_timeout: float = 10, read_timeout: float = 60) -> Any:
-        from botocore.config import Config
-
-        session = self._boto_session()
-        cfg = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=connect_timeout,
-                     read_timeout=read_timeout, user_agent_extra="overcloud-tower")
-        client = session.client(service, endpoint_url=self.config.endpoint_url, config=cfg)
-        self._remember_secrets(session)
-        return client
-
-    def _remember_secrets(self, session: Any) -> None:
-        try:
-            creds = session.get_credentials()
-        except Exception:  # noqa: BLE001 - a broken chain is reported by the call that needs it
-            return
-        if creds is None:
-            return
-        try:
-            frozen = creds.get_frozen_credentials()
-        except Exception:  # noqa: BLE001
-            return
-        found = [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v and len(v) >= 4]
-        with self._lock:
-            self._secrets = sorted(set(self._secrets) | set(found), key=len, reverse=True)
-
-    @property
-    def ec2(self) -> _RetryingClient:
-        if self._ec2 is None:
-            client = self._client("ec2")
-            with self._lock:
-                if self._ec2 is None:
-                    self._ec2 = _RetryingClient(client, self)
-        return self._ec2
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every credential value of the session replaced by ``***``."""
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
-
-    def _error(self, exc: BaseException, what: str, *, overcloud_id: str | None = None) -> UnderCloudError:
-        """One of our errors for a boto3/botocore error, without secrets, naming the site."""
-        from botocore import exceptions as bx
-
-        site = self.site
-        if isinstance(exc, UnderCloudError):
-            return exc
-        if isinstance(exc, bx.ClientError):
-            code = _error_code(exc) or "Unknown"
-            msg = self.scrub(((exc.response.get("Error") or {}).get("Message") or "").strip())
-            if code in AUTH_CODES:
-                return CloudUnavailable(f"site {site}: AWS refused the credentials while trying to {what} ({code}: {msg})",
-                                        site=site, overcloud_id=overcloud_id)
-            if code in QUOTA_CODES:
-                return CloudQuotaExceeded(f"site {site}: the AWS account's limits refuse to {what} ({code}: {msg})",
-                                          {"instances": {"limit": None, "used": None, "asked": None, "code": code}},
-                                          site=site, overcloud_id=overcloud_id)
-            if aws_retryable(exc):
-                return CloudUnavailable(f"site {site}: EC2 kept answering {code} (HTTP {_http_status(exc)}) to {what} "
-                                        f"after {self.attempts} attempts: {msg}", site=site, overcloud_id=overcloud_id)
-            return UnderCloudError(f"site {site}: EC2 refused to {what}: {code}: {msg}", site=site, overcloud_id=overcloud_id)
-        if isinstance(exc, bx.ProfileNotFound):
-            return CloudUnavailable(f"site {site}: AWS profile {self.config.profile!r} is not in the credentials or "
-                                    "config files", site=site, overcloud_id=overcloud_id)
-        if isinstance(exc, bx.NoCredentialsError):
-            return CloudUnavailable(f"site {site}: no AWS credentials found (name a `profile:` or `credentials_file:` "
-                                    "in the site, or set AWS_* in the environment)", site=site, overcloud_id=overcloud_id)
-        if isinstance(exc, (bx.PartialCredentialsError, bx.CredentialRetrievalError)):
-            return CloudUnavailable(f"site {site}: the AWS credentials are incomplete or cannot be read "
-                                    f"({type(exc).__name__})", site=site, overcloud_id=overcloud_id)
-        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
-                            bx.ReadTimeoutError)):
-            where = self.config.endpoint_url or f"EC2 in {self.config.region}"
-            return CloudUnavailable(f"site {site}: {where} does not answer ({type(exc).__name__}) while trying to {what}",
-                                    site=site, overcloud_id=overcloud_id)
-        if isinstance(exc, bx.WaiterError):
-            return UnderCloudError(f"site {site}: waiting to {what} failed: {self.scrub(str(exc))}", site=site,
-                                   overcloud_id=overcloud_id)
-        if isinstance(exc, bx.BotoCoreError):
-            return CloudUnavailable(f"site {site}: AWS client error while trying to {what}: {type(exc).__name__}: "
-                                    f"{self.scrub(str(exc))}", site=site, overcloud_id=overcloud_id)
-        return UnderCloudError(f"site {site}: {what}: {type(exc).__name__}: {self.scrub(str(exc))}", site=site,
-                               overcloud_id=overcloud_id)
-
-    def _call(self, what: str, op: str, *, overcloud_id: str | None = None, ignore: Iterable[str] = (),
-              **kw: Any) -> Any:
-        """``ec2.<op>(**kw)`` with retries; errors whose code ends with one of ``ignore`` give None."""
-        try:
-            return getattr(self.ec2, op)(**kw)
-        except Exception as exc:
-            code = _error_code(exc) or ""
-            if any(code.endswith(i) for i in ignore):
-                return None
-            raise self._error(exc, what, overcloud_id=overcloud_id) from None
-
-    def _tag_filters(self, overcloud_id: str | None) -> list[dict[str, Any]]:
-        f = [{"Name": f"tag:{TAG_TOWER}", "Values": [self.tower_id]}]
-        if overcloud_id is not None:
-            f.append({"Name": f"tag:{TAG_OVERCLOUD}", "Values": [overcloud_id]})
-        return f
-
-    def _tag_spec(self, rtype: str, overcloud_id: str, name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
-        tags = {**self.base_tags(overcloud_id), "Name": name, **(extra or {})}
-        return {"ResourceType": rtype, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
 
     # -- site -------------------------------------------------------------------------------
 
@@ -276,7 +69,7 @@ class AWSProvider(CloudProvider):
             self.stats.count()
             found = client.describe_regions(RegionNames=[self.config.region]).get("Regions") or []
         except Exception as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code in ("InvalidParameterValue", "InvalidRegion"):
                 raise CloudUnavailable(f"site {self.site}: EC2 does not know region {self.config.region!r}",
                                        site=self.site) from None
@@ -342,167 +135,8 @@ class AWSProvider(CloudProvider):
             q = sq.get_service_quota(ServiceCode=_VCPU_QUOTA[0], QuotaCode=_VCPU_QUOTA[1])
             return int(q["Quota"]["Value"])
         except Exception as exc:  # noqa: BLE001 - optional: a missing permission or service leaves it unknown
-            logger.debug("site %s: no vCPU quota from Service Quotas (%s)", self.site, _error_code(exc) or type(exc).__name__)
+            logger.debug("site %s: no vCPU quota from Service Quotas (%s)", self.site, error_code(exc) or type(exc).__name__)
             return None
-
-    # -- network ----------------------------------------------------------------------------
-
-    def _find_one(self, op: str, key: str, overcloud_id: str, what: str, extra: list[dict[str, Any]] | None = None) -> dict | None:
-        resp = self._call(f"find the {what} of OverCloud {overcloud_id}", op, overcloud_id=overcloud_id,
-                          Filters=self._tag_filters(overcloud_id) + (extra or []))
-        items = resp.get(key, [])
-        return items[0] if items else None
-
-    def _free_slash24(self, pool: str, used: Iterable[str]) -> ipaddress.IPv4Network:
-        taken = [ipaddress.IPv4Network(c) for c in used]
-        for net in ipaddress.IPv4Network(pool).subnets(new_prefix=24):
-            if not any(net.overlaps(t) for t in taken):
-                return net
-        raise CloudQuotaExceeded(f"site {self.site}: no free /24 left in network.vpc_cidr {pool}",
-                                 {"networks": {"limit": 2 ** (24 - ipaddress.IPv4Network(pool).prefixlen),
-                                               "used": len(taken), "asked": 1}}, site=self.site)
-
-    def ensure_network(self, overcloud_id: str, public_key: str) -> NetworkInfo:
-        name = network_name(overcloud_id)
-        net = self.config.network
-        ids: dict[str, str] = {}
-        with self._alloc_lock:
-            if net.subnet_id:
-                sub = self._call("read the configured subnet", "describe_subnets", SubnetIds=[net.subnet_id])["Subnets"][0]
-                ids["vpc"], ids["subnet"], cidr = sub["VpcId"], sub["SubnetId"], sub["CidrBlock"]
-            else:
-                vpc_id = net.vpc_id
-                if vpc_id is None:
-                    vpc = self._find_one("describe_vpcs", "Vpcs", overcloud_id, "VPC")
-                    if vpc is None:
-                        every = self._call("list the VPCs", "describe_vpcs").get("Vpcs", [])
-                        used = [a["CidrBlock"] for v in every for a in v.get("CidrBlockAssociationSet", [])
-                                if a.get("CidrBlockState", {}).get("State") in (None, "associated", "associating")]
-                        used += [v["CidrBlock"] for v in every]
-                        block = self._free_slash24(net.vpc_cidr, used)
-                        vpc = self._call(f"create the VPC {name}", "create_vpc", overcloud_id=overcloud_id,
-                                         CidrBlock=str(block),
-                                         TagSpecifications=[self._tag_spec("vpc", overcloud_id, name, {_TAG_ROLE: "vpc"})])["Vpc"]
-                        logger.info("site %s: VPC %s (%s) made for OverCloud %s", self.site, vpc["VpcId"], block, overcloud_id)
-                    vpc_id = vpc["VpcId"]
-                    ids["vpc"] = vpc_id
-                else:
-                    ids["vpc"] = vpc_id
-                sub = self._find_one("describe_subnets", "Subnets", overcloud_id, "subnet")
-                if sub is None:
-                    if net.vpc_id is None:
-                        block = ipaddress.IPv4Network(vpc["CidrBlock"])
-                    else:
-                        others = self._call("list the subnets of the VPC", "describe_subnets",
-                                            Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]).get("Subnets", [])
-                        block = self._free_slash24(net.vpc_cidr, [s["CidrBlock"] for s in others])
-                    sub = self._call(f"create the subnet {name}", "create_subnet", overcloud_id=overcloud_id, VpcId=vpc_id,
-                                     CidrBlock=str(block),
-                                     TagSpecifications=[self._tag_spec("subnet", overcloud_id, name, {_TAG_ROLE: "subnet"})])["Subnet"]
-                ids["subnet"], cidr = sub["SubnetId"], sub["CidrBlock"]
-        if net.public_ip and not net.vpc_id and not net.subnet_id:  # a configured VPC's routing is its owner's
-            ids.update(self._ensure_internet(overcloud_id, ids["vpc"], ids["subnet"]))
-        ids["security_group"] = self._ensure_group(overcloud_id, ids["vpc"])
-        ids["key_pair"] = self._ensure_key_pair(overcloud_id, public_key)
-        gateway = str(next(ipaddress.IPv4Network(cidr).hosts()))  # AWS: the VPC router is the subnet's .1
-        return NetworkInfo(overcloud_id=overcloud_id, cidr=cidr, gateway=gateway, ids=ids)
-
-    def _ensure_internet(self, overcloud_id: str, vpc_id: str, subnet_id: str) -> dict[str, str]:
-        """An internet gateway and a route table 0.0.0.0/0 -> it for the subnet (``network.public_ip``)."""
-        name = network_name(overcloud_id)
-        igw = self._find_one("describe_internet_gateways", "InternetGateways", overcloud_id, "internet gateway")
-        if igw is None:
-            igw = self._call("create the internet gateway", "create_internet_gateway", overcloud_id=overcloud_id,
-                             TagSpecifications=[self._tag_spec("internet-gateway", overcloud_id, name)])["InternetGateway"]
-        if not any(a.get("VpcId") == vpc_id for a in igw.get("Attachments", [])):
-            self._call("attach the internet gateway", "attach_internet_gateway", overcloud_id=overcloud_id,
-                       InternetGatewayId=igw["InternetGatewayId"], VpcId=vpc_id)
-        rtb = self._find_one("describe_route_tables", "RouteTables", overcloud_id, "route table")
-        if rtb is None:
-            rtb = self._call("create the route table", "create_route_table", overcloud_id=overcloud_id, VpcId=vpc_id,
-                             TagSpecifications=[self._tag_spec("route-table", overcloud_id, name)])["RouteTable"]
-        if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in rtb.get("Routes", [])):
-            self._call("add the default route", "create_route", overcloud_id=overcloud_id, RouteTableId=rtb["RouteTableId"],
-                       DestinationCidrBlock="0.0.0.0/0", GatewayId=igw["InternetGatewayId"])
-        if not any(a.get("SubnetId") == subnet_id for a in rtb.get("Associations", [])):
-            self._call("associate the route table", "associate_route_table", overcloud_id=overcloud_id,
-                       RouteTableId=rtb["RouteTableId"], SubnetId=subnet_id)
-        return {"internet_gateway": igw["InternetGatewayId"], "route_table": rtb["RouteTableId"]}
-
-    def _group_rules(self, group_id: str, wan_cidrs: Iterable[str] = ()) -> list[dict[str, Any]]:
-        c = self.config
-        rules = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": x} for x in c.ssh_cidrs]},
-                 {"IpProtocol": "udp", "FromPort": VXLAN_PORT, "ToPort": VXLAN_PORT,
-                  "UserIdGroupPairs": [{"GroupId": group_id}]}]
-        if c.nodeport_cidrs:
-            rules.append({"IpProtocol": "tcp", "FromPort": NODEPORT_RANGE[0], "ToPort": NODEPORT_RANGE[1],
-                          "IpRanges": [{"CidrIp": x} for x in c.nodeport_cidrs]})
-        wan = list(wan_cidrs)
-        if wan:
-            rules.append({"IpProtocol": "udp", "FromPort": WG_PORT, "ToPort": WG_PORT,
-                          "IpRanges": [{"CidrIp": x} for x in wan]})
-        return rules
-
-    def _authorize_missing(self, group: dict[str, Any], wanted: list[dict[str, Any]], overcloud_id: str) -> None:
-        """Authorize the (protocol, ports, source) pairs the group lacks; one call."""
-        have: set[tuple] = set()
-        for p in group.get("IpPermissions", []):
-            key = (p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort"))
-            have |= {key + (r["CidrIp"],) for r in p.get("IpRanges", [])}
-            have |= {key + (g["GroupId"],) for g in p.get("UserIdGroupPairs", [])}
-        missing = []
-        for p in wanted:
-            key = (p["IpProtocol"], p["FromPort"], p["ToPort"])
-            ranges = [r for r in p.get("IpRanges", []) if key + (r["CidrIp"],) not in have]
-            pairs = [g for g in p.get("UserIdGroupPairs", []) if key + (g["GroupId"],) not in have]
-            if ranges or pairs:
-                q = {"IpProtocol": p["IpProtocol"], "FromPort": p["FromPort"], "ToPort": p["ToPort"]}
-                if ranges:
-                    q["IpRanges"] = ranges
-                if pairs:
-                    q["UserIdGroupPairs"] = pairs
-                missing.append(q)
-        if missing:
-            # a rule another call just added answers InvalidPermission.Duplicate: fine
-            self._call("open the security group's ports", "authorize_security_group_ingress", overcloud_id=overcloud_id,
-                       ignore=(".Duplicate",), GroupId=group["GroupId"], IpPermissions=missing)
-
-    def _ensure_group(self, overcloud_id: str, vpc_id: str) -> str:
-        name = network_name(overcloud_id)
-        group = self._find_one("describe_security_groups", "SecurityGroups", overcloud_id, "security group",
-                               [{"Name": "vpc-id", "Values": [vpc_id]}])
-        if group is None:
-            made = self._call(f"create the security group {name}", "create_security_group", overcloud_id=overcloud_id,
-                              GroupName=name, VpcId=vpc_id,
-                              Description=f"OverCloud {overcloud_id} (Tower {self.tower_id})",
-                              TagSpecifications=[self._tag_spec("security-group", overcloud_id, name)])
-            group = {"GroupId": made["GroupId"], "IpPermissions": []}
-        self._authorize_missing(group, self._group_rules(group["GroupId"]), overcloud_id)
-        return group["GroupId"]
-
-    def _ensure_key_pair(self, overcloud_id: str, public_key: str) -> str:
-        name = network_name(overcloud_id)
-        resp = self._call("find the key pair", "describe_key_pairs", overcloud_id=overcloud_id,
-                          ignore=(_NOT_FOUND_SUFFIX,), KeyNames=[name])
-        for kp in (resp or {}).get("KeyPairs", []):
-            tags = {t["Key"]: t["Value"] for t in kp.get("Tags", [])}
-            if tags.get(TAG_TOWER) != self.tower_id or tags.get(TAG_OVERCLOUD) != overcloud_id:
-                raise UnderCloudError(f"site {self.site}: a key pair named {name} exists that is not this OverCloud's "
-                                      "(no matching tags); delete it or use another account", site=self.site,
-                                      overcloud_id=overcloud_id)
-            return kp["KeyPairId"]
-        made = self._call(f"import the key pair {name}", "import_key_pair", overcloud_id=overcloud_id, KeyName=name,
-                          PublicKeyMaterial=public_key.strip().encode(),
-                          TagSpecifications=[self._tag_spec("key-pair", overcloud_id, name)])
-        return made["KeyPairId"]
-
-    def allow_wan_peers(self, overcloud_id: str, cidrs: list[str]) -> None:
-        group = self._find_one("describe_security_groups", "SecurityGroups", overcloud_id, "security group")
-        if group is None:
-            raise UnderCloudError(f"site {self.site}: OverCloud {overcloud_id} has no security group here (ensure_network first)",
-                                  site=self.site, overcloud_id=overcloud_id)
-        wanted = [r for r in self._group_rules(group["GroupId"], cidrs) if r["FromPort"] == WG_PORT]
-        self._authorize_missing(group, wanted, overcloud_id)
 
     # -- servers ----------------------------------------------------------------------------
 
@@ -613,7 +247,7 @@ class AWSProvider(CloudProvider):
             try:
                 return self.ec2.run_instances(**kw)["Instances"][0]
             except Exception as exc:
-                code = _error_code(exc) or ""
+                code = error_code(exc) or ""
                 if code in PROPAGATION_CODES and time.monotonic() + self.poll < deadline:
                     logger.info("site %s: %s: EC2 does not see a just-made resource yet (%s): again in %.1f s",
                                 self.site, name, code, self.poll)
@@ -722,7 +356,7 @@ class AWSProvider(CloudProvider):
                 fn()
                 return
             except Exception as exc:
-                code = _error_code(exc) or ""
+                code = error_code(exc) or ""
                 if code.endswith(_NOT_FOUND_SUFFIX):
                     return
                 if code in DEPENDENCY_CODES and time.monotonic() + self.poll < deadline:
