@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/streams.py
 	$(BIN)/python bench/coldstart.py
 	$(BIN)/python bench/remote.py
+	$(BIN)/python bench/clouds.py
 
 # delete every OverCloud of the demo Tower (nothing left behind) and stop it
 demo-stop:
