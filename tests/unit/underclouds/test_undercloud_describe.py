@@ -61,7 +61,8 @@ def test_an_ssh_host_describes_what_it_lends_uses_and_its_wan_peers():
     now = int(time.time())
     status = wan.parse_status(plan, "a1", _wg_text(plan, "a1", now, {"b1": 12}))
     probe = Probe("a1", time.monotonic(), 0.01, True, boxes=[
-        {"flavor": {"cpus": 0.5, "memory_mb": 512}}, {"flavor": {"cpus": 1.0, "memory_mb": 1024}}], wan=status)
+        {"flavor": {"cpus": 0.5, "memory_mb": 512}}, {"flavor": {"cpus": 1.0, "memory_mb": 1024}}], wan=status,
+        prepared=True)
     d = describe_host(_host("a1"), probe, prepared=True, prepare_error=None)
     assert d["name"] == "a1" and d["address"] == "10.77.0.11" and d["labels"] == {"zone": "z1"}
     assert d["lent"] == {"cpus": 2, "memory_mb": 2048}
@@ -76,6 +77,15 @@ def test_an_ssh_host_describes_what_it_lends_uses_and_its_wan_peers():
     assert "lab_key" not in text and "sealed" not in text  # no key path, no sealed token
     for k in plan.hosts:
         assert k.keys.sealed_private not in text
+
+
+def test_a_probe_from_before_the_preparation_is_not_healthy_yet():
+    """It did not read the WAN (the host was not prepared when probed): healthy only once a
+    probe after the preparation says so (GET /underclouds may answer while that one runs)."""
+    early = Probe("a1", time.monotonic(), 0.01, True, prepared=False)
+    d = describe_host(_host("a1"), early, prepared=True, prepare_error=None)
+    assert d["health"]["healthy"] is False and d["health"]["wan"] is None
+    assert d["health"]["problems"] == ["not probed since its preparation yet"]
 
 
 def test_an_unreachable_or_unprepared_host_is_unhealthy_with_the_reason():

@@ -106,7 +106,7 @@ class HostHealth:
                 plan = self.world.wan_plan()
                 iface = plan.host(h.name).interface if plan.cross_site_peers(h.name) else ""
             except Exception as exc:  # noqa: BLE001 - no plan: probe reachability and boxes only
-                logger.debug("no WAN plan for %s: %s", h.name, exc.__class__.__name__)
+                logger.warning("probing ssh host %s without its WAN (no plan: %s)", h.name, exc.__class__.__name__)
         t0 = time.monotonic()
         try:
             r = h.ssh.run(["sh", "-c", _PROBE_SCRIPT, "sh", h.state_dir, iface], check=False,
@@ -289,6 +289,9 @@ def describe_host(h: "RemoteHost", probe: Probe | None, prepared: bool, prepare_
     else:
         health.update(reachable=probe.reachable, checked_age_s=round(probe.age(now), 1),
                       probe_s=round(probe.duration_s, 3), error=probe.error)
+        if probe.reachable and prepared and not probe.prepared and not prepare_error:
+            # probed before its preparation ended, so without its WAN: the next probe says
+            problems.append("not probed since its preparation yet")
         if not probe.reachable:
             problems.append(f"unreachable: {probe.error}")
         else:
