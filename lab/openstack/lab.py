@@ -15,6 +15,7 @@ Stdlib only: runs as root under the machine's /usr/bin/python3.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ MIRRORS = [
     "deb http://deb.debian.org/debian-security bookworm-security main",
 ]
 # Bump when the way the chroot is made changes (it is part of the cache key).
-RECIPE = "1"
+RECIPE = "2"
 
 
 def log(msg: str) -> None:
@@ -90,6 +91,11 @@ def build() -> Path:
         # mmdebstrap installs a policy-rc.d that forbids starting services and diverts
         # start-stop-daemon while it installs: nothing starts in a postinst.
         "--customize-hook=rm -f \"$1\"/etc/machine-id; touch \"$1\"/etc/machine-id",
+        # the package's own database (each lab makes its own in DIR/mysql); mount points of the lab
+        "--customize-hook=rm -rf \"$1\"/var/lib/mysql/*; mkdir -p \"$1\"/lab \"$1\"/opt/overcloud-lab",
+        # the projects' own test suites (not by dpkg's path-exclude: py3compile in the postinst
+        # scripts fails on the files it would leave out)
+        "--customize-hook=rm -rf \"$1\"/usr/lib/python3/dist-packages/*/tests \"$1\"/usr/lib/python3/dist-packages/*/*/tests",
         SUITE,
         str(tmp),
         *MIRRORS,
@@ -107,7 +113,21 @@ def build() -> Path:
         shutil.rmtree(root)
     tmp.rename(root)
     log(f"chroot built in {time.monotonic() - t0:.0f} s: {root}")
+    remove_unused_chroots(keep=root)
     return root
+
+
+def remove_unused_chroots(keep: Path) -> None:
+    """Earlier builds (another key) that no lab uses: nothing runs rooted in them and no lab is up there."""
+    up_root = None
+    if MARKER.exists():
+        with contextlib.suppress(OSError, ValueError):
+            up_root = json.loads((Path(MARKER.read_text().strip()) / "lab.json").read_text())["chroot"]
+    for old in CACHE.glob("openstack-*"):
+        if old == keep or not old.is_dir() or str(old) == up_root or chroot_processes(old):
+            continue
+        log(f"removing an earlier chroot no lab uses: {old}")
+        shutil.rmtree(old, ignore_errors=True)
 
 
 
@@ -219,6 +239,8 @@ class Lab:
     def __init__(self, d: Path):
         self.dir = d.resolve()
         self.root = chroot_path()
+        with contextlib.suppress(OSError, ValueError, KeyError):  # a lab that is up keeps the chroot it was started from
+            self.root = Path(json.loads((self.dir / "lab.json").read_text())["chroot"])
         self.secrets_file = self.dir / "secrets.json"
         self._secrets: dict[str, str] | None = None
         self.timings: dict[str, float] = {}
@@ -778,7 +800,11 @@ clouds:
         if MARKER.exists():
             other = MARKER.read_text().strip()
             if not any(alive(p, st) for _, p, st in read_pids(Path(other))):
-                log(f"a stale marker of a lab at {other} (none of its processes runs): removed")
+                # its processes were ended without `down` (e.g. a machine's session ending): its
+                # instances' namespaces and bridges may still be there (a bridge on a subnet a new
+                # lab reuses would take its route): clean them as `down` would
+                log(f"a stale lab at {other} (none of its processes runs): cleaning what it left")
+                Lab(Path(other)).down(quiet=True)
                 MARKER.unlink(missing_ok=True)
         if MARKER.exists():
             raise LabError(f"an OpenStack lab is already up at {other} (one per machine): "
@@ -792,9 +818,11 @@ clouds:
         self.root = build()
         self.timings["chroot"] = round(time.monotonic() - tb, 1)
         prepare_chroot(self.root)
+        remove_unused_chroots(keep=self.root)
         self.dir.mkdir(parents=True, exist_ok=True)
         MARKER.write_text(str(self.dir) + "\n")
         self.wipe()  # every up is a new cloud: no databases, servers or credentials of an earlier one
+        (self.dir / "lab.json").write_text(json.dumps({"dir": str(self.dir), "chroot": str(self.root)}) + "\n")
         try:
             self.write_configs()
             parallel([self.setup_keystone, self.setup_mariadb_and_neutron, self.setup_rabbitmq,
@@ -845,7 +873,28 @@ clouds:
         return sorted(names)
 
     def down(self, quiet: bool = False) -> None:
-        # the servers first (their namespaces, veths, bridges), then the services
+        # the services first (no boot starts or goes on: an instance.py boot under way is in
+        # nova-compute's process group), then the servers' instances, namespaces and bridges
+        pids = read_pids(self.dir)
+        for sig_round, sig in enumerate((15, 9)):
+            for role, pid, st in reversed(pids):
+                if alive(pid, st):
+                    try:
+                        os.killpg(pid, sig)  # the service and its workers (its own session/group)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + (20 if sig_round == 0 else 5)
+            while time.monotonic() < deadline and any(alive(p, s) for _, p, s in pids):
+                time.sleep(0.2)
+        # whatever still runs rooted in the chroot (one lab per machine: ours)
+        for pid in chroot_processes(self.root):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        left = [f"{r} {p}" for r, p, s in pids if alive(p, s)]
+        if left:
+            raise LabError(f"still running after SIGKILL: {', '.join(left)}")
         bridges = set()
         d = self.dir / "instances"
         for f in d.glob("*.nova.json") if d.is_dir() else []:
@@ -865,26 +914,6 @@ clouds:
             brif = Path(f"/sys/class/net/{br}/brif")
             if brif.is_dir() and not any(brif.iterdir()):
                 subprocess.run(["ip", "link", "del", br], capture_output=True)
-        pids = read_pids(self.dir)
-        for sig_round, sig in enumerate((15, 9)):
-            for role, pid, st in reversed(pids):
-                if alive(pid, st):
-                    try:
-                        os.killpg(pid, sig)  # the service and its workers (its own session/group)
-                    except ProcessLookupError:
-                        pass
-            deadline = time.monotonic() + (20 if sig_round == 0 else 5)
-            while time.monotonic() < deadline and any(alive(p, s) for _, p, s in pids):
-                time.sleep(0.2)
-        # whatever still runs rooted in the chroot and was started under this lab's services
-        for pid in chroot_processes(self.root):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        left = [f"{r} {p}" for r, p, s in pids if alive(p, s)]
-        if left:
-            raise LabError(f"still running after SIGKILL: {', '.join(left)}")
         (self.dir / "pids").unlink(missing_ok=True)
         for f in (self.dir / "run").glob("*") if (self.dir / "run").is_dir() else []:
             if f.is_file() or f.is_socket():
@@ -912,8 +941,10 @@ clouds:
     def start_again(self, role: str) -> None:
         """Start a stopped service as `up` did; wait until it answers when it is an API."""
         k = self._known(role)
-        if any(r == role and alive(p, st) for r, p, st in read_pids(self.dir)):
+        recs = read_pids(self.dir)
+        if any(r == role and alive(p, st) for r, p, st in recs):
             raise LabError(f"{role} runs already")
+        (self.dir / "pids").write_text("".join(f"{r} {p} {st}\n" for r, p, st in recs if r != role))
         self.start(role, k["argv"], k["env"], k.get("chroot", True))
         probes = {"keystone": lambda: http_ok(url("keystone", "/v3")),
                   "placement": lambda: http_ok(url("placement", "/")),
