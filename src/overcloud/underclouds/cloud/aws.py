@@ -316,8 +316,19 @@ class AWSProvider(AWSNetwork):
 
     # -- what this Tower has, and deleting it -----------------------------------------------
 
-    def _resources(self, overcloud_id: str | None) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        """(kind, id, overcloud id, name, raw) of every live resource of this Tower (of one OverCloud)."""
+    #: (kind, Describe* operation, answer key, id field) of everything but instances, in deletion order
+    _KINDS = (("volume", "describe_volumes", "Volumes", "VolumeId"),
+              ("key-pair", "describe_key_pairs", "KeyPairs", "KeyPairId"),
+              ("security-group", "describe_security_groups", "SecurityGroups", "GroupId"),
+              ("route-table", "describe_route_tables", "RouteTables", "RouteTableId"),
+              ("internet-gateway", "describe_internet_gateways", "InternetGateways", "InternetGatewayId"),
+              ("subnet", "describe_subnets", "Subnets", "SubnetId"),
+              ("vpc", "describe_vpcs", "Vpcs", "VpcId"))
+
+    def _resources(self, overcloud_id: str | None, kinds: set[str] | None = None
+                   ) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        """(kind, id, overcloud id, name, raw) of every live resource of this Tower (of one
+        OverCloud; of these kinds only), one Describe call per kind."""
         f = self._tag_filters(overcloud_id)
         out: list[tuple[str, str, str, str, dict[str, Any]]] = []
 
@@ -325,23 +336,15 @@ class AWSProvider(AWSNetwork):
             tags = {t["Key"]: t["Value"] for t in item.get("Tags", [])}
             out.append((kind, rid, tags.get(TAG_OVERCLOUD, ""), tags.get("Name", rid), item))
 
-        for i in self._describe("list the instances", Filters=f + [{"Name": "instance-state-name", "Values": _LIVE_STATES}]):
-            add("instance", i["InstanceId"], i)
-        for v in self._call("list the volumes", "describe_volumes", Filters=f).get("Volumes", []):
-            if v.get("State") not in ("deleted", "deleting"):
-                add("volume", v["VolumeId"], v)
-        for k in self._call("list the key pairs", "describe_key_pairs", Filters=f).get("KeyPairs", []):
-            add("key-pair", k["KeyPairId"], k)
-        for g in self._call("list the security groups", "describe_security_groups", Filters=f).get("SecurityGroups", []):
-            add("security-group", g["GroupId"], g)
-        for r in self._call("list the route tables", "describe_route_tables", Filters=f).get("RouteTables", []):
-            add("route-table", r["RouteTableId"], r)
-        for g in self._call("list the internet gateways", "describe_internet_gateways", Filters=f).get("InternetGateways", []):
-            add("internet-gateway", g["InternetGatewayId"], g)
-        for s in self._call("list the subnets", "describe_subnets", Filters=f).get("Subnets", []):
-            add("subnet", s["SubnetId"], s)
-        for v in self._call("list the VPCs", "describe_vpcs", Filters=f).get("Vpcs", []):
-            add("vpc", v["VpcId"], v)
+        if kinds is None or "instance" in kinds:
+            for i in self._describe("list the instances", Filters=f + [{"Name": "instance-state-name", "Values": _LIVE_STATES}]):
+                add("instance", i["InstanceId"], i)
+        for kind, op, key, id_field in self._KINDS:
+            if kinds is not None and kind not in kinds:
+                continue
+            for item in self._call(f"list the {kind}s", op, Filters=f).get(key, []):
+                if item.get("State") not in ("deleted", "deleting"):  # volumes
+                    add(kind, item[id_field], item)
         return out
 
     def list_tagged(self, overcloud_id: str | None = None) -> list[TaggedResource]:
@@ -373,7 +376,7 @@ class AWSProvider(AWSNetwork):
             raise UnderCloudError(f"site {self.site}: OverCloud {overcloud_id} still has server(s) {', '.join(live)}: "
                                   "delete them first", site=self.site, overcloud_id=overcloud_id)
         self._delete_all(res, overcloud_id, deadline)
-        self._confirm(overcloud_id, deadline)
+        self._confirm(overcloud_id, deadline, {kind for kind, *_ in res})
 
     def _delete_all(self, res: list[tuple[str, str, str, str, dict[str, Any]]], overcloud_id: str, deadline: float) -> None:
         """Delete in dependency order: volumes and key pairs, groups, route tables, gateways,
@@ -409,11 +412,14 @@ class AWSProvider(AWSNetwork):
         for rid, _ in by_kind.get("vpc", []):
             self._until_gone(f"delete VPC {rid}", lambda rid=rid: ec2.delete_vpc(VpcId=rid), deadline, overcloud_id)
 
-    def _confirm(self, overcloud_id: str, deadline: float) -> None:
-        """Until listing by tag finds nothing of the OverCloud (EC2 is eventually consistent)."""
+    def _confirm(self, overcloud_id: str, deadline: float, kinds: set[str]) -> None:
+        """Until listing by tag finds nothing of these kinds of the OverCloud (EC2 is eventually
+        consistent); only the kinds that were there are asked again."""
+        if not kinds:
+            return
         with self.stats.waiting():
             while True:
-                left = [f"{kind} {rid}" for kind, rid, _, _, _ in self._resources(overcloud_id)]
+                left = [f"{kind} {rid}" for kind, rid, _, _, _ in self._resources(overcloud_id, kinds)]
                 if not left:
                     return
                 if time.monotonic() + self.poll > deadline:
@@ -433,7 +439,7 @@ class AWSProvider(AWSNetwork):
             deadline = time.monotonic() + timeout
             rest = self._resources(oc)  # volumes deleted with their instances are no longer listed
             self._delete_all(rest, oc, deadline)
-            self._confirm(oc, deadline)
+            self._confirm(oc, deadline, {kind for kind, *_ in rest})
             gone += [TaggedResource(overcloud_id=oc, kind=kind, name=f"{kind} {rid} ({name})") for kind, rid, _, name, _ in res]
             logger.info("site %s: swept OverCloud %s (%d resources)", self.site, oc, len(res))
         return gone
