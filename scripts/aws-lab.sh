@@ -118,7 +118,7 @@ cmd_up() {
 
     port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     url="http://127.0.0.1:$port"
-    setsid "$(dirname "$PY")/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 </dev/null &
+    setsid "$(dirname "$PY")/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 </dev/null 9>&- &
     record "$dir" moto $!
     echo "$url" >"$dir/endpoint"
 
@@ -171,7 +171,7 @@ EOF
     if [ "$harness" != 0 ]; then
         AWS_SHARED_CREDENTIALS_FILE="$dir/aws/credentials" AWS_CONFIG_FILE="$dir/aws/config" AWS_PROFILE=$PROFILE \
         AWS_EC2_METADATA_DISABLED=true setsid "$SYSPY" "$ROOT/lab/aws_harness.py" --endpoint "$url" \
-            --state-dir "$dir/harness" --region "$REGION" >>"$dir/harness/stdout.log" 2>&1 </dev/null &
+            --state-dir "$dir/harness" --region "$REGION" >>"$dir/harness/stdout.log" 2>&1 </dev/null 9>&- &
         record "$dir" harness $!
         local i
         for i in $(seq 100); do
@@ -182,6 +182,7 @@ EOF
     fi
     UP_DIR=
     trap - EXIT
+    exec 9>&-  # the lock (the lab's processes never held it: 9>&- above)
     local h=on; [ "$harness" != 0 ] || h=off
     echo "aws-lab: up: moto $url (pid $(pid_of "$dir" moto | cut -d' ' -f1)), harness $h; sites: $dir/sites.yaml"
 }
