@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 BRIDGE = "ocbx0"  # the box bridge on every remote host
 HOST_ROOT = "/var/lib/overcloud/host"
 ARTIFACT_CACHE = "/var/lib/overcloud/artifact-cache"  # content-addressed, shared by every Tower on the host
+#: a host label naming the private network it shares with the hosts of its site that carry the same
+#: value (a cloud site's OverCloud network); absent: the whole site is one LAN (see wan_plan.WanHost.lan)
+LAN_LABEL = "overcloud.io/lan"
 WG_POOL = "100.79.0.0/24"  # WireGuard interface addresses (/32 each), outside every box subnet
 READ_OPS = frozenset({"hello", "boxes", "list-tagged"})  # sent again to a new agent if one ended under them
 # The host's side of a gzip transfer: the host's python3 (zlib: ~2x gzip(1)'s inflate speed) writes
@@ -511,7 +514,7 @@ class SSHUnderCloud:
             k = keys[h.name]
             plan_hosts.append(wan.WanHost(name=h.name, site=h.site, wan_address=h.config.address,
                                           lan_address=h.config.lan_address, box_cidr=h.config.box_cidr,
-                                          wg_address=k["wg_address"],
+                                          wg_address=k["wg_address"], lan=h.config.labels.get(LAN_LABEL),
                                           keys=wan.WanKeys(public=k["public"], sealed_private=k["sealed_private"])))
         try:
             plan = wan.WanPlan(tuple(plan_hosts))

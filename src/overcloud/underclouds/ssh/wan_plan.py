@@ -85,6 +85,11 @@ class WanHost:
     interface: str = DEFAULT_INTERFACE
     run_dir: str = DEFAULT_RUN_DIR  # PID file and wireguard-go's log, on the host
     path_mtu: int | None = None  # when the path between sites is narrower than the WAN device says
+    # the private network it shares with the hosts of its site that have the same ``lan`` (None: the
+    # whole site, as for ssh sites). A cloud site makes one network per OverCloud: its hosts of two
+    # OverClouds are on different networks, so neither LAN peers (no next hop on-link) nor WireGuard
+    # peers (their boxes never talk)
+    lan: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -122,7 +127,7 @@ class WanPlan:
 
     def same_site_peers(self, name: str) -> list[WanHost]:
         me = self.host(name)
-        return [h for h in self.hosts if h.site == me.site and h.name != me.name]
+        return [h for h in self.hosts if h.site == me.site and h.lan == me.lan and h.name != me.name]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,7 +153,8 @@ def _validate(hosts: Sequence[WanHost]) -> None:
                 raise ValueError(f"host {h.name}: {field} {value!r} is not an IP address") from None
             if field != "wan_address" and addr.version != 4:
                 raise ValueError(f"host {h.name}: {field} {value} must be IPv4 (the overlay is IPv4; the WAN may be IPv6)")
-            key = f"{h.site}/{addr}" if field == "lan_address" else str(addr)  # sites may reuse LAN ranges
+            # sites (and a site's separate LANs) may reuse LAN ranges
+            key = f"{h.site}/{h.lan or ''}/{addr}" if field == "lan_address" else str(addr)
             if key in seen:
                 raise ValueError(f"host {h.name}: {field} {value} is also {seen[key]}")
             seen[key] = f"{field} of host {h.name}"
