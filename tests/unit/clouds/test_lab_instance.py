@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "lab"))
 import aws_harness  # noqa: E402
 import instance  # noqa: E402
+import instance_rootfs  # noqa: E402
 
 
 def test_the_rootfs_has_what_an_ssh_host_and_the_patterns_need():
@@ -32,7 +33,7 @@ def test_the_cache_key_follows_the_inputs(monkeypatch):
     monkeypatch.setitem(instance.BASE_PACKAGES, "less", "a pager")
     assert instance.rootfs_key() != key
     monkeypatch.delitem(instance.BASE_PACKAGES, "less")
-    monkeypatch.setattr(instance, "CLOUD_CFG", instance.CLOUD_CFG + "# changed\n")
+    monkeypatch.setattr(instance_rootfs, "CLOUD_CFG", instance_rootfs.CLOUD_CFG + "# changed\n")
     assert instance.rootfs_key() != key
 
 
