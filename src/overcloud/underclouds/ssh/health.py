@@ -150,10 +150,18 @@ class HostHealth:
                     self._probes[h.name] = p
         except Exception:  # noqa: BLE001 - a probe thread never dies silently
             logger.exception("probing ssh host %s failed", h.name)
+            return
         finally:
             with self._lock:
                 self._inflight.pop(h.name, None)
             done.set()
+        # a prepared host that missed an update of the world (hosts came or went while it did not
+        # answer) and answers now: brought up to date here, after the waiters have their probe
+        if p.reachable and h.prepared and h.plan_gen != self.world.plan_gen:
+            try:
+                self.world.settle(h)
+            except Exception:  # noqa: BLE001 - settle logs its own failures; never kill the thread
+                logger.exception("updating ssh host %s after its probe failed", h.name)
 
     def _repair_wan(self, h: "RemoteHost") -> str:
         """``wan.up`` on a prepared host whose WireGuard interface is down (wireguard-go died):
