@@ -220,7 +220,7 @@ def test_a_second_up_is_refused_naming_the_lab(openstack_lab, tmp_path):
     assert _status(openstack_lab)["up"] is True
 
 
-def test_down_leaves_nothing_then_up_again_past_a_stale_marker(openstack_lab):
+def test_down_leaves_nothing_a_failed_up_neither_then_up_again_past_a_stale_marker(openstack_lab):
     st = _status(openstack_lab)
     procs = [(p["pid"], _starttime(p["pid"])) for p in st["processes"] if p["alive"]]
     assert {p["role"] for p in st["processes"]} >= {"keystone", "nova-api", "nova-compute", "neutron-server",
@@ -235,6 +235,32 @@ def test_down_leaves_nothing_then_up_again_past_a_stale_marker(openstack_lab):
     assert not [n for n in _links() if n.startswith("osb-")]
     assert not MARKER.exists()
     assert _status(openstack_lab)["up"] is False
+
+    # an up that fails half way (Nova's API port taken once the services are starting) removes
+    # what it made and names the step
+    import socket
+
+    p = subprocess.Popen(["bash", str(OSLAB), "up", str(openstack_lab.dir)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    squatter = socket.socket()
+    try:
+        deadline = time.monotonic() + 120
+        while not (openstack_lab.dir / "pids").exists():  # the port check is behind: services start
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() else "no start"
+            time.sleep(0.05)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", 24303))
+        squatter.listen()
+        _, err = p.communicate(timeout=600)
+    finally:
+        squatter.close()
+    assert p.returncode != 0
+    assert "nova-api" in err and "removing what it made" in err
+    assert _rooted_in(chroot) == []
+    assert not MARKER.exists()
+    assert not any(_starttime(int(line.split()[1])) == line.split()[2]
+                   for line in (openstack_lab.dir / "pids").read_text().splitlines()) \
+        if (openstack_lab.dir / "pids").exists() else True
 
     # a lab whose processes were all killed without `down` (a machine's session ending) leaves its
     # marker: the next up goes ahead
