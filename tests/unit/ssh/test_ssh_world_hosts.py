@@ -154,6 +154,37 @@ def test_a_prepared_host_that_does_not_answer_is_updated_at_its_next_need(world,
         a1.ensure_prepared()
 
 
+def test_add_host_does_not_wait_long_for_a_host_that_hangs(tmp_path, client_key, monkeypatch):
+    """A prepared host whose TCP port accepts and then says nothing (no SSH banner) costs its
+    connect timeout: add_host returns after CONVERGE_WAIT, the update goes on behind it."""
+    from overcloud.underclouds.ssh import driver
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepted by the kernel, never answered
+    monkeypatch.setattr(driver, "CONVERGE_WAIT", 0.5)
+    cfg = dataclasses.replace(_cfg("a1", 11, client_key[1]), address="127.0.0.1", port=silent.getsockname()[1],
+                              connect_timeout=4)
+    w = SSHUnderCloud([SSHSiteConfig("ssh-a", (cfg,))], state_dir=tmp_path / "s", tower_id="0" * 16,
+                      seal=lambda t: t[::-1], unseal=lambda t: t[::-1])
+    try:
+        a1 = w.hosts["a1"]
+        a1.prepared, a1.plan_gen = True, w.plan_snapshot()[0]
+        w.add_site("cloud-1")
+        t0 = time.monotonic()
+        w.add_host("cloud-1", _cfg("c1", 30, client_key[1]))
+        assert time.monotonic() - t0 < 3  # not the 4 s connect timeout
+        assert a1.plan_gen != w.plan_gen
+        threads = [t for t in threading.enumerate() if t.name == "ssh-uc-converge"]
+        assert threads  # still trying a1
+        for t in threads:
+            t.join(15)
+        assert a1.plan_gen != w.plan_gen and a1.prepared  # it never answered: its next need tries again
+    finally:
+        w.close()
+        silent.close()
+
+
 def test_a_world_with_no_ssh_site(tmp_path, client_key):
     w = SSHUnderCloud([], state_dir=tmp_path / "s", tower_id="0" * 16, seal=str, unseal=str)
     try:

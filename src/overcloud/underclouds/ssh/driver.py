@@ -55,6 +55,7 @@ ARTIFACT_CACHE = "/var/lib/overcloud/artifact-cache"  # content-addressed, share
 #: a host label naming the private network it shares with the hosts of its site that carry the same
 #: value (a cloud site's OverCloud network); absent: the whole site is one LAN (see wan_plan.WanHost.lan)
 LAN_LABEL = "overcloud.io/lan"
+CONVERGE_WAIT = 5.0  # seconds add_host/remove_host wait for the other hosts' update (then it goes on behind)
 WG_POOL = "100.79.0.0/24"  # WireGuard interface addresses (/32 each), outside every box subnet
 READ_OPS = frozenset({"hello", "boxes", "list-tagged"})  # sent again to a new agent if one ended under them
 # The host's side of a gzip transfer: the host's python3 (zlib: ~2x gzip(1)'s inflate speed) writes
@@ -924,10 +925,20 @@ class SSHUnderCloud:
             finally:
                 h._prep_lock.release()
 
-    def _converge_all(self, exclude: str | None = None) -> None:
-        """Every prepared host brought up to date, in parallel (see :meth:`settle`)."""
+    def _converge_all(self, exclude: str | None = None, wait: float | None = None) -> None:
+        """Every prepared host brought up to date, in parallel (see :meth:`settle`), waiting at
+        most ``wait`` s: a host that does not answer costs its connect timeout, which add_host
+        and remove_host do not pay; the update goes on in the background (a host's next need
+        waits for it on the host's preparation lock, so nothing uses a host half updated)."""
         todo = [h for h in self.hosts.values() if h.name != exclude and h.prepared]
-        _parallel(self.settle, todo)
+        if not todo:
+            return
+        t = threading.Thread(target=_parallel, args=(self.settle, todo), name="ssh-uc-converge", daemon=True)
+        t.start()
+        t.join(CONVERGE_WAIT if wait is None else wait)
+        if t.is_alive():
+            logger.info("ssh world: still updating %s in the background",
+                        ", ".join(h.name for h in todo if h.plan_gen != self.plan_gen) or "hosts")
 
     # -- inventory and health (GET /underclouds, the OverClouds' health; see health.py) -------
     def describe_hosts(self, site: str, *, max_age: float = 5.0, wait: float = 2.0) -> list[dict[str, Any]]:
