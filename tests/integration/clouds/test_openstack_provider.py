@@ -186,6 +186,7 @@ def test_make_find_delete_everything(make_provider, site_config, tower_key, admi
 
     m("delete_servers (4)", p.delete_servers, [s.id for s in made], 300)
     assert p.list_servers(oc) == []
+    assert _kinds(p, oc) == {"security_group": 1, "subnet": 1, "network": 1, "key_pair": 1}  # the ports went too
     m("delete_network", p.delete_network, oc, 120)
     m("delete_network again", p.delete_network, oc, 120)
     m("delete_servers again", p.delete_servers, [s.id for s in made], 60)
