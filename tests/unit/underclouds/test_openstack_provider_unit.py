@@ -128,3 +128,20 @@ def test_keystone_503_is_retried_then_unavailable(tmp_path, keystone):
         p.check()
     assert len(handler.seen) == 3 and p.stats.retries == 2
     assert "503" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_the_sites_clouds_file_alone_is_read(tmp_path, keystone, monkeypatch):
+    """OS_CLIENT_CONFIG_FILE and OS_* variables naming another Keystone are not merged in: the
+    site's clouds_file (whose Keystone does not answer) is the one used."""
+    srv, handler = keystone
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "clouds.yaml").write_text(json.dumps({"clouds": {"lab": {"auth": {
+        "auth_url": f"http://127.0.0.1:{srv.server_port}/v3", "username": "u", "password": "p", "project_name": "x"}}}}))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(other / "clouds.yaml"))
+    monkeypatch.setenv("OS_AUTH_URL", f"http://127.0.0.1:{srv.server_port}/v3")
+    monkeypatch.setenv("OS_CLOUD", "lab")
+    p = _site(tmp_path, f"http://127.0.0.1:{_closed_port()}/v3")
+    with pytest.raises(CloudUnavailable) as err:
+        p.check()
+    assert "does not answer" in str(err.value) and handler.seen == []
