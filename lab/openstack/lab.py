@@ -510,6 +510,15 @@ log.file = false
             "rabbitmq/rabbitmq-env.conf": "",
             "rabbitmq/enabled_plugins": "[].\n",
         }
+        # nova-compute reaches the databases through the conductor only: with a connection in its
+        # config it would query the cells' databases itself (and log "No DB access allowed")
+        nova_compute, skip = [], False
+        for line in files["nova.conf"].splitlines(keepends=True):
+            if line.startswith("["):
+                skip = line.strip() in ("[api_database]", "[database]")
+            if not skip:
+                nova_compute.append(line)
+        files["nova-compute.conf"] = "".join(nova_compute)
         for name, text in files.items():
             p = d / "etc" / name
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -551,6 +560,19 @@ log.file = false
         parallel([lambda: self.run("neutron-db-manage", ["neutron-db-manage", "--config-file", "/lab/etc/neutron.conf",
                                                          "--config-file", "/lab/etc/ml2_conf.ini", "upgrade", "heads"]),
                   self.setup_nova_db])
+
+    def instance_rootfs(self) -> None:
+        """The servers' root filesystem (lab/instance.py, cached once per machine): made now rather
+        than in the first server's boot."""
+        if not INSTANCE_PY.exists():
+            return
+        t0 = time.monotonic()
+        with open(self.dir / "log" / "setup.log", "ab") as logf:
+            r = subprocess.run(["/usr/bin/python3", str(INSTANCE_PY), "rootfs"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=logf, timeout=1800)
+        if r.returncode != 0:
+            raise LabError(f"lab/instance.py rootfs failed (exit {r.returncode}; log: {self.dir}/log/setup.log)")
+        self.timings["instance rootfs"] = round(time.monotonic() - t0, 1)
 
     def setup_rabbitmq(self) -> None:
         env = self.rabbit_env()
@@ -628,7 +650,7 @@ log.file = false
         # The compute driver makes instances in the machine's namespaces: it enters the mount
         # namespace of this anchor (a process of ours outside the chroot) to run lab/instance.py.
         anchor = self.start("anchor", ["sleep", "infinity"], chroot=False)
-        self.start("nova-compute", ["python3", "-m", "overcloud_lab_compute", *nova,
+        self.start("nova-compute", ["python3", "-m", "overcloud_lab_compute", "--config-file", "/lab/etc/nova-compute.conf",
                                     "--log-file", "/lab/log/nova-compute.log"],
                    {"OVERCLOUD_LAB_HOST_DIR": str(self.dir), "OVERCLOUD_LAB_CHROOT_DIR": "/lab",
                     "OVERCLOUD_LAB_INSTANCE_PY": str(INSTANCE_PY), "OVERCLOUD_LAB_MNTNS_PID": str(anchor)})
@@ -826,7 +848,7 @@ clouds:
         try:
             self.write_configs()
             parallel([self.setup_keystone, self.setup_mariadb_and_neutron, self.setup_rabbitmq,
-                      self.setup_placement_glance])
+                      self.setup_placement_glance, self.instance_rootfs])
             ident = self.bootstrap_identity()
             self.start_apis()
             self.bootstrap_compute_image()
