@@ -777,7 +777,11 @@ clouds:
     region_name: {REGION}
     identity_api_version: 3
     interface: public
-  overcloud-lab-admin:         # the cloud's admin (tests lower project `{PROJECT}`'s quotas with it)
+"""
+        admin = f"""# Written by scripts/openstack-lab.sh up {self.dir}: the OpenStack lab's admin, for tests only
+# (lower project `{PROJECT}`'s quotas, make flavors). Secrets: keep this file private (mode 0600).
+clouds:
+  overcloud-lab-admin:
     auth:
       auth_url: {q(ks)}
       username: admin
@@ -789,9 +793,10 @@ clouds:
     identity_api_version: 3
     interface: public
 """
-        fd = os.open(self.dir / "clouds.yaml", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(clouds)
+        for name, text in (("clouds.yaml", clouds), ("clouds-admin.yaml", admin)):
+            fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
         sites = f"""# Written by scripts/openstack-lab.sh up {self.dir}: the OpenStack lab (docs/underclouds.md).
 # Usable as OVERCLOUD_SITES_FILE (the credentials are in clouds.yaml beside it).
 - name: openstack-1
@@ -864,7 +869,8 @@ clouds:
         log(f"up in {time.monotonic() - t0:.0f} s: {self.dir}/clouds.yaml, {self.dir}/sites.yaml")
 
     STATE = ("etc", "log", "run", "tmp", "home", "keystone", "placement", "glance", "nova", "neutron", "mysql",
-             "rabbitmq", "instances", "pids", "services.json", "secrets.json", "lab.json", "clouds.yaml", "sites.yaml")
+             "rabbitmq", "instances", "pids", "services.json", "secrets.json", "lab.json", "clouds.yaml",
+             "clouds-admin.yaml", "sites.yaml")
 
     def wipe(self) -> None:
         for name in self.STATE:

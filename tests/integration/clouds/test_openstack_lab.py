@@ -275,8 +275,11 @@ def test_down_leaves_nothing_a_failed_up_neither_then_up_again_past_a_stale_mark
                                                                "overcloud")
     assert site.network.cidr_pool == "10.90.0.0/16" and site.box_pool == "10.96.0.0/16"
     clouds = yaml.safe_load(openstack_lab.clouds_file.read_text())["clouds"]
-    assert {"overcloud-lab", "overcloud-lab-appcred"} <= set(clouds)
-    assert oct(openstack_lab.clouds_file.stat().st_mode & 0o777) == "0o600"
+    assert set(clouds) == {"overcloud-lab", "overcloud-lab-appcred"}  # the admin is in its own file
+    admin_file = openstack_lab.dir / "clouds-admin.yaml"
+    assert set(yaml.safe_load(admin_file.read_text())["clouds"]) == {"overcloud-lab-admin"}
+    for f in (openstack_lab.clouds_file, admin_file):
+        assert oct(f.stat().st_mode & 0o777) == "0o600"
     print(f"\nOpenStack lab: down {down_s:.1f} s, up again {up_s:.1f} s (chroot cached)")
 
 
