@@ -25,6 +25,7 @@ from overcloud.underclouds.cloud import userdata
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "lab"))
 import aws_harness  # noqa: E402  (lab/aws_harness.py)
+import instance  # noqa: E402  (lab/instance.py)
 
 pytestmark = pytest.mark.root
 
@@ -106,4 +107,60 @@ def test_harness_boots_running_instances_and_kills_terminated_ones(tmp_path):
                 harness.wait(60)
             except subprocess.TimeoutExpired:
                 harness.kill()
+        moto.stop()
+
+
+def test_a_harness_killed_with_9_is_followed_by_one_that_adopts_its_instances(tmp_path):
+    """The instance moto still runs is adopted (not booted again: same init), the one moto no
+    longer runs is killed, and terminate then works through the new harness."""
+    moto = MotoServer().start()
+    procs: list[subprocess.Popen] = []
+    state = tmp_path / "aws-lab"
+
+    def start() -> subprocess.Popen:
+        p = subprocess.Popen(["/usr/bin/python3", str(REPO / "lab/aws_harness.py"), "--endpoint", moto.url,
+                              "--state-dir", str(state)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={"PATH": os.environ["PATH"]})
+        procs.append(p)
+        return p
+
+    try:
+        ec2 = boto3.client("ec2", endpoint_url=moto.url, region_name="us-east-1",
+                           aws_access_key_id="lab", aws_secret_access_key="lab")
+        vpc = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=VPC_CIDR)["Subnet"]["SubnetId"]
+        _, client_pub = userdata.client_key(tmp_path / "keys")
+        ids = [ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, SubnetId=subnet,
+                                 UserData=userdata.user_data("overcloud", client_pub, userdata.new_host_key())
+                                 )["Instances"][0]["InstanceId"] for _ in range(2)]
+        names = [aws_harness.instance_name(i) for i in ids]
+        first = start()
+        log = state / "harness.log"
+        for n in names:
+            wait_for(lambda: log.exists() and f"{n} up in" in log.read_text(), 240, f"{n} booted")
+        inits = {r["name"]: r["pid"] for r in instance.list_instances(state / "instances")}
+        first.kill()
+        first.wait(10)
+        # while no harness runs, one instance is terminated: the next harness must not keep it
+        ec2.terminate_instances(InstanceIds=[ids[1]])
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=[ids[1]], WaiterConfig={"Delay": 1})
+        second = start()
+        wait_for(lambda: f"{names[0]} left running by an earlier run: adopted" in log.read_text(), 30, "adoption")
+        wait_for(lambda: not Path("/run/netns", names[1]).exists(), 30, f"{names[1]} killed")
+        [rec] = instance.list_instances(state / "instances")
+        assert rec["name"] == names[0] and rec["pid"] == inits[names[0]]  # the same init: not booted again
+        ec2.terminate_instances(InstanceIds=[ids[0]])
+        wait_for(lambda: not Path("/run/netns", names[0]).exists(), 30, f"{names[0]} killed")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+        assert not Path("/sys/class/net", aws_harness.bridge_name(subnet)).exists()
+        assert instance.list_instances(state / "instances") == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         moto.stop()
