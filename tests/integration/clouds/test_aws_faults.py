@@ -6,7 +6,10 @@
 * the Tower killed with -9 while a RunInstances is under way at the cloud (held by the proxy,
   then done there after the Tower died: an instance the Tower never heard of); the Tower started
   again resumes to READY with no duplicate server (found by name and tag).
-Both end with DELETE: nothing of the OverCloud listed by tag."""
+Both end with DELETE: nothing of the OverCloud listed by tag.
+* bad credentials (moto with IAM authentication on, not the lab): the site whose profile has a
+  wrong secret is unavailable with a clear reason at start, a create there is a 503 naming it,
+  the site with the right key works; no secret in any answer or log line."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import boto3
 import pytest
 import yaml
 
-from ec2lab import FaultProxy
+from ec2lab import FaultProxy, MotoServer
+from towers import TowerProcess
 from overcloud.underclouds.cloud.aws import AWSProvider
 from overcloud.underclouds.cloud.config import load_cloud_sites_file
 
@@ -111,3 +115,51 @@ def test_tower_killed_during_run_instances_resumes_without_duplicates(aws_lab, o
     d = t.delete_and_wait(oc, timeout=300)
     assert d["status"] == "DELETED", d.get("error")
     assert provider_of(aws_lab, t).list_tagged(oc) == []
+
+
+def test_bad_credentials_mark_the_site_unavailable_through_the_tower(tmp_path):
+    server = MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}).start()  # 3 free calls make the IAM user
+    t = None
+    try:
+        iam = boto3.client("iam", region_name="us-east-1", endpoint_url=server.url, aws_access_key_id="x",
+                           aws_secret_access_key="y")
+        iam.create_user(UserName="tower")
+        iam.put_user_policy(UserName="tower", PolicyName="all", PolicyDocument='{"Version": "2012-10-17", "Statement": '
+                            '[{"Effect": "Allow", "Action": "*", "Resource": "*"}]}')
+        key = iam.create_access_key(UserName="tower")["AccessKey"]
+        wrong = "wrong-" + key["SecretAccessKey"][::-1]
+        creds = tmp_path / "credentials"
+        creds.write_text(f"[good]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
+                         f"[bad]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {wrong}\n")
+        sites = []
+        for name, profile, pool in (("aws-1", "good", "10.97.0.0/20"), ("aws-2", "bad", "10.97.16.0/20")):
+            sites.append({"name": name, "kind": "aws", "region": "us-east-1", "profile": profile,
+                          "credentials_file": str(creds), "endpoint_url": server.url, "image": "ami-785db401",
+                          "instance_types": {"small": "t3.micro"}, "network": {"vpc_cidr": "10.91.0.0/16"},
+                          "ssh_cidrs": ["10.91.0.0/16"], "box_pool": pool})
+        path = tmp_path / "sites.yaml"
+        path.write_text(yaml.safe_dump(sites))
+        t = TowerProcess(tmp_path / "tower", sites=[], OVERCLOUD_SITES_FILE=str(path), AWS_EC2_METADATA_DISABLED="true",
+                         AWS_CONFIG_FILE=str(tmp_path / "no-config")).start()
+        with t.client() as c:
+            deadline = time.monotonic() + 30
+            while True:  # the sites are checked in threads at start
+                got = {d["name"]: d for d in c.get("/underclouds").json()["underclouds"]}
+                if "reason" in got["aws-2"] or got["aws-2"].get("available") is False or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            print("aws-2:", got["aws-2"].get("reason"))
+            assert got["aws-1"]["available"] is True, got["aws-1"]
+            assert got["aws-2"]["available"] is False, got["aws-2"]
+            reason = got["aws-2"]["reason"]
+            assert "aws-2" in reason and "refused the credentials" in reason and "AuthFailure" in reason, reason
+            r = c.post("/overclouds", json={"provider": "aws-2", "number": "1", "size": "m1.small"})
+            assert r.status_code == 503 and r.json()["site"] == "aws-2" and reason in r.json()["message"], r.text
+            texts = [c.get("/underclouds").text, r.text]
+        texts.append(t.log.read_text())
+        for text in texts:
+            assert wrong not in text and key["SecretAccessKey"] not in text
+    finally:
+        if t is not None:
+            t.stop()
+        server.stop()
