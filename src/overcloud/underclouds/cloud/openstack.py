@@ -57,8 +57,11 @@ class OpenStackProvider(OpenStackBase):
         except UnderCloudError as exc:  # the site names a flavor the cloud lacks: unusable as configured
             raise CloudUnavailable(str(exc), site=self.site) from None
 
-    def _flavors(self, refresh: bool = False) -> dict[str, tuple[str, int, int]]:
-        """our flavor -> (flavor id, vcpus, ram_mb); UnderCloudError naming a flavor the cloud lacks."""
+    def _flavors(self, refresh: bool = False, *, need: Iterable[str] = ()) -> dict[str, tuple[str, int, int]]:
+        """our flavor -> (flavor id, vcpus, ram_mb); UnderCloudError naming a flavor the cloud lacks,
+        or one of ``need`` the site does not map."""
+        for f in need:
+            self.config.cloud_flavor(f)  # UnderCloudError naming what to add to the site's flavors
         if refresh or not self._flavor_sizes:
             by_name = {f.name: f for f in self._call("list flavors", lambda c: c.compute.flavors(details=True))}
             missing = sorted(v for v in self.config.flavors.values() if v not in by_name)
@@ -102,7 +105,7 @@ class OpenStackProvider(OpenStackBase):
     def needs(self, reqs: list[ServerRequest], *, new_network: bool) -> dict[str, int]:
         """What making ``reqs`` (and, when ``new_network``, an OverCloud's network) takes from the
         quotas, in the keys of :meth:`limits`: the caller compares and raises 429 with the numbers."""
-        sizes = self._flavors()
+        sizes = self._flavors(need={r.flavor for r in reqs})
         n = len(reqs)
         out = {"instances": n, "cores": sum(sizes[r.flavor][1] for r in reqs),
                "ram_mb": sum(sizes[r.flavor][2] for r in reqs), "ports": n}
@@ -183,9 +186,10 @@ class OpenStackProvider(OpenStackBase):
                                  overcloud_id=overcloud_id)
             if subnets:
                 cidr = ipaddress.IPv4Network(subnets[0].cidr)
+                gateway = subnets[0].gateway_ip or str(cidr.network_address + 1)
             else:
                 cidr = self._pick_cidr(overcloud_id)
-            gateway = str(cidr.network_address + 1)
+                gateway = str(cidr.network_address + 1)
             subnet = self._neutron_find_or_create(
                 "subnet", overcloud_id, lambda c: c.network.subnets(network_id=net.id, name=name),
                 lambda c, extra: c.network.create_subnet(name=name, network_id=net.id, ip_version=4, cidr=str(cidr),
@@ -217,9 +221,10 @@ class OpenStackProvider(OpenStackBase):
     def _external_network_id(self) -> str:
         if "external" not in self._ids:
             name = self.config.network.external_network
-            found = self._call("find external network", lambda c: c.network.networks(name=name))
+            found = self._call("find external network", lambda c: c.network.networks(name=name, is_router_external=True))
             if not found:
-                raise UnderCloudError(f"site {self.site}: no network {name!r} (network.external_network)", site=self.site)
+                raise UnderCloudError(f"site {self.site}: no external network {name!r} (network.external_network)",
+                                      site=self.site)
             self._ids["external"] = found[0].id
         return self._ids["external"]
 
@@ -352,7 +357,7 @@ class OpenStackProvider(OpenStackBase):
         if not reqs:
             return []
         oc = net.overcloud_id
-        flavors = self._flavors()
+        flavors = self._flavors(need={r.flavor for r in reqs})
         image = self._image_id()
         existing = {s.name: s for s in self._servers(oc)}
         ports = {p.name: p for p in self._call("list ports", lambda c: c.network.ports(
