@@ -4,7 +4,7 @@ and the tags (see ``openstack.py`` for what it makes).
 * **The connection** reads exactly the site's cloud entry: a named ``clouds_file`` alone (with a
   ``secure.yaml`` beside it), never merged with OS_* variables or another file (openstacksdk
   otherwise silently takes the only cloud of a file); without one, OS_CLIENT_CONFIG_FILE or the
-  standard places. openstacksdk's own retries are off, so every call is counted once.
+  standard places. openstacksdk's own retries are off, so every try is ours and counted.
 * **Retries**: HTTP 429 and 5xx, and a connection refused/reset/timed out, with the contract's
   backoff (:func:`~overcloud.underclouds.cloud.provider.call_with_retries`); everything else at once.
   A create retried after such an error first looks for what the failed try may have made.
