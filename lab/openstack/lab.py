@@ -847,10 +847,15 @@ clouds:
         prepare_chroot(self.root)
         remove_unused_chroots(keep=self.root)
         self.dir.mkdir(parents=True, exist_ok=True)
-        MARKER.write_text(str(self.dir) + "\n")
-        self.wipe()  # every up is a new cloud: no databases, servers or credentials of an earlier one
-        (self.dir / "lab.json").write_text(json.dumps({"dir": str(self.dir), "chroot": str(self.root)}) + "\n")
+        try:  # taken atomically: of two ups at once, one goes on
+            fd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise LabError(f"an OpenStack lab is already up at {MARKER.read_text().strip()} (one per machine)") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(self.dir) + "\n")
         try:
+            self.wipe()  # every up is a new cloud: no databases, servers or credentials of an earlier one
+            (self.dir / "lab.json").write_text(json.dumps({"dir": str(self.dir), "chroot": str(self.root)}) + "\n")
             self.write_configs()
             parallel([self.setup_keystone, self.setup_mariadb_and_neutron, self.setup_rabbitmq,
                       self.setup_placement_glance, self.instance_rootfs])
