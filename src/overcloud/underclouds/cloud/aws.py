@@ -54,11 +54,13 @@ class AWSProvider(AWSNetwork):
 
     kind = "aws"
     propagation_s = 60.0  # how long RunInstances waits for EC2 to see a group/subnet/key pair just made
+    quota_ttl = 600.0  # seconds a vCPU quota read from Service Quotas is kept
 
     def __init__(self, config: "CloudSiteConfig", tower_id: str):
         super().__init__(config, tower_id)
         self._image_id: str | None = None
         self._flavor_table: dict[str, tuple[int, int]] | None = None
+        self._quota: tuple[float, int | None] | None = None  # (when asked, vCPU quota)
 
     # -- site -------------------------------------------------------------------------------
 
@@ -129,14 +131,21 @@ class AWSProvider(AWSNetwork):
                       flavors=self._flavors())
 
     def _vcpu_quota(self) -> int | None:
+        """The account's vCPU quota, asked at most every ``quota_ttl`` seconds (it changes only when
+        AWS support raises it); None when Service Quotas does not answer (permission, moto)."""
+        now = time.monotonic()
+        if self._quota is not None and now - self._quota[0] < self.quota_ttl:
+            return self._quota[1]
+        value: int | None = None
         try:
             sq = self._client("service-quotas", connect_timeout=5, read_timeout=15)
             self.stats.count()
             q = sq.get_service_quota(ServiceCode=_VCPU_QUOTA[0], QuotaCode=_VCPU_QUOTA[1])
-            return int(q["Quota"]["Value"])
+            value = int(q["Quota"]["Value"])
         except Exception as exc:  # noqa: BLE001 - optional: a missing permission or service leaves it unknown
             logger.debug("site %s: no vCPU quota from Service Quotas (%s)", self.site, error_code(exc) or type(exc).__name__)
-            return None
+        self._quota = (now, value)
+        return value
 
     # -- servers ----------------------------------------------------------------------------
 
