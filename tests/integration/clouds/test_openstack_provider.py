@@ -235,15 +235,23 @@ def project_quota(admin, site_config):
     project = probe._connect().current_project_id
     probe.close()
     before = admin.compute.get_quota_set(project)
+    before_net = admin.network.get_quota(project)
     changed: dict[str, int] = {}
+    changed_net: dict[str, int] = {}
 
-    def set_(**values):
-        changed.update({k: getattr(before, k) for k in values if k not in changed})
-        admin.compute.update_quota_set(project, **values)
+    def set_(network: bool = False, **values):
+        if network:
+            changed_net.update({k: getattr(before_net, k) for k in values if k not in changed_net})
+            admin.network.update_quota(project, **values)
+        else:
+            changed.update({k: getattr(before, k) for k in values if k not in changed})
+            admin.compute.update_quota_set(project, **values)
 
     yield set_
     if changed:
         admin.compute.update_quota_set(project, **changed)
+    if changed_net:
+        admin.network.update_quota(project, **changed_net)
 
 
 def test_quota_exceeded_before_anything_is_made(make_provider, site_config, tower_key, project_quota):
@@ -257,6 +265,15 @@ def test_quota_exceeded_before_anything_is_made(make_provider, site_config, towe
     assert err.value.numbers["instances"] == {"limit": used + 1, "used": used, "asked": 4}
     assert "instances" in str(err.value)
     assert p.list_tagged(oc) == []  # nothing made
+
+    # Neutron's quotas count too: no room for one more network
+    nets = p.limits().quotas["networks"]["used"]
+    project_quota(network=True, networks=nets)
+    with pytest.raises(CloudQuotaExceeded) as err:
+        p.check_quota(oc, reqs[:1])
+    assert err.value.numbers["networks"] == {"limit": nets, "used": nets, "asked": 1}
+    assert p.list_tagged(oc) == []
+    project_quota(network=True, networks=nets + 1)
 
     # Nova's own refusal (another user took the quota between check and create) is the same error
     net = p.ensure_network(oc, tower_key)
