@@ -310,8 +310,9 @@ class SSHUnderCloud:
         # sites whose hosts come at run time (cloud sites, add_site): their own drivers place boxes
         self.added_sites: dict[str, dict[str, str]] = {}  # name -> labels
         self._lock = threading.Lock()
-        self._plan_lock = threading.Lock()  # the bundle and WAN plan (not _lock: health.py holds it around wan_plan)
+        self._plan_lock = threading.Lock()  # the bundle, built once
         self._hosts_lock = threading.RLock()  # add_host / remove_host, one at a time
+        self._wan_lock = threading.RLock()  # the WAN plan and wan-keys.json (made, read and replaced)
         self._bundle: Any = None  # the host bundle (Artifact), built once
         self._plan: Any = None  # the WAN plan, made on first need and again when hosts come or go
         self.plan_gen = 0  # bumped with each new plan of a changed world (RemoteHost.plan_gen)
@@ -474,7 +475,7 @@ class SSHUnderCloud:
 
     def plan_snapshot(self) -> tuple[int, Any]:
         """(generation, WAN plan) of the world as it is now, read together."""
-        with self._plan_lock:
+        with self._wan_lock:
             if self._plan is None:
                 self._plan = self._make_wan_plan(list(self.hosts.values()))
             return self.plan_gen, self._plan
@@ -802,15 +803,14 @@ class SSHUnderCloud:
                     raise UnderCloudError(f"ssh host {config.name}: {config.address}:{config.port} is host "
                                           f"{o.name}'s already", site=site)
             others = [o for o in self.hosts.values() if o.name != config.name]
-            # checks box_cidr and addresses against the others' before anything changes
-            plan = self._make_wan_plan([*others, _Planned(config.name, site, config)])
-            if old is not None:  # replaced: its agent goes (and its connection, when the config changed)
-                old.prepared = False
-                old.link.close()
-            h = RemoteHost(self, site, config, self.transport.add(config))
-            hosts = {**self.hosts, config.name: h}
-            with self._plan_lock:
-                self.hosts = hosts
+            with self._wan_lock:
+                # checks box_cidr and addresses against the others' before anything changes
+                plan = self._make_wan_plan([*others, _Planned(config.name, site, config)])
+                if old is not None:  # replaced: its agent goes (and its connection, when the config changed)
+                    old.prepared = False
+                    old.link.close()
+                h = RemoteHost(self, site, config, self.transport.add(config))
+                self.hosts = {**self.hosts, config.name: h}
                 self._plan = plan
                 self.plan_gen += 1
             self.prepare_errors.pop(config.name, None)
@@ -830,10 +830,9 @@ class SSHUnderCloud:
             if h is None:
                 return
             hosts = {n: o for n, o in self.hosts.items() if n != name}
-            plan = self._make_wan_plan(list(hosts.values()), forget=(name,))
-            with self._plan_lock:
+            with self._wan_lock:
+                self._plan = self._make_wan_plan(list(hosts.values()), forget=(name,))
                 self.hosts = hosts
-                self._plan = plan
                 self.plan_gen += 1
             h.prepared = False
             h.link.close()
