@@ -25,6 +25,12 @@ PY=${OVERCLOUD_PYTHON:-$ROOT/.venv/bin/python}
 SYSPY=/usr/bin/python3  # the harness and lab/instance.py run as root under the system Python (python3-boto3)
 PROFILE=overcloud-lab
 REGION=us-east-1
+# the lab's address range (the instances' subnets): unreachable here until an
+# instance's bridge gives its /24 a route, so a packet to an instance that is not booted yet (the
+# Tower's SSH retries while the harness boots it) fails at once instead of taking the machine's
+# default route off the machine. Removed by down.
+LAB_RANGES=(10.91.0.0/16)  # not the box pool: the Tower guards that one (proto 88)
+RANGE_PROTO=89
 AMI=ami-785db401  # one of the AMIs moto ships (an Ubuntu 16.04 name; the harness boots our rootfs whatever it is)
 
 die() { echo "aws-lab: $*" >&2; exit 1; }
@@ -79,6 +85,8 @@ for rec in instance.list_instances(sys.argv[2]):
 EOF
     fi
     stop_role "$dir" moto 10
+    local r
+    for r in "${LAB_RANGES[@]}"; do ip route del unreachable "$r" proto $RANGE_PROTO 2>/dev/null || true; done
     rm -f "$dir/pids"
     if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$dir" ]; then rm -f "$MARKER"; fi
     echo "aws-lab: down ($dir)"
@@ -108,6 +116,8 @@ cmd_up() {
     rm -f "$dir/pids"
     mkdir -p "$dir/aws" "$dir/harness"
     chmod 700 "$dir/aws"
+    local r
+    for r in "${LAB_RANGES[@]}"; do ip route replace unreachable "$r" proto $RANGE_PROTO; done
 
     local harness=${OVERCLOUD_AWS_LAB_HARNESS:-1}
     if [ "$harness" != 0 ]; then
