@@ -187,3 +187,25 @@ def test_a_wrapped_connection_reset_counts_and_jitter_stays_within_half():
         d = backoff_delay(a, base=0.5, cap=20.0)
         top = min(20.0, 0.5 * 2 ** a)
         assert top / 2 <= d <= top
+
+
+def test_the_clouds_instance_limit_refuses_with_its_numbers(world, tmp_path, monkeypatch):
+    """moto's EC2 says max-instances 20 (DescribeAccountAttributes): 21 servers are refused with
+    that number, before anything is made, though max_servers would allow them."""
+    import moto
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    with moto.mock_aws():
+        config = load_cloud_sites(SITE.replace("max_servers: 3", "max_servers: 100"))[0]
+        site = CloudSite(world, config, provider_class("aws")(config, "0123456789abcdef"), client_key=tmp_path / "id",
+                         client_public="ssh-ed25519 AAAA")
+        site.start(lambda: set())
+        lim = site.limits()
+        assert lim.max_instances == 20 and lim.flavors["small"] == (2, 1024)
+        site.check_create(["small"] * 20)
+        with pytest.raises(CloudQuotaExceeded) as err:
+            site.check_create(["small"] * 21)
+        assert err.value.numbers == {"instances": {"limit": 20, "used": 0, "asked": 21}}
+        assert "instances: 0 of 20 used, 21 asked" in str(err.value) and "AWS account" in str(err.value)
+        assert site.provider.list_tagged() == []

@@ -341,5 +341,13 @@ class CloudProvider(abc.ABC):
     def sweep(self, overcloud_ids: set[str]) -> list[TaggedResource]:
         """Delete everything of these OverClouds (servers first), confirmed; returns what went."""
 
+    def needs(self, reqs: list[ServerRequest], *, new_network: bool) -> dict[str, int]:
+        """What making ``reqs`` (and, when ``new_network``, the OverCloud's network on the site) takes
+        from the cloud's quotas, in the keys of :class:`Limits` (``instances``, ``cores``, ``ram_mb``)
+        and of ``Limits.quotas`` (``ports``, ``networks``, ...). The cloud site compares it with
+        :meth:`limits` before anything is made (429 with the numbers). By default the instances
+        only; the site adds cores and RAM from ``Limits.flavors`` when the provider leaves them out."""
+        return {"instances": len(reqs)}
+
     def close(self) -> None:
         """Release the SDK's connections (optional)."""

@@ -143,11 +143,13 @@ class CloudSite(DomainSite):
             self._limits = (time.monotonic(), found)
         return found
 
-    def check_quota(self, flavors: list[str], overcloud_id: str | None = None) -> None:
+    def check_quota(self, flavors: list[str], overcloud_id: str | None = None, *, new_network: bool = True) -> None:
         """Whether ``flavors`` (our names, one server each) fit: the site's ``max_servers`` and the
-        cloud's instances, cores and RAM. CloudQuotaExceeded with the numbers (429) when not;
-        nothing is made either way. Servers this OverCloud has already (a resumed acquire) are
-        not asked twice: the caller passes only the missing ones."""
+        cloud's quotas (instances, vCPUs, RAM, and what else the provider's :meth:`needs` names, e.g.
+        Neutron's ports and networks). CloudQuotaExceeded with the numbers (429) when not; nothing
+        is made either way. Servers this OverCloud has already (a resumed acquire) are not asked
+        twice: the caller passes only the missing ones (and ``new_network=False`` when its network
+        is there)."""
         if not flavors:
             return
         numbers: dict[str, dict[str, Any]] = {}
@@ -155,21 +157,22 @@ class CloudSite(DomainSite):
         if mine + len(flavors) > self.config.max_servers:
             numbers["servers"] = {"limit": self.config.max_servers, "used": mine, "asked": len(flavors)}
         lim = self.limits()
-        cores = ram = 0
-        known = True
-        for f in flavors:
-            size = lim.flavors.get(f)
-            if size is None:
-                known = False
-                continue
-            cores += size[0]
-            ram += size[1]
-        if lim.max_instances is not None and (lim.used_instances or 0) + len(flavors) > lim.max_instances:
-            numbers["instances"] = {"limit": lim.max_instances, "used": lim.used_instances or 0, "asked": len(flavors)}
-        if known and lim.max_cores is not None and (lim.used_cores or 0) + cores > lim.max_cores:
-            numbers["cores"] = {"limit": lim.max_cores, "used": lim.used_cores or 0, "asked": cores}
-        if known and lim.max_ram_mb is not None and (lim.used_ram_mb or 0) + ram > lim.max_ram_mb:
-            numbers["ram_mb"] = {"limit": lim.max_ram_mb, "used": lim.used_ram_mb or 0, "asked": ram}
+        oc = overcloud_id or "0" * 32
+        reqs = [ServerRequest(overcloud_id=oc, box=f"b{i}", name=server_name(oc, f"b{i}"), flavor=f, user_data="",
+                              tags={}) for i, f in enumerate(flavors)]
+        need = dict(self.provider.needs(reqs, new_network=new_network))
+        sizes = [lim.flavors.get(f) for f in flavors]
+        if "cores" not in need and all(sizes):
+            need["cores"] = sum(s[0] for s in sizes)
+        if "ram_mb" not in need and all(sizes):
+            need["ram_mb"] = sum(s[1] for s in sizes)
+        caps = {"instances": (lim.max_instances, lim.used_instances), "cores": (lim.max_cores, lim.used_cores),
+                "ram_mb": (lim.max_ram_mb, lim.used_ram_mb)}
+        caps.update({k: (v.get("limit"), v.get("used")) for k, v in (lim.quotas or {}).items()})
+        for k, asked in need.items():
+            limit, used = caps.get(k, (None, None))
+            if asked and limit is not None and limit >= 0 and (used or 0) + asked > limit:
+                numbers[k] = {"limit": limit, "used": used or 0, "asked": asked}
         if numbers:
             raise CloudQuotaExceeded(quota_message(self.name, self.kind, numbers), numbers, site=self.name,
                                      overcloud_id=overcloud_id)
@@ -254,7 +257,7 @@ class CloudSite(DomainSite):
             existing = {s.name: s for s in self.provider.list_servers(oc) if s.status != "deleted"}
             missing = [s for s in specs if server_name(oc, s.name) not in existing]
             # quota first: nothing is made when the cloud cannot hold the servers
-            self.check_quota([s.flavor.name for s in missing], overcloud_id=oc)
+            self.check_quota([s.flavor.name for s in missing], overcloud_id=oc, new_network=not existing)
             networked = True
             net = self.provider.ensure_network(oc, self.client_public)
             if missing:
@@ -505,7 +508,8 @@ def _is_ip(address: str) -> bool:
 def quota_message(site: str, kind: str, numbers: dict[str, dict[str, Any]]) -> str:
     """``site aws-1: the cloud's quota cannot hold this OverCloud: instances 8 of 10 used, 4 asked; ...``"""
     what = {"servers": "servers (the site's max_servers)", "instances": "instances", "cores": "vCPUs",
-            "ram_mb": "RAM (MiB)"}
+            "ram_mb": "RAM (MiB)", "ports": "ports", "networks": "networks", "subnets": "subnets",
+            "security_groups": "security groups", "routers": "routers", "floating_ips": "floating IPs"}
     parts = [f"{what.get(k, k)}: {v['used']} of {v['limit']} used, {v['asked']} asked" for k, v in numbers.items()]
     fix = ("raise max_servers in the site config, delete an OverCloud, or ask for fewer clusters"
            if set(numbers) == {"servers"} else
