@@ -36,9 +36,10 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
 import benchtower
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "clouds"))
+from cloud_sites import merge_sites  # noqa: E402  (the heterogeneous e2e test's helper too)
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = [  # the local baseline, on the benchmark's own bridges and ranges
@@ -66,16 +67,8 @@ def lab_script(kind: str, *args: str, timeout: float = 1200) -> None:
 
 def merged_sites(files: list[Path], out: Path) -> Path:
     """One sites file holding every site of ``files``, with their relative paths (``*_file``)
-    made absolute, so one Tower gets both labs' sites."""
-    merged = []
-    for f in files:
-        for site in yaml.safe_load(f.read_text()) or []:
-            for k, v in list(site.items()):
-                if k.endswith("_file") and isinstance(v, str) and not os.path.isabs(v):
-                    site[k] = str((f.parent / v).resolve())
-            merged.append(site)
-    out.write_text(yaml.safe_dump(merged, sort_keys=False))
-    return out
+    made absolute, so one Tower gets both labs' sites (the tests' helper, one copy)."""
+    return merge_sites(files, out)
 
 
 def site_api(c, name: str) -> dict:
