@@ -28,3 +28,48 @@ def database_url(request, tmp_path):
         return f"sqlite:///{tmp_path / 'overcloud.db'}"
     server = request.getfixturevalue("postgres")
     return server.create_database(f"oc_test_{os.getpid()}_{next(_db_counter)}")
+
+
+# -- the cloud labs' one-time builds ---------------------------------------------------------------
+# The tests under integration/clouds need two heavy lab parts made once per machine and cached
+# outside the checkout (/var/cache/overcloud): the namespace instances' root filesystem
+# (lab/instance.py rootfs, ~70 s) and the OpenStack lab's Debian 12 chroot (scripts/openstack-lab.sh
+# build, ~4 min). On a fresh machine they are built in the background from the start of the
+# session while the other tests run, and the cloud tests run last; on a warm machine both are
+# cache hits that return at once. The labs' own `up` takes the same build locks, so a test that
+# gets there first waits for the build under way instead of starting a second one.
+_REPO = Path(__file__).resolve().parents[1]
+_CLOUDS = Path(__file__).resolve().parent / "integration" / "clouds"
+_prebuild: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    cloud = [i for i in items if _CLOUDS in Path(str(i.fspath)).parents]
+    if not cloud:
+        return
+    if len(cloud) < len(items):
+        ids = {id(i) for i in cloud}
+        items[:] = [i for i in items if id(i) not in ids] + cloud
+    if os.geteuid() == 0 and not hasattr(config, "workerinput"):
+        import subprocess
+
+        import tempfile
+
+        _prebuild["log"] = Path(tempfile.gettempdir()) / f"overcloud-lab-builds-{os.getpid()}.log"
+        log = open(_prebuild["log"], "ab")  # kept only when a build failed (the lab's up says why again)
+        script = (f'/usr/bin/python3 "{_REPO}/lab/instance.py" rootfs >/dev/null && '
+                  f'bash "{_REPO}/scripts/openstack-lab.sh" build >/dev/null')
+        # nice: the builds take what the tests leave of the two cores
+        _prebuild["proc"] = subprocess.Popen(["nice", "-n", "10", "sh", "-c", script], stdout=log, stderr=log,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = _prebuild.pop("proc", None)
+    if proc is not None and proc.poll() is None:  # the session ended before the builds did
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    elif proc is not None and proc.returncode == 0:
+        _prebuild["log"].unlink(missing_ok=True)
