@@ -3,7 +3,7 @@
 
     python3 lab/openstack/lab.py build          # make (once per machine) the chroot; print its path
     python3 lab/openstack/lab.py up DIR         # start every service, bootstrap, write DIR/clouds.yaml, DIR/sites.yaml
-    python3 lab/openstack/lab.py down DIR       # stop everything, remove instances/bridges/nft tables it made
+    python3 lab/openstack/lab.py down DIR       # stop everything, remove the servers' instances and bridges
     python3 lab/openstack/lab.py status DIR     # what runs (JSON)
     python3 lab/openstack/lab.py restart DIR ROLE  # one service again (after a config or driver change)
     python3 lab/openstack/lab.py stop DIR ROLE     # stop one service (faults: stop-keystone DIR = stop DIR keystone)
@@ -1043,7 +1043,7 @@ clouds:
         up = MARKER.exists() and MARKER.read_text().strip() == str(self.dir)
         return {"dir": str(self.dir), "up": up, "processes": procs,
                 "instances": self.instance_names(), "ports": PORTS,
-                "rss_mb": round(sum(rss_kb(p) for p in lab_pids(procs, self.root)) / 1024)}
+                "rss_mb": round(sum(rss_kb(p) for p in lab_pids(procs, self.root)) / 1024) if up else 0}
 
 
 # ---------------------------------------------------------------- small helpers
