@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -63,6 +64,16 @@ def lab_script(kind: str, *args: str, timeout: float = 1200) -> None:
     if r.returncode != 0:
         raise Failed(f"scripts/{kind}-lab.sh {' '.join(args)} failed ({r.returncode}): "
                      f"{(r.stderr or r.stdout).strip()[-1500:]}")
+
+
+def lab_up(directory: Path) -> bool:
+    """Whether the OpenStack lab in ``directory`` runs (``status`` exits 0 with "up": true)."""
+    r = subprocess.run(["bash", str(REPO / "scripts" / "openstack-lab.sh"), "status", str(directory)],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        return r.returncode == 0 and json.loads(r.stdout).get("up") is True
+    except ValueError:
+        return False
 
 
 def merged_sites(files: list[Path], out: Path) -> Path:
@@ -123,7 +134,7 @@ def main() -> int:
 
         def up(kind: str) -> None:
             dev = os.environ.get("OVERCLOUD_OSLAB_DIR") if kind == "openstack" else None
-            if dev and (Path(dev) / "sites.yaml").is_file():
+            if dev and (Path(dev) / "sites.yaml").is_file() and lab_up(Path(dev)):
                 labs[kind] = Path(dev)
                 return
             labs[kind] = work / f"{kind}-lab"
