@@ -38,6 +38,10 @@ MIRRORS = [
 RECIPE = "3"
 
 
+TENANT_RANGE = "10.90.0.0/16"  # the site's network.cidr_pool (sites.yaml): every tenant subnet is in it
+RANGE_PROTO = "89"  # the labs' guard routes (scripts/aws-lab.sh uses it for 10.91.0.0/16)
+
+
 def log(msg: str) -> None:
     print(f"openstack-lab: {msg}", file=sys.stderr, flush=True)
 
@@ -839,8 +843,8 @@ clouds:
   region: {REGION}
   image: {IMAGE}
   flavors: {{small: m1.small, medium: m1.medium, large: m1.large}}
-  network: {{cidr_pool: 10.90.0.0/16, external_network: null, floating_ip: false}}
-  ssh_cidrs: [10.90.0.0/16]
+  network: {{cidr_pool: {TENANT_RANGE}, external_network: null, floating_ip: false}}
+  ssh_cidrs: [{TENANT_RANGE}]
   nodeport_cidrs: []
   user: overcloud
   box_pool: 10.96.0.0/16
@@ -887,6 +891,11 @@ clouds:
         with os.fdopen(fd, "w") as f:
             f.write(str(self.dir) + "\n")
         try:
+            # the tenant networks' range unreachable here until a server's bridge gives its subnet a
+            # route: a packet to a server not booted yet, or deleted, fails at once instead of
+            # taking the machine's default route off the machine (removed by down)
+            subprocess.run(["ip", "route", "replace", "unreachable", TENANT_RANGE, "proto", RANGE_PROTO], check=True,
+                           capture_output=True)
             self.wipe()  # every up is a new cloud: no databases, servers or credentials of an earlier one
             (self.dir / "lab.json").write_text(json.dumps({"dir": str(self.dir), "chroot": str(self.root)}) + "\n")
             self.write_configs()
@@ -980,6 +989,7 @@ clouds:
             brif = Path(f"/sys/class/net/{br}/brif")
             if brif.is_dir() and not any(brif.iterdir()):
                 subprocess.run(["ip", "link", "del", br], capture_output=True)
+        subprocess.run(["ip", "route", "del", "unreachable", TENANT_RANGE, "proto", RANGE_PROTO], capture_output=True)
         (self.dir / "pids").unlink(missing_ok=True)
         for f in (self.dir / "run").glob("*") if (self.dir / "run").is_dir() else []:
             if f.is_file() or f.is_socket():
