@@ -43,10 +43,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from overcloud.underclouds.base import FLAVORS, UnderCloudError
-from overcloud.underclouds.ssh.sites import SiteConfigError
+from overcloud.underclouds.ssh.sites import SiteConfigError, load_sites_file_with, load_sites_with, sites_from_env_with
 
 __all__ = [
     "CLOUD_KINDS",
@@ -353,35 +351,14 @@ def check_against_ssh(cloud: list[CloudSiteConfig], ssh_sites: list[Any]) -> Non
 
 def load_cloud_sites(text: str, *, base_dir: Path | None = None, source: str = "OVERCLOUD_SITES") -> list[CloudSiteConfig]:
     """Parse a JSON or YAML sites text (JSON is YAML), then check it."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SiteConfigError(f"{source}: not valid YAML or JSON{at}") from None
-    if data is None:
-        return []
-    try:
-        return parse_cloud_sites(data, base_dir=base_dir)
-    except SiteConfigError as exc:
-        raise SiteConfigError(f"{source}: {exc}") from None
+    return load_sites_with(parse_cloud_sites, text, base_dir=base_dir, source=source)
 
 
 def load_cloud_sites_file(path: str | os.PathLike[str]) -> list[CloudSiteConfig]:
     """The cloud sites of a YAML sites file; relative paths are taken from the file's directory."""
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SiteConfigError(f"sites file {p} cannot be read ({exc.strerror})") from None
-    return load_cloud_sites(text, base_dir=p.resolve().parent, source=f"sites file {p}")
+    return load_sites_file_with(parse_cloud_sites, path)
 
 
 def cloud_sites_from_env(environ: Mapping[str, str] | None = None) -> list[CloudSiteConfig]:
     """The cloud sites of ``OVERCLOUD_SITES_FILE`` (first) or ``OVERCLOUD_SITES``."""
-    env = os.environ if environ is None else environ
-    if env.get("OVERCLOUD_SITES_FILE"):
-        return load_cloud_sites_file(env["OVERCLOUD_SITES_FILE"])
-    if env.get("OVERCLOUD_SITES"):
-        return load_cloud_sites(env["OVERCLOUD_SITES"])
-    return []
+    return sites_from_env_with(parse_cloud_sites, environ)

@@ -33,7 +33,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -289,8 +289,10 @@ def _check_across(sites: list[SSHSiteConfig]) -> None:
                 nets.append((net, who))
 
 
-def load_ssh_sites(text: str, *, base_dir: Path | None = None, source: str = "OVERCLOUD_SITES") -> list[SSHSiteConfig]:
-    """Parse a JSON or YAML sites text (JSON is YAML), then check it."""
+def load_sites_with(parse: Callable[..., list[Any]], text: str, *, base_dir: Path | None = None,
+                    source: str = "OVERCLOUD_SITES") -> list[Any]:
+    """Parse a JSON or YAML sites text (JSON is YAML) with ``parse(data, base_dir=...)``: the ssh
+    sites' parser here, the cloud sites' in ``cloud/config.py``. Errors name ``source``."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -300,29 +302,44 @@ def load_ssh_sites(text: str, *, base_dir: Path | None = None, source: str = "OV
     if data is None:
         return []
     try:
-        return parse_ssh_sites(data, base_dir=base_dir)
+        return parse(data, base_dir=base_dir)
     except SiteConfigError as exc:
         raise SiteConfigError(f"{source}: {exc}") from None
 
 
-def load_ssh_sites_file(path: str | os.PathLike[str]) -> list[SSHSiteConfig]:
-    """The ssh sites of a YAML sites file; relative key files are taken from the file's directory."""
+def load_sites_file_with(parse: Callable[..., list[Any]], path: str | os.PathLike[str]) -> list[Any]:
+    """The sites ``parse`` finds in a YAML sites file; relative paths are from the file's directory."""
     p = Path(path).expanduser()
     try:
         text = p.read_text()
     except OSError as exc:
         raise SiteConfigError(f"sites file {p} cannot be read ({exc.strerror})") from None
-    return load_ssh_sites(text, base_dir=p.resolve().parent, source=f"sites file {p}")
+    return load_sites_with(parse, text, base_dir=p.resolve().parent, source=f"sites file {p}")
+
+
+def sites_from_env_with(parse: Callable[..., list[Any]], environ: Mapping[str, str] | None = None) -> list[Any]:
+    """The sites ``parse`` finds in the Tower's environment: ``OVERCLOUD_SITES_FILE`` first, else ``OVERCLOUD_SITES``."""
+    env = os.environ if environ is None else environ
+    if env.get("OVERCLOUD_SITES_FILE"):
+        return load_sites_file_with(parse, env["OVERCLOUD_SITES_FILE"])
+    if env.get("OVERCLOUD_SITES"):
+        return load_sites_with(parse, env["OVERCLOUD_SITES"])
+    return []
+
+
+def load_ssh_sites(text: str, *, base_dir: Path | None = None, source: str = "OVERCLOUD_SITES") -> list[SSHSiteConfig]:
+    """Parse a JSON or YAML sites text (JSON is YAML), then check it."""
+    return load_sites_with(parse_ssh_sites, text, base_dir=base_dir, source=source)
+
+
+def load_ssh_sites_file(path: str | os.PathLike[str]) -> list[SSHSiteConfig]:
+    """The ssh sites of a YAML sites file; relative key files are taken from the file's directory."""
+    return load_sites_file_with(parse_ssh_sites, path)
 
 
 def ssh_sites_from_env(environ: Mapping[str, str] | None = None) -> list[SSHSiteConfig]:
     """The ssh sites the Tower's environment defines: ``OVERCLOUD_SITES_FILE`` first, else ``OVERCLOUD_SITES``."""
-    env = os.environ if environ is None else environ
-    if env.get("OVERCLOUD_SITES_FILE"):
-        return load_ssh_sites_file(env["OVERCLOUD_SITES_FILE"])
-    if env.get("OVERCLOUD_SITES"):
-        return load_ssh_sites(env["OVERCLOUD_SITES"])
-    return []
+    return sites_from_env_with(parse_ssh_sites, environ)
 
 
 def dump_host(h: SSHHostConfig) -> dict[str, Any]:
