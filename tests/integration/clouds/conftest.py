@@ -74,23 +74,27 @@ class OpenStackLab:
         self.script("start-keystone", str(self.dir), timeout=180)
 
 
-@pytest.fixture(scope="session")
-def openstack_lab(tmp_path_factory):
-    dev = os.environ.get("OVERCLOUD_OSLAB_DIR")
-    if dev and OpenStackLab(Path(dev)).is_up():
-        yield OpenStackLab(Path(dev))
-        return
-    lab = OpenStackLab(tmp_path_factory.mktemp("oslab"))
+def _running(lab):
+    """``lab`` up for the fixture's life and down after; a failed start takes down what it left."""
     try:
         lab.up()
     except Exception:
-        with contextlib.suppress(Exception):  # what the failed start left
+        with contextlib.suppress(Exception):
             lab.down()
         raise
     try:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="session")
+def openstack_lab(tmp_path_factory):
+    dev = os.environ.get("OVERCLOUD_OSLAB_DIR")
+    if dev and OpenStackLab(Path(dev)).is_up():
+        yield OpenStackLab(Path(dev))
+        return
+    yield from _running(OpenStackLab(tmp_path_factory.mktemp("oslab")))
 
 
 @pytest.fixture(scope="session")
@@ -103,17 +107,7 @@ def aws_lab(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ec2lab import AWSLab
 
-    lab = AWSLab(tmp_path_factory.mktemp("awslab"))
-    try:
-        lab.up()
-    except Exception:
-        with contextlib.suppress(Exception):  # what the failed start left
-            lab.down()
-        raise
-    try:
-        yield lab
-    finally:
-        lab.down()
+    yield from _running(AWSLab(tmp_path_factory.mktemp("awslab")))
 
 
 # The cloud tests' own Towers get local sites and an overlay of their own (not towers.OWN_SITES):
