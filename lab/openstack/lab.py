@@ -390,9 +390,7 @@ class Lab:
         os.chmod(d / "tmp", 0o1777)
         (d / "etc" / "hosts").write_text("127.0.0.1 localhost oclab-compute\n::1 localhost\n")
         ks = url("keystone", "/v3")
-        authtoken = f"""[keystone_authtoken]
-www_authenticate_uri = {ks}
-auth_url = {ks}
+        service_user = f"""auth_url = {ks}
 auth_type = password
 project_domain_name = Default
 user_domain_name = Default
@@ -400,18 +398,9 @@ project_name = service
 username = {SERVICE_USER}
 password = {s['service']}
 region_name = {REGION}
-service_token_roles_required = true
 """
-        svc_auth = f"""auth_url = {ks}
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-project_name = service
-username = {SERVICE_USER}
-password = {s['service']}
-region_name = {REGION}
-valid_interfaces = public
-"""
+        authtoken = f"[keystone_authtoken]\nwww_authenticate_uri = {ks}\n{service_user}service_token_roles_required = true\n"
+        svc_auth = f"{service_user}valid_interfaces = public\n"
         rabbit = f"rabbit://oclab:{s['rabbit']}@{ADDR}:{PORTS['amqp']}/"
         db = f"mysql+pymysql://oclab:{s['mariadb']}@{ADDR}:{PORTS['mariadb']}"
         files = {
