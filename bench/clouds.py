@@ -12,7 +12,7 @@ used and left running). One Tower has the local sites and both labs' sites. Per 
   UnderCloud: seconds and the ratio;
 * the cloud API calls per create and per delete (the site's ``api.calls`` in ``GET /underclouds``,
   before and after), and the seconds spent waiting on the cloud (``api.wait_s``: waiters, polls,
-  backoff) against the rest of the create (our own tasks: SSH, preparation, boxes, DataLake,
+  backoff, and the servers' boot until SSH answers) against the rest of the create (our own tasks: SSH, preparation, boxes, DataLake,
   Fabric);
 * the seed prototype's figures beside them: create 6 min 33 s (OpenStack) / 5 min 47 s (AWS),
   delete 52 s / 48 s.
@@ -195,7 +195,8 @@ def main() -> int:
             row += (f" {m['create_calls']:6.0f} / {m['delete_calls']:<5.0f} {m['create_wait']:12.1f}s "
                     f"{m['create'] - m['create_wait']:10.1f}s {int(sc // 60):4d}m{int(sc % 60):02d}s / {sd:.0f}s")
         print(row)
-    print("cloud wait: seconds our provider spent in waiters, polls and backoff; own work: the rest of the create")
+    print("cloud wait: seconds spent in waiters, polls and backoff, and until the slowest new server answered SSH "
+          "(its boot); own work: the rest of the create")
     return 0
 
 

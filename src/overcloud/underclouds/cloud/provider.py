@@ -183,7 +183,8 @@ class Limits:
 
 @dataclasses.dataclass
 class CallStats:
-    """API calls made and seconds spent waiting on the cloud (backoff and waiters). Thread-safe."""
+    """API calls made and seconds spent waiting on the cloud (backoff, waiters, and the servers' boot
+    until SSH answers: CloudSite adds that). Thread-safe."""
 
     calls: int = 0
     wait_s: float = 0.0
