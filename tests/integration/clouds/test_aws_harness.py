@@ -146,7 +146,10 @@ def test_a_harness_killed_with_9_is_followed_by_one_that_adopts_its_instances(tm
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[ids[1]], WaiterConfig={"Delay": 1})
         second = start()
         wait_for(lambda: f"{names[0]} left running by an earlier run: adopted" in log.read_text(), 30, "adoption")
-        wait_for(lambda: not Path("/run/netns", names[1]).exists(), 30, f"{names[1]} killed")
+        # killed: its namespace gone and its record too (the kill removes the record last)
+        wait_for(lambda: not Path("/run/netns", names[1]).exists()
+                 and [r["name"] for r in instance.list_instances(state / "instances")] == [names[0]],
+                 60, f"{names[1]} killed")
         [rec] = instance.list_instances(state / "instances")
         assert rec["name"] == names[0] and rec["pid"] == inits[names[0]]  # the same init: not booted again
         ec2.terminate_instances(InstanceIds=[ids[0]])
