@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(session, config, items):
     if len(cloud) < len(items):
         ids = {id(i) for i in cloud}
         items[:] = [i for i in items if id(i) not in ids] + cloud
-    if os.geteuid() == 0 and not hasattr(config, "workerinput"):
+    if os.geteuid() == 0 and not hasattr(config, "workerinput") and not config.option.collectonly:
         import subprocess
 
         import tempfile

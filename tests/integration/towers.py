@@ -30,6 +30,13 @@ OWN_SITES = [
     {"name": "local-b", "kind": "local", "bridge": "oct-d", "cidr": "10.213.113.0/24", "labels": {"overcloud.io/tier": "edge"}},
 ]
 OWN_OVERLAY = "10.252.0.0/16"
+# the Towers of the tests `make test` runs in its second pytest process (scripts/test.sh: the cloud
+# labs and the hosts lab), at the same time as the others: bridges and ranges of their own
+SIDE_SITES = [
+    {"name": "local-a", "kind": "local", "bridge": "occ-a", "cidr": "10.213.116.0/24", "labels": {"overcloud.io/tier": "cloud"}},
+    {"name": "local-b", "kind": "local", "bridge": "occ-b", "cidr": "10.213.117.0/24", "labels": {"overcloud.io/tier": "edge"}},
+]
+SIDE_OVERLAY = "10.248.0.0/16"
 
 
 class TowerProcess:

@@ -110,26 +110,19 @@ def aws_lab(tmp_path_factory):
     yield from _running(AWSLab(tmp_path_factory.mktemp("awslab")))
 
 
-# The cloud tests' own Towers get local sites and an overlay of their own (not towers.OWN_SITES):
-# `make test` runs this directory beside the rest of the suite, in a second pytest process
-# (scripts/test.sh), so its Towers must never share bridges or ranges with the other tests' Towers.
-CLOUD_SITES = [
-    {"name": "local-a", "kind": "local", "bridge": "occ-a", "cidr": "10.213.116.0/24", "labels": {"overcloud.io/tier": "cloud"}},
-    {"name": "local-b", "kind": "local", "bridge": "occ-b", "cidr": "10.213.117.0/24", "labels": {"overcloud.io/tier": "edge"}},
-]
-CLOUD_OVERLAY = "10.248.0.0/16"
-
-
+# The cloud tests' own Towers get local sites and an overlay of their own (towers.SIDE_SITES, not
+# OWN_SITES): `make test` runs this directory beside the rest of the suite, in a second pytest
+# process (scripts/test.sh), so its Towers must never share bridges or ranges with the others'.
 @pytest.fixture
 def own_tower(tmp_path):
-    """A Tower for one test, on the cloud tests' own local sites (see CLOUD_SITES)."""
-    from towers import TowerProcess
+    """A Tower for one test, on the side process's local sites (towers.SIDE_SITES)."""
+    from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
 
     towers = []
 
     def make(**env):
-        assert not towers, "one own Tower per test: they share the CLOUD_SITES bridges"
-        t = TowerProcess(tmp_path / "tower", sites=CLOUD_SITES, overlay=CLOUD_OVERLAY, **env)
+        assert not towers, "one own Tower per test: they share the SIDE_SITES bridges"
+        t = TowerProcess(tmp_path / "tower", sites=SIDE_SITES, overlay=SIDE_OVERLAY, **env)
         towers.append(t)
         return t
 

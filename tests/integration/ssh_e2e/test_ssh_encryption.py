@@ -21,7 +21,7 @@ import pytest
 
 from pcap import Capture, leaked
 from lab_tower import HOSTS, teardown_hosts
-from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -67,7 +67,7 @@ def _put_get(session, s3_endpoint: str, creds: dict, key: str, payload: bytes) -
 
 def test_cross_site_datalake_traffic_is_only_wireguard_on_the_wan(hosts_lab, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))  # for teardown_hosts
-    tower = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
+    tower = TowerProcess(tmp_path / "tower", sites=SIDE_SITES, overlay=SIDE_OVERLAY,
                          OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
     world = None
     oc = None

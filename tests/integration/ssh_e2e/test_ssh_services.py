@@ -131,10 +131,10 @@ def test_kill_processes_kills_the_boxs_processes_only(world, hosts_lab):  # noqa
 def tower(hosts_lab, tmp_path_factory):  # noqa: F811
     import os
 
-    from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+    from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
 
     os.environ["OC_TEST_SITES_FILE"] = str(hosts_lab.sites_file)
-    t = TowerProcess(tmp_path_factory.mktemp("tower") / "state", sites=OWN_SITES, overlay=OWN_OVERLAY,
+    t = TowerProcess(tmp_path_factory.mktemp("tower") / "state", sites=SIDE_SITES, overlay=SIDE_OVERLAY,
                      OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
     try:
         t.cli("images", "build", str(SMART), "--runtime", "process", check=True, timeout=900)

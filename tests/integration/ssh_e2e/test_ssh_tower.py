@@ -10,7 +10,7 @@ import time
 import pytest
 
 from lab_tower import HOSTS, teardown_hosts
-from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -48,7 +48,7 @@ def test_seed_request_on_ssh_sites_is_ready_and_delete_leaves_nothing(hosts_lab,
     weed = f"{ARTIFACT_CACHE}/{seaweed.weed_sha256(seaweed.weed_binary())}"
     for h in HOSTS:  # no host holds weed: the Tower's preparation at serve puts it on every one
         hosts_lab.outside(h, ["rm", "-f", weed], check=True)
-    tower = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
+    tower = TowerProcess(tmp_path / "tower", sites=SIDE_SITES, overlay=SIDE_OVERLAY,
                          OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
     try:
         with tower.client() as c:

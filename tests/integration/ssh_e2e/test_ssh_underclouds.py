@@ -19,7 +19,7 @@ import time
 import pytest
 
 from lab_tower import HOSTS, teardown_hosts
-from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
 def _tower(hosts_lab, tmp_path, monkeypatch) -> TowerProcess:
     monkeypatch.setenv("OC_TEST_SITES_FILE", str(hosts_lab.sites_file))
-    return TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY,
+    return TowerProcess(tmp_path / "tower", sites=SIDE_SITES, overlay=SIDE_OVERLAY,
                         OVERCLOUD_SITES_FILE=str(hosts_lab.sites_file)).start()
 
 
@@ -92,7 +92,7 @@ def test_underclouds_inventory_health_cli_and_unreachable_routes(hosts_lab, tmp_
         assert {n: u["kind"] for n, u in by_name.items()} == {"local-a": "local", "local-b": "local",
                                                              "ssh-a": "ssh", "ssh-b": "ssh"}
         assert by_name["local-a"]["labels"] == {"overcloud.io/tier": "cloud"}
-        assert by_name["local-a"]["bridge"]["name"] == "oct-c" and by_name["local-a"]["bridge"]["up"] is True
+        assert by_name["local-a"]["bridge"]["name"] == SIDE_SITES[0]["bridge"] and by_name["local-a"]["bridge"]["up"] is True
         assert by_name["local-a"]["healthy"] is True and by_name["local-a"]["capacity"]["cpus"] >= 1
         configs = {c.name: c for c in hosts_lab.host_configs()}
         hosts = _hosts(sites)
@@ -120,7 +120,7 @@ def test_underclouds_inventory_health_cli_and_unreachable_routes(hosts_lab, tmp_
         r = tower.cli("underclouds", check=True)
         for name in HOSTS:
             assert name in r.stdout
-        assert "ok" in r.stdout and "oct-c" in r.stdout
+        assert "ok" in r.stdout and SIDE_SITES[0]["bridge"] in r.stdout
         data = json.loads(tower.cli("underclouds", "--json", check=True).stdout)
         assert {u["name"] for u in data["underclouds"]} == set(by_name)
         r = tower.cli("--token", "wrong", "underclouds")
@@ -132,10 +132,10 @@ def test_underclouds_inventory_health_cli_and_unreachable_routes(hosts_lab, tmp_
 
         # the project's ranges have unreachable routes here: a connect fails at once, locally
         routes = _unreachable_routes()
-        assert OWN_OVERLAY in routes, routes
+        assert SIDE_OVERLAY in routes, routes
         for c in configs.values():
             assert c.box_cidr in routes, routes
-        for cidr in (OWN_OVERLAY, configs["och-b1"].box_cidr):
+        for cidr in (SIDE_OVERLAY, configs["och-b1"].box_cidr):
             address = str(next(ipaddress.ip_network(cidr).hosts()) + 4)
             assert _connect_fails_here(address) in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM)
 

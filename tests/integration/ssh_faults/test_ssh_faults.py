@@ -24,7 +24,7 @@ import asyncssh
 import pytest
 import yaml
 
-from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -77,7 +77,7 @@ def _teardown_hosts(lab, state_dir: Path) -> None:
 def faults_tower(hosts_lab, tmp_path_factory):  # noqa: F811
     d = tmp_path_factory.mktemp("faults")
     sites = _sites_file(hosts_lab, d / "sites.yaml")
-    tower = TowerProcess(d / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY, OVERCLOUD_SITES_FILE=str(sites))
+    tower = TowerProcess(d / "tower", sites=SIDE_SITES, overlay=SIDE_OVERLAY, OVERCLOUD_SITES_FILE=str(sites))
     tower.start()
     try:
         yield tower
