@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -76,13 +77,17 @@ class Side:
 
     def containers(self) -> dict[str, str]:
         """{container id: "<status> since <start>"} of this OverCloud's containers, from Podman."""
-        ids = subprocess.run(["podman", "ps", "-a", "-q", "--no-trunc", "--filter", f"label=overcloud.io/overcloud={self.oid}"],
-                             capture_output=True, text=True, check=True).stdout.split()
-        if not ids:
-            return {}
-        out = subprocess.run(["podman", "inspect", "--format", "{{.Id}} {{.State.Status}} since {{.State.StartedAt}}", *ids],
-                             capture_output=True, text=True, check=True).stdout
-        return dict(line.split(" ", 1) for line in out.splitlines())
+        for _ in range(10):  # a container listed may be gone before it is inspected (replaced): list again
+            ids = subprocess.run(["podman", "ps", "-a", "-q", "--no-trunc", "--filter", f"label=overcloud.io/overcloud={self.oid}"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            if not ids:
+                return {}
+            r = subprocess.run(["podman", "inspect", "--format", "{{.Id}} {{.State.Status}} since {{.State.StartedAt}}", *ids],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                return dict(line.split(" ", 1) for line in r.stdout.splitlines())
+            time.sleep(0.2)
+        raise AssertionError(f"podman inspect kept failing for this OverCloud's containers: {r.stderr.strip()}")
 
     def serves(self) -> bool:
         """The workload answers from the Post, across the shared bridge (VXLAN over it)."""
