@@ -52,24 +52,33 @@ def pytest_collection_modifyitems(session, config, items):
         items[:] = [i for i in items if id(i) not in ids] + cloud
     if os.geteuid() == 0 and not hasattr(config, "workerinput") and not config.option.collectonly:
         import subprocess
-
         import tempfile
 
-        _prebuild["log"] = Path(tempfile.gettempdir()) / f"overcloud-lab-builds-{os.getpid()}.log"
-        log = open(_prebuild["log"], "ab")  # kept only when a build failed (the lab's up says why again)
+        log = Path(tempfile.gettempdir()) / f"overcloud-lab-builds-{os.getpid()}.log"  # removed when both succeed
         script = (f'/usr/bin/python3 "{_REPO}/lab/instance.py" rootfs >/dev/null && '
-                  f'bash "{_REPO}/scripts/openstack-lab.sh" build >/dev/null')
-        # nice: the builds take what the tests leave of the two cores
-        _prebuild["proc"] = subprocess.Popen(["nice", "-n", "10", "sh", "-c", script], stdout=log, stderr=log,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                  f'bash "{_REPO}/scripts/openstack-lab.sh" build >/dev/null && rm -f "{log}"')
+        # not a child of this process (tests check that this process has none left, e.g. the ssh
+        # transport's), in a session of its own to be stopped at the end; nice: the builds take what
+        # the tests leave of the two cores
+        r = subprocess.run(["sh", "-c", 'setsid nice -n 10 sh -c "$1" >>"$2" 2>&1 </dev/null & echo $!', "sh",
+                            script, str(log)], capture_output=True, text=True, check=True)
+        pid = int(r.stdout.strip())
+        _prebuild["pid"], _prebuild["start"] = pid, _starttime(pid)
+
+
+def _starttime(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def pytest_sessionfinish(session, exitstatus):
-    proc = _prebuild.pop("proc", None)
-    if proc is not None and proc.poll() is None:  # the session ended before the builds did
+    pid = _prebuild.pop("pid", None)
+    if pid is not None and _starttime(pid) is not None and _starttime(pid) == _prebuild.get("start"):
         import signal
 
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-    elif proc is not None and proc.returncode == 0:
-        _prebuild["log"].unlink(missing_ok=True)
+        try:  # the session ended before the builds did: stop them (their session: the builds' children too)
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
