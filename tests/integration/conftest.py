@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from towers import OWN_OVERLAY, OWN_SITES, TowerProcess
+from towers import OWN_OVERLAY, OWN_SITES, TowerProcess, own_towers
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +29,4 @@ def tower(tmp_path_factory):
 @pytest.fixture
 def own_tower(tmp_path):
     """A Tower for one test (to be killed, restarted, configured differently)."""
-    towers: list[TowerProcess] = []
-
-    def make(**env) -> TowerProcess:
-        assert not towers, "one own Tower per test: they share the OWN_SITES bridges"
-        t = TowerProcess(tmp_path / "tower", sites=OWN_SITES, overlay=OWN_OVERLAY, **env)
-        towers.append(t)
-        return t
-
-    yield make
-    for t in towers:
-        t.cleanup()
+    yield from own_towers(tmp_path / "tower", OWN_SITES, OWN_OVERLAY)

@@ -148,6 +148,22 @@ class TowerProcess:
         assert not left, f"the test Tower left resources behind: {[r.name for r in left][:10]}"
 
 
+def own_towers(directory: Path, sites, overlay):
+    """The body of an ``own_tower`` fixture: yields ``make(**env)``, which gives the test its one
+    Tower on ``sites``/``overlay`` (not started), and cleans it up after the test."""
+    towers: list[TowerProcess] = []
+
+    def make(**env) -> TowerProcess:
+        assert not towers, "one own Tower per test: they share the same bridges"
+        t = TowerProcess(directory, sites=sites, overlay=overlay, **env)
+        towers.append(t)
+        return t
+
+    yield make
+    for t in towers:
+        t.cleanup()
+
+
 def local_host(state_dir: Path, sites=TEST_SITES, overlay=TEST_OVERLAY):
     """The same LocalHost the Tower in ``state_dir`` uses (to look at or sweep what it made)."""
     from overcloud.config import tower_identity

@@ -116,16 +116,6 @@ def aws_lab(tmp_path_factory):
 @pytest.fixture
 def own_tower(tmp_path):
     """A Tower for one test, on the side process's local sites (towers.SIDE_SITES)."""
-    from towers import SIDE_OVERLAY, SIDE_SITES, TowerProcess
+    from towers import SIDE_OVERLAY, SIDE_SITES, own_towers
 
-    towers = []
-
-    def make(**env):
-        assert not towers, "one own Tower per test: they share the SIDE_SITES bridges"
-        t = TowerProcess(tmp_path / "tower", sites=SIDE_SITES, overlay=SIDE_OVERLAY, **env)
-        towers.append(t)
-        return t
-
-    yield make
-    for t in towers:
-        t.cleanup()
+    yield from own_towers(tmp_path / "tower", SIDE_SITES, SIDE_OVERLAY)
